@@ -1,0 +1,94 @@
+//! The event bus: services publish room and user events, edges subscribe to
+//! the channels their live connections need. The database stays the source
+//! of truth; the bus is only the fast path, so subscribers must tolerate loss
+//! (edges repair gaps from chat-service).
+
+mod memory;
+mod redis;
+
+use async_trait::async_trait;
+use prost::Message;
+use tokio::sync::mpsc;
+
+pub use self::memory::MemoryBus;
+pub use self::redis::RedisBus;
+pub use proto::bus::v1::Envelope;
+
+/// Channel of one room's events.
+pub fn room_channel(room_id: &str) -> String {
+    format!("room:{room_id}")
+}
+
+/// Channel of events addressed to all connections of one user.
+pub fn user_channel(user_id: &str) -> String {
+    format!("user:{user_id}")
+}
+
+/// Channel of control messages for every edge (e.g. revocations).
+pub const EDGE_CONTROL_CHANNEL: &str = "edge:control";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("undecodable envelope: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum BusEvent {
+    /// An envelope published on a channel this subscriber holds.
+    Message { channel: String, envelope: Envelope },
+    /// The subscriber lost its connection and is subscribed again; anything
+    /// published meanwhile may be lost and must be backfilled.
+    Resubscribed,
+}
+
+/// Publish/subscribe transport between components.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes to a channel (logical name, e.g. [`room_channel`]).
+    async fn publish(&self, channel: &str, envelope: &Envelope) -> Result<(), BusError>;
+
+    /// A new subscriber with its own channel set; events arrive on the receiver.
+    async fn subscriber(&self) -> Result<(Box<dyn Subscriber>, mpsc::UnboundedReceiver<BusEvent>), BusError>;
+}
+
+/// A set of channel subscriptions feeding one receiver.
+#[async_trait]
+pub trait Subscriber: Send + Sync {
+    async fn subscribe(&self, channel: &str) -> Result<(), BusError>;
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BusError>;
+}
+
+/// Encodes an envelope for transports that carry bytes.
+pub fn encode(envelope: &Envelope) -> Vec<u8> {
+    envelope.encode_to_vec()
+}
+
+/// Decodes an envelope from transport bytes.
+pub fn decode(bytes: &[u8]) -> Result<Envelope, BusError> {
+    Ok(Envelope::decode(bytes)?)
+}
+
+/// An envelope for a protocol event, carrying the current trace context.
+pub fn envelope(room_id: &str, seq: i64, kind: &str, json: String) -> Envelope {
+    Envelope {
+        room_id: room_id.to_string(),
+        seq,
+        kind: kind.to_string(),
+        json,
+        trace_context: crate::trace::current_context_map(),
+    }
+}
+
+/// The bus a [`crate::config::BusConfig`] asks for.
+pub async fn connect(config: &crate::config::BusConfig) -> Result<std::sync::Arc<dyn Bus>, BusError> {
+    Ok(match config.backend {
+        crate::config::Backend::Memory => std::sync::Arc::new(MemoryBus::new()),
+        crate::config::Backend::Redis => {
+            std::sync::Arc::new(RedisBus::connect(&config.redis_url, &config.channel_prefix).await?)
+        }
+    })
+}

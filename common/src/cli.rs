@@ -1,0 +1,52 @@
+//! Start-up shared by every binary: parse `--config`, load the layered
+//! configuration (exit 64 naming the bad key), install telemetry.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::Config;
+use crate::telemetry::{self, OtelSettings, Telemetry};
+
+/// Exit status for an unusable configuration (EX_CONFIG-style, as sysexits' EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about,
+    after_help = "Every key can also be set as PARLEY_<SECTION>_<KEY>, e.g. PARLEY_EDGE_LISTEN=0.0.0.0:8080.\n\
+                  Keys and defaults: docs/configuration.md. Traces: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME."
+)]
+pub struct Args {
+    /// TOML config file (layered over the defaults, under PARLEY_* variables).
+    #[arg(long, short, env = "PARLEY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Parses arguments, loads config and installs telemetry for `components`.
+/// Exits the process with [`EXIT_CONFIG`] when the configuration is invalid.
+pub fn bootstrap(components: &[&str], split_mode: bool) -> (Config, Telemetry) {
+    let args = Args::parse();
+    let config = match Config::load(args.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => exit_config(&e.to_string()),
+    };
+    if split_mode && config.services.credential.is_empty() {
+        exit_config(
+            "invalid configuration: key `services.credential` must be set (32+ bytes, the same in every \
+             component) when services run as separate processes",
+        );
+    }
+    let otel = OtelSettings::from_env(std::env::vars());
+    let telemetry = match telemetry::init(&config.log, &otel, components) {
+        Ok(t) => t,
+        Err(e) => exit_config(&e.to_string()),
+    };
+    (config, telemetry)
+}
+
+fn exit_config(message: &str) -> ! {
+    eprintln!("{message}");
+    std::process::exit(EXIT_CONFIG)
+}

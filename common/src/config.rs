@@ -1,0 +1,536 @@
+//! Layered configuration: built-in defaults, then an optional TOML file, then
+//! `PARLEY_<SECTION>_<KEY>` environment variables.
+//!
+//! The environment is passed in as a list of pairs, so tests build configs
+//! without touching the process environment. Every key has a default (see
+//! docs/configuration.md); a bad value stops start-up with an error naming
+//! the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::secret::Secret;
+
+/// Sections of the config file, in `PARLEY_<SECTION>_<KEY>` order.
+const SECTIONS: &[&str] = &["edge", "auth", "chat", "ai", "presence", "bus", "services", "log"];
+
+/// The whole suite's configuration; each component reads its own section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub edge: EdgeConfig,
+    pub auth: AuthConfig,
+    pub chat: ChatConfig,
+    pub ai: AiConfig,
+    pub presence: PresenceConfig,
+    pub bus: BusConfig,
+    pub services: ServicesConfig,
+    pub log: LogConfig,
+}
+
+/// The WebSocket edge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// HTTP + WebSocket listen address (`/ws`, `/healthz`, `/readyz`).
+    pub listen: SocketAddr,
+    /// Exact `Origin` values allowed to open a WebSocket; empty allows none
+    /// that send an Origin (browsers) unless listed.
+    #[serde(deserialize_with = "string_or_list")]
+    pub allowed_origins: Vec<String>,
+    /// Whether requests without an `Origin` header (non-browser clients) may connect.
+    pub allow_missing_origin: bool,
+    /// Time a connection has to authenticate before it is closed with 4001.
+    pub auth_timeout_ms: u64,
+    /// Interval of WebSocket pings.
+    pub heartbeat_ms: u64,
+    /// A connection that sends no pong within this window is closed with 4012.
+    pub pong_timeout_ms: u64,
+    /// Largest accepted WebSocket message (frames and reassembled messages).
+    pub max_message_bytes: usize,
+    /// Accept `?token=` on the upgrade URL (off: tokens in URLs end up in access logs).
+    pub query_token: bool,
+    /// Deadline of every gRPC call the edge makes.
+    pub call_timeout_ms: u64,
+    /// Bound on bytes queued to one connection; past it the connection closes with 4008.
+    pub outbound_queue_bytes: usize,
+    /// How often the edge renews its connections' presence leases (one batched call).
+    pub presence_renew_ms: u64,
+    /// Upper bound on a graceful shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_origins: Vec::new(),
+            allow_missing_origin: true,
+            auth_timeout_ms: 10_000,
+            heartbeat_ms: 25_000,
+            pong_timeout_ms: 60_000,
+            max_message_bytes: 64 * 1024,
+            query_token: false,
+            call_timeout_ms: 10_000,
+            outbound_queue_bytes: 1024 * 1024,
+            presence_renew_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// The auth service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub listen: SocketAddr,
+    /// HS256 signing/verification secret, at least 32 bytes. Empty: a random
+    /// secret is generated at start (one-process development only).
+    pub hs256_secret: Secret,
+    /// `iss` of issued tokens, and required on verified tokens when non-empty.
+    pub issuer: String,
+    /// `aud` required on verified tokens when non-empty.
+    pub audience: String,
+    /// Whether anonymous sign-in is allowed.
+    pub anonymous: bool,
+    /// Lifetime of anonymous tokens.
+    pub anonymous_ttl_s: u64,
+    /// Clock skew tolerated on `exp` / `nbf`.
+    pub leeway_s: u64,
+    /// Tokens larger than this are rejected before parsing.
+    pub max_token_bytes: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            hs256_secret: Secret::default(),
+            issuer: "parley".into(),
+            audience: String::new(),
+            anonymous: true,
+            anonymous_ttl_s: 24 * 3600,
+            leeway_s: 30,
+            max_token_bytes: 8 * 1024,
+        }
+    }
+}
+
+/// The chat service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    pub listen: SocketAddr,
+    /// `sqlite://path?mode=rwc` or `postgres://…`; the migrations run at start.
+    pub database_url: String,
+    /// Database connection pool size (SQLite always uses one writer).
+    pub max_connections: u32,
+    /// Longest message text, in characters.
+    pub max_text_chars: usize,
+    /// Most events or messages returned by one page.
+    pub page_limit: u32,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            database_url: "sqlite://data/parley.db?mode=rwc".into(),
+            max_connections: 10,
+            max_text_chars: 4000,
+            page_limit: 100,
+        }
+    }
+}
+
+/// Which model provider the AI service uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AiProvider {
+    /// The built-in offline development stand-in (not a language model).
+    Offline,
+}
+
+/// The AI service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AiConfig {
+    pub listen: SocketAddr,
+    /// Switches `ai.ask` on or off.
+    pub enabled: bool,
+    pub provider: AiProvider,
+    /// Pause between chunks of the offline provider, to look like streaming.
+    pub offline_chunk_delay_ms: u64,
+}
+
+impl Default for AiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
+            enabled: true,
+            provider: AiProvider::Offline,
+            offline_chunk_delay_ms: 40,
+        }
+    }
+}
+
+/// Where state lives: this process or Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Memory,
+    Redis,
+}
+
+/// The presence service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    pub listen: SocketAddr,
+    pub backend: Backend,
+    pub redis_url: String,
+    /// Lease lifetime; an edge that stops renewing loses its users after this.
+    pub lease_ttl_ms: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
+            backend: Backend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            lease_ttl_ms: 30_000,
+        }
+    }
+}
+
+/// The event bus between services and edges.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `memory` (one process only) or `redis` (pub/sub).
+    pub backend: Backend,
+    pub redis_url: String,
+    /// Prefix of every channel name, so several deployments can share a Redis.
+    pub channel_prefix: String,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            channel_prefix: "parley".into(),
+        }
+    }
+}
+
+/// How components reach each other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServicesConfig {
+    pub auth_url: String,
+    pub chat_url: String,
+    pub ai_url: String,
+    pub presence_url: String,
+    /// Credential every internal gRPC call carries (`authorization: Bearer …`).
+    /// Empty: generated at start in one-process mode; required (32+ bytes)
+    /// when services run as separate processes.
+    pub credential: Secret,
+    /// Timeout for establishing a gRPC connection.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            auth_url: "http://127.0.0.1:50051".into(),
+            chat_url: "http://127.0.0.1:50052".into(),
+            ai_url: "http://127.0.0.1:50053".into(),
+            presence_url: "http://127.0.0.1:50054".into(),
+            credential: Secret::default(),
+            connect_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info` or `info,chat_service=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then `PARLEY_*` pairs from `env`.
+    pub fn load<I, K, V>(file: Option<&Path>, env: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(EnvPairs::new(env)?);
+        let config: Config = figment.extract().map_err(|e| {
+            let mut message = String::new();
+            for err in e {
+                if !message.is_empty() {
+                    message.push_str("; ");
+                }
+                let key = err.path.join(".");
+                let source = err
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.to_string())
+                    .unwrap_or_default();
+                message.push_str(&format!("key `{key}` ({source}): {}", err.kind));
+            }
+            ConfigError(message)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
+            if value < min {
+                return Err(ConfigError(format!("key `{key}`: must be at least {min}, got {value}")));
+            }
+            Ok(())
+        }
+        at_least("edge.max_message_bytes", self.edge.max_message_bytes as u64, 1024)?;
+        at_least("edge.auth_timeout_ms", self.edge.auth_timeout_ms, 100)?;
+        at_least("edge.heartbeat_ms", self.edge.heartbeat_ms, 100)?;
+        at_least("edge.pong_timeout_ms", self.edge.pong_timeout_ms, self.edge.heartbeat_ms)?;
+        at_least("edge.call_timeout_ms", self.edge.call_timeout_ms, 10)?;
+        at_least("edge.outbound_queue_bytes", self.edge.outbound_queue_bytes as u64, 4096)?;
+        at_least("edge.presence_renew_ms", self.edge.presence_renew_ms, 100)?;
+        at_least("chat.max_connections", self.chat.max_connections as u64, 1)?;
+        at_least("chat.max_text_chars", self.chat.max_text_chars as u64, 1)?;
+        at_least("chat.page_limit", self.chat.page_limit as u64, 1)?;
+        at_least("auth.max_token_bytes", self.auth.max_token_bytes as u64, 256)?;
+        at_least("presence.lease_ttl_ms", self.presence.lease_ttl_ms, 1_000)?;
+        if self.presence.lease_ttl_ms <= self.edge.presence_renew_ms {
+            return Err(ConfigError(format!(
+                "key `presence.lease_ttl_ms`: must exceed edge.presence_renew_ms ({})",
+                self.edge.presence_renew_ms
+            )));
+        }
+        if !self.auth.hs256_secret.is_empty() && self.auth.hs256_secret.expose().len() < 32 {
+            return Err(ConfigError("key `auth.hs256_secret`: must be at least 32 bytes".into()));
+        }
+        if !self.services.credential.is_empty() && self.services.credential.expose().len() < 32 {
+            return Err(ConfigError("key `services.credential`: must be at least 32 bytes".into()));
+        }
+        let db = &self.chat.database_url;
+        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            return Err(ConfigError(
+                "key `chat.database_url`: must start with sqlite: or postgres://".into(),
+            ));
+        }
+        for (key, url) in [
+            ("services.auth_url", &self.services.auth_url),
+            ("services.chat_url", &self.services.chat_url),
+            ("services.ai_url", &self.services.ai_url),
+            ("services.presence_url", &self.services.presence_url),
+        ] {
+            if url.parse::<http::Uri>().map(|u| u.scheme().is_none()).unwrap_or(true) {
+                return Err(ConfigError(format!("key `{key}`: `{url}` is not an http(s) URL")));
+            }
+        }
+        for (key, url) in [("bus.redis_url", &self.bus.redis_url), ("presence.redis_url", &self.presence.redis_url)] {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError(format!("key `{key}`: must start with redis:// or rediss://")));
+            }
+        }
+        for origin in &self.edge.allowed_origins {
+            if origin.contains('*') || origin.ends_with('/') || !origin.contains("://") {
+                return Err(ConfigError(format!(
+                    "key `edge.allowed_origins`: `{origin}` is not an exact origin like https://app.example.com"
+                )));
+            }
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            return Err(ConfigError(format!("key `log.level`: {e}")));
+        }
+        Ok(())
+    }
+}
+
+/// `PARLEY_<SECTION>_<KEY>=value` pairs as a figment provider. Variables whose
+/// section is not a config section (e.g. `PARLEY_TEST_…`, `PARLEY_CONFIG`) are
+/// not config keys and are ignored.
+struct EnvPairs {
+    dict: Dict,
+}
+
+impl EnvPairs {
+    fn new<I, K, V>(env: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut dict = Dict::new();
+        for (name, value) in env {
+            let name: String = name.into();
+            let Some(rest) = name.strip_prefix("PARLEY_") else { continue };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = rest.split_once('_') else { continue };
+            if !SECTIONS.contains(&section) || key.is_empty() {
+                continue;
+            }
+            let value: String = value.into();
+            let parsed: Value = if is_string_key(key) {
+                Value::from(value)
+            } else {
+                value.parse().unwrap_or_else(|_| Value::from(value.clone()))
+            };
+            let entry = dict
+                .entry(section.to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                inner.insert(key.to_string(), parsed);
+            }
+        }
+        Ok(Self { dict })
+    }
+}
+
+impl Provider for EnvPairs {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("PARLEY_* environment variables")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// Keys whose values are strings even when they look like numbers or booleans.
+fn is_string_key(key: &str) -> bool {
+    key.ends_with("_url")
+        || key.ends_with("secret")
+        || matches!(key, "credential" | "issuer" | "audience" | "channel_prefix" | "level" | "allowed_origins")
+}
+
+/// Accepts a list or a comma-separated string (handy in environment variables).
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(None, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load(&[]).expect("defaults");
+        assert_eq!(c.edge.listen.port(), 8080);
+        assert_eq!(c.auth.listen.port(), 50051);
+        assert_eq!(c.chat.listen.port(), 50052);
+        assert_eq!(c.ai.listen.port(), 50053);
+        assert_eq!(c.presence.listen.port(), 50054);
+        assert_eq!(c.bus.backend, Backend::Memory);
+    }
+
+    #[test]
+    fn env_overrides_defaults() {
+        let c = load(&[
+            ("PARLEY_EDGE_LISTEN", "0.0.0.0:9000"),
+            ("PARLEY_EDGE_AUTH_TIMEOUT_MS", "500"),
+            ("PARLEY_EDGE_ALLOWED_ORIGINS", "https://a.example, https://b.example"),
+            ("PARLEY_BUS_BACKEND", "redis"),
+            ("PARLEY_TEST_DATABASE_URL", "ignored"),
+        ])
+        .expect("valid");
+        assert_eq!(c.edge.listen.port(), 9000);
+        assert_eq!(c.edge.auth_timeout_ms, 500);
+        assert_eq!(c.edge.allowed_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(c.bus.backend, Backend::Redis);
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let e = load(&[("PARLEY_EDGE_LISTEN", "nope")]).expect_err("bad address");
+        assert!(e.to_string().contains("edge.listen"), "{e}");
+        let e = load(&[("PARLEY_BUS_BACKEND", "kafka")]).expect_err("bad enum");
+        assert!(e.to_string().contains("bus.backend"), "{e}");
+        let e = load(&[("PARLEY_AUTH_HS256_SECRET", "short")]).expect_err("short secret");
+        assert!(e.to_string().contains("auth.hs256_secret"), "{e}");
+        assert!(!e.to_string().contains("short"), "secret value leaked: {e}");
+        let e = load(&[("PARLEY_EDGE_NO_SUCH_KEY", "1")]).expect_err("unknown key");
+        assert!(e.to_string().contains("no_such_key"), "{e}");
+        let e = load(&[("PARLEY_EDGE_ALLOWED_ORIGINS", "*")]).expect_err("wildcard");
+        assert!(e.to_string().contains("edge.allowed_origins"), "{e}");
+    }
+
+    #[test]
+    fn file_layer_sits_between_defaults_and_env() {
+        let dir = std::env::temp_dir().join(format!("parley-config-{}", crate::ids::new_id("t")));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("parley.toml");
+        std::fs::write(&path, "[edge]\nheartbeat_ms = 1000\nauth_timeout_ms = 700\n").expect("write");
+        let c = Config::load(Some(&path), [("PARLEY_EDGE_AUTH_TIMEOUT_MS", "900")]).expect("valid");
+        assert_eq!(c.edge.heartbeat_ms, 1000);
+        assert_eq!(c.edge.auth_timeout_ms, 900);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,108 @@
+//! The one table of error codes: protocol code, gRPC code, HTTP status and
+//! whether a retry can help.
+
+use std::fmt;
+
+/// Error codes of the WebSocket protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+    Timeout,
+    Disabled,
+    Internal,
+}
+
+/// (code, protocol name, gRPC code, HTTP status, temporary)
+const TABLE: &[(ErrorCode, &str, tonic::Code, u16, bool)] = &[
+    (ErrorCode::BadRequest, "bad_request", tonic::Code::InvalidArgument, 400, false),
+    (ErrorCode::Unauthorized, "unauthorized", tonic::Code::Unauthenticated, 401, false),
+    (ErrorCode::Forbidden, "forbidden", tonic::Code::PermissionDenied, 403, false),
+    (ErrorCode::NotFound, "not_found", tonic::Code::NotFound, 404, false),
+    (ErrorCode::Conflict, "conflict", tonic::Code::AlreadyExists, 409, false),
+    (ErrorCode::RateLimited, "rate_limited", tonic::Code::ResourceExhausted, 429, true),
+    (ErrorCode::TooLarge, "too_large", tonic::Code::OutOfRange, 413, false),
+    (ErrorCode::Unavailable, "unavailable", tonic::Code::Unavailable, 503, true),
+    (ErrorCode::Timeout, "timeout", tonic::Code::DeadlineExceeded, 504, true),
+    (ErrorCode::Disabled, "disabled", tonic::Code::FailedPrecondition, 403, false),
+    (ErrorCode::Internal, "internal", tonic::Code::Internal, 500, true),
+];
+
+impl ErrorCode {
+    fn row(self) -> &'static (ErrorCode, &'static str, tonic::Code, u16, bool) {
+        TABLE
+            .iter()
+            .find(|row| row.0 == self)
+            .unwrap_or(&TABLE[TABLE.len() - 1])
+    }
+
+    /// The protocol's name for the code, e.g. `rate_limited`.
+    pub fn as_str(self) -> &'static str {
+        self.row().1
+    }
+
+    pub fn grpc(self) -> tonic::Code {
+        self.row().2
+    }
+
+    pub fn http_status(self) -> u16 {
+        self.row().3
+    }
+
+    /// Whether retrying the same request later can succeed.
+    pub fn temporary(self) -> bool {
+        self.row().4
+    }
+
+    /// The protocol code for a gRPC status code (every code maps somewhere).
+    pub fn from_grpc(code: tonic::Code) -> Self {
+        use tonic::Code;
+        match code {
+            Code::Ok => ErrorCode::Internal,
+            Code::Cancelled | Code::DeadlineExceeded => ErrorCode::Timeout,
+            Code::Aborted => ErrorCode::Conflict,
+            Code::Unimplemented => ErrorCode::Disabled,
+            Code::Unknown | Code::DataLoss => ErrorCode::Internal,
+            other => TABLE
+                .iter()
+                .find(|row| row.2 == other)
+                .map(|row| row.0)
+                .unwrap_or(ErrorCode::Internal),
+        }
+    }
+
+    /// A gRPC status carrying this code and a message.
+    pub fn status(self, message: impl Into<String>) -> tonic::Status {
+        tonic::Status::new(self.grpc(), message)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_through_grpc() {
+        for row in TABLE {
+            assert_eq!(ErrorCode::from_grpc(row.0.grpc()), row.0, "{}", row.1);
+        }
+    }
+
+    #[test]
+    fn temporary_codes_match_the_protocol() {
+        let temporary: Vec<_> = TABLE.iter().filter(|r| r.4).map(|r| r.1).collect();
+        assert_eq!(temporary, ["rate_limited", "unavailable", "timeout", "internal"]);
+    }
+}

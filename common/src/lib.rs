@@ -1,0 +1,17 @@
+//! What every Parley component shares: configuration, telemetry, W3C trace
+//! propagation over gRPC, gRPC server/client plumbing, the event bus, the
+//! error-code table, ids and shutdown.
+
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod ids;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+pub mod trace;
+
+pub use error::ErrorCode;
+pub use secret::Secret;
