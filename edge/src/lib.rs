@@ -1,1 +1,247 @@
-//! stub
+//! The WebSocket edge: terminates client connections, authenticates them once
+//! through auth-service, turns every command frame into one gRPC call, and
+//! fans room events from the bus out to the connections that joined.
+
+mod commands;
+mod conn;
+mod frames;
+mod hub;
+mod outbox;
+mod presence;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use common::bus::Bus;
+use common::config::EdgeConfig;
+use common::grpc::ServiceChannel;
+use common::shutdown::ShutdownSignal;
+use proto::ai::v1::ai_service_client::AiServiceClient;
+use proto::auth::v1::auth_service_client::AuthServiceClient;
+use proto::chat::v1::chat_service_client::ChatServiceClient;
+use proto::presence::v1::presence_service_client::PresenceServiceClient;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::hub::Hub;
+use crate::presence::Leases;
+
+/// gRPC clients of the four services.
+#[derive(Clone)]
+pub struct Backends {
+    pub auth: AuthServiceClient<ServiceChannel>,
+    pub chat: ChatServiceClient<ServiceChannel>,
+    pub ai: AiServiceClient<ServiceChannel>,
+    pub presence: PresenceServiceClient<ServiceChannel>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("bus: {0}")]
+    Bus(#[from] common::bus::BusError),
+    #[error("http server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Everything a connection task needs, shared by all of them.
+pub(crate) struct Shared {
+    pub config: EdgeConfig,
+    pub backends: Backends,
+    pub hub: Hub,
+    pub leases: Leases,
+    /// Whether spans are exported (errors then carry `trace_id`).
+    pub tracing: bool,
+    /// Set when shutdown starts: `/readyz` fails and upgrades are refused.
+    pub draining: AtomicBool,
+    /// Fires when shutdown starts; connections close with 1001.
+    pub shutdown: ShutdownSignal,
+    /// Held by every connection task; closed when the last one ends.
+    pub conns_alive: mpsc::Sender<()>,
+}
+
+/// The edge, ready to serve.
+pub struct EdgeApp {
+    shared: Arc<Shared>,
+    conns_done: mpsc::Receiver<()>,
+}
+
+impl EdgeApp {
+    /// Builds the edge; `shutdown` is the signal that starts the drain.
+    pub async fn new(
+        config: &EdgeConfig,
+        backends: Backends,
+        bus: Arc<dyn Bus>,
+        tracing: bool,
+        shutdown: ShutdownSignal,
+    ) -> Result<Self, EdgeError> {
+        let hub = Hub::start(bus.as_ref()).await?;
+        let leases = Leases::start(
+            backends.presence.clone(),
+            Duration::from_millis(config.presence_renew_ms),
+            shutdown.clone(),
+        );
+        let (conns_alive, conns_done) = mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            backends,
+            hub,
+            leases,
+            tracing,
+            draining: AtomicBool::new(false),
+            shutdown,
+            conns_alive,
+        });
+        Ok(Self { shared, conns_done })
+    }
+
+    /// Serves HTTP + WebSocket on `listener` until the shutdown signal, then
+    /// drains: `/readyz` fails, new upgrades get 503, connections close with
+    /// 1001, and the call returns once they are gone or the grace period ends.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), EdgeError> {
+        let Self { shared, mut conns_done } = self;
+        let router = Router::new()
+            .route("/ws", get(upgrade))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .with_state(shared.clone());
+        let signal = shared.shutdown.clone();
+        let drain_flag = shared.clone();
+        let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                signal.wait().await;
+                drain_flag.draining.store(true, Ordering::SeqCst);
+            });
+        server.await?;
+        let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
+        drop(shared);
+        let _ = tokio::time::timeout(grace, conns_done.recv()).await;
+        Ok(())
+    }
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.draining.load(Ordering::SeqCst) || shared.shutdown.is_triggered() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+/// `GET /ws`: checks Origin and upgrade-time credentials, then hands the
+/// socket to a connection task.
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if shared.draining.load(Ordering::SeqCst) || shared.shutdown.is_triggered() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    if let Err(status) = check_origin(&shared.config, &headers) {
+        tracing::info!(peer = %peer.ip(), "refused upgrade: origin not allowed");
+        return (status, "origin not allowed").into_response();
+    }
+    let token = upgrade_token(&shared.config, &headers, &uri);
+    let parent = common::trace::extract_headers(&headers);
+    let identity = match token {
+        Some(token) => match conn::verify(&shared, &token, peer).await {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+                return (status, e.message).into_response();
+            }
+        },
+        None => None,
+    };
+    let max = shared.config.max_message_bytes;
+    ws.protocols(["parley.v1"])
+        .max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(max.saturating_mul(2).max(64 * 1024))
+        .on_upgrade(move |socket| conn::run(shared, socket, peer, identity, parent))
+}
+
+/// Exact-match Origin allowlist; requests without Origin are non-browser
+/// clients and pass unless configured otherwise.
+fn check_origin(config: &EdgeConfig, headers: &HeaderMap) -> Result<(), StatusCode> {
+    match headers.get(http::header::ORIGIN) {
+        None if config.allow_missing_origin => Ok(()),
+        None => Err(StatusCode::FORBIDDEN),
+        Some(origin) => {
+            let origin = origin.to_str().map_err(|_| StatusCode::FORBIDDEN)?;
+            if config.allowed_origins.iter().any(|allowed| allowed == origin) {
+                Ok(())
+            } else {
+                Err(StatusCode::FORBIDDEN)
+            }
+        }
+    }
+}
+
+/// `Authorization: Bearer …`, or `?token=` when explicitly enabled.
+fn upgrade_token(config: &EdgeConfig, headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some(token) = value.strip_prefix("Bearer ") {
+            return Some(token.trim().to_string());
+        }
+    }
+    if config.query_token {
+        let query = uri.query()?;
+        return query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+            .map(str::to_string);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(origins: &[&str], allow_missing: bool) -> EdgeConfig {
+        EdgeConfig {
+            allowed_origins: origins.iter().map(|s| s.to_string()).collect(),
+            allow_missing_origin: allow_missing,
+            ..EdgeConfig::default()
+        }
+    }
+
+    fn headers(origin: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(o) = origin {
+            h.insert(http::header::ORIGIN, o.parse().expect("header"));
+        }
+        h
+    }
+
+    #[test]
+    fn origin_must_match_exactly() {
+        let c = config(&["https://app.example.com"], true);
+        assert!(check_origin(&c, &headers(Some("https://app.example.com"))).is_ok());
+        assert!(check_origin(&c, &headers(Some("https://app.example.com.evil.io"))).is_err());
+        assert!(check_origin(&c, &headers(Some("https://evil.io"))).is_err());
+        assert!(check_origin(&c, &headers(Some("http://app.example.com"))).is_err());
+        assert!(check_origin(&c, &headers(None)).is_ok());
+        assert!(check_origin(&config(&[], false), &headers(None)).is_err());
+    }
+
+    #[test]
+    fn query_token_only_when_enabled() {
+        let uri: axum::http::Uri = "/ws?token=abc".parse().expect("uri");
+        assert_eq!(upgrade_token(&EdgeConfig::default(), &HeaderMap::new(), &uri), None);
+        let enabled = EdgeConfig { query_token: true, ..EdgeConfig::default() };
+        assert_eq!(upgrade_token(&enabled, &HeaderMap::new(), &uri).as_deref(), Some("abc"));
+    }
+}

@@ -1,0 +1,389 @@
+//! Each command type turned into exactly one gRPC call (or none, for `ping`),
+//! with field validation up front so bad input never reaches a service.
+
+use common::ErrorCode;
+use common::grpc::Actor;
+use proto::ai::v1::AskRequest;
+use proto::auth::v1::SignInAnonymousRequest;
+use proto::chat::v1::{
+    CreateRoomRequest, GetHistoryRequest, JoinRoomRequest, LeaveRoomRequest, ListRoomsRequest, SendMessageRequest,
+};
+use serde_json::{Map, Value, json};
+
+use crate::conn::{self, Conn};
+use crate::frames::{self, Command, CommandError};
+use crate::hub;
+
+/// What a successful command produced.
+pub(crate) enum Outcome {
+    /// Fields of the reply (sent when the command carried an `id`).
+    Reply(Map<String, Value>),
+    /// The handler already queued its reply (ordering with live events).
+    Sent,
+}
+
+/// Commands of protocol v1 this server does not implement yet.
+const NOT_YET: &[&str] = &[
+    "refresh",
+    "room.invite",
+    "message.edit",
+    "message.delete",
+    "reaction.add",
+    "reaction.remove",
+    "receipt.read",
+    "receipt.delivered",
+    "typing.start",
+    "typing.stop",
+    "presence.set",
+    "presence.subscribe",
+    "presence.unsubscribe",
+    "ai.cancel",
+    "notification.list",
+    "notification.read",
+    "call.invite",
+    "call.answer",
+    "call.reject",
+    "call.end",
+    "call.ice",
+];
+
+pub(crate) async fn dispatch(conn: &mut Conn, command: Command) -> Result<Outcome, CommandError> {
+    let kind = command.kind.as_str();
+    match kind {
+        "ping" => Ok(reply(json!({"server_time": common::ids::now_ms()}))),
+        "auth" => auth(conn, &command).await,
+        _ if conn.identity.is_none() => {
+            if is_known(kind) {
+                Err(CommandError::new(ErrorCode::Unauthorized, "authenticate first (send `auth`)"))
+            } else {
+                Err(unknown(kind))
+            }
+        }
+        "room.create" => room_create(conn, &command).await,
+        "room.join" => room_join(conn, &command).await,
+        "room.leave" => room_leave(conn, &command).await,
+        "room.list" => room_list(conn).await,
+        "message.send" => message_send(conn, &command).await,
+        "message.history" => message_history(conn, &command).await,
+        "ai.ask" => ai_ask(conn, &command).await,
+        _ if NOT_YET.contains(&kind) => Err(CommandError::new(
+            ErrorCode::Disabled,
+            format!("`{kind}` is not available on this server yet"),
+        )),
+        _ => Err(unknown(kind)),
+    }
+}
+
+fn is_known(kind: &str) -> bool {
+    NOT_YET.contains(&kind)
+        || matches!(
+            kind,
+            "room.create" | "room.join" | "room.leave" | "room.list" | "message.send" | "message.history" | "ai.ask"
+        )
+}
+
+fn unknown(kind: &str) -> CommandError {
+    CommandError::bad_request(format!("unknown command type `{kind}`"))
+}
+
+fn reply(value: Value) -> Outcome {
+    match value {
+        Value::Object(map) => Outcome::Reply(map),
+        _ => Outcome::Reply(Map::new()),
+    }
+}
+
+fn actor(conn: &Conn) -> Result<Actor, CommandError> {
+    let identity = conn
+        .identity
+        .as_ref()
+        .ok_or_else(|| CommandError::new(ErrorCode::Unauthorized, "authenticate first (send `auth`)"))?;
+    Ok(Actor { user_id: identity.user_id.clone(), name: identity.name.clone(), anonymous: identity.anonymous })
+}
+
+/// A required string field, 1..=`max` bytes.
+fn string(body: &Map<String, Value>, field: &str, max: usize) -> Result<String, CommandError> {
+    match body.get(field) {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= max => Ok(s.clone()),
+        Some(Value::String(s)) if s.len() > max => {
+            Err(CommandError::new(ErrorCode::TooLarge, format!("`{field}` is longer than {max} bytes")))
+        }
+        _ => Err(CommandError::bad_request(format!("missing string field `{field}`"))),
+    }
+}
+
+fn optional_string(body: &Map<String, Value>, field: &str, max: usize) -> Result<Option<String>, CommandError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => string(body, field, max).map(Some),
+    }
+}
+
+fn optional_seq(body: &Map<String, Value>, field: &str) -> Result<Option<i64>, CommandError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| i64::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| CommandError::bad_request(format!("`{field}` must be a non-negative integer"))),
+    }
+}
+
+fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<bool, CommandError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(CommandError::bad_request(format!("`{field}` must be a boolean"))),
+    }
+}
+
+const ID_MAX: usize = 128;
+
+async fn auth(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    if conn.identity.is_some() {
+        return Err(CommandError::bad_request("already authenticated"));
+    }
+    let body = &command.body;
+    let (identity, token) = if optional_bool(body, "anonymous")? {
+        let name = optional_string(body, "name", 256)?.unwrap_or_default();
+        let request = SignInAnonymousRequest { name, client_ip: conn.peer.ip().to_string() };
+        let response = conn
+            .shared
+            .backends
+            .auth
+            .clone()
+            .sign_in_anonymous(request)
+            .await
+            .map_err(|s| CommandError::from_status("auth", &s))?
+            .into_inner();
+        let identity = response
+            .identity
+            .ok_or_else(|| CommandError::new(ErrorCode::Internal, "auth service returned no identity"))?;
+        (identity, Some(response.access_token))
+    } else {
+        let max = 64 * 1024;
+        let token = string(body, "token", max).map_err(|mut e| {
+            if e.code == ErrorCode::BadRequest {
+                e.message = "send `token` or `anonymous: true`".into();
+            }
+            e
+        })?;
+        (conn::verify(&conn.shared, &token, conn.peer).await?, None)
+    };
+    let mut fields = json!({
+        "user": conn::user_json(&identity),
+        "session_id": identity.session_id,
+        "expires_at": identity.expires_at,
+    });
+    if let Some(token) = token {
+        fields["token"] = json!(token);
+    }
+    conn.authenticated(identity).await;
+    Ok(reply(fields))
+}
+
+async fn room_create(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let body = &command.body;
+    let name = optional_string(body, "name", 400)?.unwrap_or_default();
+    let visibility = optional_string(body, "visibility", 16)?.unwrap_or_else(|| "public".into());
+    let visibility = proto::json::parse_visibility(&visibility)
+        .ok_or_else(|| CommandError::bad_request("`visibility` must be public, private or direct"))?;
+    let members = match body.get("members") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() <= 1000 => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) if !s.is_empty() && s.len() <= ID_MAX => Ok(s.clone()),
+                _ => Err(CommandError::bad_request("`members` must be user ids")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(CommandError::bad_request("`members` must be an array of at most 1000 user ids")),
+    };
+    let request = actor(conn)?.request(CreateRoomRequest { name, visibility: visibility as i32, members });
+    let room = conn
+        .shared
+        .backends
+        .chat
+        .clone()
+        .create_room(request)
+        .await
+        .map_err(|s| CommandError::from_status("chat", &s))?
+        .into_inner()
+        .room
+        .ok_or_else(|| CommandError::new(ErrorCode::Internal, "chat service returned no room"))?;
+    Ok(reply(json!({"room": proto::json::room(&room)})))
+}
+
+async fn room_join(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let body = &command.body;
+    let room = string(body, "room", ID_MAX)?;
+    let since = optional_seq(body, "since")?;
+    let channel = common::bus::room_channel(&room);
+    let actor = actor(conn)?;
+    if conn.rooms.remove(&room) {
+        conn.shared.hub.leave(&channel, conn.key).await;
+    }
+    // Subscribe first and hold live events, then read, then release.
+    let gate = conn
+        .shared
+        .hub
+        .join(&channel, conn.key, conn.outbox.clone(), true)
+        .await
+        .map_err(|e| CommandError::new(ErrorCode::Unavailable, format!("event bus unavailable: {e}")))?;
+    let request = actor.request(JoinRoomRequest { room_id: room.clone(), since, limit: 0 });
+    let response = match conn.shared.backends.chat.clone().join_room(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            conn.shared.hub.leave(&channel, conn.key).await;
+            return Err(CommandError::from_status("chat", &status));
+        }
+    };
+    conn.rooms.insert(room);
+    let events: Vec<Value> = response
+        .events
+        .iter()
+        .filter_map(|e| serde_json::from_str(&e.json).ok())
+        .collect();
+    let fields = json!({
+        "room": response.room.as_ref().map(proto::json::room),
+        "last_seq": response.last_seq,
+        "events": events,
+        "recovered": response.recovered,
+        "has_more": response.has_more,
+        "streams": [],
+        "online": response.online,
+    });
+    let reply = command.id.map(|id| match fields {
+        Value::Object(map) => frames::reply_ok(id, map),
+        _ => frames::reply_ok(id, Map::new()),
+    });
+    hub::open_gate(&gate, &conn.outbox, reply, response.last_seq);
+    Ok(Outcome::Sent)
+}
+
+async fn room_leave(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let body = &command.body;
+    let room = string(body, "room", ID_MAX)?;
+    let forget = optional_bool(body, "forget")?;
+    if forget {
+        let request = actor(conn)?.request(LeaveRoomRequest { room_id: room.clone() });
+        conn.shared
+            .backends
+            .chat
+            .clone()
+            .leave_room(request)
+            .await
+            .map_err(|s| CommandError::from_status("chat", &s))?;
+    }
+    if conn.rooms.remove(&room) {
+        conn.shared.hub.leave(&common::bus::room_channel(&room), conn.key).await;
+    }
+    Ok(Outcome::Reply(Map::new()))
+}
+
+async fn room_list(conn: &mut Conn) -> Result<Outcome, CommandError> {
+    let request = actor(conn)?.request(ListRoomsRequest {});
+    let rooms = conn
+        .shared
+        .backends
+        .chat
+        .clone()
+        .list_rooms(request)
+        .await
+        .map_err(|s| CommandError::from_status("chat", &s))?
+        .into_inner()
+        .rooms;
+    let rooms: Vec<Value> = rooms
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "name": r.name,
+                "visibility": proto::json::visibility_name(r.visibility),
+                "last_seq": r.last_seq,
+                "unread": r.unread,
+            })
+        })
+        .collect();
+    Ok(reply(json!({"rooms": rooms})))
+}
+
+async fn message_send(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let body = &command.body;
+    let room = string(body, "room", ID_MAX)?;
+    let text = match body.get("text") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(CommandError::bad_request("missing string field `text`")),
+    };
+    let client_msg_id = string(body, "client_msg_id", 64)?;
+    let thread_id = optional_string(body, "thread", ID_MAX)?;
+    let metadata_json = match body.get("metadata") {
+        None | Some(Value::Null) => String::new(),
+        Some(v @ Value::Object(_)) => v.to_string(),
+        Some(_) => return Err(CommandError::bad_request("`metadata` must be a JSON object")),
+    };
+    let request = actor(conn)?.request(SendMessageRequest { room_id: room, text, client_msg_id, thread_id, metadata_json });
+    let message = conn
+        .shared
+        .backends
+        .chat
+        .clone()
+        .send_message(request)
+        .await
+        .map_err(|s| CommandError::from_status("chat", &s))?
+        .into_inner()
+        .message
+        .ok_or_else(|| CommandError::new(ErrorCode::Internal, "chat service returned no message"))?;
+    Ok(reply(json!({"message": proto::json::message(&message)})))
+}
+
+async fn message_history(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let body = &command.body;
+    let room = string(body, "room", ID_MAX)?;
+    let before = optional_seq(body, "before")?;
+    let after = optional_seq(body, "after")?;
+    let limit = match optional_seq(body, "limit")? {
+        None => 50,
+        Some(n @ 1..=100) => n as u32,
+        Some(_) => return Err(CommandError::bad_request("`limit` must be between 1 and 100")),
+    };
+    let thread_id = optional_string(body, "thread", ID_MAX)?;
+    let request = actor(conn)?.request(GetHistoryRequest { room_id: room, before, after, limit, thread_id });
+    let response = conn
+        .shared
+        .backends
+        .chat
+        .clone()
+        .get_history(request)
+        .await
+        .map_err(|s| CommandError::from_status("chat", &s))?
+        .into_inner();
+    let messages: Vec<Value> = response.messages.iter().map(proto::json::message).collect();
+    Ok(reply(json!({"messages": messages, "has_more": response.has_more})))
+}
+
+async fn ai_ask(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let body = &command.body;
+    let room = string(body, "room", ID_MAX)?;
+    let prompt = match body.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(CommandError::bad_request("missing string field `prompt`")),
+    };
+    let model = optional_string(body, "model", 128)?;
+    let client_msg_id = optional_string(body, "client_msg_id", 64)?.unwrap_or_default();
+    let request = actor(conn)?.request(AskRequest { room_id: room, prompt, model, client_msg_id });
+    let response = conn
+        .shared
+        .backends
+        .ai
+        .clone()
+        .ask(request)
+        .await
+        .map_err(|s| CommandError::from_status("ai", &s))?
+        .into_inner();
+    Ok(reply(json!({
+        "stream_id": response.stream_id,
+        "message": response.message.as_ref().map(proto::json::message),
+    })))
+}

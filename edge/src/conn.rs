@@ -1,0 +1,312 @@
+//! One WebSocket connection: hello, authentication window, heartbeats, the
+//! read loop that runs each command, and a writer task that drains the
+//! outbox, flushing queued frames together.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use common::ErrorCode;
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use opentelemetry::trace::TraceContextExt;
+use proto::auth::v1::{Identity, VerifyTokenRequest};
+use tokio::time::Instant;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::Shared;
+use crate::commands;
+use crate::frames::{self, CommandError};
+use crate::outbox::{Outbound, Outbox, OutboxReceiver, outbox};
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Frames written before one flush.
+const FLUSH_BATCH: usize = 64;
+
+/// A live connection's state, owned by its read loop.
+pub(crate) struct Conn {
+    pub shared: Arc<Shared>,
+    /// Key of this connection in the hub.
+    pub key: u64,
+    pub id: String,
+    pub peer: SocketAddr,
+    pub outbox: Outbox,
+    pub identity: Option<Identity>,
+    /// Rooms joined on this connection (left again on close).
+    pub rooms: HashSet<String>,
+    /// Trace context from the upgrade request's `traceparent`, if any.
+    pub parent: opentelemetry::Context,
+}
+
+/// Whether the read loop goes on.
+#[derive(PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    Close,
+}
+
+/// Verifies a token through auth-service. Expired tokens close with 4003,
+/// other failures with 4002.
+pub(crate) async fn verify(shared: &Shared, token: &str, peer: SocketAddr) -> Result<Identity, CommandError> {
+    let request = VerifyTokenRequest { token: token.to_string(), client_ip: peer.ip().to_string() };
+    match shared.backends.auth.clone().verify_token(request).await {
+        Ok(response) => response
+            .into_inner()
+            .identity
+            .ok_or_else(|| CommandError::new(ErrorCode::Internal, "auth service returned no identity")),
+        Err(status) => {
+            let mut error = CommandError::from_status("auth", &status);
+            if error.code == ErrorCode::Unauthorized {
+                let expired = status
+                    .metadata()
+                    .get("x-parley-reason")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|reason| reason == "expired")
+                    .unwrap_or_else(|| status.message().contains("expired"));
+                error.close = Some(if expired { (4003, "token expired") } else { (4002, "invalid token") });
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The user object of the protocol.
+pub(crate) fn user_json(identity: &Identity) -> serde_json::Value {
+    serde_json::json!({"id": identity.user_id, "name": identity.name, "anonymous": identity.anonymous})
+}
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    socket: WebSocket,
+    peer: SocketAddr,
+    identity: Option<Identity>,
+    parent: opentelemetry::Context,
+) {
+    let _alive = shared.conns_alive.clone();
+    let (sink, mut stream) = socket.split();
+    let (outbox, out_rx) = outbox(shared.config.outbound_queue_bytes);
+    let mut writer = tokio::spawn(write_loop(sink, out_rx));
+    let key = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let mut conn = Conn {
+        shared: shared.clone(),
+        key,
+        id: common::ids::new_id("c"),
+        peer,
+        outbox: outbox.clone(),
+        identity: None,
+        rooms: HashSet::new(),
+        parent,
+    };
+    let config = &shared.config;
+    outbox.push(frames::hello(
+        &conn.id,
+        config.auth_timeout_ms,
+        config.heartbeat_ms,
+        config.max_message_bytes,
+        identity.as_ref().map(user_json),
+    ));
+    if let Some(identity) = identity {
+        conn.authenticated(identity).await;
+    }
+    tracing::debug!(conn_id = %conn.id, peer = %peer.ip(), "connection opened");
+
+    let auth_deadline = Instant::now() + Duration::from_millis(config.auth_timeout_ms);
+    let heartbeat = Duration::from_millis(config.heartbeat_ms);
+    let pong_timeout = Duration::from_millis(config.pong_timeout_ms);
+    let mut ticks = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    let mut last_pong = Instant::now();
+    let mut binary_frames = 0u32;
+    let shutdown = shared.shutdown.clone().wait();
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                outbox.close(1001, "server draining");
+                break;
+            }
+            _ = tokio::time::sleep_until(auth_deadline), if conn.identity.is_none() => {
+                outbox.close(4001, "authentication timeout");
+                break;
+            }
+            _ = ticks.tick() => {
+                if last_pong.elapsed() > pong_timeout {
+                    outbox.close(4012, "no pong");
+                    break;
+                }
+                outbox.ping();
+            }
+            _ = &mut writer => break,
+            frame = stream.next() => match frame {
+                None | Some(Ok(Message::Close(_))) => break,
+                Some(Err(e)) => {
+                    if is_too_large(&e) {
+                        outbox.close(1009, "message too large");
+                    }
+                    break;
+                }
+                Some(Ok(Message::Text(text))) => {
+                    last_pong = Instant::now();
+                    if conn.handle_text(&text).await == Flow::Close {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    binary_frames += 1;
+                    if binary_frames > 1 {
+                        outbox.close(1003, "binary frames are not supported");
+                        break;
+                    }
+                    let error = CommandError::bad_request("binary frames are not supported; send JSON text frames");
+                    outbox.push(frames::failure(None, None, &error, None));
+                }
+                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                Some(Ok(Message::Ping(_))) => {}
+            },
+        }
+    }
+
+    conn.close().await;
+    drop(outbox);
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
+        writer.abort();
+    }
+}
+
+impl Conn {
+    async fn handle_text(&mut self, text: &str) -> Flow {
+        let command = match frames::parse(text) {
+            Ok(command) => command,
+            Err((kind, id, error)) => {
+                self.outbox.push(frames::failure(kind.as_deref(), id, &error, None));
+                return Flow::Continue;
+            }
+        };
+        let span = tracing::info_span!(
+            "ws.frame",
+            otel.name = %format!("ws {}", command.kind),
+            otel.kind = "server",
+            parley.command = %command.kind,
+            parley.conn_id = %self.id,
+            enduser.id = tracing::field::Empty,
+        );
+        if let Some(identity) = &self.identity {
+            span.record("enduser.id", identity.user_id.as_str());
+        }
+        let parent = match command.body.get("traceparent").and_then(|v| v.as_str()) {
+            Some(tp) => common::trace::context_from_traceparent(tp),
+            None => self.parent.clone(),
+        };
+        if parent.span().span_context().is_valid() {
+            let _ = span.set_parent(parent);
+        }
+        let kind = command.kind.clone();
+        let id = command.id;
+        let result = commands::dispatch(self, command).instrument(span.clone()).await;
+        match result {
+            Ok(commands::Outcome::Reply(fields)) => {
+                if let Some(id) = id {
+                    self.outbox.push(frames::reply_ok(id, fields));
+                }
+                Flow::Continue
+            }
+            Ok(commands::Outcome::Sent) => Flow::Continue,
+            Err(error) => {
+                let trace_id = if self.shared.tracing { span.in_scope(common::trace::current_trace_id) } else { None };
+                if error.code == ErrorCode::Internal {
+                    tracing::error!(parent: &span, command = %kind, message = %error.message, "command failed");
+                }
+                self.outbox.push(frames::failure(Some(&kind), id, &error, trace_id));
+                match error.close {
+                    Some((code, reason)) => {
+                        self.outbox.close(code, reason);
+                        Flow::Close
+                    }
+                    None => Flow::Continue,
+                }
+            }
+        }
+    }
+
+    /// Keeps the verified identity, registers the presence lease and
+    /// subscribes the user's own channel.
+    pub(crate) async fn authenticated(&mut self, identity: Identity) {
+        self.shared.leases.register(&self.id, &identity.user_id).await;
+        let channel = common::bus::user_channel(&identity.user_id);
+        if let Err(e) = self.shared.hub.join(&channel, self.key, self.outbox.clone(), false).await {
+            tracing::warn!(conn_id = %self.id, error = %e, "user channel subscribe failed");
+        }
+        self.identity = Some(identity);
+    }
+
+    async fn close(&mut self) {
+        for room in std::mem::take(&mut self.rooms) {
+            self.shared.hub.leave(&common::bus::room_channel(&room), self.key).await;
+        }
+        if let Some(identity) = &self.identity {
+            self.shared.hub.leave(&common::bus::user_channel(&identity.user_id), self.key).await;
+            self.shared.leases.release(&self.id).await;
+        }
+        tracing::debug!(conn_id = %self.id, "connection closed");
+    }
+}
+
+fn is_too_large(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut out: OutboxReceiver) {
+    while let Some(first) = out.rx.recv().await {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(item) = next.take() {
+            if out.overflowed() {
+                let _ = close(&mut sink, 4008, "slow consumer").await;
+                return;
+            }
+            match item {
+                Outbound::Text(text) => {
+                    let len = text.len();
+                    if sink.feed(Message::Text(text)).await.is_err() {
+                        return;
+                    }
+                    out.sent(len);
+                }
+                Outbound::Ping => {
+                    if sink.feed(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        return;
+                    }
+                }
+                Outbound::Close(code, reason) => {
+                    let _ = close(&mut sink, code, reason).await;
+                    return;
+                }
+            }
+            written += 1;
+            if written < FLUSH_BATCH {
+                next = out.rx.try_recv().ok();
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) -> Result<(), axum::Error> {
+    sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })))
+        .await?;
+    sink.close().await
+}
