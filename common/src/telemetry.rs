@@ -6,13 +6,14 @@
 //! tracing UI shows edge, chat, auth, ai and presence as separate services.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tracing_subscriber::layer::SubscriberExt;
@@ -124,14 +125,26 @@ pub fn init(log: &LogConfig, otel: &OtelSettings, components: &[&str]) -> Result
 
 /// Sends each span to the exporter of the component that produced it, each
 /// exporter carrying that component's `service.name`.
+///
+/// The OTLP/gRPC exporters need a Tokio reactor, while the SDK's batch
+/// processor exports from its own thread; so the exporters live on a small
+/// runtime of their own.
 #[derive(Debug)]
 struct RoutingExporter {
     /// (component, exporter); the first one is the fallback.
-    routes: Vec<(String, opentelemetry_otlp::SpanExporter)>,
+    routes: Vec<(String, Arc<opentelemetry_otlp::SpanExporter>)>,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl RoutingExporter {
     fn new(endpoint: &str, service_name: Option<&str>, components: &[&str]) -> Result<Self, TelemetryError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("otlp-export")
+            .enable_all()
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        let _entered = runtime.enter();
         let mut routes = Vec::new();
         for component in components {
             let name = match (service_name, components.len()) {
@@ -145,15 +158,17 @@ impl RoutingExporter {
                 .with_timeout(Duration::from_secs(5))
                 .build()
                 .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-            exporter.set_resource(
+            SpanExporter::set_resource(
+                &mut exporter,
                 &Resource::builder()
                     .with_service_name(name)
                     .with_attribute(KeyValue::new("parley.component", component.to_string()))
                     .build(),
             );
-            routes.push((component.to_string(), exporter));
+            routes.push((component.to_string(), Arc::new(exporter)));
         }
-        Ok(Self { routes })
+        drop(_entered);
+        Ok(Self { routes, runtime })
     }
 
     fn component_of(span: &SpanData) -> Option<String> {
@@ -187,19 +202,17 @@ impl SpanExporter for RoutingExporter {
         }
         let mut result = Ok(());
         for ((_, exporter), part) in self.routes.iter().zip(parts) {
-            if !part.is_empty() {
-                if let Err(e) = exporter.export(part).await {
-                    result = Err(e);
-                }
+            if part.is_empty() {
+                continue;
+            }
+            let exporter = exporter.clone();
+            let exported = self.runtime.spawn(async move { exporter.export(part).await }).await;
+            match exported {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(OTelSdkError::InternalFailure(e.to_string())),
             }
         }
         result
-    }
-
-    fn shutdown(&mut self) -> OTelSdkResult {
-        for (_, exporter) in &mut self.routes {
-            let _ = exporter.shutdown();
-        }
-        Ok(())
     }
 }

@@ -1,0 +1,123 @@
+//! The suite as a whole: health, reflection, backends down, shutdown.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn every_grpc_port_answers_health_and_reflection() {
+    let app = spawn_app().await;
+    let a = app.addrs;
+    for (addr, service) in [
+        (a.auth, "parley.auth.v1.AuthService"),
+        (a.chat, "parley.chat.v1.ChatService"),
+        (a.ai, "parley.ai.v1.AiService"),
+        (a.presence, "parley.presence.v1.PresenceService"),
+    ] {
+        let url = format!("http://{addr}");
+        let mut health = HealthClient::connect(url.clone()).await.expect("connect");
+        let status = health
+            .check(HealthCheckRequest { service: service.into() })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service}");
+
+        let mut reflection = ServerReflectionClient::connect(url).await.expect("connect");
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let response = responses.next().await.expect("a response").expect("ok");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected reflection response");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.iter().any(|n| n == service), "{service} listed in {names:?}");
+        assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "{names:?}");
+    }
+}
+
+#[tokio::test]
+async fn http_health_and_readiness() {
+    let app = spawn_app().await;
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(raw_get(app.addrs.edge, path).await, 200, "{path}");
+    }
+}
+
+/// A raw HTTP/1.1 GET, so the tests need no HTTP client dependency.
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line")
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_with_1001() {
+    let mut app = spawn_app().await;
+    let mut client = app.anonymous("alice").await;
+    client.ok("ping", json!({})).await;
+    let started = tokio::time::Instant::now();
+    let (code, ()) = tokio::join!(client.close_code(), app.shutdown());
+    assert_eq!(code, Some(1001));
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown is bounded");
+}
+
+#[tokio::test]
+async fn a_backend_that_is_down_is_unavailable_not_a_hang() {
+    // Services that were bound and then closed: nothing listens there.
+    let dead = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let app = spawn_app().await;
+    let url = format!("http://{dead}");
+    let settings = common::grpc::ClientSettings {
+        credential: common::Secret::new("x".repeat(32)),
+        connect_timeout: Duration::from_millis(500),
+        timeout: Duration::from_secs(2),
+    };
+    let channel = || common::grpc::channel(&url, &settings).expect("channel");
+    let backends = edge::Backends {
+        auth: proto::auth::v1::auth_service_client::AuthServiceClient::new(channel()),
+        chat: proto::chat::v1::chat_service_client::ChatServiceClient::new(channel()),
+        ai: proto::ai::v1::ai_service_client::AiServiceClient::new(channel()),
+        presence: proto::presence::v1::presence_service_client::PresenceServiceClient::new(channel()),
+    };
+    let shutdown = common::shutdown::Shutdown::new();
+    let bus = std::sync::Arc::new(common::bus::MemoryBus::new());
+    let edge = edge::EdgeApp::new(&app.config.edge, backends, bus, false, shutdown.signal()).await.expect("edge");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(edge.serve(listener));
+
+    let mut client = crate::helpers::Client::connect(&format!("ws://{addr}/ws"), &[]).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    let error = client.err("auth", json!({"anonymous": true}), "unavailable").await;
+    assert_eq!(error["temporary"], true);
+    assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+    shutdown.trigger();
+}

@@ -1,0 +1,232 @@
+//! Starting the suite for a test and talking to it as a client would.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use common::config::{Backend, Config};
+use common::testing::TestDatabase;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The HS256 secret the test suite's auth-service verifies with.
+pub const SECRET: &str = "e2e-test-secret-that-is-long-enough-0123456789";
+
+/// How long a test waits for an expected frame before failing.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A running suite plus what the test needs to reach it.
+pub struct TestApp {
+    suite: Option<parley::Suite>,
+    pub addrs: parley::Addrs,
+    pub config: Config,
+    _db: TestDatabase,
+}
+
+fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+                .try_init();
+        }
+    });
+}
+
+/// The suite on fresh storage with test defaults.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// The suite on fresh storage, after `adjust` changed the config.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    init_logs();
+    let db = common::testing::test_database().await;
+    let mut config = Config::default();
+    config.chat.database_url = db.url.clone();
+    config.auth.hs256_secret = common::Secret::new(SECRET);
+    config.ai.offline_chunk_delay_ms = 1;
+    config.edge.shutdown_grace_ms = 2_000;
+    if let Some(redis) = common::testing::test_redis_url() {
+        config.bus.backend = Backend::Redis;
+        config.bus.redis_url = redis.clone();
+        config.bus.channel_prefix = common::ids::new_id("e2e");
+        config.presence.backend = Backend::Redis;
+        config.presence.redis_url = redis;
+    }
+    adjust(&mut config);
+    let listeners = parley::Listeners::ephemeral().await.expect("bind listeners");
+    let suite = parley::start(config.clone(), listeners, false).await.expect("start suite");
+    TestApp { addrs: suite.addrs, suite: Some(suite), config, _db: db }
+}
+
+impl TestApp {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addrs.edge)
+    }
+
+    /// A connected client that has read `hello`.
+    pub async fn connect(&self) -> Client {
+        Client::connect(&self.ws_url(), &[]).await.expect("connect")
+    }
+
+    /// A client signed in anonymously under `name`.
+    pub async fn anonymous(&self, name: &str) -> Client {
+        let mut client = self.connect().await;
+        let reply = client.ok("auth", json!({"anonymous": true, "name": name})).await;
+        client.user_id = reply["user"]["id"].as_str().expect("user id").to_string();
+        client
+    }
+
+    /// Stops the suite (edge drains, clients get 1001).
+    pub async fn shutdown(&mut self) {
+        if let Some(suite) = self.suite.take() {
+            suite.shutdown().await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(suite) = self.suite.take() {
+            // Best effort: stop serving; the runtime ends with the test anyway.
+            drop(suite);
+        }
+    }
+}
+
+/// An HS256 token for `sub`, signed with the suite's secret.
+pub fn token(sub: &str, name: &str, exp_offset_s: i64) -> String {
+    let now = common::ids::now_ms() / 1000;
+    let claims = json!({"sub": sub, "name": name, "iss": "parley", "iat": now, "exp": now + exp_offset_s});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign token")
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking protocol v1.
+pub struct Client {
+    ws: Ws,
+    next_id: u64,
+    /// Frames read while waiting for something else.
+    pending: VecDeque<Value>,
+    pub hello: Value,
+    pub user_id: String,
+}
+
+impl Client {
+    /// Connects with extra upgrade headers and reads `hello`.
+    pub async fn connect(url: &str, headers: &[(&str, &str)]) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                value.parse().expect("header value"),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let mut client = Client { ws, next_id: 1, pending: VecDeque::new(), hello: Value::Null, user_id: String::new() };
+        let hello = client.next_frame().await.expect("hello frame");
+        assert_eq!(hello["type"], "hello", "first frame must be hello: {hello}");
+        client.hello = hello;
+        Ok(client)
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::text(text.into())).await.expect("send");
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::binary(bytes)).await.expect("send");
+    }
+
+    /// Sends a command with a fresh id and returns its reply.
+    pub async fn request(&mut self, kind: &str, fields: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut frame = fields;
+        frame["type"] = json!(kind);
+        frame["id"] = json!(id);
+        self.send_text(frame.to_string()).await;
+        loop {
+            let frame = self.read().await.unwrap_or_else(|| panic!("connection ended while waiting for reply to {kind}"));
+            if frame["type"] == "reply" && frame["id"] == json!(id) {
+                return frame;
+            }
+            self.pending.push_back(frame);
+        }
+    }
+
+    /// A command that must succeed; returns the reply.
+    pub async fn ok(&mut self, kind: &str, fields: Value) -> Value {
+        let reply = self.request(kind, fields).await;
+        assert_eq!(reply["ok"], true, "{kind} failed: {reply}");
+        reply
+    }
+
+    /// A command that must fail with `code`; returns the error object.
+    pub async fn err(&mut self, kind: &str, fields: Value, code: &str) -> Value {
+        let reply = self.request(kind, fields).await;
+        assert_eq!(reply["ok"], false, "{kind} should fail: {reply}");
+        assert_eq!(reply["error"]["code"], code, "{kind}: {reply}");
+        reply["error"].clone()
+    }
+
+    /// The next frame of `kind` (earlier frames of other kinds are kept).
+    pub async fn event(&mut self, kind: &str) -> Value {
+        if let Some(pos) = self.pending.iter().position(|f| f["type"] == kind) {
+            return self.pending.remove(pos).expect("present");
+        }
+        loop {
+            let frame = self.read().await.unwrap_or_else(|| panic!("connection ended while waiting for {kind}"));
+            if frame["type"] == kind {
+                return frame;
+            }
+            self.pending.push_back(frame);
+        }
+    }
+
+    /// The next frame, whatever it is.
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Some(frame);
+        }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Option<Value> {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")?;
+            match message {
+                Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).expect("server frames are JSON")),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
+            match message {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}

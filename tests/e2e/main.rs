@@ -1,0 +1,11 @@
+//! End-to-end suite: the whole Parley suite started in-process on random
+//! ports, driven by real WebSocket clients. Runs on SQLite + in-process bus,
+//! or on Postgres + Redis when `PARLEY_TEST_DATABASE_URL` /
+//! `PARLEY_TEST_REDIS_URL` are set.
+
+mod helpers;
+
+mod ai;
+mod bad_input;
+mod chat;
+mod connection;
