@@ -44,6 +44,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// The suite on fresh storage, after `adjust` changed the config.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_traced(adjust, false).await
+}
+
+/// Like [`spawn_app_with`]; `tracing` says whether spans are exported.
+pub async fn spawn_app_traced(adjust: impl FnOnce(&mut Config), tracing: bool) -> TestApp {
     init_logs();
     let db = common::testing::test_database().await;
     let mut config = Config::default();
@@ -60,7 +65,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     }
     adjust(&mut config);
     let listeners = parley::Listeners::ephemeral().await.expect("bind listeners");
-    let suite = parley::start(config.clone(), listeners, false).await.expect("start suite");
+    let suite = parley::start(config.clone(), listeners, tracing).await.expect("start suite");
     TestApp { addrs: suite.addrs, suite: Some(suite), config, _db: db }
 }
 
