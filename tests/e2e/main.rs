@@ -8,4 +8,5 @@ mod helpers;
 mod ai;
 mod bad_input;
 mod chat;
+mod cli;
 mod connection;
