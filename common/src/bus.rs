@@ -52,7 +52,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, channel: &str, envelope: &Envelope) -> Result<(), BusError>;
 
     /// A new subscriber with its own channel set; events arrive on the receiver.
-    async fn subscriber(&self) -> Result<(Box<dyn Subscriber>, mpsc::UnboundedReceiver<BusEvent>), BusError>;
+    async fn subscriber(
+        &self,
+    ) -> Result<(Box<dyn Subscriber>, mpsc::UnboundedReceiver<BusEvent>), BusError>;
 }
 
 /// A set of channel subscriptions feeding one receiver.
@@ -84,7 +86,9 @@ pub fn envelope(room_id: &str, seq: i64, kind: &str, json: String) -> Envelope {
 }
 
 /// The bus a [`crate::config::BusConfig`] asks for.
-pub async fn connect(config: &crate::config::BusConfig) -> Result<std::sync::Arc<dyn Bus>, BusError> {
+pub async fn connect(
+    config: &crate::config::BusConfig,
+) -> Result<std::sync::Arc<dyn Bus>, BusError> {
     Ok(match config.backend {
         crate::config::Backend::Memory => std::sync::Arc::new(MemoryBus::new()),
         crate::config::Backend::Redis => {

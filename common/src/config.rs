@@ -17,7 +17,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::secret::Secret;
 
 /// Sections of the config file, in `PARLEY_<SECTION>_<KEY>` order.
-const SECTIONS: &[&str] = &["edge", "auth", "chat", "ai", "presence", "bus", "services", "log"];
+const SECTIONS: &[&str] = &[
+    "edge", "auth", "chat", "ai", "presence", "bus", "services", "log",
+];
 
 /// The whole suite's configuration; each component reads its own section.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -278,7 +280,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -304,7 +309,10 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             figment = figment.merge(Toml::file(path));
         }
@@ -333,21 +341,39 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
             if value < min {
-                return Err(ConfigError(format!("key `{key}`: must be at least {min}, got {value}")));
+                return Err(ConfigError(format!(
+                    "key `{key}`: must be at least {min}, got {value}"
+                )));
             }
             Ok(())
         }
-        at_least("edge.max_message_bytes", self.edge.max_message_bytes as u64, 1024)?;
+        at_least(
+            "edge.max_message_bytes",
+            self.edge.max_message_bytes as u64,
+            1024,
+        )?;
         at_least("edge.auth_timeout_ms", self.edge.auth_timeout_ms, 100)?;
         at_least("edge.heartbeat_ms", self.edge.heartbeat_ms, 100)?;
-        at_least("edge.pong_timeout_ms", self.edge.pong_timeout_ms, self.edge.heartbeat_ms)?;
+        at_least(
+            "edge.pong_timeout_ms",
+            self.edge.pong_timeout_ms,
+            self.edge.heartbeat_ms,
+        )?;
         at_least("edge.call_timeout_ms", self.edge.call_timeout_ms, 10)?;
-        at_least("edge.outbound_queue_bytes", self.edge.outbound_queue_bytes as u64, 4096)?;
+        at_least(
+            "edge.outbound_queue_bytes",
+            self.edge.outbound_queue_bytes as u64,
+            4096,
+        )?;
         at_least("edge.presence_renew_ms", self.edge.presence_renew_ms, 100)?;
         at_least("chat.max_connections", self.chat.max_connections as u64, 1)?;
         at_least("chat.max_text_chars", self.chat.max_text_chars as u64, 1)?;
         at_least("chat.page_limit", self.chat.page_limit as u64, 1)?;
-        at_least("auth.max_token_bytes", self.auth.max_token_bytes as u64, 256)?;
+        at_least(
+            "auth.max_token_bytes",
+            self.auth.max_token_bytes as u64,
+            256,
+        )?;
         at_least("presence.lease_ttl_ms", self.presence.lease_ttl_ms, 1_000)?;
         if self.presence.lease_ttl_ms <= self.edge.presence_renew_ms {
             return Err(ConfigError(format!(
@@ -356,13 +382,20 @@ impl Config {
             )));
         }
         if !self.auth.hs256_secret.is_empty() && self.auth.hs256_secret.expose().len() < 32 {
-            return Err(ConfigError("key `auth.hs256_secret`: must be at least 32 bytes".into()));
+            return Err(ConfigError(
+                "key `auth.hs256_secret`: must be at least 32 bytes".into(),
+            ));
         }
         if !self.services.credential.is_empty() && self.services.credential.expose().len() < 32 {
-            return Err(ConfigError("key `services.credential`: must be at least 32 bytes".into()));
+            return Err(ConfigError(
+                "key `services.credential`: must be at least 32 bytes".into(),
+            ));
         }
         let db = &self.chat.database_url;
-        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
             return Err(ConfigError(
                 "key `chat.database_url`: must start with sqlite: or postgres://".into(),
             ));
@@ -373,13 +406,24 @@ impl Config {
             ("services.ai_url", &self.services.ai_url),
             ("services.presence_url", &self.services.presence_url),
         ] {
-            if url.parse::<http::Uri>().map(|u| u.scheme().is_none()).unwrap_or(true) {
-                return Err(ConfigError(format!("key `{key}`: `{url}` is not an http(s) URL")));
+            if url
+                .parse::<http::Uri>()
+                .map(|u| u.scheme().is_none())
+                .unwrap_or(true)
+            {
+                return Err(ConfigError(format!(
+                    "key `{key}`: `{url}` is not an http(s) URL"
+                )));
             }
         }
-        for (key, url) in [("bus.redis_url", &self.bus.redis_url), ("presence.redis_url", &self.presence.redis_url)] {
+        for (key, url) in [
+            ("bus.redis_url", &self.bus.redis_url),
+            ("presence.redis_url", &self.presence.redis_url),
+        ] {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(ConfigError(format!("key `{key}`: must start with redis:// or rediss://")));
+                return Err(ConfigError(format!(
+                    "key `{key}`: must start with redis:// or rediss://"
+                )));
             }
         }
         for origin in &self.edge.allowed_origins {
@@ -413,9 +457,13 @@ impl EnvPairs {
         let mut dict = Dict::new();
         for (name, value) in env {
             let name: String = name.into();
-            let Some(rest) = name.strip_prefix("PARLEY_") else { continue };
+            let Some(rest) = name.strip_prefix("PARLEY_") else {
+                continue;
+            };
             let rest = rest.to_ascii_lowercase();
-            let Some((section, key)) = rest.split_once('_') else { continue };
+            let Some((section, key)) = rest.split_once('_') else {
+                continue;
+            };
             if !SECTIONS.contains(&section) || key.is_empty() {
                 continue;
             }
@@ -450,7 +498,10 @@ impl Provider for EnvPairs {
 fn is_string_key(key: &str) -> bool {
     key.ends_with("_url")
         || key.ends_with("secret")
-        || matches!(key, "credential" | "issuer" | "audience" | "channel_prefix" | "level" | "allowed_origins")
+        || matches!(
+            key,
+            "credential" | "issuer" | "audience" | "channel_prefix" | "level" | "allowed_origins"
+        )
 }
 
 /// Accepts a list or a comma-separated string (handy in environment variables).
@@ -477,7 +528,10 @@ mod tests {
     use super::*;
 
     fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        Config::load(None, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Config::load(
+            None,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
     }
 
     #[test]
@@ -496,14 +550,20 @@ mod tests {
         let c = load(&[
             ("PARLEY_EDGE_LISTEN", "0.0.0.0:9000"),
             ("PARLEY_EDGE_AUTH_TIMEOUT_MS", "500"),
-            ("PARLEY_EDGE_ALLOWED_ORIGINS", "https://a.example, https://b.example"),
+            (
+                "PARLEY_EDGE_ALLOWED_ORIGINS",
+                "https://a.example, https://b.example",
+            ),
             ("PARLEY_BUS_BACKEND", "redis"),
             ("PARLEY_TEST_DATABASE_URL", "ignored"),
         ])
         .expect("valid");
         assert_eq!(c.edge.listen.port(), 9000);
         assert_eq!(c.edge.auth_timeout_ms, 500);
-        assert_eq!(c.edge.allowed_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(
+            c.edge.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
         assert_eq!(c.bus.backend, Backend::Redis);
     }
 
@@ -527,7 +587,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("parley-config-{}", crate::ids::new_id("t")));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("parley.toml");
-        std::fs::write(&path, "[edge]\nheartbeat_ms = 1000\nauth_timeout_ms = 700\n").expect("write");
+        std::fs::write(
+            &path,
+            "[edge]\nheartbeat_ms = 1000\nauth_timeout_ms = 700\n",
+        )
+        .expect("write");
         let c = Config::load(Some(&path), [("PARLEY_EDGE_AUTH_TIMEOUT_MS", "900")]).expect("valid");
         assert_eq!(c.edge.heartbeat_ms, 1000);
         assert_eq!(c.edge.auth_timeout_ms, 900);

@@ -21,17 +21,83 @@ pub enum ErrorCode {
 
 /// (code, protocol name, gRPC code, HTTP status, temporary)
 const TABLE: &[(ErrorCode, &str, tonic::Code, u16, bool)] = &[
-    (ErrorCode::BadRequest, "bad_request", tonic::Code::InvalidArgument, 400, false),
-    (ErrorCode::Unauthorized, "unauthorized", tonic::Code::Unauthenticated, 401, false),
-    (ErrorCode::Forbidden, "forbidden", tonic::Code::PermissionDenied, 403, false),
-    (ErrorCode::NotFound, "not_found", tonic::Code::NotFound, 404, false),
-    (ErrorCode::Conflict, "conflict", tonic::Code::AlreadyExists, 409, false),
-    (ErrorCode::RateLimited, "rate_limited", tonic::Code::ResourceExhausted, 429, true),
-    (ErrorCode::TooLarge, "too_large", tonic::Code::OutOfRange, 413, false),
-    (ErrorCode::Unavailable, "unavailable", tonic::Code::Unavailable, 503, true),
-    (ErrorCode::Timeout, "timeout", tonic::Code::DeadlineExceeded, 504, true),
-    (ErrorCode::Disabled, "disabled", tonic::Code::FailedPrecondition, 403, false),
-    (ErrorCode::Internal, "internal", tonic::Code::Internal, 500, true),
+    (
+        ErrorCode::BadRequest,
+        "bad_request",
+        tonic::Code::InvalidArgument,
+        400,
+        false,
+    ),
+    (
+        ErrorCode::Unauthorized,
+        "unauthorized",
+        tonic::Code::Unauthenticated,
+        401,
+        false,
+    ),
+    (
+        ErrorCode::Forbidden,
+        "forbidden",
+        tonic::Code::PermissionDenied,
+        403,
+        false,
+    ),
+    (
+        ErrorCode::NotFound,
+        "not_found",
+        tonic::Code::NotFound,
+        404,
+        false,
+    ),
+    (
+        ErrorCode::Conflict,
+        "conflict",
+        tonic::Code::AlreadyExists,
+        409,
+        false,
+    ),
+    (
+        ErrorCode::RateLimited,
+        "rate_limited",
+        tonic::Code::ResourceExhausted,
+        429,
+        true,
+    ),
+    (
+        ErrorCode::TooLarge,
+        "too_large",
+        tonic::Code::OutOfRange,
+        413,
+        false,
+    ),
+    (
+        ErrorCode::Unavailable,
+        "unavailable",
+        tonic::Code::Unavailable,
+        503,
+        true,
+    ),
+    (
+        ErrorCode::Timeout,
+        "timeout",
+        tonic::Code::DeadlineExceeded,
+        504,
+        true,
+    ),
+    (
+        ErrorCode::Disabled,
+        "disabled",
+        tonic::Code::FailedPrecondition,
+        403,
+        false,
+    ),
+    (
+        ErrorCode::Internal,
+        "internal",
+        tonic::Code::Internal,
+        500,
+        true,
+    ),
 ];
 
 impl ErrorCode {
@@ -103,6 +169,9 @@ mod tests {
     #[test]
     fn temporary_codes_match_the_protocol() {
         let temporary: Vec<_> = TABLE.iter().filter(|r| r.4).map(|r| r.1).collect();
-        assert_eq!(temporary, ["rate_limited", "unavailable", "timeout", "internal"]);
+        assert_eq!(
+            temporary,
+            ["rate_limited", "unavailable", "timeout", "internal"]
+        );
     }
 }

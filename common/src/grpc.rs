@@ -36,7 +36,11 @@ pub struct Actor {
 impl Actor {
     /// The AI assistant, as the sender of its replies.
     pub fn assistant() -> Self {
-        Self { user_id: "assistant".into(), name: "Assistant".into(), anonymous: false }
+        Self {
+            user_id: "assistant".into(),
+            name: "Assistant".into(),
+            anonymous: false,
+        }
     }
 
     /// Puts the actor into outgoing metadata.
@@ -48,7 +52,10 @@ impl Actor {
         if let Ok(v) = AsciiMetadataValue::try_from(percent_encode(&self.name)) {
             metadata.insert(USER_NAME, v);
         }
-        metadata.insert(USER_ANONYMOUS, AsciiMetadataValue::from_static(if self.anonymous { "1" } else { "0" }));
+        metadata.insert(
+            USER_ANONYMOUS,
+            AsciiMetadataValue::from_static(if self.anonymous { "1" } else { "0" }),
+        );
     }
 
     /// A request carrying this actor.
@@ -70,7 +77,11 @@ impl Actor {
             .map(percent_decode)
             .unwrap_or_else(|| user_id.clone());
         let anonymous = metadata.get(USER_ANONYMOUS).and_then(|v| v.to_str().ok()) == Some("1");
-        Some(Self { user_id, name, anonymous })
+        Some(Self {
+            user_id,
+            name,
+            anonymous,
+        })
     }
 
     /// The actor of a request, or `unauthorized`.
@@ -97,15 +108,15 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
                 .ok()
                 .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-            {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -122,7 +133,9 @@ pub struct CredentialCheck {
 
 impl CredentialCheck {
     pub fn new(credential: &Secret) -> Self {
-        Self { expected: Arc::new(format!("Bearer {}", credential.expose())) }
+        Self {
+            expected: Arc::new(format!("Bearer {}", credential.expose())),
+        }
     }
 }
 
@@ -157,7 +170,9 @@ pub struct ClientInterceptor {
 impl tonic::service::Interceptor for ClientInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         trace::inject_current(request.metadata_mut());
-        request.metadata_mut().insert("authorization", self.authorization.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
         Ok(request)
     }
 }
@@ -176,14 +191,21 @@ pub struct ClientSettings {
 
 /// A lazily connecting channel: start-up never waits for the other service,
 /// and a service that is down turns into `unavailable` within the deadlines.
-pub fn channel(url: &str, settings: &ClientSettings) -> Result<ServiceChannel, tonic::transport::Error> {
+pub fn channel(
+    url: &str,
+    settings: &ClientSettings,
+) -> Result<ServiceChannel, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(url.to_string())?
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.timeout)
         .tcp_nodelay(true);
-    let authorization = AsciiMetadataValue::try_from(format!("Bearer {}", settings.credential.expose()))
-        .unwrap_or_else(|_| AsciiMetadataValue::from_static(""));
-    Ok(InterceptedService::new(endpoint.connect_lazy(), ClientInterceptor { authorization }))
+    let authorization =
+        AsciiMetadataValue::try_from(format!("Bearer {}", settings.credential.expose()))
+            .unwrap_or_else(|_| AsciiMetadataValue::from_static(""));
+    Ok(InterceptedService::new(
+        endpoint.connect_lazy(),
+        ClientInterceptor { authorization },
+    ))
 }
 
 /// Serves `routes` plus the standard health and reflection services on an
@@ -241,7 +263,11 @@ mod tests {
 
     #[test]
     fn actor_round_trips_with_unicode_names() {
-        let actor = Actor { user_id: "u_1".into(), name: "Zoë 100%".into(), anonymous: true };
+        let actor = Actor {
+            user_id: "u_1".into(),
+            name: "Zoë 100%".into(),
+            anonymous: true,
+        };
         let mut md = MetadataMap::new();
         actor.apply(&mut md);
         assert_eq!(Actor::from_metadata(&md), Some(actor));
@@ -252,13 +278,20 @@ mod tests {
         let secret = Secret::new("s".repeat(32));
         let mut check = CredentialCheck::new(&secret);
         let mut ok = Request::new(());
-        ok.metadata_mut()
-            .insert("authorization", format!("Bearer {}", "s".repeat(32)).parse().expect("ascii"));
+        ok.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", "s".repeat(32)).parse().expect("ascii"),
+        );
         assert!(check.call(ok).is_ok());
         let mut bad = Request::new(());
-        bad.metadata_mut()
-            .insert("authorization", format!("Bearer {}", "t".repeat(32)).parse().expect("ascii"));
-        assert_eq!(check.call(bad).expect_err("wrong").code(), tonic::Code::Unauthenticated);
+        bad.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", "t".repeat(32)).parse().expect("ascii"),
+        );
+        assert_eq!(
+            check.call(bad).expect_err("wrong").code(),
+            tonic::Code::Unauthenticated
+        );
         assert!(check.call(Request::new(())).is_err());
     }
 }

@@ -1,7 +1,5 @@
 //! Shutdown signalling: one [`Shutdown`] trigger, many cheap listeners.
 
-use std::future::Future;
-
 use tokio::sync::watch;
 
 /// Tells every task of a component to stop. Dropping it also counts as stop.
@@ -23,7 +21,9 @@ impl Shutdown {
     }
 
     pub fn signal(&self) -> ShutdownSignal {
-        ShutdownSignal { rx: self.tx.subscribe() }
+        ShutdownSignal {
+            rx: self.tx.subscribe(),
+        }
     }
 
     /// Starts the shutdown; every signal resolves.
@@ -57,8 +57,8 @@ impl ShutdownSignal {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-pub fn os_signal() -> impl Future<Output = ()> {
-    async {
+pub async fn os_signal() {
+    {
         let ctrl_c = async {
             let _ = tokio::signal::ctrl_c().await;
         };

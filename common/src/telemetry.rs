@@ -50,7 +50,10 @@ impl OtelSettings {
                 .or_else(|| vars.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
                 .filter(|v| !v.is_empty())
                 .cloned(),
-            service_name: vars.get("OTEL_SERVICE_NAME").filter(|v| !v.is_empty()).cloned(),
+            service_name: vars
+                .get("OTEL_SERVICE_NAME")
+                .filter(|v| !v.is_empty())
+                .cloned(),
         }
     }
 }
@@ -91,21 +94,32 @@ pub enum TelemetryError {
 /// Installs the global subscriber. `components` are the components this
 /// process runs (one name for a single-service binary, all five for the
 /// one-process suite).
-pub fn init(log: &LogConfig, otel: &OtelSettings, components: &[&str]) -> Result<Telemetry, TelemetryError> {
+pub fn init(
+    log: &LogConfig,
+    otel: &OtelSettings,
+    components: &[&str],
+) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let log_filter = EnvFilter::try_new(&log.level).map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let log_filter =
+        EnvFilter::try_new(&log.level).map_err(|e| TelemetryError::Filter(e.to_string()))?;
     let fmt_layer = match log.format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_target(true).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().flatten_event(true).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .boxed(),
     }
     .with_filter(log_filter);
 
     let mut telemetry = Telemetry::default();
     let otel_layer = match &otel.endpoint {
         Some(endpoint) => {
-            let exporter = RoutingExporter::new(endpoint, otel.service_name.as_deref(), components)?;
-            let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).build();
+            let exporter =
+                RoutingExporter::new(endpoint, otel.service_name.as_deref(), components)?;
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .build();
             let tracer = provider.tracer("parley");
             telemetry.provider = Some(provider);
             let mut directives = String::from("off");
@@ -113,13 +127,21 @@ pub fn init(log: &LogConfig, otel: &OtelSettings, components: &[&str]) -> Result
                 directives.push_str(&format!(",{target}=info"));
             }
             directives.push_str(",common=info");
-            let filter = EnvFilter::try_new(directives).map_err(|e| TelemetryError::Filter(e.to_string()))?;
-            Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter))
+            let filter = EnvFilter::try_new(directives)
+                .map_err(|e| TelemetryError::Filter(e.to_string()))?;
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(filter),
+            )
         }
         None => None,
     };
 
-    let _ = tracing_subscriber::registry().with(fmt_layer).with(otel_layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init();
     Ok(telemetry)
 }
 
@@ -137,7 +159,11 @@ struct RoutingExporter {
 }
 
 impl RoutingExporter {
-    fn new(endpoint: &str, service_name: Option<&str>, components: &[&str]) -> Result<Self, TelemetryError> {
+    fn new(
+        endpoint: &str,
+        service_name: Option<&str>,
+        components: &[&str],
+    ) -> Result<Self, TelemetryError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-export")
@@ -206,7 +232,10 @@ impl SpanExporter for RoutingExporter {
                 continue;
             }
             let exporter = exporter.clone();
-            let exported = self.runtime.spawn(async move { exporter.export(part).await }).await;
+            let exported = self
+                .runtime
+                .spawn(async move { exporter.export(part).await })
+                .await;
             match exported {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => result = Err(e),

@@ -37,7 +37,9 @@ impl Extractor for HeaderExtractor<'_> {
 /// Injects the current span's context into outgoing gRPC metadata.
 pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
     let cx = Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut MetadataInjector(metadata)));
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut MetadataInjector(metadata))
+    });
 }
 
 /// The remote parent carried by HTTP headers, if any.
@@ -70,13 +72,17 @@ pub fn current_trace_id() -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
     let cx = Span::current().context();
     let span_context = cx.span().span_context().clone();
-    span_context.is_valid().then(|| span_context.trace_id().to_string())
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
     use opentelemetry_sdk::propagation::TraceContextPropagator;
 
     #[test]
@@ -84,7 +90,13 @@ mod tests {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id");
         let span_id = SpanId::from_hex("00f067aa0ba902b7").expect("span id");
-        let sent = SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, true, TraceState::default());
+        let sent = SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
         let cx = opentelemetry::Context::new().with_remote_span_context(sent);
 
         let mut metadata = tonic::metadata::MetadataMap::new();

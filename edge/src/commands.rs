@@ -6,7 +6,8 @@ use common::grpc::Actor;
 use proto::ai::v1::AskRequest;
 use proto::auth::v1::SignInAnonymousRequest;
 use proto::chat::v1::{
-    CreateRoomRequest, GetHistoryRequest, JoinRoomRequest, LeaveRoomRequest, ListRoomsRequest, SendMessageRequest,
+    CreateRoomRequest, GetHistoryRequest, JoinRoomRequest, LeaveRoomRequest, ListRoomsRequest,
+    SendMessageRequest,
 };
 use serde_json::{Map, Value, json};
 
@@ -54,7 +55,10 @@ pub(crate) async fn dispatch(conn: &mut Conn, command: Command) -> Result<Outcom
         "auth" => auth(conn, &command).await,
         _ if conn.identity.is_none() => {
             if is_known(kind) {
-                Err(CommandError::new(ErrorCode::Unauthorized, "authenticate first (send `auth`)"))
+                Err(CommandError::new(
+                    ErrorCode::Unauthorized,
+                    "authenticate first (send `auth`)",
+                ))
             } else {
                 Err(unknown(kind))
             }
@@ -78,7 +82,13 @@ fn is_known(kind: &str) -> bool {
     NOT_YET.contains(&kind)
         || matches!(
             kind,
-            "room.create" | "room.join" | "room.leave" | "room.list" | "message.send" | "message.history" | "ai.ask"
+            "room.create"
+                | "room.join"
+                | "room.leave"
+                | "room.list"
+                | "message.send"
+                | "message.history"
+                | "ai.ask"
         )
 }
 
@@ -94,25 +104,35 @@ fn reply(value: Value) -> Outcome {
 }
 
 fn actor(conn: &Conn) -> Result<Actor, CommandError> {
-    let identity = conn
-        .identity
-        .as_ref()
-        .ok_or_else(|| CommandError::new(ErrorCode::Unauthorized, "authenticate first (send `auth`)"))?;
-    Ok(Actor { user_id: identity.user_id.clone(), name: identity.name.clone(), anonymous: identity.anonymous })
+    let identity = conn.identity.as_ref().ok_or_else(|| {
+        CommandError::new(ErrorCode::Unauthorized, "authenticate first (send `auth`)")
+    })?;
+    Ok(Actor {
+        user_id: identity.user_id.clone(),
+        name: identity.name.clone(),
+        anonymous: identity.anonymous,
+    })
 }
 
 /// A required string field, 1..=`max` bytes.
 fn string(body: &Map<String, Value>, field: &str, max: usize) -> Result<String, CommandError> {
     match body.get(field) {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= max => Ok(s.clone()),
-        Some(Value::String(s)) if s.len() > max => {
-            Err(CommandError::new(ErrorCode::TooLarge, format!("`{field}` is longer than {max} bytes")))
-        }
-        _ => Err(CommandError::bad_request(format!("missing string field `{field}`"))),
+        Some(Value::String(s)) if s.len() > max => Err(CommandError::new(
+            ErrorCode::TooLarge,
+            format!("`{field}` is longer than {max} bytes"),
+        )),
+        _ => Err(CommandError::bad_request(format!(
+            "missing string field `{field}`"
+        ))),
     }
 }
 
-fn optional_string(body: &Map<String, Value>, field: &str, max: usize) -> Result<Option<String>, CommandError> {
+fn optional_string(
+    body: &Map<String, Value>,
+    field: &str,
+    max: usize,
+) -> Result<Option<String>, CommandError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(_) => string(body, field, max).map(Some),
@@ -126,7 +146,9 @@ fn optional_seq(body: &Map<String, Value>, field: &str) -> Result<Option<i64>, C
             .as_u64()
             .and_then(|n| i64::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| CommandError::bad_request(format!("`{field}` must be a non-negative integer"))),
+            .ok_or_else(|| {
+                CommandError::bad_request(format!("`{field}` must be a non-negative integer"))
+            }),
     }
 }
 
@@ -134,7 +156,9 @@ fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<bool, Command
     match body.get(field) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(CommandError::bad_request(format!("`{field}` must be a boolean"))),
+        Some(_) => Err(CommandError::bad_request(format!(
+            "`{field}` must be a boolean"
+        ))),
     }
 }
 
@@ -147,7 +171,10 @@ async fn auth(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandErro
     let body = &command.body;
     let (identity, token) = if optional_bool(body, "anonymous")? {
         let name = optional_string(body, "name", 256)?.unwrap_or_default();
-        let request = SignInAnonymousRequest { name, client_ip: conn.peer.ip().to_string() };
+        let request = SignInAnonymousRequest {
+            name,
+            client_ip: conn.peer.ip().to_string(),
+        };
         let response = conn
             .shared
             .backends
@@ -157,9 +184,9 @@ async fn auth(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandErro
             .await
             .map_err(|s| CommandError::from_status("auth", &s))?
             .into_inner();
-        let identity = response
-            .identity
-            .ok_or_else(|| CommandError::new(ErrorCode::Internal, "auth service returned no identity"))?;
+        let identity = response.identity.ok_or_else(|| {
+            CommandError::new(ErrorCode::Internal, "auth service returned no identity")
+        })?;
         (identity, Some(response.access_token))
     } else {
         let max = 64 * 1024;
@@ -187,8 +214,9 @@ async fn room_create(conn: &mut Conn, command: &Command) -> Result<Outcome, Comm
     let body = &command.body;
     let name = optional_string(body, "name", 400)?.unwrap_or_default();
     let visibility = optional_string(body, "visibility", 16)?.unwrap_or_else(|| "public".into());
-    let visibility = proto::json::parse_visibility(&visibility)
-        .ok_or_else(|| CommandError::bad_request("`visibility` must be public, private or direct"))?;
+    let visibility = proto::json::parse_visibility(&visibility).ok_or_else(|| {
+        CommandError::bad_request("`visibility` must be public, private or direct")
+    })?;
     let members = match body.get("members") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) if items.len() <= 1000 => items
@@ -198,9 +226,17 @@ async fn room_create(conn: &mut Conn, command: &Command) -> Result<Outcome, Comm
                 _ => Err(CommandError::bad_request("`members` must be user ids")),
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(CommandError::bad_request("`members` must be an array of at most 1000 user ids")),
+        Some(_) => {
+            return Err(CommandError::bad_request(
+                "`members` must be an array of at most 1000 user ids",
+            ));
+        }
     };
-    let request = actor(conn)?.request(CreateRoomRequest { name, visibility: visibility as i32, members });
+    let request = actor(conn)?.request(CreateRoomRequest {
+        name,
+        visibility: visibility as i32,
+        members,
+    });
     let room = conn
         .shared
         .backends
@@ -230,8 +266,17 @@ async fn room_join(conn: &mut Conn, command: &Command) -> Result<Outcome, Comman
         .hub
         .join(&channel, conn.key, conn.outbox.clone(), true)
         .await
-        .map_err(|e| CommandError::new(ErrorCode::Unavailable, format!("event bus unavailable: {e}")))?;
-    let request = actor.request(JoinRoomRequest { room_id: room.clone(), since, limit: 0 });
+        .map_err(|e| {
+            CommandError::new(
+                ErrorCode::Unavailable,
+                format!("event bus unavailable: {e}"),
+            )
+        })?;
+    let request = actor.request(JoinRoomRequest {
+        room_id: room.clone(),
+        since,
+        limit: 0,
+    });
     let response = match conn.shared.backends.chat.clone().join_room(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
@@ -267,7 +312,9 @@ async fn room_leave(conn: &mut Conn, command: &Command) -> Result<Outcome, Comma
     let room = string(body, "room", ID_MAX)?;
     let forget = optional_bool(body, "forget")?;
     if forget {
-        let request = actor(conn)?.request(LeaveRoomRequest { room_id: room.clone() });
+        let request = actor(conn)?.request(LeaveRoomRequest {
+            room_id: room.clone(),
+        });
         conn.shared
             .backends
             .chat
@@ -277,7 +324,10 @@ async fn room_leave(conn: &mut Conn, command: &Command) -> Result<Outcome, Comma
             .map_err(|s| CommandError::from_status("chat", &s))?;
     }
     if conn.rooms.remove(&room) {
-        conn.shared.hub.leave(&common::bus::room_channel(&room), conn.key).await;
+        conn.shared
+            .hub
+            .leave(&common::bus::room_channel(&room), conn.key)
+            .await;
     }
     Ok(Outcome::Reply(Map::new()))
 }
@@ -321,9 +371,19 @@ async fn message_send(conn: &mut Conn, command: &Command) -> Result<Outcome, Com
     let metadata_json = match body.get("metadata") {
         None | Some(Value::Null) => String::new(),
         Some(v @ Value::Object(_)) => v.to_string(),
-        Some(_) => return Err(CommandError::bad_request("`metadata` must be a JSON object")),
+        Some(_) => {
+            return Err(CommandError::bad_request(
+                "`metadata` must be a JSON object",
+            ));
+        }
     };
-    let request = actor(conn)?.request(SendMessageRequest { room_id: room, text, client_msg_id, thread_id, metadata_json });
+    let request = actor(conn)?.request(SendMessageRequest {
+        room_id: room,
+        text,
+        client_msg_id,
+        thread_id,
+        metadata_json,
+    });
     let message = conn
         .shared
         .backends
@@ -334,7 +394,9 @@ async fn message_send(conn: &mut Conn, command: &Command) -> Result<Outcome, Com
         .map_err(|s| CommandError::from_status("chat", &s))?
         .into_inner()
         .message
-        .ok_or_else(|| CommandError::new(ErrorCode::Internal, "chat service returned no message"))?;
+        .ok_or_else(|| {
+            CommandError::new(ErrorCode::Internal, "chat service returned no message")
+        })?;
     Ok(reply(json!({"message": proto::json::message(&message)})))
 }
 
@@ -346,10 +408,20 @@ async fn message_history(conn: &mut Conn, command: &Command) -> Result<Outcome, 
     let limit = match optional_seq(body, "limit")? {
         None => 50,
         Some(n @ 1..=100) => n as u32,
-        Some(_) => return Err(CommandError::bad_request("`limit` must be between 1 and 100")),
+        Some(_) => {
+            return Err(CommandError::bad_request(
+                "`limit` must be between 1 and 100",
+            ));
+        }
     };
     let thread_id = optional_string(body, "thread", ID_MAX)?;
-    let request = actor(conn)?.request(GetHistoryRequest { room_id: room, before, after, limit, thread_id });
+    let request = actor(conn)?.request(GetHistoryRequest {
+        room_id: room,
+        before,
+        after,
+        limit,
+        thread_id,
+    });
     let response = conn
         .shared
         .backends
@@ -360,7 +432,9 @@ async fn message_history(conn: &mut Conn, command: &Command) -> Result<Outcome, 
         .map_err(|s| CommandError::from_status("chat", &s))?
         .into_inner();
     let messages: Vec<Value> = response.messages.iter().map(proto::json::message).collect();
-    Ok(reply(json!({"messages": messages, "has_more": response.has_more})))
+    Ok(reply(
+        json!({"messages": messages, "has_more": response.has_more}),
+    ))
 }
 
 async fn ai_ask(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
@@ -372,7 +446,12 @@ async fn ai_ask(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandEr
     };
     let model = optional_string(body, "model", 128)?;
     let client_msg_id = optional_string(body, "client_msg_id", 64)?.unwrap_or_default();
-    let request = actor(conn)?.request(AskRequest { room_id: room, prompt, model, client_msg_id });
+    let request = actor(conn)?.request(AskRequest {
+        room_id: room,
+        prompt,
+        model,
+        client_msg_id,
+    });
     let response = conn
         .shared
         .backends

@@ -52,13 +52,19 @@ pub(crate) enum Flow {
 
 /// Verifies a token through auth-service. Expired tokens close with 4003,
 /// other failures with 4002.
-pub(crate) async fn verify(shared: &Shared, token: &str, peer: SocketAddr) -> Result<Identity, CommandError> {
-    let request = VerifyTokenRequest { token: token.to_string(), client_ip: peer.ip().to_string() };
+pub(crate) async fn verify(
+    shared: &Shared,
+    token: &str,
+    peer: SocketAddr,
+) -> Result<Identity, CommandError> {
+    let request = VerifyTokenRequest {
+        token: token.to_string(),
+        client_ip: peer.ip().to_string(),
+    };
     match shared.backends.auth.clone().verify_token(request).await {
-        Ok(response) => response
-            .into_inner()
-            .identity
-            .ok_or_else(|| CommandError::new(ErrorCode::Internal, "auth service returned no identity")),
+        Ok(response) => response.into_inner().identity.ok_or_else(|| {
+            CommandError::new(ErrorCode::Internal, "auth service returned no identity")
+        }),
         Err(status) => {
             let mut error = CommandError::from_status("auth", &status);
             if error.code == ErrorCode::Unauthorized {
@@ -68,7 +74,11 @@ pub(crate) async fn verify(shared: &Shared, token: &str, peer: SocketAddr) -> Re
                     .and_then(|v| v.to_str().ok())
                     .map(|reason| reason == "expired")
                     .unwrap_or_else(|| status.message().contains("expired"));
-                error.close = Some(if expired { (4003, "token expired") } else { (4002, "invalid token") });
+                error.close = Some(if expired {
+                    (4003, "token expired")
+                } else {
+                    (4002, "invalid token")
+                });
             }
             Err(error)
         }
@@ -173,7 +183,10 @@ pub(crate) async fn run(
 
     conn.close().await;
     drop(outbox);
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
         writer.abort();
     }
 }
@@ -183,7 +196,8 @@ impl Conn {
         let command = match frames::parse(text) {
             Ok(command) => command,
             Err((kind, id, error)) => {
-                self.outbox.push(frames::failure(kind.as_deref(), id, &error, None));
+                self.outbox
+                    .push(frames::failure(kind.as_deref(), id, &error, None));
                 return Flow::Continue;
             }
         };
@@ -207,7 +221,9 @@ impl Conn {
         }
         let kind = command.kind.clone();
         let id = command.id;
-        let result = commands::dispatch(self, command).instrument(span.clone()).await;
+        let result = commands::dispatch(self, command)
+            .instrument(span.clone())
+            .await;
         match result {
             Ok(commands::Outcome::Reply(fields)) => {
                 if let Some(id) = id {
@@ -217,11 +233,16 @@ impl Conn {
             }
             Ok(commands::Outcome::Sent) => Flow::Continue,
             Err(error) => {
-                let trace_id = if self.shared.tracing { span.in_scope(common::trace::current_trace_id) } else { None };
+                let trace_id = if self.shared.tracing {
+                    span.in_scope(common::trace::current_trace_id)
+                } else {
+                    None
+                };
                 if error.code == ErrorCode::Internal {
                     tracing::error!(parent: &span, command = %kind, message = %error.message, "command failed");
                 }
-                self.outbox.push(frames::failure(Some(&kind), id, &error, trace_id));
+                self.outbox
+                    .push(frames::failure(Some(&kind), id, &error, trace_id));
                 match error.close {
                     Some((code, reason)) => {
                         self.outbox.close(code, reason);
@@ -236,9 +257,17 @@ impl Conn {
     /// Keeps the verified identity, registers the presence lease and
     /// subscribes the user's own channel.
     pub(crate) async fn authenticated(&mut self, identity: Identity) {
-        self.shared.leases.register(&self.id, &identity.user_id).await;
+        self.shared
+            .leases
+            .register(&self.id, &identity.user_id)
+            .await;
         let channel = common::bus::user_channel(&identity.user_id);
-        if let Err(e) = self.shared.hub.join(&channel, self.key, self.outbox.clone(), false).await {
+        if let Err(e) = self
+            .shared
+            .hub
+            .join(&channel, self.key, self.outbox.clone(), false)
+            .await
+        {
             tracing::warn!(conn_id = %self.id, error = %e, "user channel subscribe failed");
         }
         self.identity = Some(identity);
@@ -246,10 +275,16 @@ impl Conn {
 
     async fn close(&mut self) {
         for room in std::mem::take(&mut self.rooms) {
-            self.shared.hub.leave(&common::bus::room_channel(&room), self.key).await;
+            self.shared
+                .hub
+                .leave(&common::bus::room_channel(&room), self.key)
+                .await;
         }
         if let Some(identity) = &self.identity {
-            self.shared.hub.leave(&common::bus::user_channel(&identity.user_id), self.key).await;
+            self.shared
+                .hub
+                .leave(&common::bus::user_channel(&identity.user_id), self.key)
+                .await;
             self.shared.leases.release(&self.id).await;
         }
         tracing::debug!(conn_id = %self.id, "connection closed");
@@ -305,8 +340,15 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut out: OutboxRece
     }
 }
 
-async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) -> Result<(), axum::Error> {
-    sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })))
-        .await?;
+async fn close(
+    sink: &mut SplitSink<WebSocket, Message>,
+    code: u16,
+    reason: &'static str,
+) -> Result<(), axum::Error> {
+    sink.send(Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    })))
+    .await?;
     sink.close().await
 }

@@ -25,7 +25,12 @@ pub struct CommandError {
 
 impl CommandError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after_ms: None, close: None }
+        Self {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+            close: None,
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -47,14 +52,29 @@ impl CommandError {
 
 /// Parses a text frame into a command, or says why it is not one.
 pub fn parse(text: &str) -> Result<Command, (Option<String>, Option<u64>, CommandError)> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| (None, None, CommandError::bad_request(format!("malformed JSON: {e}"))))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        (
+            None,
+            None,
+            CommandError::bad_request(format!("malformed JSON: {e}")),
+        )
+    })?;
     let Value::Object(mut body) = value else {
-        return Err((None, None, CommandError::bad_request("a frame must be a JSON object")));
+        return Err((
+            None,
+            None,
+            CommandError::bad_request("a frame must be a JSON object"),
+        ));
     };
     let kind = match body.remove("type") {
         Some(Value::String(kind)) if !kind.is_empty() && kind.len() <= 64 => kind,
-        _ => return Err((None, None, CommandError::bad_request("missing string field `type`"))),
+        _ => {
+            return Err((
+                None,
+                None,
+                CommandError::bad_request("missing string field `type`"),
+            ));
+        }
     };
     let id = match body.remove("id") {
         None | Some(Value::Null) => None,
@@ -97,16 +117,29 @@ fn error_object(error: &CommandError, trace_id: Option<String>) -> Value {
 }
 
 /// A failed command's frame: a reply when it had an id, an `error` otherwise.
-pub fn failure(kind: Option<&str>, id: Option<u64>, error: &CommandError, trace_id: Option<String>) -> Utf8Bytes {
+pub fn failure(
+    kind: Option<&str>,
+    id: Option<u64>,
+    error: &CommandError,
+    trace_id: Option<String>,
+) -> Utf8Bytes {
     let frame = match id {
-        Some(id) => json!({"type": "reply", "id": id, "ok": false, "error": error_object(error, trace_id)}),
+        Some(id) => {
+            json!({"type": "reply", "id": id, "ok": false, "error": error_object(error, trace_id)})
+        }
         None => json!({"type": "error", "re": kind, "error": error_object(error, trace_id)}),
     };
     Utf8Bytes::from(frame.to_string())
 }
 
 /// The first server frame.
-pub fn hello(conn_id: &str, auth_timeout_ms: u64, heartbeat_ms: u64, max_message_bytes: usize, user: Option<Value>) -> Utf8Bytes {
+pub fn hello(
+    conn_id: &str,
+    auth_timeout_ms: u64,
+    heartbeat_ms: u64,
+    max_message_bytes: usize,
+    user: Option<Value>,
+) -> Utf8Bytes {
     Utf8Bytes::from(
         json!({
             "type": "hello",
@@ -142,12 +175,15 @@ mod tests {
     #[test]
     fn failures_carry_the_protocol_shape() {
         let e = CommandError::new(ErrorCode::RateLimited, "slow down");
-        let with_id: Value = serde_json::from_str(&failure(Some("message.send"), Some(3), &e, None)).expect("json");
+        let with_id: Value =
+            serde_json::from_str(&failure(Some("message.send"), Some(3), &e, None)).expect("json");
         assert_eq!(with_id["type"], "reply");
         assert_eq!(with_id["ok"], false);
         assert_eq!(with_id["error"]["code"], "rate_limited");
         assert_eq!(with_id["error"]["temporary"], true);
-        let without: Value = serde_json::from_str(&failure(Some("message.send"), None, &e, Some("abc".into()))).expect("json");
+        let without: Value =
+            serde_json::from_str(&failure(Some("message.send"), None, &e, Some("abc".into())))
+                .expect("json");
         assert_eq!(without["type"], "error");
         assert_eq!(without["re"], "message.send");
         assert_eq!(without["error"]["trace_id"], "abc");

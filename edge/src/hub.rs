@@ -43,32 +43,49 @@ impl Hub {
         let (subscriber, events) = bus.subscriber().await?;
         let channels: Arc<Mutex<Channels>> = Arc::default();
         tokio::spawn(fan_out(events, channels.clone()));
-        Ok(Self { subscriber, channels, changes: tokio::sync::Mutex::new(()) })
+        Ok(Self {
+            subscriber,
+            channels,
+            changes: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Adds a member to `channel` with its gate closed (events are buffered
     /// until [`open_gate`]); subscribes the edge if it is the first member.
-    pub async fn join(&self, channel: &str, conn: u64, outbox: Outbox, gated: bool) -> Result<Arc<Mutex<Gate>>, BusError> {
+    pub async fn join(
+        &self,
+        channel: &str,
+        conn: u64,
+        outbox: Outbox,
+        gated: bool,
+    ) -> Result<Arc<Mutex<Gate>>, BusError> {
         let _changes = self.changes.lock().await;
-        let gate = Arc::new(Mutex::new(Gate { pending: gated.then(Vec::new), delivered: 0 }));
+        let gate = Arc::new(Mutex::new(Gate {
+            pending: gated.then(Vec::new),
+            delivered: 0,
+        }));
         let first = {
             let mut channels = lock(&self.channels);
             let members = channels.entry(channel.to_string()).or_default();
             let first = members.is_empty();
-            members.insert(conn, Member { outbox, gate: gate.clone() });
+            members.insert(
+                conn,
+                Member {
+                    outbox,
+                    gate: gate.clone(),
+                },
+            );
             first
         };
-        if first {
-            if let Err(e) = self.subscriber.subscribe(channel).await {
-                let mut channels = lock(&self.channels);
-                if let Some(members) = channels.get_mut(channel) {
-                    members.remove(&conn);
-                    if members.is_empty() {
-                        channels.remove(channel);
-                    }
+        if first && let Err(e) = self.subscriber.subscribe(channel).await {
+            let mut channels = lock(&self.channels);
+            if let Some(members) = channels.get_mut(channel) {
+                members.remove(&conn);
+                if members.is_empty() {
+                    channels.remove(channel);
                 }
-                return Err(e);
             }
+            return Err(e);
         }
         Ok(gate)
     }
@@ -91,17 +108,18 @@ impl Hub {
                 None => false,
             }
         };
-        if last {
-            if let Err(e) = self.subscriber.unsubscribe(channel).await {
-                tracing::warn!(channel, error = %e, "unsubscribe failed");
-            }
+        if last && let Err(e) = self.subscriber.unsubscribe(channel).await {
+            tracing::warn!(channel, error = %e, "unsubscribe failed");
         }
     }
 
     /// Number of local members of a channel.
     #[cfg(test)]
     pub fn members(&self, channel: &str) -> usize {
-        lock(&self.channels).get(channel).map(HashMap::len).unwrap_or(0)
+        lock(&self.channels)
+            .get(channel)
+            .map(HashMap::len)
+            .unwrap_or(0)
     }
 }
 
@@ -135,7 +153,9 @@ async fn fan_out(mut events: mpsc::UnboundedReceiver<BusEvent>, channels: Arc<Mu
                 let text = Utf8Bytes::from(envelope.json);
                 let seq = envelope.seq;
                 let channels = lock(&channels);
-                let Some(members) = channels.get(&channel) else { continue };
+                let Some(members) = channels.get(&channel) else {
+                    continue;
+                };
                 for member in members.values() {
                     let mut gate = lock(&member.gate);
                     if let Some(pending) = gate.pending.as_mut() {
@@ -173,11 +193,17 @@ mod tests {
         let bus = MemoryBus::new();
         let hub = Hub::start(&bus).await.expect("hub");
         let (out, mut rx) = outbox(1 << 20);
-        let gate = hub.join("room:r", 1, out.clone(), true).await.expect("join");
+        let gate = hub
+            .join("room:r", 1, out.clone(), true)
+            .await
+            .expect("join");
         for seq in 1..=3 {
-            bus.publish("room:r", &envelope("r", seq, "message.new", format!("{{\"seq\":{seq}}}")))
-                .await
-                .expect("publish");
+            bus.publish(
+                "room:r",
+                &envelope("r", seq, "message.new", format!("{{\"seq\":{seq}}}")),
+            )
+            .await
+            .expect("publish");
         }
         // Let the fan-out task buffer them: publish an ephemeral marker and wait for the gate.
         while lock(&gate).pending.as_ref().map(Vec::len) != Some(3) {
@@ -186,8 +212,15 @@ mod tests {
         open_gate(&gate, &out, Some(Utf8Bytes::from_static("reply")), 2);
         assert_eq!(next_text(&mut rx).await, "reply");
         assert_eq!(next_text(&mut rx).await, "{\"seq\":3}");
-        bus.publish("room:r", &envelope("r", 3, "message.new", "dup".into())).await.expect("publish");
-        bus.publish("room:r", &envelope("r", 4, "message.new", "{\"seq\":4}".into())).await.expect("publish");
+        bus.publish("room:r", &envelope("r", 3, "message.new", "dup".into()))
+            .await
+            .expect("publish");
+        bus.publish(
+            "room:r",
+            &envelope("r", 4, "message.new", "{\"seq\":4}".into()),
+        )
+        .await
+        .expect("publish");
         assert_eq!(next_text(&mut rx).await, "{\"seq\":4}");
         hub.leave("room:r", 1).await;
         assert_eq!(hub.members("room:r"), 0);

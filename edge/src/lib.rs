@@ -105,7 +105,10 @@ impl EdgeApp {
     /// drains: `/readyz` fails, new upgrades get 503, connections close with
     /// 1001, and the call returns once they are gone or the grace period ends.
     pub async fn serve(self, listener: TcpListener) -> Result<(), EdgeError> {
-        let Self { shared, mut conns_done } = self;
+        let Self {
+            shared,
+            mut conns_done,
+        } = self;
         let router = Router::new()
             .route("/ws", get(upgrade))
             .route("/healthz", get(|| async { "ok" }))
@@ -113,11 +116,14 @@ impl EdgeApp {
             .with_state(shared.clone());
         let signal = shared.shutdown.clone();
         let drain_flag = shared.clone();
-        let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                signal.wait().await;
-                drain_flag.draining.store(true, Ordering::SeqCst);
-            });
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            signal.wait().await;
+            drain_flag.draining.store(true, Ordering::SeqCst);
+        });
         server.await?;
         let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
         drop(shared);
@@ -156,7 +162,8 @@ async fn upgrade(
         Some(token) => match conn::verify(&shared, &token, peer).await {
             Ok(identity) => Some(identity),
             Err(e) => {
-                let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+                let status =
+                    StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
                 return (status, e.message).into_response();
             }
         },
@@ -180,7 +187,11 @@ fn check_origin(config: &EdgeConfig, headers: &HeaderMap) -> Result<(), StatusCo
         None => Err(StatusCode::FORBIDDEN),
         Some(origin) => {
             let origin = origin.to_str().map_err(|_| StatusCode::FORBIDDEN)?;
-            if config.allowed_origins.iter().any(|allowed| allowed == origin) {
+            if config
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed == origin)
+            {
                 Ok(())
             } else {
                 Err(StatusCode::FORBIDDEN)
@@ -190,11 +201,17 @@ fn check_origin(config: &EdgeConfig, headers: &HeaderMap) -> Result<(), StatusCo
 }
 
 /// `Authorization: Bearer …`, or `?token=` when explicitly enabled.
-fn upgrade_token(config: &EdgeConfig, headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
-    if let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(token) = value.strip_prefix("Bearer ") {
-            return Some(token.trim().to_string());
-        }
+fn upgrade_token(
+    config: &EdgeConfig,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Option<String> {
+    if let Some(value) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(token) = value.strip_prefix("Bearer ")
+    {
+        return Some(token.trim().to_string());
     }
     if config.query_token {
         let query = uri.query()?;
@@ -240,8 +257,17 @@ mod tests {
     #[test]
     fn query_token_only_when_enabled() {
         let uri: axum::http::Uri = "/ws?token=abc".parse().expect("uri");
-        assert_eq!(upgrade_token(&EdgeConfig::default(), &HeaderMap::new(), &uri), None);
-        let enabled = EdgeConfig { query_token: true, ..EdgeConfig::default() };
-        assert_eq!(upgrade_token(&enabled, &HeaderMap::new(), &uri).as_deref(), Some("abc"));
+        assert_eq!(
+            upgrade_token(&EdgeConfig::default(), &HeaderMap::new(), &uri),
+            None
+        );
+        let enabled = EdgeConfig {
+            query_token: true,
+            ..EdgeConfig::default()
+        };
+        assert_eq!(
+            upgrade_token(&enabled, &HeaderMap::new(), &uri).as_deref(),
+            Some("abc")
+        );
     }
 }

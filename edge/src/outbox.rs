@@ -37,8 +37,17 @@ pub fn outbox(limit: usize) -> (Outbox, OutboxReceiver) {
     let queued = Arc::new(AtomicUsize::new(0));
     let overflowed = Arc::new(AtomicBool::new(false));
     (
-        Outbox { tx, queued: queued.clone(), limit, overflowed: overflowed.clone() },
-        OutboxReceiver { rx, queued, overflowed },
+        Outbox {
+            tx,
+            queued: queued.clone(),
+            limit,
+            overflowed: overflowed.clone(),
+        },
+        OutboxReceiver {
+            rx,
+            queued,
+            overflowed,
+        },
     )
 }
 

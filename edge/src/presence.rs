@@ -20,7 +20,11 @@ pub struct Leases {
 }
 
 impl Leases {
-    pub fn start(client: PresenceServiceClient<ServiceChannel>, every: Duration, shutdown: ShutdownSignal) -> Self {
+    pub fn start(
+        client: PresenceServiceClient<ServiceChannel>,
+        every: Duration,
+        shutdown: ShutdownSignal,
+    ) -> Self {
         let leases = Self {
             edge_id: Arc::new(common::ids::new_id("e")),
             client,
@@ -62,7 +66,9 @@ impl Leases {
         if self.lock().remove(conn_id).is_none() {
             return;
         }
-        let request = ReleaseRequest { conn_ids: vec![conn_id.to_string()] };
+        let request = ReleaseRequest {
+            conn_ids: vec![conn_id.to_string()],
+        };
         if let Err(e) = self.client.clone().release(request).await {
             tracing::warn!(conn_id, error = %e.message(), "presence release failed; the lease will expire");
         }
@@ -73,7 +79,11 @@ impl Leases {
         if conn_ids.is_empty() {
             return;
         }
-        let request = RenewRequest { edge_id: self.edge_id.to_string(), conn_ids, ttl_ms: 0 };
+        let request = RenewRequest {
+            edge_id: self.edge_id.to_string(),
+            conn_ids,
+            ttl_ms: 0,
+        };
         match self.client.clone().renew(request).await {
             Ok(response) => {
                 for conn_id in response.into_inner().unknown_conn_ids {

@@ -28,16 +28,24 @@ impl MemoryBus {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, channel: &str, envelope: &Envelope) -> Result<(), BusError> {
-        let channels = self.channels.lock().map_err(|_| BusError::Unavailable("poisoned".into()))?;
+        let channels = self
+            .channels
+            .lock()
+            .map_err(|_| BusError::Unavailable("poisoned".into()))?;
         if let Some(queues) = channels.get(channel) {
             for queue in queues.values() {
-                let _ = queue.send(BusEvent::Message { channel: channel.to_string(), envelope: envelope.clone() });
+                let _ = queue.send(BusEvent::Message {
+                    channel: channel.to_string(),
+                    envelope: envelope.clone(),
+                });
             }
         }
         Ok(())
     }
 
-    async fn subscriber(&self) -> Result<(Box<dyn Subscriber>, mpsc::UnboundedReceiver<BusEvent>), BusError> {
+    async fn subscriber(
+        &self,
+    ) -> Result<(Box<dyn Subscriber>, mpsc::UnboundedReceiver<BusEvent>), BusError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let subscriber = MemorySubscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -60,8 +68,14 @@ struct MemorySubscriber {
 #[async_trait]
 impl Subscriber for MemorySubscriber {
     async fn subscribe(&self, channel: &str) -> Result<(), BusError> {
-        let mut channels = self.channels.lock().map_err(|_| BusError::Unavailable("poisoned".into()))?;
-        channels.entry(channel.to_string()).or_default().insert(self.id, self.tx.clone());
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| BusError::Unavailable("poisoned".into()))?;
+        channels
+            .entry(channel.to_string())
+            .or_default()
+            .insert(self.id, self.tx.clone());
         if let Ok(mut held) = self.held.lock() {
             held.insert(channel.to_string());
         }
@@ -69,7 +83,10 @@ impl Subscriber for MemorySubscriber {
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BusError> {
-        let mut channels = self.channels.lock().map_err(|_| BusError::Unavailable("poisoned".into()))?;
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| BusError::Unavailable("poisoned".into()))?;
         if let Some(queues) = channels.get_mut(channel) {
             queues.remove(&self.id);
             if queues.is_empty() {
@@ -85,7 +102,9 @@ impl Subscriber for MemorySubscriber {
 
 impl Drop for MemorySubscriber {
     fn drop(&mut self) {
-        let (Ok(mut channels), Ok(held)) = (self.channels.lock(), self.held.lock()) else { return };
+        let (Ok(mut channels), Ok(held)) = (self.channels.lock(), self.held.lock()) else {
+            return;
+        };
         for channel in held.iter() {
             if let Some(queues) = channels.get_mut(channel) {
                 queues.remove(&self.id);
@@ -110,9 +129,12 @@ mod tests {
         a.subscribe(&room_channel("r1")).await.expect("subscribe");
         b.subscribe(&room_channel("r2")).await.expect("subscribe");
         for seq in 1..=3 {
-            bus.publish(&room_channel("r1"), &envelope("r1", seq, "message.new", "{}".into()))
-                .await
-                .expect("publish");
+            bus.publish(
+                &room_channel("r1"),
+                &envelope("r1", seq, "message.new", "{}".into()),
+            )
+            .await
+            .expect("publish");
         }
         for seq in 1..=3 {
             match a_rx.recv().await {
@@ -121,10 +143,15 @@ mod tests {
             }
         }
         assert!(b_rx.try_recv().is_err());
-        a.unsubscribe(&room_channel("r1")).await.expect("unsubscribe");
-        bus.publish(&room_channel("r1"), &envelope("r1", 4, "message.new", "{}".into()))
+        a.unsubscribe(&room_channel("r1"))
             .await
-            .expect("publish");
+            .expect("unsubscribe");
+        bus.publish(
+            &room_channel("r1"),
+            &envelope("r1", 4, "message.new", "{}".into()),
+        )
+        .await
+        .expect("publish");
         assert!(a_rx.try_recv().is_err());
         drop(b);
         assert!(bus.channels.lock().expect("lock").is_empty());

@@ -18,7 +18,10 @@ impl RedisBus {
     /// Connects (and checks the connection) to `url`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, BusError> {
         let client = redis::Client::open(url).map_err(|e| BusError::Unavailable(e.to_string()))?;
-        Ok(Self { client, prefix: prefix.to_string() })
+        Ok(Self {
+            client,
+            prefix: prefix.to_string(),
+        })
     }
 }
 
@@ -26,10 +29,16 @@ impl RedisBus {
 impl Bus for RedisBus {
     async fn publish(&self, _channel: &str, _envelope: &Envelope) -> Result<(), BusError> {
         let _ = (&self.client, &self.prefix);
-        Err(BusError::Unavailable("redis bus not implemented yet".into()))
+        Err(BusError::Unavailable(
+            "redis bus not implemented yet".into(),
+        ))
     }
 
-    async fn subscriber(&self) -> Result<(Box<dyn Subscriber>, mpsc::UnboundedReceiver<BusEvent>), BusError> {
-        Err(BusError::Unavailable("redis bus not implemented yet".into()))
+    async fn subscriber(
+        &self,
+    ) -> Result<(Box<dyn Subscriber>, mpsc::UnboundedReceiver<BusEvent>), BusError> {
+        Err(BusError::Unavailable(
+            "redis bus not implemented yet".into(),
+        ))
     }
 }

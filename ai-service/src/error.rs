@@ -1,0 +1,105 @@
+//! The AI service's errors, as gRPC statuses for `Ask` and as `ai.error`
+//! events for a reply that fails after `Ask` returned.
+
+use common::ErrorCode;
+use common::bus::BusError;
+use tonic::Status;
+
+use crate::provider::ProviderError;
+
+/// Everything that can go wrong in the AI service.
+#[derive(Debug, thiserror::Error)]
+pub enum AiError {
+    /// `ai.ask` is switched off by the operator.
+    #[error("the assistant is disabled")]
+    Disabled,
+    /// A request field is missing or malformed.
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// The prompt is longer than allowed.
+    #[error("prompt is longer than {max} characters")]
+    TooLarge { max: usize },
+    /// chat-service refused or failed a call; its code reaches the caller unchanged.
+    #[error("chat service: {}", .0.message())]
+    Chat(Status),
+    /// chat-service answered without the message it stored.
+    #[error("chat service returned no message")]
+    MissingMessage,
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The provider finished without producing any text.
+    #[error("the model returned an empty reply")]
+    EmptyReply,
+    #[error("event bus: {0}")]
+    Bus(#[from] BusError),
+    /// The service stopped while the reply was being generated.
+    #[error("the assistant is shutting down")]
+    ShuttingDown,
+}
+
+impl AiError {
+    /// The protocol error code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AiError::Disabled => ErrorCode::Disabled,
+            AiError::BadRequest(_) => ErrorCode::BadRequest,
+            AiError::TooLarge { .. } => ErrorCode::TooLarge,
+            AiError::Chat(status) => ErrorCode::from_grpc(status.code()),
+            AiError::Provider(e) => e.code(),
+            AiError::Bus(_) | AiError::ShuttingDown => ErrorCode::Unavailable,
+            AiError::MissingMessage | AiError::EmptyReply => ErrorCode::Internal,
+        }
+    }
+
+    /// What a client may be told: the cause for its own mistakes and for
+    /// chat's answers, a generic message for failures of ours.
+    pub fn client_message(&self) -> String {
+        match self {
+            AiError::Chat(status) => status.message().to_string(),
+            AiError::MissingMessage | AiError::Bus(_) => "internal error".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<AiError> for Status {
+    fn from(error: AiError) -> Self {
+        match &error {
+            AiError::Chat(status) => Status::new(status.code(), status.message()),
+            _ => error.code().status(error.client_message()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_errors_keep_their_code_and_message() {
+        let status = Status::from(AiError::Chat(Status::not_found("room not found")));
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert_eq!(status.message(), "room not found");
+        assert_eq!(
+            AiError::Chat(Status::not_found("x")).code(),
+            ErrorCode::NotFound
+        );
+    }
+
+    #[test]
+    fn own_errors_map_through_the_code_table() {
+        assert_eq!(
+            Status::from(AiError::Disabled).code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            Status::from(AiError::TooLarge { max: 4000 }).code(),
+            tonic::Code::OutOfRange
+        );
+        assert_eq!(
+            Status::from(AiError::BadRequest("prompt is empty")).code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(AiError::ShuttingDown.code(), ErrorCode::Unavailable);
+    }
+}
