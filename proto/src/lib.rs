@@ -8,7 +8,8 @@
 pub mod json;
 
 /// Encoded `FileDescriptorSet` of every Parley proto, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/parley_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/parley_descriptor.bin"));
 
 pub mod auth {
     pub mod v1 {
