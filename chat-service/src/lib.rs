@@ -1,1 +1,87 @@
-//! stub
+//! Parley's chat service: rooms, membership and each room's append-only,
+//! sequenced event log, on SQLite (embedded default) or Postgres, chosen by
+//! the database URL. Every committed log event is published on the room's
+//! bus channel; the database stays the source of truth for recovery.
+//!
+//! `main.rs` and the tests build the same [`ChatApp`] and serve it on a
+//! listener they bound themselves.
+
+mod error;
+mod service;
+mod store;
+
+use std::sync::Arc;
+
+use common::Secret;
+use common::bus::Bus;
+use common::config::ChatConfig;
+use common::grpc::{CredentialCheck, ServiceChannel};
+use common::shutdown::ShutdownSignal;
+use proto::chat::v1::chat_service_server::{ChatServiceServer, SERVICE_NAME};
+use proto::presence::v1::presence_service_client::PresenceServiceClient;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+pub use crate::error::ChatError;
+use crate::service::{ChatHandler, Limits};
+pub use crate::service::{MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_ROOM_NAME_CHARS};
+use crate::store::Store;
+
+/// The chat service, ready to serve.
+pub struct ChatApp {
+    handler: ChatHandler,
+    /// Credential callers must present (`authorization: Bearer …`).
+    credential: Secret,
+}
+
+impl std::fmt::Debug for ChatApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatApp")
+            .field("limits", &self.handler.limits)
+            .field("credential", &self.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatApp {
+    /// Connects to the database (running the migrations), and keeps the bus
+    /// events are published on and, if given, the presence client that
+    /// answers `online` on join.
+    pub async fn connect(
+        config: &ChatConfig,
+        bus: Arc<dyn Bus>,
+        presence: Option<PresenceServiceClient<ServiceChannel>>,
+        credential: &Secret,
+    ) -> Result<ChatApp, ChatError> {
+        let store = Store::connect(&config.database_url, config.max_connections).await?;
+        let limits = Limits {
+            max_text_chars: config.max_text_chars,
+            page_limit: config.page_limit,
+        };
+        Ok(ChatApp {
+            handler: ChatHandler::new(store, bus, presence, limits),
+            credential: credential.clone(),
+        })
+    }
+
+    /// Serves chat calls (plus health and reflection) on `listener` until
+    /// `shutdown` fires.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: ShutdownSignal,
+    ) -> Result<(), tonic::transport::Error> {
+        let server = ChatServiceServer::with_interceptor(
+            self.handler,
+            CredentialCheck::new(&self.credential),
+        );
+        common::grpc::serve(
+            "chat",
+            listener,
+            Routes::new(server),
+            &[SERVICE_NAME],
+            shutdown,
+        )
+        .await
+    }
+}

@@ -15,3 +15,5 @@ pub mod trace;
 
 pub use error::ErrorCode;
 pub use secret::Secret;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,642 @@
+//! The chat store: rooms, members, messages and each room's event log in
+//! SQLite or Postgres, through one sqlx `Any` pool and one set of portable
+//! migrations.
+//!
+//! Every persistent change to a room takes the room's next `seq` (an
+//! `UPDATE rooms … RETURNING last_seq`, which also serialises appends to one
+//! room) and stores its log event in the same transaction, so the log never
+//! has a gap or a change without its event. Every operation runs in a `sql`
+//! span, a child of the gRPC call that caused it.
+
+use std::time::Duration;
+
+use proto::chat::v1::{Message, Room, RoomEvent, User, Visibility};
+use serde_json::json;
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyPool, Row, Transaction};
+use tracing::Instrument;
+
+use crate::error::ChatError;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How long a call waits for a pooled connection before `unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const ROOM_COLUMNS: &str = "id, name, visibility, owner_id, last_seq, created_at";
+const MESSAGE_COLUMNS: &str = "id, room_id, seq, sender_id, sender_name, text, thread_id, \
+                               metadata, client_msg_id, created_at, edited_at, deleted_at";
+
+/// The database behind chat-service.
+#[derive(Clone)]
+pub(crate) struct Store {
+    /// Pool for reads (several connections).
+    reader: AnyPool,
+    /// Pool for writes: the same pool on Postgres; one connection on SQLite,
+    /// which allows a single writer anyway.
+    writer: AnyPool,
+    /// `sqlite` or `postgresql`, for span attributes.
+    system: &'static str,
+}
+
+/// A room to create.
+pub(crate) struct NewRoom {
+    pub id: String,
+    pub name: String,
+    pub visibility: Visibility,
+    pub owner: User,
+    /// Sorted pair of a direct room.
+    pub direct_key: Option<String>,
+    /// Members besides the owner.
+    pub members: Vec<User>,
+    pub created_at: i64,
+}
+
+/// A page of history.
+pub(crate) struct HistoryQuery<'a> {
+    pub room_id: &'a str,
+    pub before: Option<i64>,
+    pub after: Option<i64>,
+    pub thread_id: Option<&'a str>,
+    pub limit: u32,
+}
+
+/// A value bound to a dynamically built query.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite:` or `postgres://`), creating the SQLite
+    /// file's directory on demand, and runs the migrations.
+    pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<Store, ChatError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        if sqlite {
+            create_sqlite_dir(url)?;
+        }
+        let setup = |e: sqlx::Error| ChatError::Setup(e.to_string());
+        let pool = |max: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+        };
+        let writer = pool(if sqlite { 1 } else { max_connections })
+            .connect(url)
+            .await
+            .map_err(setup)?;
+        if sqlite {
+            // Readers then never block the writer, nor it them.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&writer)
+                .await
+                .map_err(setup)?;
+        }
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| ChatError::Setup(format!("migrations: {e}")))?;
+        let reader = if sqlite {
+            pool(max_connections).connect(url).await.map_err(setup)?
+        } else {
+            writer.clone()
+        };
+        Ok(Store {
+            reader,
+            writer,
+            system: if sqlite { "sqlite" } else { "postgresql" },
+        })
+    }
+
+    fn span(&self, name: &'static str) -> tracing::Span {
+        tracing::info_span!(
+            "sql",
+            otel.name = name,
+            otel.kind = "client",
+            db.system = self.system,
+        )
+    }
+
+    /// A room by id.
+    pub(crate) async fn room(&self, room_id: &str) -> Result<Option<Room>, ChatError> {
+        async {
+            let sql = format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE id = $1");
+            let row = sqlx::query(&sql)
+                .bind(room_id.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+            row.as_ref().map(room_from).transpose()
+        }
+        .instrument(self.span("sql SELECT rooms"))
+        .await
+    }
+
+    /// The direct room of a sorted user pair.
+    pub(crate) async fn direct_room(&self, key: &str) -> Result<Option<Room>, ChatError> {
+        async {
+            let sql = format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE direct_key = $1");
+            let row = sqlx::query(&sql)
+                .bind(key.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+            row.as_ref().map(room_from).transpose()
+        }
+        .instrument(self.span("sql SELECT rooms"))
+        .await
+    }
+
+    /// The role of `user_id` in the room (`owner` or `member`), if a member.
+    pub(crate) async fn role(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Option<String>, ChatError> {
+        async {
+            let row = sqlx::query("SELECT role FROM members WHERE room_id = $1 AND user_id = $2")
+                .bind(room_id.to_string())
+                .bind(user_id.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+            Ok(row.map(|r| r.try_get::<String, _>("role")).transpose()?)
+        }
+        .instrument(self.span("sql SELECT members"))
+        .await
+    }
+
+    /// Up to `limit` member ids of a room.
+    pub(crate) async fn member_ids(
+        &self,
+        room_id: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, ChatError> {
+        async {
+            let rows = sqlx::query(
+                "SELECT user_id FROM members WHERE room_id = $1 ORDER BY joined_at, user_id LIMIT $2",
+            )
+            .bind(room_id.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter()
+                .map(|r| r.try_get::<String, _>("user_id").map_err(ChatError::from))
+                .collect()
+        }
+        .instrument(self.span("sql SELECT members"))
+        .await
+    }
+
+    /// Creates a room with its owner and members, logging `member.joined`
+    /// for each. A taken public name or direct pair is a `Conflict`.
+    pub(crate) async fn create_room(
+        &self,
+        new: NewRoom,
+    ) -> Result<(Room, Vec<RoomEvent>), ChatError> {
+        async {
+            let mut members = vec![new.owner.clone()];
+            members.extend(new.members.iter().cloned());
+            let mut tx = self.writer.begin().await?;
+            let room = Room {
+                id: new.id.clone(),
+                name: new.name.clone(),
+                visibility: new.visibility as i32,
+                owner_id: new.owner.id.clone(),
+                last_seq: members.len() as i64,
+                created_at: new.created_at,
+                unread: 0,
+            };
+            sqlx::query(
+                "INSERT INTO rooms (id, name, visibility, owner_id, last_seq, direct_key, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(room.id.clone())
+            .bind(room.name.clone())
+            .bind(proto::json::visibility_name(room.visibility).to_string())
+            .bind(room.owner_id.clone())
+            .bind(room.last_seq)
+            .bind(new.direct_key.clone())
+            .bind(room.created_at)
+            .execute(&mut *tx)
+            .await?;
+            let mut events = Vec::with_capacity(members.len());
+            for (index, user) in members.iter().enumerate() {
+                let role = if index == 0 { "owner" } else { "member" };
+                insert_member(&mut tx, &room.id, user, role, new.created_at).await?;
+                let event = member_event("member.joined", &room.id, index as i64 + 1, user);
+                insert_event(&mut tx, &event, new.created_at).await?;
+                events.push(event);
+            }
+            tx.commit().await?;
+            Ok((room, events))
+        }
+        .instrument(self.span("sql INSERT rooms"))
+        .await
+    }
+
+    /// Adds `user` to the room and logs `member.joined`; `None` when already a member.
+    pub(crate) async fn add_member(
+        &self,
+        room_id: &str,
+        user: &User,
+    ) -> Result<Option<RoomEvent>, ChatError> {
+        async {
+            let mut tx = self.writer.begin().await?;
+            let seq = next_seq(&mut tx, room_id).await?;
+            if member_exists(&mut tx, room_id, &user.id).await? {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let now = common::ids::now_ms();
+            insert_member(&mut tx, room_id, user, "member", now).await?;
+            let event = member_event("member.joined", room_id, seq, user);
+            insert_event(&mut tx, &event, now).await?;
+            tx.commit().await?;
+            Ok(Some(event))
+        }
+        .instrument(self.span("sql INSERT members"))
+        .await
+    }
+
+    /// Removes `user` from the room and logs `member.left`; `None` when not a member.
+    pub(crate) async fn remove_member(
+        &self,
+        room_id: &str,
+        user: &User,
+    ) -> Result<Option<RoomEvent>, ChatError> {
+        async {
+            let mut tx = self.writer.begin().await?;
+            let seq = next_seq(&mut tx, room_id).await?;
+            let removed = sqlx::query("DELETE FROM members WHERE room_id = $1 AND user_id = $2")
+                .bind(room_id.to_string())
+                .bind(user.id.clone())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if removed == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let event = member_event("member.left", room_id, seq, user);
+            insert_event(&mut tx, &event, common::ids::now_ms()).await?;
+            tx.commit().await?;
+            Ok(Some(event))
+        }
+        .instrument(self.span("sql DELETE members"))
+        .await
+    }
+
+    /// The rooms `user_id` is a member of, with the messages from others
+    /// after their read mark as `unread`.
+    pub(crate) async fn rooms_of(&self, user_id: &str, limit: u32) -> Result<Vec<Room>, ChatError> {
+        async {
+            let rows = sqlx::query(
+                "SELECT r.id, r.name, r.visibility, r.owner_id, r.last_seq, r.created_at, \
+                   (SELECT COUNT(*) FROM messages m \
+                     WHERE m.room_id = r.id AND m.seq > mem.read_seq \
+                       AND m.sender_id <> mem.user_id AND m.deleted_at IS NULL) AS unread \
+                 FROM members mem JOIN rooms r ON r.id = mem.room_id \
+                 WHERE mem.user_id = $1 ORDER BY r.created_at, r.id LIMIT $2",
+            )
+            .bind(user_id.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let mut room = room_from(row)?;
+                    room.unread = row.try_get::<i64, _>("unread")?;
+                    Ok(room)
+                })
+                .collect()
+        }
+        .instrument(self.span("sql SELECT rooms"))
+        .await
+    }
+
+    /// A message by id, within a room.
+    pub(crate) async fn message(
+        &self,
+        room_id: &str,
+        message_id: &str,
+    ) -> Result<Option<Message>, ChatError> {
+        async {
+            let sql =
+                format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_id = $1 AND id = $2");
+            let row = sqlx::query(&sql)
+                .bind(room_id.to_string())
+                .bind(message_id.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+            row.as_ref().map(message_from).transpose()
+        }
+        .instrument(self.span("sql SELECT messages"))
+        .await
+    }
+
+    /// The message a sender stored under `client_msg_id`, if any (retries).
+    pub(crate) async fn message_by_client_id(
+        &self,
+        room_id: &str,
+        sender_id: &str,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>, ChatError> {
+        async {
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3"
+            );
+            let row = sqlx::query(&sql)
+                .bind(room_id.to_string())
+                .bind(sender_id.to_string())
+                .bind(client_msg_id.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+            row.as_ref().map(message_from).transpose()
+        }
+        .instrument(self.span("sql SELECT messages"))
+        .await
+    }
+
+    /// Stores a message under the room's next seq and logs `message.new`.
+    /// A repeated `(room, sender, client_msg_id)` is a `Conflict`.
+    pub(crate) async fn insert_message(
+        &self,
+        mut message: Message,
+    ) -> Result<(Message, RoomEvent), ChatError> {
+        async {
+            let mut tx = self.writer.begin().await?;
+            message.seq = next_seq(&mut tx, &message.room_id).await?;
+            let sender = message.sender.clone().unwrap_or_default();
+            sqlx::query(
+                "INSERT INTO messages (id, room_id, seq, sender_id, sender_name, text, thread_id, \
+                   metadata, client_msg_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(message.id.clone())
+            .bind(message.room_id.clone())
+            .bind(message.seq)
+            .bind(sender.id)
+            .bind(sender.name)
+            .bind(message.text.clone())
+            .bind(message.thread_id.clone())
+            .bind(message.metadata_json.clone())
+            .bind(message.client_msg_id.clone())
+            .bind(message.created_at)
+            .execute(&mut *tx)
+            .await?;
+            let event = RoomEvent {
+                room_id: message.room_id.clone(),
+                seq: message.seq,
+                kind: "message.new".into(),
+                json: proto::json::message_new_event(&message).to_string(),
+            };
+            insert_event(&mut tx, &event, message.created_at).await?;
+            tx.commit().await?;
+            Ok((message, event))
+        }
+        .instrument(self.span("sql INSERT messages"))
+        .await
+    }
+
+    /// A page of messages in seq order, and whether more exist in the
+    /// direction of paging (older without `after`, newer with it).
+    pub(crate) async fn history(
+        &self,
+        q: HistoryQuery<'_>,
+    ) -> Result<(Vec<Message>, bool), ChatError> {
+        async {
+            let mut sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_id = $1");
+            let mut binds = vec![Bind::Text(q.room_id.to_string())];
+            let mut condition = |sql: &mut String, clause: &str, bind: Bind| {
+                binds.push(bind);
+                sql.push_str(&format!(" AND {clause} ${}", binds.len()));
+            };
+            if let Some(before) = q.before {
+                condition(&mut sql, "seq <", Bind::Int(before));
+            }
+            if let Some(after) = q.after {
+                condition(&mut sql, "seq >", Bind::Int(after));
+            }
+            if let Some(thread) = q.thread_id {
+                condition(&mut sql, "thread_id =", Bind::Text(thread.to_string()));
+            }
+            // Forward from `after`; otherwise backwards from the newest (or `before`).
+            let forward = q.after.is_some() && q.before.is_none();
+            sql.push_str(if forward {
+                " ORDER BY seq ASC"
+            } else {
+                " ORDER BY seq DESC"
+            });
+            binds.push(Bind::Int(i64::from(q.limit) + 1));
+            sql.push_str(&format!(" LIMIT ${}", binds.len()));
+            let rows = bind_all(sqlx::query(&sql), binds)
+                .fetch_all(&self.reader)
+                .await?;
+            let mut messages = rows
+                .iter()
+                .map(message_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            let has_more = messages.len() > q.limit as usize;
+            messages.truncate(q.limit as usize);
+            if !forward {
+                messages.reverse();
+            }
+            Ok((messages, has_more))
+        }
+        .instrument(self.span("sql SELECT messages"))
+        .await
+    }
+
+    /// Log events with `after < seq <= upto`, in order, at most `limit`, and
+    /// whether more follow within that range.
+    pub(crate) async fn events(
+        &self,
+        room_id: &str,
+        after: i64,
+        upto: i64,
+        limit: u32,
+    ) -> Result<(Vec<RoomEvent>, bool), ChatError> {
+        async {
+            let rows = sqlx::query(
+                "SELECT room_id, seq, kind, body FROM room_events \
+                 WHERE room_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
+            )
+            .bind(room_id.to_string())
+            .bind(after)
+            .bind(upto)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.reader)
+            .await?;
+            let mut events = rows
+                .iter()
+                .map(|row| {
+                    Ok(RoomEvent {
+                        room_id: row.try_get("room_id")?,
+                        seq: row.try_get("seq")?,
+                        kind: row.try_get("kind")?,
+                        json: row.try_get("body")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let has_more = events.len() > limit as usize;
+            events.truncate(limit as usize);
+            Ok((events, has_more))
+        }
+        .instrument(self.span("sql SELECT room_events"))
+        .await
+    }
+}
+
+/// Takes the room's next seq; `NotFound` when the room does not exist.
+async fn next_seq(tx: &mut Transaction<'_, Any>, room_id: &str) -> Result<i64, ChatError> {
+    let row =
+        sqlx::query("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
+            .bind(room_id.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+    match row {
+        Some(row) => Ok(row.try_get("last_seq")?),
+        None => Err(ChatError::NotFound("room")),
+    }
+}
+
+async fn member_exists(
+    tx: &mut Transaction<'_, Any>,
+    room_id: &str,
+    user_id: &str,
+) -> Result<bool, ChatError> {
+    let row = sqlx::query("SELECT user_id FROM members WHERE room_id = $1 AND user_id = $2")
+        .bind(room_id.to_string())
+        .bind(user_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.is_some())
+}
+
+async fn insert_member(
+    tx: &mut Transaction<'_, Any>,
+    room_id: &str,
+    user: &User,
+    role: &str,
+    now: i64,
+) -> Result<(), ChatError> {
+    sqlx::query(
+        "INSERT INTO members (room_id, user_id, user_name, role, joined_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(room_id.to_string())
+    .bind(user.id.clone())
+    .bind(user.name.clone())
+    .bind(role.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'_, Any>,
+    event: &RoomEvent,
+    now: i64,
+) -> Result<(), ChatError> {
+    sqlx::query("INSERT INTO room_events (room_id, seq, kind, body, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(event.room_id.clone())
+        .bind(event.seq)
+        .bind(event.kind.clone())
+        .bind(event.json.clone())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A `member.joined` / `member.left` log event.
+fn member_event(kind: &str, room_id: &str, seq: i64, user: &User) -> RoomEvent {
+    RoomEvent {
+        room_id: room_id.to_string(),
+        seq,
+        kind: kind.to_string(),
+        json: json!({
+            "type": kind,
+            "room": room_id,
+            "seq": seq,
+            "user": {"id": user.id, "name": user.name},
+        })
+        .to_string(),
+    }
+}
+
+fn bind_all<'q>(
+    mut query: Query<'q, Any, AnyArguments<'q>>,
+    binds: Vec<Bind>,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    for bind in binds {
+        query = match bind {
+            Bind::Text(s) => query.bind(s),
+            Bind::Int(n) => query.bind(n),
+        };
+    }
+    query
+}
+
+fn room_from(row: &AnyRow) -> Result<Room, ChatError> {
+    let visibility: String = row.try_get("visibility")?;
+    Ok(Room {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        visibility: proto::json::parse_visibility(&visibility).unwrap_or(Visibility::Unspecified)
+            as i32,
+        owner_id: row.try_get("owner_id")?,
+        last_seq: row.try_get("last_seq")?,
+        created_at: row.try_get("created_at")?,
+        unread: 0,
+    })
+}
+
+fn message_from(row: &AnyRow) -> Result<Message, ChatError> {
+    let deleted_at: Option<i64> = row.try_get("deleted_at")?;
+    let deleted = deleted_at.is_some();
+    Ok(Message {
+        id: row.try_get("id")?,
+        room_id: row.try_get("room_id")?,
+        seq: row.try_get("seq")?,
+        sender: Some(User {
+            id: row.try_get("sender_id")?,
+            name: row.try_get("sender_name")?,
+        }),
+        // A deleted message is a tombstone: its content is gone.
+        text: if deleted {
+            String::new()
+        } else {
+            row.try_get("text")?
+        },
+        thread_id: row.try_get("thread_id")?,
+        created_at: row.try_get("created_at")?,
+        edited_at: row.try_get("edited_at")?,
+        deleted,
+        client_msg_id: row.try_get("client_msg_id")?,
+        metadata_json: if deleted {
+            String::new()
+        } else {
+            row.try_get("metadata")?
+        },
+    })
+}
+
+/// Creates the directory of a `sqlite:` URL's file.
+fn create_sqlite_dir(url: &str) -> Result<(), ChatError> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ChatError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
