@@ -14,7 +14,10 @@ async fn main() -> ExitCode {
         println!("  edge      ws://{}/ws   http://{}/healthz", a.edge, a.edge);
         println!("  auth      grpc {}", a.auth);
         println!("  chat      grpc {}", a.chat);
-        println!("  ai        grpc {}   (offline development provider, not a language model)", a.ai);
+        println!(
+            "  ai        grpc {}   (offline development provider, not a language model)",
+            a.ai
+        );
         println!("  presence  grpc {}", a.presence);
         tokio::select! {
             _ = common::shutdown::os_signal() => {

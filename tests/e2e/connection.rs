@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio_stream::StreamExt;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 use crate::helpers::spawn_app;
 
@@ -25,16 +25,23 @@ async fn every_grpc_port_answers_health_and_reflection() {
         (a.presence, "parley.presence.v1.PresenceService"),
     ] {
         let url = format!("http://{addr}");
-        let mut health = HealthClient::connect(url.clone()).await.expect("connect");
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = HealthClient::new(channel.clone());
         let status = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .expect("health check")
             .into_inner()
             .status;
         assert_eq!(status, ServingStatus::Serving as i32, "{service}");
 
-        let mut reflection = ServerReflectionClient::connect(url).await.expect("connect");
+        let mut reflection = ServerReflectionClient::new(channel);
         let request = ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
@@ -49,8 +56,14 @@ async fn every_grpc_port_answers_health_and_reflection() {
             panic!("unexpected reflection response");
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        assert!(names.iter().any(|n| n == service), "{service} listed in {names:?}");
-        assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "{names:?}");
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} listed in {names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{names:?}"
+        );
     }
 }
 
@@ -67,12 +80,18 @@ async fn raw_get(addr: std::net::SocketAddr, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
-    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line")
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line")
 }
 
 #[tokio::test]
@@ -83,14 +102,19 @@ async fn shutdown_closes_connections_with_1001() {
     let started = tokio::time::Instant::now();
     let (code, ()) = tokio::join!(client.close_code(), app.shutdown());
     assert_eq!(code, Some(1001));
-    assert!(started.elapsed() < Duration::from_secs(10), "shutdown is bounded");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown is bounded"
+    );
 }
 
 #[tokio::test]
 async fn a_backend_that_is_down_is_unavailable_not_a_hang() {
     // Services that were bound and then closed: nothing listens there.
     let dead = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         l.local_addr().expect("addr")
     };
     let app = spawn_app().await;
@@ -105,18 +129,28 @@ async fn a_backend_that_is_down_is_unavailable_not_a_hang() {
         auth: proto::auth::v1::auth_service_client::AuthServiceClient::new(channel()),
         chat: proto::chat::v1::chat_service_client::ChatServiceClient::new(channel()),
         ai: proto::ai::v1::ai_service_client::AiServiceClient::new(channel()),
-        presence: proto::presence::v1::presence_service_client::PresenceServiceClient::new(channel()),
+        presence: proto::presence::v1::presence_service_client::PresenceServiceClient::new(
+            channel(),
+        ),
     };
     let shutdown = common::shutdown::Shutdown::new();
     let bus = std::sync::Arc::new(common::bus::MemoryBus::new());
-    let edge = edge::EdgeApp::new(&app.config.edge, backends, bus, false, shutdown.signal()).await.expect("edge");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let edge = edge::EdgeApp::new(&app.config.edge, backends, bus, false, shutdown.signal())
+        .await
+        .expect("edge");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(edge.serve(listener));
 
-    let mut client = crate::helpers::Client::connect(&format!("ws://{addr}/ws"), &[]).await.expect("connect");
+    let mut client = crate::helpers::Client::connect(&format!("ws://{addr}/ws"), &[])
+        .await
+        .expect("connect");
     let started = tokio::time::Instant::now();
-    let error = client.err("auth", json!({"anonymous": true}), "unavailable").await;
+    let error = client
+        .err("auth", json!({"anonymous": true}), "unavailable")
+        .await;
     assert_eq!(error["temporary"], true);
     assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
     shutdown.trigger();

@@ -13,8 +13,12 @@ async fn a_malformed_frame_gets_bad_request_and_the_connection_keeps_working() {
     assert_eq!(error["error"]["code"], "bad_request");
     client.send_text(r#"{"no_type":1}"#).await;
     assert_eq!(client.event("error").await["error"]["code"], "bad_request");
-    client.err("no.such.command", json!({}), "bad_request").await;
-    client.err("message.send", json!({"room": "r"}), "bad_request").await;
+    client
+        .err("no.such.command", json!({}), "bad_request")
+        .await;
+    client
+        .err("message.send", json!({"room": "r"}), "bad_request")
+        .await;
     let pong = client.ok("ping", json!({})).await;
     assert!(pong["server_time"].as_i64().expect("server_time") > 0);
 }
@@ -23,7 +27,9 @@ async fn a_malformed_frame_gets_bad_request_and_the_connection_keeps_working() {
 async fn a_failing_command_without_id_gets_an_error_frame() {
     let app = spawn_app().await;
     let mut client = app.anonymous("alice").await;
-    client.send_text(json!({"type": "room.join", "room": "r_missing"}).to_string()).await;
+    client
+        .send_text(json!({"type": "room.join", "room": "r_missing"}).to_string())
+        .await;
     let error = client.event("error").await;
     assert_eq!(error["re"], "room.join");
     assert_eq!(error["error"]["code"], "not_found");
@@ -57,7 +63,13 @@ async fn commands_before_auth_are_unauthorized() {
     let mut client = app.connect().await;
     assert_eq!(client.hello["user"], serde_json::Value::Null);
     client.err("room.list", json!({}), "unauthorized").await;
-    client.err("message.send", json!({"room": "r", "text": "x", "client_msg_id": "1"}), "unauthorized").await;
+    client
+        .err(
+            "message.send",
+            json!({"room": "r", "text": "x", "client_msg_id": "1"}),
+            "unauthorized",
+        )
+        .await;
     client.ok("ping", json!({})).await;
     client.ok("auth", json!({"anonymous": true})).await;
     client.ok("room.list", json!({})).await;
@@ -67,16 +79,26 @@ async fn commands_before_auth_are_unauthorized() {
 async fn an_invalid_token_closes_with_4002() {
     let app = spawn_app().await;
     let mut client = app.connect().await;
-    client.err("auth", json!({"token": "not-a-jwt"}), "unauthorized").await;
+    client
+        .err("auth", json!({"token": "not-a-jwt"}), "unauthorized")
+        .await;
     assert_eq!(client.close_code().await, Some(4002));
 
     let mut forged = app.connect().await;
     let bad_signature = format!("{}x", token("mallory", "Mallory", 600));
-    forged.err("auth", json!({"token": bad_signature}), "unauthorized").await;
+    forged
+        .err("auth", json!({"token": bad_signature}), "unauthorized")
+        .await;
     assert_eq!(forged.close_code().await, Some(4002));
 
     let mut expired = app.connect().await;
-    expired.err("auth", json!({"token": token("old", "Old", -3600)}), "unauthorized").await;
+    expired
+        .err(
+            "auth",
+            json!({"token": token("old", "Old", -3600)}),
+            "unauthorized",
+        )
+        .await;
     assert_eq!(expired.close_code().await, Some(4003));
 }
 
@@ -84,17 +106,26 @@ async fn an_invalid_token_closes_with_4002() {
 async fn a_valid_token_authenticates_by_frame_or_header() {
     let app = spawn_app().await;
     let mut by_frame = app.connect().await;
-    let reply = by_frame.ok("auth", json!({"token": token("u_alice", "Alice", 600)})).await;
-    assert_eq!(reply["user"], json!({"id": "u_alice", "name": "Alice", "anonymous": false}));
+    let reply = by_frame
+        .ok("auth", json!({"token": token("u_alice", "Alice", 600)}))
+        .await;
+    assert_eq!(
+        reply["user"],
+        json!({"id": "u_alice", "name": "Alice", "anonymous": false})
+    );
 
     let bearer = format!("Bearer {}", token("u_bob", "Bob", 600));
-    let mut by_header = Client::connect(&app.ws_url(), &[("authorization", &bearer)]).await.expect("connect");
+    let mut by_header = Client::connect(&app.ws_url(), &[("authorization", &bearer)])
+        .await
+        .expect("connect");
     assert_eq!(by_header.hello["user"]["id"], "u_bob");
     by_header.ok("room.list", json!({})).await;
 
     let refused = Client::connect(&app.ws_url(), &[("authorization", "Bearer nope")]).await;
     match refused {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401)
+        }
         other => panic!("expected HTTP 401, got {:?}", other.map(|c| c.hello)),
     }
 }
@@ -109,11 +140,21 @@ async fn no_auth_within_the_timeout_closes_with_4001() {
 
 #[tokio::test]
 async fn a_cross_site_origin_is_refused_before_the_upgrade() {
-    let app = spawn_app_with(|c| c.edge.allowed_origins = vec!["https://app.example.com".into()]).await;
-    for origin in ["https://evil.example.net", "https://app.example.com.evil.net", "null"] {
+    let app =
+        spawn_app_with(|c| c.edge.allowed_origins = vec!["https://app.example.com".into()]).await;
+    for origin in [
+        "https://evil.example.net",
+        "https://app.example.com.evil.net",
+        "null",
+    ] {
         match Client::connect(&app.ws_url(), &[("origin", origin)]).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403, "{origin}"),
-            other => panic!("origin {origin} must be refused, got {:?}", other.map(|c| c.hello)),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 403, "{origin}")
+            }
+            other => panic!(
+                "origin {origin} must be refused, got {:?}",
+                other.map(|c| c.hello)
+            ),
         }
     }
     let allowed = Client::connect(&app.ws_url(), &[("origin", "https://app.example.com")]).await;

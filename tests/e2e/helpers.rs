@@ -64,9 +64,18 @@ pub async fn spawn_app_traced(adjust: impl FnOnce(&mut Config), tracing: bool) -
         config.presence.redis_url = redis;
     }
     adjust(&mut config);
-    let listeners = parley::Listeners::ephemeral().await.expect("bind listeners");
-    let suite = parley::start(config.clone(), listeners, tracing).await.expect("start suite");
-    TestApp { addrs: suite.addrs, suite: Some(suite), config, _db: db }
+    let listeners = parley::Listeners::ephemeral()
+        .await
+        .expect("bind listeners");
+    let suite = parley::start(config.clone(), listeners, tracing)
+        .await
+        .expect("start suite");
+    TestApp {
+        addrs: suite.addrs,
+        suite: Some(suite),
+        config,
+        _db: db,
+    }
 }
 
 impl TestApp {
@@ -82,7 +91,9 @@ impl TestApp {
     /// A client signed in anonymously under `name`.
     pub async fn anonymous(&self, name: &str) -> Client {
         let mut client = self.connect().await;
-        let reply = client.ok("auth", json!({"anonymous": true, "name": name})).await;
+        let reply = client
+            .ok("auth", json!({"anonymous": true, "name": name}))
+            .await;
         client.user_id = reply["user"]["id"].as_str().expect("user id").to_string();
         client
     }
@@ -107,7 +118,8 @@ impl Drop for TestApp {
 /// An HS256 token for `sub`, signed with the suite's secret.
 pub fn token(sub: &str, name: &str, exp_offset_s: i64) -> String {
     let now = common::ids::now_ms() / 1000;
-    let claims = json!({"sub": sub, "name": name, "iss": "parley", "iat": now, "exp": now + exp_offset_s});
+    let claims =
+        json!({"sub": sub, "name": name, "iss": "parley", "iat": now, "exp": now + exp_offset_s});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -130,7 +142,10 @@ pub struct Client {
 
 impl Client {
     /// Connects with extra upgrade headers and reads `hello`.
-    pub async fn connect(url: &str, headers: &[(&str, &str)]) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+    pub async fn connect(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let mut request = url.into_client_request()?;
         for (name, value) in headers {
             request.headers_mut().insert(
@@ -139,7 +154,13 @@ impl Client {
             );
         }
         let (ws, _) = tokio_tungstenite::connect_async(request).await?;
-        let mut client = Client { ws, next_id: 1, pending: VecDeque::new(), hello: Value::Null, user_id: String::new() };
+        let mut client = Client {
+            ws,
+            next_id: 1,
+            pending: VecDeque::new(),
+            hello: Value::Null,
+            user_id: String::new(),
+        };
         let hello = client.next_frame().await.expect("hello frame");
         assert_eq!(hello["type"], "hello", "first frame must be hello: {hello}");
         client.hello = hello;
@@ -147,7 +168,10 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws.send(Message::text(text.into())).await.expect("send");
+        self.ws
+            .send(Message::text(text.into()))
+            .await
+            .expect("send");
     }
 
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
@@ -163,7 +187,10 @@ impl Client {
         frame["id"] = json!(id);
         self.send_text(frame.to_string()).await;
         loop {
-            let frame = self.read().await.unwrap_or_else(|| panic!("connection ended while waiting for reply to {kind}"));
+            let frame = self
+                .read()
+                .await
+                .unwrap_or_else(|| panic!("connection ended while waiting for reply to {kind}"));
             if frame["type"] == "reply" && frame["id"] == json!(id) {
                 return frame;
             }
@@ -192,7 +219,10 @@ impl Client {
             return self.pending.remove(pos).expect("present");
         }
         loop {
-            let frame = self.read().await.unwrap_or_else(|| panic!("connection ended while waiting for {kind}"));
+            let frame = self
+                .read()
+                .await
+                .unwrap_or_else(|| panic!("connection ended while waiting for {kind}"));
             if frame["type"] == kind {
                 return frame;
             }
@@ -214,7 +244,9 @@ impl Client {
                 .await
                 .expect("timed out waiting for a frame")?;
             match message {
-                Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).expect("server frames are JSON")),
+                Ok(Message::Text(text)) => {
+                    return Some(serde_json::from_str(&text).expect("server frames are JSON"));
+                }
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => continue,
             }

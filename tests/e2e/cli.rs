@@ -20,20 +20,32 @@ fn help_lists_the_options_and_the_environment_convention() {
 
 #[test]
 fn an_invalid_value_stops_start_up_naming_the_key() {
-    let output = parley().env("PARLEY_EDGE_LISTEN", "not-an-address").output().expect("run parley");
+    let output = parley()
+        .env("PARLEY_EDGE_LISTEN", "not-an-address")
+        .output()
+        .expect("run parley");
     assert_eq!(output.status.code(), Some(64));
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("edge.listen"), "{text}");
 
-    let output = parley().env("PARLEY_AUTH_HS256_SECRET", "too-short").output().expect("run parley");
+    let output = parley()
+        .env("PARLEY_AUTH_HS256_SECRET", "too-short")
+        .output()
+        .expect("run parley");
     assert_eq!(output.status.code(), Some(64));
     let text = String::from_utf8_lossy(&output.stderr);
-    assert!(text.contains("auth.hs256_secret") && !text.contains("too-short"), "{text}");
+    assert!(
+        text.contains("auth.hs256_secret") && !text.contains("too-short"),
+        "{text}"
+    );
 }
 
 #[test]
 fn a_missing_config_file_is_reported() {
-    let output = parley().args(["--config", "/nonexistent/parley.toml"]).output().expect("run parley");
+    let output = parley()
+        .args(["--config", "/nonexistent/parley.toml"])
+        .output()
+        .expect("run parley");
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/parley.toml"));
 }

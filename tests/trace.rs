@@ -11,8 +11,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::json;
@@ -51,7 +55,9 @@ impl TraceService for Receiver {
             }
         }
         self.arrived.notify_waiters();
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -62,21 +68,35 @@ fn hex(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_send_is_one_trace_across_edge_chat_and_sql() {
     let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let otlp = listener.local_addr().expect("addr");
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(receiver.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let settings = common::telemetry::OtelSettings { endpoint: Some(format!("http://{otlp}")), service_name: None };
-    let telemetry =
-        common::telemetry::init(&common::config::LogConfig::default(), &settings, parley::COMPONENTS).expect("telemetry");
+    let settings = common::telemetry::OtelSettings {
+        endpoint: Some(format!("http://{otlp}")),
+        service_name: None,
+    };
+    let telemetry = common::telemetry::init(
+        &common::config::LogConfig::default(),
+        &settings,
+        parley::COMPONENTS,
+    )
+    .expect("telemetry");
     let telemetry = Arc::new(telemetry);
 
     let app = helpers::spawn_app_traced(|_| {}, true).await;
     let mut alice = app.anonymous("alice").await;
-    let room = alice.ok("room.create", json!({"name": "traced", "visibility": "public"})).await["room"]["id"]
+    let room = alice
+        .ok(
+            "room.create",
+            json!({"name": "traced", "visibility": "public"}),
+        )
+        .await["room"]["id"]
         .as_str()
         .expect("room")
         .to_string();
@@ -97,7 +117,9 @@ async fn one_message_send_is_one_trace_across_edge_chat_and_sql() {
     let spans = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let flushing = telemetry.clone();
-            tokio::task::spawn_blocking(move || flushing.flush()).await.expect("flush");
+            tokio::task::spawn_blocking(move || flushing.flush())
+                .await
+                .expect("flush");
             let spans: Vec<(String, Span)> = receiver
                 .spans
                 .lock()
@@ -109,23 +131,37 @@ async fn one_message_send_is_one_trace_across_edge_chat_and_sql() {
             if spans.iter().any(|(_, s)| s.name.starts_with("sql")) {
                 return spans;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(200), receiver.arrived.notified()).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), receiver.arrived.notified()).await;
         }
     })
     .await
     .expect("spans of the message.send trace arrive");
 
-    let by_id: HashMap<String, &(String, Span)> = spans.iter().map(|entry| (hex(&entry.1.span_id), entry)).collect();
+    let by_id: HashMap<String, &(String, Span)> = spans
+        .iter()
+        .map(|entry| (hex(&entry.1.span_id), entry))
+        .collect();
     let find = |pred: &dyn Fn(&(String, Span)) -> bool| spans.iter().find(|e| pred(e)).cloned();
 
-    let (edge_service, frame) = find(&|(_, s)| s.name == "ws message.send").expect("edge frame span");
+    let (edge_service, frame) =
+        find(&|(_, s)| s.name == "ws message.send").expect("edge frame span");
     assert_eq!(edge_service, "parley-edge");
-    assert_eq!(hex(&frame.parent_span_id), client_span, "the frame span continues the client's trace");
+    assert_eq!(
+        hex(&frame.parent_span_id),
+        client_span,
+        "the frame span continues the client's trace"
+    );
 
     let (chat_service, server) =
-        find(&|(_, s)| s.name == "/parley.chat.v1.ChatService/SendMessage").expect("chat server span");
+        find(&|(_, s)| s.name == "/parley.chat.v1.ChatService/SendMessage")
+            .expect("chat server span");
     assert_eq!(chat_service, "parley-chat");
-    assert_eq!(hex(&server.parent_span_id), hex(&frame.span_id), "chat's span is a child of the edge's frame span");
+    assert_eq!(
+        hex(&server.parent_span_id),
+        hex(&frame.span_id),
+        "chat's span is a child of the edge's frame span"
+    );
 
     let (sql_service, sql) = find(&|(_, s)| s.name.starts_with("sql")).expect("sql span");
     assert_eq!(sql_service, "parley-chat");

@@ -5,7 +5,6 @@
 //! tests run exactly what `cargo run` runs, on listeners they bound themselves.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::Secret;
@@ -37,7 +36,9 @@ impl Listeners {
     /// Binds the configured addresses; the error names the address.
     pub async fn bind(config: &Config) -> Result<Self, SuiteError> {
         async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, SuiteError> {
-            TcpListener::bind(addr).await.map_err(|source| SuiteError::Bind { key, addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| SuiteError::Bind { key, addr, source })
         }
         Ok(Self {
             edge: bind("edge.listen", config.edge.listen).await?,
@@ -74,7 +75,11 @@ pub struct Addrs {
 #[derive(Debug, thiserror::Error)]
 pub enum SuiteError {
     #[error("cannot listen on {addr} (key `{key}`): {source}")]
-    Bind { key: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{component}: {source}")]
     Component {
         component: &'static str,
@@ -82,8 +87,13 @@ pub enum SuiteError {
     },
 }
 
-fn component<E: std::error::Error + Send + Sync + 'static>(component: &'static str) -> impl FnOnce(E) -> SuiteError {
-    move |e| SuiteError::Component { component, source: Box::new(e) }
+fn component<E: std::error::Error + Send + Sync + 'static>(
+    component: &'static str,
+) -> impl FnOnce(E) -> SuiteError {
+    move |e| SuiteError::Component {
+        component,
+        source: Box::new(e),
+    }
 }
 
 /// The running suite.
@@ -97,7 +107,11 @@ pub struct Suite {
 }
 
 /// Builds and starts every component on the given listeners.
-pub async fn start(mut config: Config, listeners: Listeners, tracing: bool) -> Result<Suite, SuiteError> {
+pub async fn start(
+    mut config: Config,
+    listeners: Listeners,
+    tracing: bool,
+) -> Result<Suite, SuiteError> {
     let addr = |l: &TcpListener| l.local_addr().map_err(component("listener"));
     let addrs = Addrs {
         edge: addr(&listeners.edge)?,
@@ -121,9 +135,13 @@ pub async fn start(mut config: Config, listeners: Listeners, tracing: bool) -> R
         timeout: Duration::from_millis(timeout_ms),
     };
     let call_timeout = config.edge.call_timeout_ms;
-    let chan = |url: &str, timeout_ms: u64| channel(url, &settings(timeout_ms)).map_err(component("grpc client"));
+    let chan = |url: &str, timeout_ms: u64| {
+        channel(url, &settings(timeout_ms)).map_err(component("grpc client"))
+    };
 
-    let bus = common::bus::connect(&config.bus).await.map_err(component("bus"))?;
+    let bus = common::bus::connect(&config.bus)
+        .await
+        .map_err(component("bus"))?;
     let shutdown = Shutdown::new();
     let mut tasks = JoinSet::new();
 
@@ -134,7 +152,10 @@ pub async fn start(mut config: Config, listeners: Listeners, tracing: bool) -> R
     let chat = chat_service::ChatApp::connect(
         &config.chat,
         bus.clone(),
-        Some(PresenceServiceClient::new(chan(&config.services.presence_url, 5_000)?)),
+        Some(PresenceServiceClient::new(chan(
+            &config.services.presence_url,
+            5_000,
+        )?)),
         &credential,
     )
     .await
@@ -156,10 +177,19 @@ pub async fn start(mut config: Config, listeners: Listeners, tracing: bool) -> R
         .await
         .map_err(component("edge"))?;
 
-    let Listeners { edge: edge_l, auth: auth_l, chat: chat_l, ai: ai_l, presence: presence_l } = listeners;
+    let Listeners {
+        edge: edge_l,
+        auth: auth_l,
+        chat: chat_l,
+        ai: ai_l,
+        presence: presence_l,
+    } = listeners;
     let signal = shutdown.signal();
     tasks.spawn(report("auth", auth.serve(auth_l, signal.clone())));
-    tasks.spawn(report("presence", presence.serve(presence_l, signal.clone())));
+    tasks.spawn(report(
+        "presence",
+        presence.serve(presence_l, signal.clone()),
+    ));
     tasks.spawn(report("chat", chat.serve(chat_l, signal.clone())));
     tasks.spawn(report("ai", ai.serve(ai_l, signal.clone())));
     tasks.spawn(report("edge", edge.serve(edge_l)));
@@ -173,7 +203,10 @@ pub async fn start(mut config: Config, listeners: Listeners, tracing: bool) -> R
     })
 }
 
-async fn report<E: std::fmt::Display>(component: &'static str, serve: impl std::future::Future<Output = Result<(), E>>) {
+async fn report<E: std::fmt::Display>(
+    component: &'static str,
+    serve: impl std::future::Future<Output = Result<(), E>>,
+) {
     if let Err(e) = serve.await {
         tracing::error!(component, error = %e, "component stopped with an error");
     }
@@ -185,7 +218,10 @@ impl Suite {
     pub async fn shutdown(mut self) {
         self.shutdown.trigger();
         let all = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.grace + Duration::from_secs(1), all).await.is_err() {
+        if tokio::time::timeout(self.grace + Duration::from_secs(1), all)
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over; aborting what is left");
             self.tasks.abort_all();
         }
