@@ -205,6 +205,11 @@ impl ChatHandler {
                 pair.sort_unstable();
                 let key = pair.join("\n");
                 if let Some(room) = self.store.direct_room(&key).await? {
+                    // One of the pair who left gets back in.
+                    let _order = self.room_lock(&room.id).lock().await;
+                    if let Some(event) = self.store.add_member(&room.id, &owner).await? {
+                        self.publish(&[event]).await;
+                    }
                     return Ok(room);
                 }
                 Some(key)
@@ -220,7 +225,10 @@ impl ChatHandler {
             created_at: common::ids::now_ms(),
         };
         match self.store.create_room(new).await {
-            Ok((room, _events)) => Ok(room),
+            Ok((room, events)) => {
+                self.publish(&events).await;
+                Ok(room)
+            }
             // Two creates of the same direct pair raced: the other one won.
             Err(e) if e.is_unique_violation() && direct_key.is_some() => {
                 let key = direct_key.unwrap_or_default();
@@ -238,6 +246,9 @@ impl ChatHandler {
         actor: &Actor,
         request: JoinRoomRequest,
     ) -> Result<JoinRoomResponse, ChatError> {
+        if request.since.is_some_and(|since| since < 0) {
+            return Err(ChatError::BadRequest("since must not be negative".into()));
+        }
         let (mut room, role) = self.visible_room(&request.room_id, actor).await?;
         if role.is_none() {
             // Visible without membership means public: joining makes a member.
