@@ -6,6 +6,7 @@
 //! `main.rs` and the tests build the same [`ChatApp`] and serve it on a
 //! listener they bound themselves.
 
+mod backend;
 mod error;
 mod service;
 mod store;
@@ -17,11 +18,16 @@ use common::bus::Bus;
 use common::config::ChatConfig;
 use common::grpc::{CredentialCheck, ServiceChannel};
 use common::shutdown::ShutdownSignal;
+use proto::chat::v1::chat_backend_service_server::{
+    ChatBackendServiceServer, SERVICE_NAME as BACKEND_SERVICE_NAME,
+};
 use proto::chat::v1::chat_service_server::{ChatServiceServer, SERVICE_NAME};
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+use crate::backend::BackendHandler;
+pub use crate::backend::{BOT_PREFIX, SYSTEM_SENDER};
 pub use crate::error::ChatError;
 use crate::service::{ChatHandler, Limits};
 pub use crate::service::{MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_ROOM_NAME_CHARS};
@@ -57,6 +63,7 @@ impl ChatApp {
         let limits = Limits {
             max_text_chars: config.max_text_chars,
             page_limit: config.page_limit,
+            invite_policy: config.invite_policy,
         };
         Ok(ChatApp {
             handler: ChatHandler::new(store, bus, presence, limits),
@@ -71,15 +78,20 @@ impl ChatApp {
         listener: TcpListener,
         shutdown: ShutdownSignal,
     ) -> Result<(), tonic::transport::Error> {
-        let server = ChatServiceServer::with_interceptor(
+        let check = CredentialCheck::new(&self.credential);
+        let backend = BackendHandler {
+            chat: self.handler.clone(),
+        };
+        let routes = Routes::new(ChatServiceServer::with_interceptor(
             self.handler,
-            CredentialCheck::new(&self.credential),
-        );
+            check.clone(),
+        ))
+        .add_service(ChatBackendServiceServer::with_interceptor(backend, check));
         common::grpc::serve(
             "chat",
             listener,
-            Routes::new(server),
-            &[SERVICE_NAME],
+            routes,
+            &[SERVICE_NAME, BACKEND_SERVICE_NAME],
             shutdown,
         )
         .await

@@ -5,13 +5,19 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use common::bus::{Bus, envelope, room_channel};
+use common::bus::{Bus, envelope, room_channel, user_channel};
+use common::config::InvitePolicy;
 use common::grpc::{Actor, ServiceChannel};
 use proto::chat::v1::chat_service_server::ChatService;
 use proto::chat::v1::{
-    CreateRoomRequest, CreateRoomResponse, GetEventsRequest, GetEventsResponse, GetHistoryRequest,
-    GetHistoryResponse, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest, LeaveRoomResponse,
-    ListRoomsRequest, ListRoomsResponse, Message, Room, RoomEvent, SendMessageRequest,
+    CreateRoomRequest, CreateRoomResponse, DeleteMessageRequest, DeleteMessageResponse,
+    EditMessageRequest, EditMessageResponse, GetEventsRequest, GetEventsResponse,
+    GetHistoryRequest, GetHistoryResponse, InviteMemberRequest, InviteMemberResponse,
+    JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest, LeaveRoomResponse,
+    ListNotificationsRequest, ListNotificationsResponse, ListRoomsRequest, ListRoomsResponse,
+    MarkReceiptRequest, MarkReceiptResponse, Message, Notification, ReactionRequest,
+    ReactionResponse, ReadNotificationsRequest, ReadNotificationsResponse, ReceiptKind,
+    RemoveMemberRequest, RemoveMemberResponse, Room, RoomEvent, SendMessageRequest,
     SendMessageResponse, User, Visibility,
 };
 use proto::presence::v1::GetPresenceRequest;
@@ -35,6 +41,16 @@ pub const MAX_METADATA_BYTES: usize = 4 * 1024;
 pub const MAX_LISTED_ROOMS: u32 = 1_000;
 /// Most members whose presence `JoinRoom` looks up for `online`.
 const MAX_PRESENCE_LOOKUP: u32 = 1_000;
+/// Most distinct emoji on one message.
+pub const MAX_EMOJI_PER_MESSAGE: i64 = 20;
+/// Longest emoji, in bytes.
+pub const MAX_EMOJI_BYTES: usize = 16;
+/// Most notifications one call lists or marks read.
+const MAX_NOTIFICATIONS_PAGE: u32 = 100;
+/// Most members a mention is matched against.
+const MAX_MENTION_LOOKUP: u32 = 1_000;
+/// Characters of the message kept in a mention notification.
+const MENTION_EXCERPT_CHARS: usize = 200;
 /// Stripes of the per-room publish locks.
 const ROOM_LOCKS: usize = 256;
 
@@ -43,6 +59,7 @@ const ROOM_LOCKS: usize = 256;
 pub(crate) struct Limits {
     pub max_text_chars: usize,
     pub page_limit: u32,
+    pub invite_policy: InvitePolicy,
 }
 
 /// Handles chat calls; cheap to clone.
@@ -55,7 +72,7 @@ pub(crate) struct ChatHandler {
     pub(crate) limits: Limits,
     /// Appends to one room and their publication happen under the room's
     /// stripe, so the bus carries each room's events in seq order.
-    pub(crate) room_locks: Arc<[Mutex<()>]>,
+    room_locks: Arc<[Mutex<()>]>,
 }
 
 impl ChatHandler {
@@ -313,41 +330,53 @@ impl ChatHandler {
         actor: &Actor,
         request: SendMessageRequest,
     ) -> Result<SendMessageResponse, ChatError> {
-        let SendMessageRequest {
-            room_id,
-            text,
-            client_msg_id,
-            thread_id,
-            metadata_json,
-        } = request;
-        check_id("client_msg_id", &client_msg_id)?;
-        if text.trim().is_empty() {
-            return Err(ChatError::BadRequest("text must not be empty".into()));
-        }
-        if text.chars().count() > self.limits.max_text_chars {
-            return Err(ChatError::TooLarge(format!(
-                "text is longer than {} characters",
-                self.limits.max_text_chars
-            )));
-        }
-        let metadata_json = check_metadata(&metadata_json)?;
+        let sender = User {
+            id: actor.user_id.clone(),
+            name: actor.name.clone(),
+        };
         // The assistant posts on behalf of the service; everyone else must be a member.
         let room = if actor.user_id == Actor::assistant().user_id {
-            check_id("room_id", &room_id)?;
-            self.store
-                .room(&room_id)
-                .await?
-                .ok_or(ChatError::NotFound("room"))?
+            self.existing_room(&request.room_id).await?
         } else {
-            let (room, role) = self.visible_room(&room_id, actor).await?;
+            let (room, role) = self.visible_room(&request.room_id, actor).await?;
             if role.is_none() {
                 return Err(ChatError::Forbidden("join the room before sending".into()));
             }
             room
         };
+        self.post(&room, sender, request).await
+    }
+
+    /// A room that exists, whoever may see it (service-side callers).
+    pub(crate) async fn existing_room(&self, room_id: &str) -> Result<Room, ChatError> {
+        check_id("room_id", room_id)?;
+        self.store
+            .room(room_id)
+            .await?
+            .ok_or(ChatError::NotFound("room"))
+    }
+
+    /// Stores a message from `sender` (already allowed to post in `room`),
+    /// with the notifications its mentions create, and publishes both.
+    pub(crate) async fn post(
+        &self,
+        room: &Room,
+        sender: User,
+        request: SendMessageRequest,
+    ) -> Result<SendMessageResponse, ChatError> {
+        let SendMessageRequest {
+            text,
+            client_msg_id,
+            thread_id,
+            metadata_json,
+            ..
+        } = request;
+        check_id("client_msg_id", &client_msg_id)?;
+        self.check_text(&text)?;
+        let metadata_json = check_metadata(&metadata_json)?;
         if let Some(existing) = self
             .store
-            .message_by_client_id(&room.id, &actor.user_id, &client_msg_id)
+            .message_by_client_id(&room.id, &sender.id, &client_msg_id)
             .await?
         {
             return Ok(SendMessageResponse {
@@ -372,10 +401,7 @@ impl ChatHandler {
             id: common::ids::new_id("m"),
             room_id: room.id.clone(),
             seq: 0,
-            sender: Some(User {
-                id: actor.user_id.clone(),
-                name: actor.name.clone(),
-            }),
+            sender: Some(sender.clone()),
             text,
             thread_id,
             created_at: common::ids::now_ms(),
@@ -383,11 +409,16 @@ impl ChatHandler {
             deleted: false,
             client_msg_id: client_msg_id.clone(),
             metadata_json,
+            reactions: Vec::new(),
         };
+        let notifications = self.mentions(&message).await?;
         let _order = self.room_lock(&room.id).lock().await;
-        match self.store.insert_message(message).await {
+        match self.store.insert_message(message, &notifications).await {
             Ok((message, event)) => {
                 self.publish(&[event]).await;
+                for notification in &notifications {
+                    self.publish_notification(notification).await;
+                }
                 Ok(SendMessageResponse {
                     message: Some(message),
                     duplicate: false,
@@ -397,7 +428,7 @@ impl ChatHandler {
             Err(e) if e.is_unique_violation() => {
                 let existing = self
                     .store
-                    .message_by_client_id(&room.id, &actor.user_id, &client_msg_id)
+                    .message_by_client_id(&room.id, &sender.id, &client_msg_id)
                     .await?
                     .ok_or(e)?;
                 Ok(SendMessageResponse {
@@ -409,12 +440,93 @@ impl ChatHandler {
         }
     }
 
+    fn check_text(&self, text: &str) -> Result<(), ChatError> {
+        if text.trim().is_empty() {
+            return Err(ChatError::BadRequest("text must not be empty".into()));
+        }
+        if text.chars().count() > self.limits.max_text_chars {
+            return Err(ChatError::TooLarge(format!(
+                "text is longer than {} characters",
+                self.limits.max_text_chars
+            )));
+        }
+        Ok(())
+    }
+
+    /// A `mention` notification for every member named as `@id` or `@name`
+    /// in the text (not the sender, each once).
+    async fn mentions(&self, message: &Message) -> Result<Vec<Notification>, ChatError> {
+        let handles = mention_handles(&message.text);
+        if handles.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sender = message.sender.clone().unwrap_or_default();
+        let members = self
+            .store
+            .members(&message.room_id, MAX_MENTION_LOOKUP)
+            .await?;
+        let mut notified = HashSet::new();
+        let mut notifications = Vec::new();
+        for member in members {
+            let named = handles
+                .iter()
+                .any(|h| h == &member.id.to_lowercase() || h == &member.name.to_lowercase());
+            if !named || member.id == sender.id || !notified.insert(member.id.clone()) {
+                continue;
+            }
+            let id = common::ids::new_id("n");
+            let excerpt: String = message.text.chars().take(MENTION_EXCERPT_CHARS).collect();
+            let json = serde_json::json!({
+                "id": id,
+                "kind": "mention",
+                "room": message.room_id,
+                "message_id": message.id,
+                "from": {"id": sender.id, "name": sender.name},
+                "text": excerpt,
+                "created_at": message.created_at,
+            });
+            notifications.push(Notification {
+                id,
+                kind: "mention".into(),
+                room_id: message.room_id.clone(),
+                message_id: Some(message.id.clone()),
+                json: json.to_string(),
+                created_at: message.created_at,
+                read: false,
+                user_id: member.id,
+            });
+        }
+        Ok(notifications)
+    }
+
+    /// `notification.new` to every connection of the notified user.
+    async fn publish_notification(&self, notification: &Notification) {
+        let event = serde_json::json!({
+            "type": "notification.new",
+            "notification": proto::json::notification(notification),
+        });
+        let envelope = envelope("", 0, "notification.new", event.to_string());
+        let channel = user_channel(&notification.user_id);
+        if let Err(error) = self.bus.publish(&channel, &envelope).await {
+            tracing::warn!(%error, "cannot publish notification");
+        }
+    }
+
     async fn history(
         &self,
         actor: &Actor,
         request: GetHistoryRequest,
     ) -> Result<GetHistoryResponse, ChatError> {
         let (room, _) = self.visible_room(&request.room_id, actor).await?;
+        self.page_of_history(&room.id, &request).await
+    }
+
+    /// A page of a room's history (the caller checked who may read it).
+    pub(crate) async fn page_of_history(
+        &self,
+        room_id: &str,
+        request: &GetHistoryRequest,
+    ) -> Result<GetHistoryResponse, ChatError> {
         if let Some(thread) = &request.thread_id {
             check_id("thread_id", thread)?;
         }
@@ -428,7 +540,7 @@ impl ChatHandler {
         let (messages, has_more) = self
             .store
             .history(HistoryQuery {
-                room_id: &room.id,
+                room_id,
                 before: request.before,
                 after: request.after,
                 thread_id: request.thread_id.as_deref(),
@@ -456,8 +568,260 @@ impl ChatHandler {
     }
 }
 
+/// Membership changes, edits, deletes, reactions, receipts, notifications.
+impl ChatHandler {
+    /// The room and the caller's role; `Forbidden` unless a member.
+    async fn member_room(&self, room_id: &str, actor: &Actor) -> Result<(Room, String), ChatError> {
+        let (room, role) = self.visible_room(room_id, actor).await?;
+        let role = role.ok_or_else(|| ChatError::Forbidden("join the room first".into()))?;
+        Ok((room, role))
+    }
+
+    async fn invite(&self, actor: &Actor, request: InviteMemberRequest) -> Result<(), ChatError> {
+        let (room, role) = self.member_room(&request.room_id, actor).await?;
+        check_id("user_id", &request.user_id)?;
+        match Visibility::try_from(room.visibility) {
+            Ok(Visibility::Direct) => {
+                return Err(ChatError::Forbidden(
+                    "a direct room has exactly two members".into(),
+                ));
+            }
+            Ok(Visibility::Private)
+                if self.limits.invite_policy == InvitePolicy::Owner && role != OWNER =>
+            {
+                return Err(ChatError::Forbidden("only the owner may invite".into()));
+            }
+            _ => {}
+        }
+        let invitee = User {
+            id: request.user_id.clone(),
+            name: request.user_id,
+        };
+        let _order = self.room_lock(&room.id).lock().await;
+        if let Some(event) = self.store.add_member(&room.id, &invitee).await? {
+            self.publish(&[event]).await;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, actor: &Actor, request: RemoveMemberRequest) -> Result<(), ChatError> {
+        let (room, role) = self.member_room(&request.room_id, actor).await?;
+        check_id("user_id", &request.user_id)?;
+        if role != OWNER {
+            return Err(ChatError::Forbidden(
+                "only the owner may remove members".into(),
+            ));
+        }
+        if request.user_id == actor.user_id {
+            return Err(ChatError::BadRequest(
+                "the owner leaves with LeaveRoom".into(),
+            ));
+        }
+        let member = User {
+            name: request.user_id.clone(),
+            id: request.user_id,
+        };
+        let _order = self.room_lock(&room.id).lock().await;
+        let event = self
+            .store
+            .remove_member(&room.id, &member)
+            .await?
+            .ok_or(ChatError::NotFound("member"))?;
+        self.publish(&[event]).await;
+        Ok(())
+    }
+
+    /// A live message of a room the caller is a member of.
+    async fn live_message(
+        &self,
+        room_id: &str,
+        message_id: &str,
+        actor: &Actor,
+    ) -> Result<(Room, String, Message), ChatError> {
+        let (room, role) = self.member_room(room_id, actor).await?;
+        check_id("message_id", message_id)?;
+        let message = self
+            .store
+            .message(&room.id, message_id)
+            .await?
+            .ok_or(ChatError::NotFound("message"))?;
+        Ok((room, role, message))
+    }
+
+    async fn edit(&self, actor: &Actor, request: EditMessageRequest) -> Result<Message, ChatError> {
+        self.check_text(&request.text)?;
+        let (room, _, message) = self
+            .live_message(&request.room_id, &request.message_id, actor)
+            .await?;
+        if message.deleted {
+            return Err(ChatError::NotFound("message"));
+        }
+        if message.sender.as_ref().map(|s| s.id.as_str()) != Some(actor.user_id.as_str()) {
+            return Err(ChatError::Forbidden(
+                "only the author may edit a message".into(),
+            ));
+        }
+        let _order = self.room_lock(&room.id).lock().await;
+        let (message, event) = self
+            .store
+            .edit_message(&room.id, &message.id, &request.text)
+            .await?;
+        self.publish(&[event]).await;
+        Ok(message)
+    }
+
+    async fn delete(&self, actor: &Actor, request: DeleteMessageRequest) -> Result<(), ChatError> {
+        let (room, role, message) = self
+            .live_message(&request.room_id, &request.message_id, actor)
+            .await?;
+        let author = message.sender.as_ref().map(|s| s.id.as_str()) == Some(actor.user_id.as_str());
+        if !author && role != OWNER {
+            return Err(ChatError::Forbidden(
+                "only the author or the room owner may delete a message".into(),
+            ));
+        }
+        let _order = self.room_lock(&room.id).lock().await;
+        // Deleting a tombstone again changes nothing.
+        if let Some(event) = self.store.delete_message(&room.id, &message.id).await? {
+            self.publish(&[event]).await;
+        }
+        Ok(())
+    }
+
+    async fn react(
+        &self,
+        actor: &Actor,
+        request: ReactionRequest,
+        add: bool,
+    ) -> Result<(), ChatError> {
+        check_emoji(&request.emoji)?;
+        let (room, _) = self.member_room(&request.room_id, actor).await?;
+        check_id("message_id", &request.message_id)?;
+        let user = User {
+            id: actor.user_id.clone(),
+            name: actor.name.clone(),
+        };
+        let _order = self.room_lock(&room.id).lock().await;
+        let event = if add {
+            self.store
+                .add_reaction(
+                    &room.id,
+                    &request.message_id,
+                    &user,
+                    &request.emoji,
+                    MAX_EMOJI_PER_MESSAGE,
+                )
+                .await?
+        } else {
+            if self
+                .store
+                .message(&room.id, &request.message_id)
+                .await?
+                .is_none_or(|m| m.deleted)
+            {
+                return Err(ChatError::NotFound("message"));
+            }
+            self.store
+                .remove_reaction(&room.id, &request.message_id, &user, &request.emoji)
+                .await?
+        };
+        if let Some(event) = event {
+            self.publish(&[event]).await;
+        }
+        Ok(())
+    }
+
+    async fn receipt(&self, actor: &Actor, request: MarkReceiptRequest) -> Result<i64, ChatError> {
+        let kind = match ReceiptKind::try_from(request.kind) {
+            Ok(kind @ (ReceiptKind::Read | ReceiptKind::Delivered)) => kind,
+            _ => {
+                return Err(ChatError::BadRequest(
+                    "kind must be read or delivered".into(),
+                ));
+            }
+        };
+        if request.seq < 0 {
+            return Err(ChatError::BadRequest("seq must not be negative".into()));
+        }
+        let (room, _) = self.member_room(&request.room_id, actor).await?;
+        // A mark past the end of the log means "everything so far".
+        let seq = request.seq.min(room.last_seq);
+        let (mark, moved) = self
+            .store
+            .mark_receipt(&room.id, &actor.user_id, kind, seq)
+            .await?
+            .ok_or_else(|| ChatError::Forbidden("join the room first".into()))?;
+        if moved {
+            let kind_name = if kind == ReceiptKind::Read {
+                "read"
+            } else {
+                "delivered"
+            };
+            let event = serde_json::json!({
+                "type": "receipt",
+                "room": room.id,
+                "user": actor.user_id,
+                "kind": kind_name,
+                "seq": mark,
+            })
+            .to_string();
+            // The room's members see it, and so do all of the user's own
+            // devices (edges skip the copy for devices that joined the room).
+            let envelope = envelope(&room.id, 0, "receipt", event);
+            for channel in [room_channel(&room.id), user_channel(&actor.user_id)] {
+                if let Err(error) = self.bus.publish(&channel, &envelope).await {
+                    tracing::warn!(%error, "cannot publish receipt");
+                }
+            }
+        }
+        Ok(mark)
+    }
+}
+
+/// Role name of a room's owner.
+const OWNER: &str = "owner";
+
+/// The lower-cased handles named as `@handle` in a text.
+fn mention_handles(text: &str) -> Vec<String> {
+    let mut handles: Vec<String> = Vec::new();
+    for (at, _) in text.match_indices('@') {
+        // A mention starts a word: `a@b.c` is an address, not a mention.
+        if text[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric())
+        {
+            continue;
+        }
+        let handle: String = text[at + 1..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+            .collect();
+        let handle = handle.trim_end_matches(['.', ':']).to_lowercase();
+        if !handle.is_empty() && !handles.contains(&handle) {
+            handles.push(handle);
+        }
+    }
+    handles
+}
+
+/// An emoji is 1–16 bytes of visible text.
+fn check_emoji(emoji: &str) -> Result<(), ChatError> {
+    if emoji.is_empty() || emoji.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ChatError::BadRequest(
+            "emoji must be 1 to 16 bytes of visible text".into(),
+        ));
+    }
+    if emoji.len() > MAX_EMOJI_BYTES {
+        return Err(ChatError::TooLarge(format!(
+            "emoji is longer than {MAX_EMOJI_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// A page size: the request's, defaulting to and capped at the configured limit.
-fn page(requested: u32, cap: u32) -> u32 {
+pub(crate) fn page(requested: u32, cap: u32) -> u32 {
     if requested == 0 {
         cap
     } else {
@@ -465,7 +829,7 @@ fn page(requested: u32, cap: u32) -> u32 {
     }
 }
 
-fn check_id(field: &str, value: &str) -> Result<(), ChatError> {
+pub(crate) fn check_id(field: &str, value: &str) -> Result<(), ChatError> {
     if value.is_empty() {
         return Err(ChatError::BadRequest(format!("{field} is required")));
     }
@@ -565,6 +929,103 @@ impl ChatService for ChatHandler {
         Ok(Response::new(
             self.events(&actor, request.into_inner()).await?,
         ))
+    }
+
+    async fn invite_member(
+        &self,
+        request: Request<InviteMemberRequest>,
+    ) -> Result<Response<InviteMemberResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        self.invite(&actor, request.into_inner()).await?;
+        Ok(Response::new(InviteMemberResponse {}))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        self.remove(&actor, request.into_inner()).await?;
+        Ok(Response::new(RemoveMemberResponse {}))
+    }
+
+    async fn edit_message(
+        &self,
+        request: Request<EditMessageRequest>,
+    ) -> Result<Response<EditMessageResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let message = self.edit(&actor, request.into_inner()).await?;
+        Ok(Response::new(EditMessageResponse {
+            message: Some(message),
+        }))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<DeleteMessageRequest>,
+    ) -> Result<Response<DeleteMessageResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        self.delete(&actor, request.into_inner()).await?;
+        Ok(Response::new(DeleteMessageResponse {}))
+    }
+
+    async fn add_reaction(
+        &self,
+        request: Request<ReactionRequest>,
+    ) -> Result<Response<ReactionResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        self.react(&actor, request.into_inner(), true).await?;
+        Ok(Response::new(ReactionResponse {}))
+    }
+
+    async fn remove_reaction(
+        &self,
+        request: Request<ReactionRequest>,
+    ) -> Result<Response<ReactionResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        self.react(&actor, request.into_inner(), false).await?;
+        Ok(Response::new(ReactionResponse {}))
+    }
+
+    async fn mark_receipt(
+        &self,
+        request: Request<MarkReceiptRequest>,
+    ) -> Result<Response<MarkReceiptResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let seq = self.receipt(&actor, request.into_inner()).await?;
+        Ok(Response::new(MarkReceiptResponse { seq }))
+    }
+
+    async fn list_notifications(
+        &self,
+        request: Request<ListNotificationsRequest>,
+    ) -> Result<Response<ListNotificationsResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let request = request.into_inner();
+        let limit = page(request.limit, MAX_NOTIFICATIONS_PAGE);
+        let notifications = self
+            .store
+            .notifications(&actor.user_id, request.unread_only, limit)
+            .await?;
+        Ok(Response::new(ListNotificationsResponse { notifications }))
+    }
+
+    async fn read_notifications(
+        &self,
+        request: Request<ReadNotificationsRequest>,
+    ) -> Result<Response<ReadNotificationsResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let ids = request.into_inner().ids;
+        if ids.len() > MAX_NOTIFICATIONS_PAGE as usize {
+            return Err(
+                ChatError::TooLarge(format!("at most {MAX_NOTIFICATIONS_PAGE} ids")).into(),
+            );
+        }
+        for id in &ids {
+            check_id("ids", id)?;
+        }
+        self.store.read_notifications(&actor.user_id, &ids).await?;
+        Ok(Response::new(ReadNotificationsResponse {}))
     }
 }
 

@@ -10,7 +10,11 @@
 
 use std::time::Duration;
 
-use proto::chat::v1::{Message, Room, RoomEvent, User, Visibility};
+use std::collections::HashMap;
+
+use proto::chat::v1::{
+    Message, Notification, Reaction, ReceiptKind, Room, RoomEvent, User, Visibility,
+};
 use serde_json::json;
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::query::Query;
@@ -328,7 +332,14 @@ impl Store {
                 .bind(message_id.to_string())
                 .fetch_optional(&self.reader)
                 .await?;
-            row.as_ref().map(message_from).transpose()
+            let Some(mut message) = row.as_ref().map(message_from).transpose()? else {
+                return Ok(None);
+            };
+            message.reactions = reactions_of(&self.reader, std::slice::from_ref(&message.id))
+                .await?
+                .remove(&message.id)
+                .unwrap_or_default();
+            Ok(Some(message))
         }
         .instrument(self.span("sql SELECT messages"))
         .await
@@ -360,9 +371,11 @@ impl Store {
 
     /// Stores a message under the room's next seq and logs `message.new`.
     /// A repeated `(room, sender, client_msg_id)` is a `Conflict`.
+    /// `notifications` (mentions) are stored in the same transaction.
     pub(crate) async fn insert_message(
         &self,
         mut message: Message,
+        notifications: &[Notification],
     ) -> Result<(Message, RoomEvent), ChatError> {
         async {
             let mut tx = self.writer.begin().await?;
@@ -392,6 +405,9 @@ impl Store {
                 json: proto::json::message_new_event(&message).to_string(),
             };
             insert_event(&mut tx, &event, message.created_at).await?;
+            for notification in notifications {
+                insert_notification(&mut tx, notification).await?;
+            }
             tx.commit().await?;
             Ok((message, event))
         }
@@ -439,6 +455,11 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             let has_more = messages.len() > q.limit as usize;
             messages.truncate(q.limit as usize);
+            let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
+            let mut reactions = reactions_of(&self.reader, &ids).await?;
+            for message in &mut messages {
+                message.reactions = reactions.remove(&message.id).unwrap_or_default();
+            }
             if !forward {
                 messages.reverse();
             }
@@ -484,6 +505,379 @@ impl Store {
             Ok((events, has_more))
         }
         .instrument(self.span("sql SELECT room_events"))
+        .await
+    }
+
+    /// Up to `limit` members of a room, with the names they joined under.
+    pub(crate) async fn members(&self, room_id: &str, limit: u32) -> Result<Vec<User>, ChatError> {
+        async {
+            let rows = sqlx::query(
+                "SELECT user_id, user_name FROM members WHERE room_id = $1 \
+                 ORDER BY joined_at, user_id LIMIT $2",
+            )
+            .bind(room_id.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(User {
+                        id: r.try_get("user_id")?,
+                        name: r.try_get("user_name")?,
+                    })
+                })
+                .collect()
+        }
+        .instrument(self.span("sql SELECT members"))
+        .await
+    }
+
+    /// Replaces a live message's text and logs `message.updated`; `NotFound`
+    /// when it is missing or deleted.
+    pub(crate) async fn edit_message(
+        &self,
+        room_id: &str,
+        message_id: &str,
+        text: &str,
+    ) -> Result<(Message, RoomEvent), ChatError> {
+        async {
+            let mut tx = self.writer.begin().await?;
+            let seq = next_seq(&mut tx, room_id).await?;
+            let now = common::ids::now_ms();
+            let changed = sqlx::query(
+                "UPDATE messages SET text = $1, edited_at = $2 \
+                 WHERE room_id = $3 AND id = $4 AND deleted_at IS NULL",
+            )
+            .bind(text.to_string())
+            .bind(now)
+            .bind(room_id.to_string())
+            .bind(message_id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                tx.rollback().await?;
+                return Err(ChatError::NotFound("message"));
+            }
+            let mut message = message_in(&mut tx, room_id, message_id).await?;
+            message.reactions = reactions_of(&mut *tx, std::slice::from_ref(&message.id))
+                .await?
+                .remove(&message.id)
+                .unwrap_or_default();
+            let event = RoomEvent {
+                room_id: room_id.to_string(),
+                seq,
+                kind: "message.updated".into(),
+                json: json!({
+                    "type": "message.updated",
+                    "room": room_id,
+                    "seq": seq,
+                    "message": proto::json::message(&message),
+                })
+                .to_string(),
+            };
+            insert_event(&mut tx, &event, now).await?;
+            tx.commit().await?;
+            Ok((message, event))
+        }
+        .instrument(self.span("sql UPDATE messages"))
+        .await
+    }
+
+    /// Turns a message into a tombstone (text, metadata and reactions gone)
+    /// and logs `message.deleted`; `None` when it was already deleted.
+    pub(crate) async fn delete_message(
+        &self,
+        room_id: &str,
+        message_id: &str,
+    ) -> Result<Option<RoomEvent>, ChatError> {
+        async {
+            let mut tx = self.writer.begin().await?;
+            let seq = next_seq(&mut tx, room_id).await?;
+            let now = common::ids::now_ms();
+            let changed = sqlx::query(
+                "UPDATE messages SET text = '', metadata = '', deleted_at = $1 \
+                 WHERE room_id = $2 AND id = $3 AND deleted_at IS NULL",
+            )
+            .bind(now)
+            .bind(room_id.to_string())
+            .bind(message_id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            sqlx::query("DELETE FROM reactions WHERE message_id = $1")
+                .bind(message_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            let event = RoomEvent {
+                room_id: room_id.to_string(),
+                seq,
+                kind: "message.deleted".into(),
+                json: json!({
+                    "type": "message.deleted",
+                    "room": room_id,
+                    "seq": seq,
+                    "message_id": message_id,
+                })
+                .to_string(),
+            };
+            insert_event(&mut tx, &event, now).await?;
+            tx.commit().await?;
+            Ok(Some(event))
+        }
+        .instrument(self.span("sql UPDATE messages"))
+        .await
+    }
+
+    /// Adds `user`'s reaction and logs `reaction.added`; `None` when it was
+    /// already there. `NotFound` for a missing or deleted message; `TooLarge`
+    /// past `max_emoji` distinct emoji on the message.
+    pub(crate) async fn add_reaction(
+        &self,
+        room_id: &str,
+        message_id: &str,
+        user: &User,
+        emoji: &str,
+        max_emoji: i64,
+    ) -> Result<Option<RoomEvent>, ChatError> {
+        async {
+            let mut tx = self.writer.begin().await?;
+            let seq = next_seq(&mut tx, room_id).await?;
+            let live = sqlx::query(
+                "SELECT id FROM messages WHERE room_id = $1 AND id = $2 AND deleted_at IS NULL",
+            )
+            .bind(room_id.to_string())
+            .bind(message_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if live.is_none() {
+                tx.rollback().await?;
+                return Err(ChatError::NotFound("message"));
+            }
+            let rows = sqlx::query("SELECT DISTINCT emoji FROM reactions WHERE message_id = $1")
+                .bind(message_id.to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+            let emoji_present = rows
+                .iter()
+                .any(|r| r.try_get::<String, _>("emoji").is_ok_and(|e| e == emoji));
+            if !emoji_present && rows.len() as i64 >= max_emoji {
+                tx.rollback().await?;
+                return Err(ChatError::TooLarge(format!(
+                    "a message has at most {max_emoji} distinct emoji"
+                )));
+            }
+            let now = common::ids::now_ms();
+            let inserted = sqlx::query(
+                "INSERT INTO reactions (message_id, user_id, emoji, created_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(message_id.to_string())
+            .bind(user.id.clone())
+            .bind(emoji.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let event = reaction_event("reaction.added", room_id, seq, message_id, emoji, user);
+            insert_event(&mut tx, &event, now).await?;
+            tx.commit().await?;
+            Ok(Some(event))
+        }
+        .instrument(self.span("sql INSERT reactions"))
+        .await
+    }
+
+    /// Removes `user`'s reaction and logs `reaction.removed`; `None` when
+    /// there was none.
+    pub(crate) async fn remove_reaction(
+        &self,
+        room_id: &str,
+        message_id: &str,
+        user: &User,
+        emoji: &str,
+    ) -> Result<Option<RoomEvent>, ChatError> {
+        async {
+            let mut tx = self.writer.begin().await?;
+            let seq = next_seq(&mut tx, room_id).await?;
+            let removed = sqlx::query(
+                "DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3 \
+                 AND message_id IN (SELECT id FROM messages WHERE room_id = $4)",
+            )
+            .bind(message_id.to_string())
+            .bind(user.id.clone())
+            .bind(emoji.to_string())
+            .bind(room_id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if removed == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let event = reaction_event("reaction.removed", room_id, seq, message_id, emoji, user);
+            insert_event(&mut tx, &event, common::ids::now_ms()).await?;
+            tx.commit().await?;
+            Ok(Some(event))
+        }
+        .instrument(self.span("sql DELETE reactions"))
+        .await
+    }
+
+    /// Moves a member's mark forward to `seq` (a read mark also moves the
+    /// delivered mark); returns the mark afterwards and whether it moved.
+    /// `None` when the user is not a member.
+    pub(crate) async fn mark_receipt(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        kind: ReceiptKind,
+        seq: i64,
+    ) -> Result<Option<(i64, bool)>, ChatError> {
+        async {
+            let (sql, column) = match kind {
+                ReceiptKind::Read => (
+                    "UPDATE members SET read_seq = $1, \
+                       delivered_seq = CASE WHEN delivered_seq < $1 THEN $1 ELSE delivered_seq END \
+                     WHERE room_id = $2 AND user_id = $3 AND read_seq < $1",
+                    "read_seq",
+                ),
+                _ => (
+                    "UPDATE members SET delivered_seq = $1 \
+                     WHERE room_id = $2 AND user_id = $3 AND delivered_seq < $1",
+                    "delivered_seq",
+                ),
+            };
+            let moved = sqlx::query(sql)
+                .bind(seq)
+                .bind(room_id.to_string())
+                .bind(user_id.to_string())
+                .execute(&self.writer)
+                .await?
+                .rows_affected()
+                > 0;
+            let row = sqlx::query(&format!(
+                "SELECT {column} AS mark FROM members WHERE room_id = $1 AND user_id = $2"
+            ))
+            .bind(room_id.to_string())
+            .bind(user_id.to_string())
+            .fetch_optional(&self.writer)
+            .await?;
+            Ok(row
+                .map(|r| r.try_get::<i64, _>("mark"))
+                .transpose()?
+                .map(|mark| (mark, moved)))
+        }
+        .instrument(self.span("sql UPDATE members"))
+        .await
+    }
+
+    /// A user's notifications, newest first.
+    pub(crate) async fn notifications(
+        &self,
+        user_id: &str,
+        unread_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Notification>, ChatError> {
+        async {
+            let filter = if unread_only {
+                " AND read_at IS NULL"
+            } else {
+                ""
+            };
+            let rows = sqlx::query(&format!(
+                "SELECT id, user_id, kind, room_id, message_id, body, created_at, read_at \
+                 FROM notifications WHERE user_id = $1{filter} \
+                 ORDER BY created_at DESC, id DESC LIMIT $2"
+            ))
+            .bind(user_id.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Notification {
+                        id: r.try_get("id")?,
+                        kind: r.try_get("kind")?,
+                        room_id: r.try_get("room_id")?,
+                        message_id: r.try_get("message_id")?,
+                        json: r.try_get("body")?,
+                        created_at: r.try_get("created_at")?,
+                        read: r.try_get::<Option<i64>, _>("read_at")?.is_some(),
+                        user_id: r.try_get("user_id")?,
+                    })
+                })
+                .collect()
+        }
+        .instrument(self.span("sql SELECT notifications"))
+        .await
+    }
+
+    /// Marks some of a user's notifications read (others' ids are ignored).
+    pub(crate) async fn read_notifications(
+        &self,
+        user_id: &str,
+        ids: &[String],
+    ) -> Result<(), ChatError> {
+        async {
+            let mut tx = self.writer.begin().await?;
+            let now = common::ids::now_ms();
+            for id in ids {
+                sqlx::query(
+                    "UPDATE notifications SET read_at = $1 \
+                     WHERE id = $2 AND user_id = $3 AND read_at IS NULL",
+                )
+                .bind(now)
+                .bind(id.clone())
+                .bind(user_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .instrument(self.span("sql UPDATE notifications"))
+        .await
+    }
+
+    /// Rooms newest first, optionally only `user_id`'s, before the room id
+    /// `before` (ids are time-ordered).
+    pub(crate) async fn all_rooms(
+        &self,
+        user_id: Option<&str>,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Room>, ChatError> {
+        async {
+            let mut sql = format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE 1 = 1");
+            let mut binds = Vec::new();
+            if let Some(user) = user_id {
+                binds.push(Bind::Text(user.to_string()));
+                sql.push_str(&format!(
+                    " AND id IN (SELECT room_id FROM members WHERE user_id = ${})",
+                    binds.len()
+                ));
+            }
+            if let Some(before) = before {
+                binds.push(Bind::Text(before.to_string()));
+                sql.push_str(&format!(" AND id < ${}", binds.len()));
+            }
+            binds.push(Bind::Int(i64::from(limit)));
+            sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", binds.len()));
+            let rows = bind_all(sqlx::query(&sql), binds)
+                .fetch_all(&self.reader)
+                .await?;
+            rows.iter().map(room_from).collect()
+        }
+        .instrument(self.span("sql SELECT rooms"))
         .await
     }
 }
@@ -620,6 +1014,7 @@ fn message_from(row: &AnyRow) -> Result<Message, ChatError> {
         } else {
             row.try_get("metadata")?
         },
+        reactions: Vec::new(),
     })
 }
 
@@ -639,4 +1034,106 @@ fn create_sqlite_dir(url: &str) -> Result<(), ChatError> {
             .map_err(|e| ChatError::Setup(format!("cannot create {}: {e}", dir.display())))?;
     }
     Ok(())
+}
+
+/// Reactions of some messages, grouped by message and emoji (emoji in the
+/// order they first appeared, users in the order they reacted).
+async fn reactions_of<'e, E>(
+    executor: E,
+    message_ids: &[String],
+) -> Result<HashMap<String, Vec<Reaction>>, ChatError>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
+    let mut grouped: HashMap<String, Vec<Reaction>> = HashMap::new();
+    if message_ids.is_empty() {
+        return Ok(grouped);
+    }
+    let placeholders: Vec<String> = (1..=message_ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT message_id, emoji, user_id FROM reactions WHERE message_id IN ({}) \
+         ORDER BY created_at, user_id",
+        placeholders.join(", ")
+    );
+    let binds = message_ids
+        .iter()
+        .map(|id| Bind::Text(id.clone()))
+        .collect();
+    let rows = bind_all(sqlx::query(&sql), binds)
+        .fetch_all(executor)
+        .await?;
+    for row in &rows {
+        let message_id: String = row.try_get("message_id")?;
+        let emoji: String = row.try_get("emoji")?;
+        let user_id: String = row.try_get("user_id")?;
+        let reactions = grouped.entry(message_id).or_default();
+        match reactions.iter_mut().find(|r| r.emoji == emoji) {
+            Some(reaction) => reaction.user_ids.push(user_id),
+            None => reactions.push(Reaction {
+                emoji,
+                user_ids: vec![user_id],
+            }),
+        }
+    }
+    Ok(grouped)
+}
+
+/// A message inside a transaction (without reactions).
+async fn message_in(
+    tx: &mut Transaction<'_, Any>,
+    room_id: &str,
+    message_id: &str,
+) -> Result<Message, ChatError> {
+    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_id = $1 AND id = $2");
+    let row = sqlx::query(&sql)
+        .bind(room_id.to_string())
+        .bind(message_id.to_string())
+        .fetch_one(&mut **tx)
+        .await?;
+    message_from(&row)
+}
+
+async fn insert_notification(
+    tx: &mut Transaction<'_, Any>,
+    n: &Notification,
+) -> Result<(), ChatError> {
+    sqlx::query(
+        "INSERT INTO notifications (id, user_id, kind, room_id, message_id, body, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(n.id.clone())
+    .bind(n.user_id.clone())
+    .bind(n.kind.clone())
+    .bind(n.room_id.clone())
+    .bind(n.message_id.clone())
+    .bind(n.json.clone())
+    .bind(n.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A `reaction.added` / `reaction.removed` log event.
+fn reaction_event(
+    kind: &str,
+    room_id: &str,
+    seq: i64,
+    message_id: &str,
+    emoji: &str,
+    user: &User,
+) -> RoomEvent {
+    RoomEvent {
+        room_id: room_id.to_string(),
+        seq,
+        kind: kind.to_string(),
+        json: json!({
+            "type": kind,
+            "room": room_id,
+            "seq": seq,
+            "message_id": message_id,
+            "emoji": emoji,
+            "user": {"id": user.id, "name": user.name},
+        })
+        .to_string(),
+    }
 }

@@ -136,6 +136,18 @@ pub struct ChatConfig {
     pub max_text_chars: usize,
     /// Most events or messages returned by one page.
     pub page_limit: u32,
+    /// Who may invite to a private room: `members` or only the `owner`.
+    pub invite_policy: InvitePolicy,
+}
+
+/// Who may add people to a private room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvitePolicy {
+    /// Any member.
+    Members,
+    /// The owner only.
+    Owner,
 }
 
 impl Default for ChatConfig {
@@ -146,6 +158,7 @@ impl Default for ChatConfig {
             max_connections: 10,
             max_text_chars: 4000,
             page_limit: 100,
+            invite_policy: InvitePolicy::Members,
         }
     }
 }

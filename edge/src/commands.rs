@@ -6,8 +6,10 @@ use common::grpc::Actor;
 use proto::ai::v1::AskRequest;
 use proto::auth::v1::SignInAnonymousRequest;
 use proto::chat::v1::{
-    CreateRoomRequest, GetHistoryRequest, JoinRoomRequest, LeaveRoomRequest, ListRoomsRequest,
-    SendMessageRequest,
+    CreateRoomRequest, DeleteMessageRequest, EditMessageRequest, GetHistoryRequest,
+    InviteMemberRequest, JoinRoomRequest, LeaveRoomRequest, ListNotificationsRequest,
+    ListRoomsRequest, MarkReceiptRequest, ReactionRequest, ReadNotificationsRequest, ReceiptKind,
+    RemoveMemberRequest, SendMessageRequest,
 };
 use serde_json::{Map, Value, json};
 
@@ -26,21 +28,12 @@ pub(crate) enum Outcome {
 /// Commands of protocol v1 this server does not implement yet.
 const NOT_YET: &[&str] = &[
     "refresh",
-    "room.invite",
-    "message.edit",
-    "message.delete",
-    "reaction.add",
-    "reaction.remove",
-    "receipt.read",
-    "receipt.delivered",
     "typing.start",
     "typing.stop",
     "presence.set",
     "presence.subscribe",
     "presence.unsubscribe",
     "ai.cancel",
-    "notification.list",
-    "notification.read",
     "call.invite",
     "call.answer",
     "call.reject",
@@ -70,6 +63,14 @@ pub(crate) async fn dispatch(conn: &mut Conn, command: Command) -> Result<Outcom
         "message.send" => message_send(conn, &command).await,
         "message.history" => message_history(conn, &command).await,
         "ai.ask" => ai_ask(conn, &command).await,
+        "room.invite" => room_invite(conn, &command).await,
+        "room.remove_member" => room_remove_member(conn, &command).await,
+        "message.edit" => message_edit(conn, &command).await,
+        "message.delete" => message_delete(conn, &command).await,
+        "reaction.add" | "reaction.remove" => reaction(conn, &command).await,
+        "receipt.read" | "receipt.delivered" => receipt(conn, &command).await,
+        "notification.list" => notification_list(conn, &command).await,
+        "notification.read" => notification_read(conn, &command).await,
         _ if NOT_YET.contains(&kind) => Err(CommandError::new(
             ErrorCode::Disabled,
             format!("`{kind}` is not available on this server yet"),
@@ -89,6 +90,16 @@ fn is_known(kind: &str) -> bool {
                 | "message.send"
                 | "message.history"
                 | "ai.ask"
+                | "room.invite"
+                | "room.remove_member"
+                | "message.edit"
+                | "message.delete"
+                | "reaction.add"
+                | "reaction.remove"
+                | "receipt.read"
+                | "receipt.delivered"
+                | "notification.list"
+                | "notification.read"
         )
 }
 
@@ -465,4 +476,175 @@ async fn ai_ask(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandEr
         "stream_id": response.stream_id,
         "message": response.message.as_ref().map(proto::json::message),
     })))
+}
+
+/// Maps a failed chat call to the client's error.
+fn chat_error(status: tonic::Status) -> CommandError {
+    CommandError::from_status("chat", &status)
+}
+
+async fn room_invite(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let body = &command.body;
+    let request = actor(conn)?.request(InviteMemberRequest {
+        room_id: string(body, "room", ID_MAX)?,
+        user_id: string(body, "user", ID_MAX)?,
+    });
+    conn.shared
+        .backends
+        .chat
+        .clone()
+        .invite_member(request)
+        .await
+        .map_err(chat_error)?;
+    Ok(Outcome::Reply(Map::new()))
+}
+
+async fn room_remove_member(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let body = &command.body;
+    let request = actor(conn)?.request(RemoveMemberRequest {
+        room_id: string(body, "room", ID_MAX)?,
+        user_id: string(body, "user", ID_MAX)?,
+    });
+    conn.shared
+        .backends
+        .chat
+        .clone()
+        .remove_member(request)
+        .await
+        .map_err(chat_error)?;
+    Ok(Outcome::Reply(Map::new()))
+}
+
+async fn message_edit(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let body = &command.body;
+    let text = match body.get("text") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(CommandError::bad_request("missing string field `text`")),
+    };
+    let request = actor(conn)?.request(EditMessageRequest {
+        room_id: string(body, "room", ID_MAX)?,
+        message_id: string(body, "message_id", ID_MAX)?,
+        text,
+    });
+    let message = conn
+        .shared
+        .backends
+        .chat
+        .clone()
+        .edit_message(request)
+        .await
+        .map_err(chat_error)?
+        .into_inner()
+        .message
+        .ok_or_else(|| {
+            CommandError::new(ErrorCode::Internal, "chat service returned no message")
+        })?;
+    Ok(reply(json!({"message": proto::json::message(&message)})))
+}
+
+async fn message_delete(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let body = &command.body;
+    let request = actor(conn)?.request(DeleteMessageRequest {
+        room_id: string(body, "room", ID_MAX)?,
+        message_id: string(body, "message_id", ID_MAX)?,
+    });
+    conn.shared
+        .backends
+        .chat
+        .clone()
+        .delete_message(request)
+        .await
+        .map_err(chat_error)?;
+    Ok(Outcome::Reply(Map::new()))
+}
+
+async fn reaction(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let body = &command.body;
+    let request = actor(conn)?.request(ReactionRequest {
+        room_id: string(body, "room", ID_MAX)?,
+        message_id: string(body, "message_id", ID_MAX)?,
+        emoji: string(body, "emoji", 64)?,
+    });
+    let mut chat = conn.shared.backends.chat.clone();
+    if command.kind == "reaction.add" {
+        chat.add_reaction(request).await.map_err(chat_error)?;
+    } else {
+        chat.remove_reaction(request).await.map_err(chat_error)?;
+    }
+    Ok(Outcome::Reply(Map::new()))
+}
+
+async fn receipt(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let body = &command.body;
+    let kind = if command.kind == "receipt.read" {
+        ReceiptKind::Read
+    } else {
+        ReceiptKind::Delivered
+    };
+    let seq = optional_seq(body, "seq")?
+        .ok_or_else(|| CommandError::bad_request("missing integer field `seq`"))?;
+    let request = actor(conn)?.request(MarkReceiptRequest {
+        room_id: string(body, "room", ID_MAX)?,
+        kind: kind as i32,
+        seq,
+    });
+    let mark = conn
+        .shared
+        .backends
+        .chat
+        .clone()
+        .mark_receipt(request)
+        .await
+        .map_err(chat_error)?
+        .into_inner()
+        .seq;
+    Ok(reply(json!({"seq": mark})))
+}
+
+async fn notification_list(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let request = actor(conn)?.request(ListNotificationsRequest {
+        unread_only: optional_bool(&command.body, "unread_only")?,
+        limit: 0,
+    });
+    let notifications = conn
+        .shared
+        .backends
+        .chat
+        .clone()
+        .list_notifications(request)
+        .await
+        .map_err(chat_error)?
+        .into_inner()
+        .notifications;
+    let notifications: Vec<Value> = notifications
+        .iter()
+        .map(proto::json::notification)
+        .collect();
+    Ok(reply(json!({"notifications": notifications})))
+}
+
+async fn notification_read(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
+    let ids = match command.body.get("ids") {
+        Some(Value::Array(items)) if items.len() <= 100 => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) if !s.is_empty() && s.len() <= ID_MAX => Ok(s.clone()),
+                _ => Err(CommandError::bad_request("`ids` must be notification ids")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => {
+            return Err(CommandError::bad_request(
+                "`ids` must be an array of at most 100 ids",
+            ));
+        }
+    };
+    let request = actor(conn)?.request(ReadNotificationsRequest { ids });
+    conn.shared
+        .backends
+        .chat
+        .clone()
+        .read_notifications(request)
+        .await
+        .map_err(chat_error)?;
+    Ok(Outcome::Reply(Map::new()))
 }

@@ -156,7 +156,16 @@ async fn fan_out(mut events: mpsc::UnboundedReceiver<BusEvent>, channels: Arc<Mu
                 let Some(members) = channels.get(&channel) else {
                     continue;
                 };
-                for member in members.values() {
+                // A room event sent to a user's own channel (e.g. their read
+                // receipt) reaches the devices that joined the room through
+                // the room channel already: skip those here.
+                let via_room = (channel.starts_with("user:") && !envelope.room_id.is_empty())
+                    .then(|| channels.get(&common::bus::room_channel(&envelope.room_id)))
+                    .flatten();
+                for (key, member) in members {
+                    if via_room.is_some_and(|room| room.contains_key(key)) {
+                        continue;
+                    }
                     let mut gate = lock(&member.gate);
                     if let Some(pending) = gate.pending.as_mut() {
                         pending.push((seq, text.clone()));

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::chat::v1::{Message, Room, Visibility};
+use crate::chat::v1::{Message, Notification, Room, Visibility};
 
 /// The protocol name of a room visibility.
 pub fn visibility_name(v: i32) -> &'static str {
@@ -49,7 +49,12 @@ pub fn message(m: &Message) -> Value {
     }
     o.insert("deleted".into(), json!(m.deleted));
     o.insert("client_msg_id".into(), json!(m.client_msg_id));
-    o.insert("reactions".into(), json!({}));
+    let reactions: Map<String, Value> = m
+        .reactions
+        .iter()
+        .map(|r| (r.emoji.clone(), json!(r.user_ids)))
+        .collect();
+    o.insert("reactions".into(), Value::Object(reactions));
     if !m.metadata_json.is_empty() {
         if let Ok(meta) = serde_json::from_str::<Value>(&m.metadata_json) {
             o.insert("metadata".into(), meta);
@@ -74,4 +79,13 @@ pub fn room(r: &Room) -> Value {
 /// The `message.new` room-log event for a stored message.
 pub fn message_new_event(m: &Message) -> Value {
     json!({"type": "message.new", "room": m.room_id, "seq": m.seq, "message": message(m)})
+}
+
+/// A notification object as clients see it: its stored JSON plus `read`.
+pub fn notification(n: &Notification) -> Value {
+    let mut value: Value = serde_json::from_str(&n.json).unwrap_or_else(|_| json!({}));
+    if let Value::Object(map) = &mut value {
+        map.insert("read".into(), json!(n.read));
+    }
+    value
 }

@@ -1,0 +1,201 @@
+//! `parley.chat.v1.ChatBackendService`: what other backends may do that
+//! WebSocket users cannot — post as a bot or system sender, push `custom`
+//! events to a room or to all of one user's connections, and read rooms and
+//! history without being a member. Callers hold the service credential; the
+//! edge maps no client frame to these methods.
+
+use common::bus::{envelope, room_channel, user_channel};
+use proto::chat::v1::chat_backend_service_server::ChatBackendService;
+use proto::chat::v1::publish_event_request::Target;
+use proto::chat::v1::{
+    BackendListRoomsRequest, GetHistoryRequest, GetHistoryResponse, ListRoomsResponse,
+    PostMessageRequest, PublishEventRequest, PublishEventResponse, SendMessageRequest,
+    SendMessageResponse, User,
+};
+use serde_json::{Value, json};
+use tonic::{Request, Response, Status};
+
+use crate::error::ChatError;
+use crate::service::{ChatHandler, MAX_ROOM_NAME_CHARS, check_id, page};
+
+/// Prefix of bot sender ids (`bot:weather`); `system` is the other allowed sender.
+pub const BOT_PREFIX: &str = "bot:";
+/// The system sender's id.
+pub const SYSTEM_SENDER: &str = "system";
+/// Largest `data` of a custom event, in bytes of JSON.
+pub const MAX_CUSTOM_DATA_BYTES: usize = 16 * 1024;
+/// Longest custom event name, in bytes.
+pub const MAX_EVENT_NAME_BYTES: usize = 64;
+
+/// Serves the backend API on top of the chat handler.
+#[derive(Clone)]
+pub(crate) struct BackendHandler {
+    pub(crate) chat: ChatHandler,
+}
+
+/// Bot and system senders only: a backend cannot speak as a real user.
+fn check_sender(sender: Option<User>) -> Result<User, ChatError> {
+    let sender = sender.ok_or_else(|| ChatError::BadRequest("sender is required".into()))?;
+    check_id("sender.id", &sender.id)?;
+    let bot = sender
+        .id
+        .strip_prefix(BOT_PREFIX)
+        .is_some_and(|name| !name.is_empty());
+    if !bot && sender.id != SYSTEM_SENDER {
+        return Err(ChatError::BadRequest(format!(
+            "sender.id must be `{SYSTEM_SENDER}` or start with `{BOT_PREFIX}`"
+        )));
+    }
+    let name = sender.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_ROOM_NAME_CHARS {
+        return Err(ChatError::BadRequest(format!(
+            "sender.name must be 1 to {MAX_ROOM_NAME_CHARS} characters"
+        )));
+    }
+    Ok(User {
+        id: sender.id,
+        name: name.to_string(),
+    })
+}
+
+/// The `custom` event JSON for a publish request.
+fn custom_event(room: Option<&str>, event: &str, data_json: &str) -> Result<String, ChatError> {
+    let valid_name = !event.is_empty()
+        && event.len() <= MAX_EVENT_NAME_BYTES
+        && event
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if !valid_name {
+        return Err(ChatError::BadRequest(format!(
+            "event must be 1 to {MAX_EVENT_NAME_BYTES} characters of [A-Za-z0-9_.:-]"
+        )));
+    }
+    if data_json.len() > MAX_CUSTOM_DATA_BYTES {
+        return Err(ChatError::TooLarge(format!(
+            "data is larger than {MAX_CUSTOM_DATA_BYTES} bytes"
+        )));
+    }
+    let data: Value = if data_json.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(data_json)
+            .map_err(|_| ChatError::BadRequest("data_json is not JSON".into()))?
+    };
+    let mut event = json!({"type": "custom", "event": event, "data": data});
+    if let Some(room) = room {
+        event["room"] = json!(room);
+    }
+    Ok(event.to_string())
+}
+
+#[tonic::async_trait]
+impl ChatBackendService for BackendHandler {
+    async fn post_message(
+        &self,
+        request: Request<PostMessageRequest>,
+    ) -> Result<Response<SendMessageResponse>, Status> {
+        let request = request.into_inner();
+        let sender = check_sender(request.sender)?;
+        let room = self.chat.existing_room(&request.room_id).await?;
+        let message = SendMessageRequest {
+            room_id: request.room_id,
+            text: request.text,
+            client_msg_id: request.client_msg_id,
+            thread_id: request.thread_id,
+            metadata_json: request.metadata_json,
+        };
+        Ok(Response::new(self.chat.post(&room, sender, message).await?))
+    }
+
+    async fn publish_event(
+        &self,
+        request: Request<PublishEventRequest>,
+    ) -> Result<Response<PublishEventResponse>, Status> {
+        let request = request.into_inner();
+        let (channel, room_id, json) = match request.target {
+            Some(Target::RoomId(room_id)) => {
+                let room = self.chat.existing_room(&room_id).await?;
+                let json = custom_event(Some(&room.id), &request.event, &request.data_json)?;
+                (room_channel(&room.id), room.id, json)
+            }
+            Some(Target::UserId(user_id)) => {
+                check_id("user_id", &user_id)?;
+                let json = custom_event(None, &request.event, &request.data_json)?;
+                (user_channel(&user_id), String::new(), json)
+            }
+            None => {
+                return Err(ChatError::BadRequest("room_id or user_id is required".into()).into());
+            }
+        };
+        self.chat
+            .bus
+            .publish(&channel, &envelope(&room_id, 0, "custom", json))
+            .await
+            .map_err(|e| common::ErrorCode::Unavailable.status(e.to_string()))?;
+        Ok(Response::new(PublishEventResponse {}))
+    }
+
+    async fn list_rooms(
+        &self,
+        request: Request<BackendListRoomsRequest>,
+    ) -> Result<Response<ListRoomsResponse>, Status> {
+        let request = request.into_inner();
+        if let Some(user) = &request.user_id {
+            check_id("user_id", user)?;
+        }
+        if let Some(before) = &request.before {
+            check_id("before", before)?;
+        }
+        let limit = page(request.limit, self.chat.limits.page_limit);
+        let rooms = self
+            .chat
+            .store
+            .all_rooms(request.user_id.as_deref(), request.before.as_deref(), limit)
+            .await?;
+        Ok(Response::new(ListRoomsResponse { rooms }))
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<GetHistoryRequest>,
+    ) -> Result<Response<GetHistoryResponse>, Status> {
+        let request = request.into_inner();
+        let room = self.chat.existing_room(&request.room_id).await?;
+        Ok(Response::new(
+            self.chat.page_of_history(&room.id, &request).await?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bots_and_system_may_be_senders() {
+        let user = |id: &str| {
+            Some(User {
+                id: id.into(),
+                name: "Name".into(),
+            })
+        };
+        assert!(check_sender(user("bot:weather")).is_ok());
+        assert!(check_sender(user("system")).is_ok());
+        assert!(check_sender(user("bot:")).is_err());
+        assert!(check_sender(user("alice")).is_err());
+        assert!(check_sender(user("assistant")).is_err());
+        assert!(check_sender(None).is_err());
+    }
+
+    #[test]
+    fn custom_events_carry_room_event_and_data() {
+        let json = custom_event(Some("r_1"), "sync", r#"{"v":1}"#).expect("valid");
+        let value: Value = serde_json::from_str(&json).expect("json");
+        assert_eq!(
+            value,
+            json!({"type": "custom", "room": "r_1", "event": "sync", "data": {"v": 1}})
+        );
+        assert!(custom_event(None, "bad name", "").is_err());
+        assert!(custom_event(None, "sync", "{").is_err());
+    }
+}
