@@ -5,13 +5,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Client, spawn_app};
 
-async fn public_room(client: &mut Client, name: &str) -> String {
-    let reply = client
-        .ok("room.create", json!({"name": name, "visibility": "public"}))
-        .await;
-    reply["room"]["id"].as_str().expect("room id").to_string()
-}
-
 /// Reads `count` message.new events and returns their seqs.
 async fn message_seqs(client: &mut Client, count: usize) -> Vec<(i64, String)> {
     let mut seen = Vec::with_capacity(count);
@@ -30,7 +23,7 @@ async fn two_clients_exchange_100_messages_in_order() {
     let app = spawn_app().await;
     let mut alice = app.anonymous("alice").await;
     let mut bob = app.anonymous("bob").await;
-    let room = public_room(&mut alice, "general").await;
+    let room = alice.public_room("general").await;
     alice.ok("room.join", json!({"room": room})).await;
     bob.ok("room.join", json!({"room": room})).await;
 
@@ -71,7 +64,7 @@ async fn two_clients_exchange_100_messages_in_order() {
 async fn a_retried_send_stores_one_message() {
     let app = spawn_app().await;
     let mut alice = app.anonymous("alice").await;
-    let room = public_room(&mut alice, "retries").await;
+    let room = alice.public_room("retries").await;
     alice.ok("room.join", json!({"room": room})).await;
     let send = json!({"room": room, "text": "hello once", "client_msg_id": "retry-1"});
     let first = alice.ok("message.send", send.clone()).await;
@@ -97,7 +90,7 @@ async fn a_retried_send_stores_one_message() {
 async fn history_pages_by_seq() {
     let app = spawn_app().await;
     let mut alice = app.anonymous("alice").await;
-    let room = public_room(&mut alice, "pages").await;
+    let room = alice.public_room("pages").await;
     for i in 0..25 {
         alice
             .ok(
@@ -225,7 +218,7 @@ async fn join_lists_online_members_and_room_list_counts_unread() {
     let app = spawn_app().await;
     let mut alice = app.anonymous("alice").await;
     let mut bob = app.anonymous("bob").await;
-    let room = public_room(&mut alice, "lobby").await;
+    let room = alice.public_room("lobby").await;
     bob.ok("room.join", json!({"room": room})).await;
     alice
         .ok(
@@ -276,7 +269,7 @@ async fn join_lists_online_members_and_room_list_counts_unread() {
 async fn join_with_since_replays_the_log() {
     let app = spawn_app().await;
     let mut alice = app.anonymous("alice").await;
-    let room = public_room(&mut alice, "replay").await;
+    let room = alice.public_room("replay").await;
     let joined = alice.ok("room.join", json!({"room": room})).await;
     let start = joined["last_seq"].as_i64().expect("last_seq");
     for i in 0..5 {

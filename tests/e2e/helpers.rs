@@ -98,6 +98,17 @@ impl TestApp {
         client
     }
 
+    /// A client signed in with a token for `sub` (several clients may share
+    /// one user: they are that user's devices).
+    pub async fn user(&self, sub: &str, name: &str) -> Client {
+        let mut client = self.connect().await;
+        let reply = client
+            .ok("auth", json!({"token": token(sub, name, 3600)}))
+            .await;
+        client.user_id = reply["user"]["id"].as_str().expect("user id").to_string();
+        client
+    }
+
     /// Stops the suite (edge drains, clients get 1001).
     pub async fn shutdown(&mut self) {
         if let Some(suite) = self.suite.take() {
@@ -196,6 +207,14 @@ impl Client {
             }
             self.pending.push_back(frame);
         }
+    }
+
+    /// Creates a public room and returns its id.
+    pub async fn public_room(&mut self, name: &str) -> String {
+        let reply = self
+            .ok("room.create", json!({"name": name, "visibility": "public"}))
+            .await;
+        reply["room"]["id"].as_str().expect("room id").to_string()
     }
 
     /// A command that must succeed; returns the reply.

@@ -10,3 +10,4 @@ mod bad_input;
 mod chat;
 mod cli;
 mod connection;
+mod messages;
