@@ -29,6 +29,10 @@ pub enum ChatError {
     /// The database failed otherwise.
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    /// A group commit failed (connection lost, serialization failure):
+    /// nothing of the change was stored; retrying may succeed.
+    #[error("commit failed: {0}")]
+    Commit(String),
     /// The database could not be set up at start.
     #[error("cannot prepare the database: {0}")]
     Setup(String),
@@ -43,7 +47,7 @@ impl ChatError {
             ChatError::NotFound(_) => ErrorCode::NotFound,
             ChatError::Forbidden(_) => ErrorCode::Forbidden,
             ChatError::Conflict(_) => ErrorCode::Conflict,
-            ChatError::Unavailable(_) => ErrorCode::Unavailable,
+            ChatError::Unavailable(_) | ChatError::Commit(_) => ErrorCode::Unavailable,
             ChatError::Database(_) | ChatError::Setup(_) => ErrorCode::Internal,
         }
     }
@@ -83,6 +87,10 @@ impl From<ChatError> for Status {
     fn from(error: ChatError) -> Self {
         let message = match &error {
             ChatError::Unavailable(_) => "database unavailable".to_string(),
+            ChatError::Commit(_) => {
+                tracing::warn!(%error, "chat write failed");
+                "database write failed; retry".to_string()
+            }
             ChatError::Database(_) | ChatError::Setup(_) => {
                 tracing::error!(%error, "chat request failed");
                 "internal error".to_string()

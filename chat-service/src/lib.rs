@@ -10,6 +10,7 @@ mod backend;
 mod error;
 mod service;
 mod store;
+mod writer;
 
 use std::sync::Arc;
 

@@ -17,17 +17,17 @@ use proto::chat::v1::{
     ListNotificationsRequest, ListNotificationsResponse, ListRoomsRequest, ListRoomsResponse,
     MarkReceiptRequest, MarkReceiptResponse, Message, Notification, ReactionRequest,
     ReactionResponse, ReadNotificationsRequest, ReadNotificationsResponse, ReceiptKind,
-    RemoveMemberRequest, RemoveMemberResponse, Room, RoomEvent, SendMessageRequest,
-    SendMessageResponse, User, Visibility,
+    RemoveMemberRequest, RemoveMemberResponse, Room, SendMessageRequest, SendMessageResponse, User,
+    Visibility,
 };
 use proto::presence::v1::GetPresenceRequest;
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use serde_json::Value;
-use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 use crate::error::ChatError;
 use crate::store::{HistoryQuery, NewRoom, Store};
+use crate::writer::{Op, Writer};
 
 /// Longest room name, in characters.
 pub const MAX_ROOM_NAME_CHARS: usize = 100;
@@ -51,8 +51,6 @@ const MAX_NOTIFICATIONS_PAGE: u32 = 100;
 const MAX_MENTION_LOOKUP: u32 = 1_000;
 /// Characters of the message kept in a mention notification.
 const MENTION_EXCERPT_CHARS: usize = 200;
-/// Stripes of the per-room publish locks.
-const ROOM_LOCKS: usize = 256;
 
 /// Limits from configuration.
 #[derive(Debug, Clone, Copy)]
@@ -70,9 +68,9 @@ pub(crate) struct ChatHandler {
     /// Where `online` comes from; `None` leaves it empty.
     pub(crate) presence: Option<PresenceServiceClient<ServiceChannel>>,
     pub(crate) limits: Limits,
-    /// Appends to one room and their publication happen under the room's
-    /// stripe, so the bus carries each room's events in seq order.
-    room_locks: Arc<[Mutex<()>]>,
+    /// Every append to a room log goes through it (group commit), and it
+    /// publishes what it committed, in commit order.
+    writer: Writer,
 }
 
 impl ChatHandler {
@@ -83,34 +81,11 @@ impl ChatHandler {
         limits: Limits,
     ) -> Self {
         Self {
+            writer: Writer::start(store.clone(), bus.clone()),
             store,
             bus,
             presence,
             limits,
-            room_locks: (0..ROOM_LOCKS).map(|_| Mutex::new(())).collect(),
-        }
-    }
-
-    fn room_lock(&self, room_id: &str) -> &Mutex<()> {
-        // FNV-1a: stable and cheap; only spreads rooms over stripes.
-        let hash = room_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        &self.room_locks[(hash % ROOM_LOCKS as u64) as usize]
-    }
-
-    /// Publishes committed log events. The log is the source of truth, so a
-    /// failed publish only delays delivery until edges repair the gap.
-    async fn publish(&self, events: &[RoomEvent]) {
-        for event in events {
-            let envelope = envelope(&event.room_id, event.seq, &event.kind, event.json.clone());
-            if let Err(error) = self
-                .bus
-                .publish(&room_channel(&event.room_id), &envelope)
-                .await
-            {
-                tracing::warn!(room_id = %event.room_id, seq = event.seq, %error, "cannot publish room event");
-            }
         }
     }
 
@@ -223,10 +198,12 @@ impl ChatHandler {
                 let key = pair.join("\n");
                 if let Some(room) = self.store.direct_room(&key).await? {
                     // One of the pair who left gets back in.
-                    let _order = self.room_lock(&room.id).lock().await;
-                    if let Some(event) = self.store.add_member(&room.id, &owner).await? {
-                        self.publish(&[event]).await;
-                    }
+                    self.writer
+                        .submit(Op::AddMember {
+                            room_id: room.id.clone(),
+                            user: owner,
+                        })
+                        .await?;
                     return Ok(room);
                 }
                 Some(key)
@@ -241,11 +218,10 @@ impl ChatHandler {
             members,
             created_at: common::ids::now_ms(),
         };
-        match self.store.create_room(new).await {
-            Ok((room, events)) => {
-                self.publish(&events).await;
-                Ok(room)
-            }
+        match self.writer.submit(Op::CreateRoom(new)).await {
+            Ok(applied) => applied
+                .room
+                .ok_or_else(|| ChatError::Commit("no room created".into())),
             // Two creates of the same direct pair raced: the other one won.
             Err(e) if e.is_unique_violation() && direct_key.is_some() => {
                 let key = direct_key.unwrap_or_default();
@@ -273,10 +249,15 @@ impl ChatHandler {
                 id: actor.user_id.clone(),
                 name: actor.name.clone(),
             };
-            let _order = self.room_lock(&room.id).lock().await;
-            if let Some(event) = self.store.add_member(&room.id, &user).await? {
+            let applied = self
+                .writer
+                .submit(Op::AddMember {
+                    room_id: room.id.clone(),
+                    user,
+                })
+                .await?;
+            if let Some(event) = applied.events.last() {
                 room.last_seq = event.seq;
-                self.publish(&[event]).await;
             }
         }
         // Everything up to this seq is answered from the log; later events
@@ -318,10 +299,12 @@ impl ChatHandler {
             id: actor.user_id.clone(),
             name: actor.name.clone(),
         };
-        let _order = self.room_lock(&room.id).lock().await;
-        if let Some(event) = self.store.remove_member(&room.id, &user).await? {
-            self.publish(&[event]).await;
-        }
+        self.writer
+            .submit(Op::RemoveMember {
+                room_id: room.id,
+                user,
+            })
+            .await?;
         Ok(())
     }
 
@@ -412,18 +395,15 @@ impl ChatHandler {
             reactions: Vec::new(),
         };
         let notifications = self.mentions(&message).await?;
-        let _order = self.room_lock(&room.id).lock().await;
-        match self.store.insert_message(message, &notifications).await {
-            Ok((message, event)) => {
-                self.publish(&[event]).await;
-                for notification in &notifications {
-                    self.publish_notification(notification).await;
-                }
-                Ok(SendMessageResponse {
-                    message: Some(message),
-                    duplicate: false,
-                })
-            }
+        let op = Op::InsertMessage {
+            message,
+            notifications,
+        };
+        match self.writer.submit(op).await {
+            Ok(applied) => Ok(SendMessageResponse {
+                message: applied.message,
+                duplicate: false,
+            }),
             // A concurrent retry stored it first.
             Err(e) if e.is_unique_violation() => {
                 let existing = self
@@ -497,19 +477,6 @@ impl ChatHandler {
             });
         }
         Ok(notifications)
-    }
-
-    /// `notification.new` to every connection of the notified user.
-    async fn publish_notification(&self, notification: &Notification) {
-        let event = serde_json::json!({
-            "type": "notification.new",
-            "notification": proto::json::notification(notification),
-        });
-        let envelope = envelope("", 0, "notification.new", event.to_string());
-        let channel = user_channel(&notification.user_id);
-        if let Err(error) = self.bus.publish(&channel, &envelope).await {
-            tracing::warn!(%error, "cannot publish notification");
-        }
     }
 
     async fn history(
@@ -597,10 +564,12 @@ impl ChatHandler {
             id: request.user_id.clone(),
             name: request.user_id,
         };
-        let _order = self.room_lock(&room.id).lock().await;
-        if let Some(event) = self.store.add_member(&room.id, &invitee).await? {
-            self.publish(&[event]).await;
-        }
+        self.writer
+            .submit(Op::AddMember {
+                room_id: room.id,
+                user: invitee,
+            })
+            .await?;
         Ok(())
     }
 
@@ -621,13 +590,16 @@ impl ChatHandler {
             name: request.user_id.clone(),
             id: request.user_id,
         };
-        let _order = self.room_lock(&room.id).lock().await;
-        let event = self
-            .store
-            .remove_member(&room.id, &member)
-            .await?
-            .ok_or(ChatError::NotFound("member"))?;
-        self.publish(&[event]).await;
+        let applied = self
+            .writer
+            .submit(Op::RemoveMember {
+                room_id: room.id,
+                user: member,
+            })
+            .await?;
+        if applied.events.is_empty() {
+            return Err(ChatError::NotFound("member"));
+        }
         Ok(())
     }
 
@@ -661,13 +633,17 @@ impl ChatHandler {
                 "only the author may edit a message".into(),
             ));
         }
-        let _order = self.room_lock(&room.id).lock().await;
-        let (message, event) = self
-            .store
-            .edit_message(&room.id, &message.id, &request.text)
+        let applied = self
+            .writer
+            .submit(Op::EditMessage {
+                room_id: room.id,
+                message_id: message.id,
+                text: request.text,
+            })
             .await?;
-        self.publish(&[event]).await;
-        Ok(message)
+        applied
+            .message
+            .ok_or_else(|| ChatError::Commit("no message edited".into()))
     }
 
     async fn delete(&self, actor: &Actor, request: DeleteMessageRequest) -> Result<(), ChatError> {
@@ -680,11 +656,13 @@ impl ChatHandler {
                 "only the author or the room owner may delete a message".into(),
             ));
         }
-        let _order = self.room_lock(&room.id).lock().await;
         // Deleting a tombstone again changes nothing.
-        if let Some(event) = self.store.delete_message(&room.id, &message.id).await? {
-            self.publish(&[event]).await;
-        }
+        self.writer
+            .submit(Op::DeleteMessage {
+                room_id: room.id,
+                message_id: message.id,
+            })
+            .await?;
         Ok(())
     }
 
@@ -701,17 +679,14 @@ impl ChatHandler {
             id: actor.user_id.clone(),
             name: actor.name.clone(),
         };
-        let _order = self.room_lock(&room.id).lock().await;
-        let event = if add {
-            self.store
-                .add_reaction(
-                    &room.id,
-                    &request.message_id,
-                    &user,
-                    &request.emoji,
-                    MAX_EMOJI_PER_MESSAGE,
-                )
-                .await?
+        let op = if add {
+            Op::AddReaction {
+                room_id: room.id,
+                message_id: request.message_id,
+                user,
+                emoji: request.emoji,
+                max_emoji: MAX_EMOJI_PER_MESSAGE,
+            }
         } else {
             if self
                 .store
@@ -721,13 +696,14 @@ impl ChatHandler {
             {
                 return Err(ChatError::NotFound("message"));
             }
-            self.store
-                .remove_reaction(&room.id, &request.message_id, &user, &request.emoji)
-                .await?
+            Op::RemoveReaction {
+                room_id: room.id,
+                message_id: request.message_id,
+                user,
+                emoji: request.emoji,
+            }
         };
-        if let Some(event) = event {
-            self.publish(&[event]).await;
-        }
+        self.writer.submit(op).await?;
         Ok(())
     }
 

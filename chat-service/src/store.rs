@@ -18,7 +18,7 @@ use proto::chat::v1::{
 use serde_json::json;
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::query::Query;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Row, Transaction};
 use tracing::Instrument;
 
 use crate::error::ChatError;
@@ -38,8 +38,9 @@ pub(crate) struct Store {
     /// Pool for reads (several connections).
     reader: AnyPool,
     /// Pool for writes: the same pool on Postgres; one connection on SQLite,
-    /// which allows a single writer anyway.
-    writer: AnyPool,
+    /// which allows a single writer anyway. Room-log appends take one
+    /// connection of it in the writer task (see `writer.rs`).
+    pub(crate) writer: AnyPool,
     /// `sqlite` or `postgresql`, for span attributes.
     system: &'static str,
 }
@@ -114,7 +115,7 @@ impl Store {
         })
     }
 
-    fn span(&self, name: &'static str) -> tracing::Span {
+    pub(crate) fn span(&self, name: &'static str) -> tracing::Span {
         tracing::info_span!(
             "sql",
             otel.name = name,
@@ -195,12 +196,13 @@ impl Store {
     /// for each. A taken public name or direct pair is a `Conflict`.
     pub(crate) async fn create_room(
         &self,
+        conn: &mut AnyConnection,
         new: NewRoom,
     ) -> Result<(Room, Vec<RoomEvent>), ChatError> {
         async {
             let mut members = vec![new.owner.clone()];
             members.extend(new.members.iter().cloned());
-            let mut tx = self.writer.begin().await?;
+            let mut tx = conn.begin().await?;
             let room = Room {
                 id: new.id.clone(),
                 name: new.name.clone(),
@@ -241,11 +243,12 @@ impl Store {
     /// Adds `user` to the room and logs `member.joined`; `None` when already a member.
     pub(crate) async fn add_member(
         &self,
+        conn: &mut AnyConnection,
         room_id: &str,
         user: &User,
     ) -> Result<Option<RoomEvent>, ChatError> {
         async {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = conn.begin().await?;
             let seq = next_seq(&mut tx, room_id).await?;
             if member_exists(&mut tx, room_id, &user.id).await? {
                 tx.rollback().await?;
@@ -265,11 +268,12 @@ impl Store {
     /// Removes `user` from the room and logs `member.left`; `None` when not a member.
     pub(crate) async fn remove_member(
         &self,
+        conn: &mut AnyConnection,
         room_id: &str,
         user: &User,
     ) -> Result<Option<RoomEvent>, ChatError> {
         async {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = conn.begin().await?;
             let seq = next_seq(&mut tx, room_id).await?;
             let removed = sqlx::query("DELETE FROM members WHERE room_id = $1 AND user_id = $2")
                 .bind(room_id.to_string())
@@ -374,11 +378,12 @@ impl Store {
     /// `notifications` (mentions) are stored in the same transaction.
     pub(crate) async fn insert_message(
         &self,
+        conn: &mut AnyConnection,
         mut message: Message,
         notifications: &[Notification],
     ) -> Result<(Message, RoomEvent), ChatError> {
         async {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = conn.begin().await?;
             message.seq = next_seq(&mut tx, &message.room_id).await?;
             let sender = message.sender.clone().unwrap_or_default();
             sqlx::query(
@@ -536,12 +541,13 @@ impl Store {
     /// when it is missing or deleted.
     pub(crate) async fn edit_message(
         &self,
+        conn: &mut AnyConnection,
         room_id: &str,
         message_id: &str,
         text: &str,
     ) -> Result<(Message, RoomEvent), ChatError> {
         async {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = conn.begin().await?;
             let seq = next_seq(&mut tx, room_id).await?;
             let now = common::ids::now_ms();
             let changed = sqlx::query(
@@ -588,11 +594,12 @@ impl Store {
     /// and logs `message.deleted`; `None` when it was already deleted.
     pub(crate) async fn delete_message(
         &self,
+        conn: &mut AnyConnection,
         room_id: &str,
         message_id: &str,
     ) -> Result<Option<RoomEvent>, ChatError> {
         async {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = conn.begin().await?;
             let seq = next_seq(&mut tx, room_id).await?;
             let now = common::ids::now_ms();
             let changed = sqlx::query(
@@ -638,6 +645,7 @@ impl Store {
     /// past `max_emoji` distinct emoji on the message.
     pub(crate) async fn add_reaction(
         &self,
+        conn: &mut AnyConnection,
         room_id: &str,
         message_id: &str,
         user: &User,
@@ -645,7 +653,7 @@ impl Store {
         max_emoji: i64,
     ) -> Result<Option<RoomEvent>, ChatError> {
         async {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = conn.begin().await?;
             let seq = next_seq(&mut tx, room_id).await?;
             let live = sqlx::query(
                 "SELECT id FROM messages WHERE room_id = $1 AND id = $2 AND deleted_at IS NULL",
@@ -700,13 +708,14 @@ impl Store {
     /// there was none.
     pub(crate) async fn remove_reaction(
         &self,
+        conn: &mut AnyConnection,
         room_id: &str,
         message_id: &str,
         user: &User,
         emoji: &str,
     ) -> Result<Option<RoomEvent>, ChatError> {
         async {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = conn.begin().await?;
             let seq = next_seq(&mut tx, room_id).await?;
             let removed = sqlx::query(
                 "DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3 \

@@ -1,0 +1,278 @@
+//! Group commit for the room logs. Every append to a log — a message, an
+//! edit, a delete, a reaction, a membership change, a new room — is a job for
+//! one writer task. The task takes whatever is queued, runs each job in a
+//! savepoint of its own inside one transaction (a refused job never undoes
+//! another), commits once, then publishes the committed events in commit
+//! order and answers each caller. Many rooms share one commit and one fsync;
+//! within a room, seqs follow the order of jobs, and so does the bus.
+
+use std::sync::Arc;
+
+use common::bus::{Bus, envelope, room_channel, user_channel};
+use proto::chat::v1::{Message, Notification, Room, RoomEvent, User};
+use sqlx::{AnyConnection, Connection};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::error::ChatError;
+use crate::store::{NewRoom, Store};
+
+/// Most jobs committed together.
+const MAX_BATCH: usize = 1024;
+/// Jobs waiting for the writer before submitters wait too (back-pressure).
+const QUEUE: usize = 8192;
+
+/// One change to a room log.
+pub(crate) enum Op {
+    CreateRoom(NewRoom),
+    AddMember {
+        room_id: String,
+        user: User,
+    },
+    RemoveMember {
+        room_id: String,
+        user: User,
+    },
+    InsertMessage {
+        message: Message,
+        /// Mentions, stored with the message and sent to the users' channels.
+        notifications: Vec<Notification>,
+    },
+    EditMessage {
+        room_id: String,
+        message_id: String,
+        text: String,
+    },
+    DeleteMessage {
+        room_id: String,
+        message_id: String,
+    },
+    AddReaction {
+        room_id: String,
+        message_id: String,
+        user: User,
+        emoji: String,
+        max_emoji: i64,
+    },
+    RemoveReaction {
+        room_id: String,
+        message_id: String,
+        user: User,
+        emoji: String,
+    },
+}
+
+/// What a committed job changed. Empty `events` means it changed nothing
+/// (e.g. joining a room one is already in).
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    pub room: Option<Room>,
+    pub message: Option<Message>,
+    pub events: Vec<RoomEvent>,
+    pub notifications: Vec<Notification>,
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Applied, ChatError>>,
+    /// The caller's span: the job's SQL spans are its children.
+    span: tracing::Span,
+}
+
+/// A finished job: where to answer, the result, and the caller's span.
+type Done = (
+    oneshot::Sender<Result<Applied, ChatError>>,
+    Result<Applied, ChatError>,
+    tracing::Span,
+);
+
+/// Handle to the writer task; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer task; it ends when every handle is dropped.
+    pub(crate) fn start(store: Store, bus: Arc<dyn Bus>) -> Writer {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(run(store, bus, queue));
+        Writer { jobs }
+    }
+
+    /// Appends to a log; resolves once the change is committed and published.
+    pub(crate) async fn submit(&self, op: Op) -> Result<Applied, ChatError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            op,
+            reply,
+            span: tracing::Span::current(),
+        };
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| ChatError::Commit("the writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| ChatError::Commit("the writer dropped the job".into()))?
+    }
+}
+
+async fn run(store: Store, bus: Arc<dyn Bus>, mut queue: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let jobs = std::mem::take(&mut batch);
+        let size = jobs.len();
+        let done = commit(&store, jobs)
+            .instrument(tracing::debug_span!("chat.commit", jobs = size))
+            .await;
+        for (reply, result, span) in done {
+            if let Ok(applied) = &result {
+                // In the caller's span, so envelopes carry its trace context.
+                publish(bus.as_ref(), applied).instrument(span).await;
+            }
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Runs the jobs in one transaction; every result is final (a failed commit
+/// fails every job of the batch, and nothing of it is stored).
+async fn commit(store: &Store, jobs: Vec<Job>) -> Vec<Done> {
+    let mut conn = match store.writer.acquire().await {
+        Ok(conn) => conn,
+        Err(error) => return fail_all(jobs, &ChatError::from(error)),
+    };
+    let mut tx = match conn.begin().await {
+        Ok(tx) => tx,
+        Err(error) => return fail_all(jobs, &ChatError::from(error)),
+    };
+    let mut done = Vec::with_capacity(jobs.len());
+    for Job { op, reply, span } in jobs {
+        let result = apply(store, &mut *tx, op).instrument(span.clone()).await;
+        done.push((reply, result, span));
+    }
+    let committed = tx.commit().instrument(store.span("sql COMMIT")).await;
+    if let Err(error) = committed {
+        let error = ChatError::from(error);
+        tracing::warn!(%error, jobs = done.len(), "group commit failed");
+        for (_, result, _) in &mut done {
+            if result.is_ok() {
+                *result = Err(ChatError::Commit(error.to_string()));
+            }
+        }
+    }
+    done
+}
+
+fn fail_all(jobs: Vec<Job>, error: &ChatError) -> Vec<Done> {
+    tracing::warn!(%error, jobs = jobs.len(), "cannot start a group commit");
+    jobs.into_iter()
+        .map(|job| {
+            (
+                job.reply,
+                Err(ChatError::Commit(error.to_string())),
+                job.span,
+            )
+        })
+        .collect()
+}
+
+/// One job, in a savepoint of its own (the store's operations begin a
+/// nested transaction on the connection they are given).
+async fn apply(store: &Store, conn: &mut AnyConnection, op: Op) -> Result<Applied, ChatError> {
+    let event = |e: Option<RoomEvent>| Applied {
+        events: e.into_iter().collect(),
+        ..Applied::default()
+    };
+    Ok(match op {
+        Op::CreateRoom(new) => {
+            let (room, events) = store.create_room(conn, new).await?;
+            Applied {
+                room: Some(room),
+                events,
+                ..Applied::default()
+            }
+        }
+        Op::AddMember { room_id, user } => event(store.add_member(conn, &room_id, &user).await?),
+        Op::RemoveMember { room_id, user } => {
+            event(store.remove_member(conn, &room_id, &user).await?)
+        }
+        Op::InsertMessage {
+            message,
+            notifications,
+        } => {
+            let (message, event) = store.insert_message(conn, message, &notifications).await?;
+            Applied {
+                message: Some(message),
+                events: vec![event],
+                notifications,
+                ..Applied::default()
+            }
+        }
+        Op::EditMessage {
+            room_id,
+            message_id,
+            text,
+        } => {
+            let (message, event) = store
+                .edit_message(conn, &room_id, &message_id, &text)
+                .await?;
+            Applied {
+                message: Some(message),
+                events: vec![event],
+                ..Applied::default()
+            }
+        }
+        Op::DeleteMessage {
+            room_id,
+            message_id,
+        } => event(store.delete_message(conn, &room_id, &message_id).await?),
+        Op::AddReaction {
+            room_id,
+            message_id,
+            user,
+            emoji,
+            max_emoji,
+        } => event(
+            store
+                .add_reaction(conn, &room_id, &message_id, &user, &emoji, max_emoji)
+                .await?,
+        ),
+        Op::RemoveReaction {
+            room_id,
+            message_id,
+            user,
+            emoji,
+        } => event(
+            store
+                .remove_reaction(conn, &room_id, &message_id, &user, &emoji)
+                .await?,
+        ),
+    })
+}
+
+/// Publishes committed events on their rooms' channels and notifications
+/// on their users' channels. The log is the source of truth, so a failed
+/// publish only delays delivery until edges repair the gap.
+async fn publish(bus: &dyn Bus, applied: &Applied) {
+    for event in &applied.events {
+        let envelope = envelope(&event.room_id, event.seq, &event.kind, event.json.clone());
+        if let Err(error) = bus.publish(&room_channel(&event.room_id), &envelope).await {
+            tracing::warn!(room_id = %event.room_id, seq = event.seq, %error, "cannot publish room event");
+        }
+    }
+    for notification in &applied.notifications {
+        let event = serde_json::json!({
+            "type": "notification.new",
+            "notification": proto::json::notification(notification),
+        });
+        let envelope = envelope("", 0, "notification.new", event.to_string());
+        if let Err(error) = bus
+            .publish(&user_channel(&notification.user_id), &envelope)
+            .await
+        {
+            tracing::warn!(%error, "cannot publish notification");
+        }
+    }
+}
