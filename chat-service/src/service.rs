@@ -97,12 +97,11 @@ impl ChatHandler {
         actor: &Actor,
     ) -> Result<(Room, Option<String>), ChatError> {
         check_id("room_id", room_id)?;
-        let room = self
+        let (room, role) = self
             .store
-            .room(room_id)
+            .room_and_role(room_id, &actor.user_id)
             .await?
             .ok_or(ChatError::NotFound("room"))?;
-        let role = self.store.role(room_id, &actor.user_id).await?;
         if role.is_none() && room.visibility != Visibility::Public as i32 {
             return Err(ChatError::NotFound("room"));
         }

@@ -138,6 +138,29 @@ impl Store {
         .await
     }
 
+    /// A room and the role `user_id` has in it (if a member), in one query.
+    pub(crate) async fn room_and_role(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Option<(Room, Option<String>)>, ChatError> {
+        async {
+            let row = sqlx::query(
+                "SELECT r.id, r.name, r.visibility, r.owner_id, r.last_seq, r.created_at, m.role \
+                 FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.user_id = $2 \
+                 WHERE r.id = $1",
+            )
+            .bind(room_id.to_string())
+            .bind(user_id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+            row.map(|row| Ok((room_from(&row)?, row.try_get::<Option<String>, _>("role")?)))
+                .transpose()
+        }
+        .instrument(self.span("sql SELECT rooms"))
+        .await
+    }
+
     /// The direct room of a sorted user pair.
     pub(crate) async fn direct_room(&self, key: &str) -> Result<Option<Room>, ChatError> {
         async {
@@ -149,24 +172,6 @@ impl Store {
             row.as_ref().map(room_from).transpose()
         }
         .instrument(self.span("sql SELECT rooms"))
-        .await
-    }
-
-    /// The role of `user_id` in the room (`owner` or `member`), if a member.
-    pub(crate) async fn role(
-        &self,
-        room_id: &str,
-        user_id: &str,
-    ) -> Result<Option<String>, ChatError> {
-        async {
-            let row = sqlx::query("SELECT role FROM members WHERE room_id = $1 AND user_id = $2")
-                .bind(room_id.to_string())
-                .bind(user_id.to_string())
-                .fetch_optional(&self.reader)
-                .await?;
-            Ok(row.map(|r| r.try_get::<String, _>("role")).transpose()?)
-        }
-        .instrument(self.span("sql SELECT members"))
         .await
     }
 
@@ -415,6 +420,75 @@ impl Store {
             }
             tx.commit().await?;
             Ok((message, event))
+        }
+        .instrument(self.span("sql INSERT messages"))
+        .await
+    }
+
+    /// Stores many messages at once (group commit): one statement takes the
+    /// seqs of every room involved, multi-row inserts store the messages,
+    /// their events and notifications. Seqs within a room follow the order
+    /// given. Returns `None`, with nothing stored, when the batch must be
+    /// stored one message at a time instead: a repeated `client_msg_id` or
+    /// a missing room (the single path gives those their own errors).
+    pub(crate) async fn insert_messages(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &[(Message, Vec<Notification>)],
+    ) -> Result<Option<Vec<(Message, RoomEvent)>>, ChatError> {
+        async {
+            let mut tx = conn.begin().await?;
+            // Messages per room, in first-seen order.
+            let mut counts: Vec<(String, i64)> = Vec::new();
+            for (message, _) in batch {
+                match counts.iter_mut().find(|(room, _)| *room == message.room_id) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((message.room_id.clone(), 1)),
+                }
+            }
+            let last = take_seqs(&mut tx, &counts).await?;
+            if last.len() != counts.len() {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            // Hand out seqs: a room with k messages and new last L gets L-k+1..=L.
+            let mut next: HashMap<&str, i64> = counts
+                .iter()
+                .map(|(room, k)| (room.as_str(), last[room] - k + 1))
+                .collect();
+            let mut stored = Vec::with_capacity(batch.len());
+            for (message, _) in batch {
+                let mut message = message.clone();
+                let seq = next
+                    .get_mut(message.room_id.as_str())
+                    .ok_or(ChatError::NotFound("room"))?;
+                message.seq = *seq;
+                *seq += 1;
+                let event = RoomEvent {
+                    room_id: message.room_id.clone(),
+                    seq: message.seq,
+                    kind: "message.new".into(),
+                    json: proto::json::message_new_event(&message).to_string(),
+                };
+                stored.push((message, event));
+            }
+            for chunk in stored.chunks(BULK_ROWS) {
+                let inserted = insert_message_rows(&mut tx, chunk).await?;
+                if inserted != chunk.len() {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                let events: Vec<(&RoomEvent, i64)> =
+                    chunk.iter().map(|(m, e)| (e, m.created_at)).collect();
+                insert_event_rows(&mut tx, &events).await?;
+            }
+            for (_, notifications) in batch {
+                for notification in notifications {
+                    insert_notification(&mut tx, notification).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(Some(stored))
         }
         .instrument(self.span("sql INSERT messages"))
         .await
@@ -889,6 +963,109 @@ impl Store {
         .instrument(self.span("sql SELECT rooms"))
         .await
     }
+}
+
+/// Rows per multi-row insert (10 parameters each, well under every
+/// database's parameter limit).
+const BULK_ROWS: usize = 500;
+
+/// Adds `k` to each room's `last_seq` in one statement; returns the new
+/// `last_seq` of every room that exists.
+async fn take_seqs(
+    tx: &mut Transaction<'_, Any>,
+    counts: &[(String, i64)],
+) -> Result<HashMap<String, i64>, ChatError> {
+    let mut cases = String::new();
+    let mut ids = Vec::with_capacity(counts.len());
+    let mut binds = Vec::with_capacity(counts.len() * 2);
+    for (room, k) in counts {
+        binds.push(Bind::Text(room.clone()));
+        let id = binds.len();
+        binds.push(Bind::Int(*k));
+        cases.push_str(&format!(" WHEN ${id} THEN ${}", id + 1));
+        ids.push(format!("${id}"));
+    }
+    let sql = format!(
+        "UPDATE rooms SET last_seq = last_seq + CASE id{cases} ELSE 0 END \
+         WHERE id IN ({}) RETURNING id, last_seq",
+        ids.join(", ")
+    );
+    let rows = bind_all(sqlx::query(&sql), binds)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("id")?, row.try_get("last_seq")?)))
+        .collect()
+}
+
+/// Inserts messages, skipping any whose `(room, sender, client_msg_id)` is
+/// taken; returns how many were inserted.
+async fn insert_message_rows(
+    tx: &mut Transaction<'_, Any>,
+    rows: &[(Message, RoomEvent)],
+) -> Result<usize, ChatError> {
+    let mut sql = String::from(
+        "INSERT INTO messages (id, room_id, seq, sender_id, sender_name, text, thread_id, \
+         metadata, client_msg_id, created_at) VALUES ",
+    );
+    for row in 0..rows.len() {
+        let base = row * 10;
+        let placeholders: Vec<String> = (1..=10).map(|i| format!("${}", base + i)).collect();
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("({})", placeholders.join(", ")));
+    }
+    sql.push_str(" ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING");
+    let mut query = sqlx::query(&sql);
+    for (message, _) in rows {
+        let sender = message.sender.clone().unwrap_or_default();
+        query = query
+            .bind(message.id.clone())
+            .bind(message.room_id.clone())
+            .bind(message.seq)
+            .bind(sender.id)
+            .bind(sender.name)
+            .bind(message.text.clone())
+            .bind(message.thread_id.clone())
+            .bind(message.metadata_json.clone())
+            .bind(message.client_msg_id.clone())
+            .bind(message.created_at);
+    }
+    Ok(query.execute(&mut **tx).await?.rows_affected() as usize)
+}
+
+async fn insert_event_rows(
+    tx: &mut Transaction<'_, Any>,
+    events: &[(&RoomEvent, i64)],
+) -> Result<(), ChatError> {
+    let mut sql =
+        String::from("INSERT INTO room_events (room_id, seq, kind, body, created_at) VALUES ");
+    for row in 0..events.len() {
+        let b = row * 5;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5
+        ));
+    }
+    let mut query = sqlx::query(&sql);
+    for (event, created_at) in events {
+        query = query
+            .bind(event.room_id.clone())
+            .bind(event.seq)
+            .bind(event.kind.clone())
+            .bind(event.json.clone())
+            .bind(*created_at);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// Takes the room's next seq; `NotFound` when the room does not exist.

@@ -148,9 +148,21 @@ async fn commit(store: &Store, jobs: Vec<Job>) -> Vec<Done> {
         Err(error) => return fail_all(jobs, &ChatError::from(error)),
     };
     let mut done = Vec::with_capacity(jobs.len());
-    for Job { op, reply, span } in jobs {
-        let result = apply(store, &mut *tx, op).instrument(span.clone()).await;
-        done.push((reply, result, span));
+    let mut jobs = jobs.into_iter().peekable();
+    while let Some(job) = jobs.next() {
+        if !matches!(job.op, Op::InsertMessage { .. }) {
+            let result = apply(store, &mut tx, job.op)
+                .instrument(job.span.clone())
+                .await;
+            done.push((job.reply, result, job.span));
+            continue;
+        }
+        // Consecutive messages are stored together.
+        let mut run = vec![job];
+        while let Some(next) = jobs.next_if(|j| matches!(j.op, Op::InsertMessage { .. })) {
+            run.push(next);
+        }
+        done.extend(insert_messages(store, &mut tx, run).await);
     }
     let committed = tx.commit().instrument(store.span("sql COMMIT")).await;
     if let Err(error) = committed {
@@ -161,6 +173,62 @@ async fn commit(store: &Store, jobs: Vec<Job>) -> Vec<Done> {
                 *result = Err(ChatError::Commit(error.to_string()));
             }
         }
+    }
+    done
+}
+
+/// Stores a run of messages with one multi-row write; falls back to one
+/// savepoint per message when the run holds a repeated `client_msg_id` or a
+/// missing room, so each of those gets its own answer.
+async fn insert_messages(store: &Store, conn: &mut AnyConnection, run: Vec<Job>) -> Vec<Done> {
+    let mut batch = Vec::with_capacity(run.len());
+    let mut callers = Vec::with_capacity(run.len());
+    for job in run {
+        if let Op::InsertMessage {
+            message,
+            notifications,
+        } = job.op
+        {
+            batch.push((message, notifications));
+            callers.push((job.reply, job.span));
+        }
+    }
+    if batch.len() > 1 {
+        // The SQL belongs to the first caller's trace and links the others'.
+        let span =
+            tracing::info_span!(parent: &callers[0].1, "chat.group_commit", messages = batch.len());
+        for (_, other) in &callers[1..] {
+            span.follows_from(other);
+        }
+        match store.insert_messages(conn, &batch).instrument(span).await {
+            Ok(Some(stored)) => {
+                return stored
+                    .into_iter()
+                    .zip(batch)
+                    .zip(callers)
+                    .map(|(((message, event), (_, notifications)), (reply, span))| {
+                        let applied = Applied {
+                            message: Some(message),
+                            events: vec![event],
+                            notifications,
+                            ..Applied::default()
+                        };
+                        (reply, Ok(applied), span)
+                    })
+                    .collect();
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "multi-row insert failed; storing one by one"),
+        }
+    }
+    let mut done = Vec::with_capacity(batch.len());
+    for ((message, notifications), (reply, span)) in batch.into_iter().zip(callers) {
+        let op = Op::InsertMessage {
+            message,
+            notifications,
+        };
+        let result = apply(store, conn, op).instrument(span.clone()).await;
+        done.push((reply, result, span));
     }
     done
 }

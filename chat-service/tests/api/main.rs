@@ -1,0 +1,23 @@
+//! The chat service over real gRPC, on SQLite (or Postgres with
+//! `PARLEY_TEST_DATABASE_URL`), as one test binary:
+//!
+//! - `rooms`: creating rooms (direct pairs, public names), the service
+//!   credential and actor, private-room visibility, joining and log replay,
+//!   leaving, and unread counts;
+//! - `messages`: sending (seqs, retries, limits, threads), history paging,
+//!   publishing on the bus, byte-exact storage, and seqs that refused writes
+//!   do not consume;
+//! - `membership`: invites and removal by the owner;
+//! - `edits`: editing and deleting messages;
+//! - `reactions`, `receipts` and `notifications` (mentions);
+//! - `backend`: the `ChatBackendService` API for other backends.
+
+mod backend;
+mod edits;
+mod helpers;
+mod membership;
+mod messages;
+mod notifications;
+mod reactions;
+mod receipts;
+mod rooms;
