@@ -47,7 +47,10 @@ fn check_sender(sender: Option<User>) -> Result<User, ChatError> {
         )));
     }
     let name = sender.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_ROOM_NAME_CHARS {
+    if name.is_empty()
+        || name.chars().any(char::is_control)
+        || name.chars().count() > MAX_ROOM_NAME_CHARS
+    {
         return Err(ChatError::BadRequest(format!(
             "sender.name must be 1 to {MAX_ROOM_NAME_CHARS} characters"
         )));

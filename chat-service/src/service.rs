@@ -149,6 +149,7 @@ impl ChatHandler {
         let visibility =
             Visibility::try_from(request.visibility).unwrap_or(Visibility::Unspecified);
         let name = request.name.trim().to_string();
+        check_no_nul("name", &name)?;
         if name.chars().count() > MAX_ROOM_NAME_CHARS {
             return Err(ChatError::TooLarge(format!(
                 "name is longer than {MAX_ROOM_NAME_CHARS} characters"
@@ -170,10 +171,7 @@ impl ChatHandler {
                 });
             }
         }
-        let owner = User {
-            id: actor.user_id.clone(),
-            name: actor.name.clone(),
-        };
+        let owner = user_of(actor)?;
         let direct_key = match visibility {
             Visibility::Unspecified => {
                 return Err(ChatError::BadRequest(
@@ -244,10 +242,7 @@ impl ChatHandler {
         let (mut room, role) = self.visible_room(&request.room_id, actor).await?;
         if role.is_none() {
             // Visible without membership means public: joining makes a member.
-            let user = User {
-                id: actor.user_id.clone(),
-                name: actor.name.clone(),
-            };
+            let user = user_of(actor)?;
             let applied = self
                 .writer
                 .submit(Op::AddMember {
@@ -294,10 +289,7 @@ impl ChatHandler {
         if role.is_none() {
             return Ok(());
         }
-        let user = User {
-            id: actor.user_id.clone(),
-            name: actor.name.clone(),
-        };
+        let user = user_of(actor)?;
         self.writer
             .submit(Op::RemoveMember {
                 room_id: room.id,
@@ -312,10 +304,7 @@ impl ChatHandler {
         actor: &Actor,
         request: SendMessageRequest,
     ) -> Result<SendMessageResponse, ChatError> {
-        let sender = User {
-            id: actor.user_id.clone(),
-            name: actor.name.clone(),
-        };
+        let sender = user_of(actor)?;
         // The assistant posts on behalf of the service; everyone else must be a member.
         let room = if actor.user_id == Actor::assistant().user_id {
             self.existing_room(&request.room_id).await?
@@ -423,6 +412,7 @@ impl ChatHandler {
         if text.trim().is_empty() {
             return Err(ChatError::BadRequest("text must not be empty".into()));
         }
+        check_no_nul("text", text)?;
         if text.chars().count() > self.limits.max_text_chars {
             return Err(ChatError::TooLarge(format!(
                 "text is longer than {} characters",
@@ -674,10 +664,7 @@ impl ChatHandler {
         check_emoji(&request.emoji)?;
         let (room, _) = self.member_room(&request.room_id, actor).await?;
         check_id("message_id", &request.message_id)?;
-        let user = User {
-            id: actor.user_id.clone(),
-            name: actor.name.clone(),
-        };
+        let user = user_of(actor)?;
         let op = if add {
             Op::AddReaction {
                 room_id: room.id,
@@ -808,12 +795,33 @@ pub(crate) fn check_id(field: &str, value: &str) -> Result<(), ChatError> {
     if value.is_empty() {
         return Err(ChatError::BadRequest(format!("{field} is required")));
     }
+    check_no_nul(field, value)?;
     if value.len() > MAX_ID_BYTES {
         return Err(ChatError::TooLarge(format!(
             "{field} is longer than {MAX_ID_BYTES} bytes"
         )));
     }
     Ok(())
+}
+
+/// U+0000 cannot be stored by every database (Postgres text refuses it),
+/// so it is refused everywhere, the same way on every backend.
+pub(crate) fn check_no_nul(field: &str, value: &str) -> Result<(), ChatError> {
+    if value.contains('\0') {
+        return Err(ChatError::BadRequest(format!(
+            "{field} must not contain U+0000"
+        )));
+    }
+    Ok(())
+}
+
+/// The end user as stored with what they do (their name checked).
+fn user_of(actor: &Actor) -> Result<User, ChatError> {
+    check_no_nul("user name", &actor.name)?;
+    Ok(User {
+        id: actor.user_id.clone(),
+        name: actor.name.clone(),
+    })
 }
 
 /// Metadata must be a JSON object of at most [`MAX_METADATA_BYTES`]; empty means none.

@@ -235,7 +235,7 @@ impl Store {
                 let role = if index == 0 { "owner" } else { "member" };
                 insert_member(&mut tx, &room.id, user, role, new.created_at).await?;
                 let event = member_event("member.joined", &room.id, index as i64 + 1, user);
-                insert_event(&mut tx, &event, new.created_at).await?;
+                insert_event(&mut tx, &event, None, new.created_at).await?;
                 events.push(event);
             }
             tx.commit().await?;
@@ -262,7 +262,7 @@ impl Store {
             let now = common::ids::now_ms();
             insert_member(&mut tx, room_id, user, "member", now).await?;
             let event = member_event("member.joined", room_id, seq, user);
-            insert_event(&mut tx, &event, now).await?;
+            insert_event(&mut tx, &event, None, now).await?;
             tx.commit().await?;
             Ok(Some(event))
         }
@@ -280,18 +280,24 @@ impl Store {
         async {
             let mut tx = conn.begin().await?;
             let seq = next_seq(&mut tx, room_id).await?;
-            let removed = sqlx::query("DELETE FROM members WHERE room_id = $1 AND user_id = $2")
-                .bind(room_id.to_string())
-                .bind(user.id.clone())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if removed == 0 {
+            let removed = sqlx::query(
+                "DELETE FROM members WHERE room_id = $1 AND user_id = $2 RETURNING user_name",
+            )
+            .bind(room_id.to_string())
+            .bind(user.id.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(removed) = removed else {
                 tx.rollback().await?;
                 return Ok(None);
-            }
-            let event = member_event("member.left", room_id, seq, user);
-            insert_event(&mut tx, &event, common::ids::now_ms()).await?;
+            };
+            // Named as they joined, whoever removes them.
+            let user = User {
+                id: user.id.clone(),
+                name: removed.try_get("user_name")?,
+            };
+            let event = member_event("member.left", room_id, seq, &user);
+            insert_event(&mut tx, &event, None, common::ids::now_ms()).await?;
             tx.commit().await?;
             Ok(Some(event))
         }
@@ -414,7 +420,7 @@ impl Store {
                 kind: "message.new".into(),
                 json: proto::json::message_new_event(&message).to_string(),
             };
-            insert_event(&mut tx, &event, message.created_at).await?;
+            insert_event(&mut tx, &event, Some(&message.id), message.created_at).await?;
             for notification in notifications {
                 insert_notification(&mut tx, notification).await?;
             }
@@ -478,9 +484,7 @@ impl Store {
                     tx.rollback().await?;
                     return Ok(None);
                 }
-                let events: Vec<(&RoomEvent, i64)> =
-                    chunk.iter().map(|(m, e)| (e, m.created_at)).collect();
-                insert_event_rows(&mut tx, &events).await?;
+                insert_event_rows(&mut tx, chunk).await?;
             }
             for (_, notifications) in batch {
                 for notification in notifications {
@@ -656,7 +660,7 @@ impl Store {
                 })
                 .to_string(),
             };
-            insert_event(&mut tx, &event, now).await?;
+            insert_event(&mut tx, &event, Some(message_id), now).await?;
             tx.commit().await?;
             Ok((message, event))
         }
@@ -694,6 +698,7 @@ impl Store {
                 .bind(message_id.to_string())
                 .execute(&mut *tx)
                 .await?;
+            redact(&mut tx, room_id, message_id).await?;
             let event = RoomEvent {
                 room_id: room_id.to_string(),
                 seq,
@@ -706,7 +711,7 @@ impl Store {
                 })
                 .to_string(),
             };
-            insert_event(&mut tx, &event, now).await?;
+            insert_event(&mut tx, &event, Some(message_id), now).await?;
             tx.commit().await?;
             Ok(Some(event))
         }
@@ -770,7 +775,7 @@ impl Store {
                 return Ok(None);
             }
             let event = reaction_event("reaction.added", room_id, seq, message_id, emoji, user);
-            insert_event(&mut tx, &event, now).await?;
+            insert_event(&mut tx, &event, Some(message_id), now).await?;
             tx.commit().await?;
             Ok(Some(event))
         }
@@ -807,7 +812,7 @@ impl Store {
                 return Ok(None);
             }
             let event = reaction_event("reaction.removed", room_id, seq, message_id, emoji, user);
-            insert_event(&mut tx, &event, common::ids::now_ms()).await?;
+            insert_event(&mut tx, &event, Some(message_id), common::ids::now_ms()).await?;
             tx.commit().await?;
             Ok(Some(event))
         }
@@ -1037,32 +1042,28 @@ async fn insert_message_rows(
 
 async fn insert_event_rows(
     tx: &mut Transaction<'_, Any>,
-    events: &[(&RoomEvent, i64)],
+    rows: &[(Message, RoomEvent)],
 ) -> Result<(), ChatError> {
-    let mut sql =
-        String::from("INSERT INTO room_events (room_id, seq, kind, body, created_at) VALUES ");
-    for row in 0..events.len() {
-        let b = row * 5;
+    let mut sql = String::from(
+        "INSERT INTO room_events (room_id, seq, kind, body, created_at, message_id) VALUES ",
+    );
+    for row in 0..rows.len() {
+        let b = row * 6;
         if row > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5
-        ));
+        let placeholders: Vec<String> = (1..=6).map(|i| format!("${}", b + i)).collect();
+        sql.push_str(&format!("({})", placeholders.join(", ")));
     }
     let mut query = sqlx::query(&sql);
-    for (event, created_at) in events {
+    for (message, event) in rows {
         query = query
             .bind(event.room_id.clone())
             .bind(event.seq)
             .bind(event.kind.clone())
             .bind(event.json.clone())
-            .bind(*created_at);
+            .bind(message.created_at)
+            .bind(message.id.clone());
     }
     query.execute(&mut **tx).await?;
     Ok(())
@@ -1117,16 +1118,21 @@ async fn insert_member(
 async fn insert_event(
     tx: &mut Transaction<'_, Any>,
     event: &RoomEvent,
+    message_id: Option<&str>,
     now: i64,
 ) -> Result<(), ChatError> {
-    sqlx::query("INSERT INTO room_events (room_id, seq, kind, body, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(event.room_id.clone())
-        .bind(event.seq)
-        .bind(event.kind.clone())
-        .bind(event.json.clone())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO room_events (room_id, seq, kind, body, created_at, message_id) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(event.room_id.clone())
+    .bind(event.seq)
+    .bind(event.kind.clone())
+    .bind(event.json.clone())
+    .bind(now)
+    .bind(message_id.map(str::to_string))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -1322,4 +1328,51 @@ fn reaction_event(
         })
         .to_string(),
     }
+}
+
+/// After a delete: the log events that carried the message's content
+/// (`message.new`, `message.updated`) now carry the tombstone, and mention
+/// notifications lose their excerpt. Seqs and types stay, so replay still
+/// has no gap.
+async fn redact(
+    tx: &mut Transaction<'_, Any>,
+    room_id: &str,
+    message_id: &str,
+) -> Result<(), ChatError> {
+    let tombstone = proto::json::message(&message_in(tx, room_id, message_id).await?);
+    let rows = sqlx::query(
+        "SELECT seq, kind FROM room_events WHERE room_id = $1 AND message_id = $2 \
+         AND kind IN ('message.new', 'message.updated')",
+    )
+    .bind(room_id.to_string())
+    .bind(message_id.to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in &rows {
+        let seq: i64 = row.try_get("seq")?;
+        let kind: String = row.try_get("kind")?;
+        let body = json!({"type": kind, "room": room_id, "seq": seq, "message": tombstone});
+        sqlx::query("UPDATE room_events SET body = $1 WHERE room_id = $2 AND seq = $3")
+            .bind(body.to_string())
+            .bind(room_id.to_string())
+            .bind(seq)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let rows = sqlx::query("SELECT id, body FROM notifications WHERE message_id = $1")
+        .bind(message_id.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        let body: String = row.try_get("body")?;
+        let mut body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        body["text"] = json!("");
+        sqlx::query("UPDATE notifications SET body = $1 WHERE id = $2")
+            .bind(body.to_string())
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }

@@ -185,7 +185,6 @@ async fn the_owner_deletes_anyones_message_but_a_member_only_their_own() {
 /// `JoinRoom { since }`, still serves the original `message.new` and every
 /// `message.updated` with the deleted text and metadata.
 #[tokio::test]
-#[ignore = "bug: a deleted message's text and metadata stay readable in the room log (message.new / message.updated bodies via GetEvents and JoinRoom since)"]
 async fn a_deleted_messages_content_is_gone_from_the_log_too() {
     let app = spawn_app().await;
     let room = app.public_room(ALICE, "general", &[BOB]).await;

@@ -177,7 +177,6 @@ async fn only_the_owner_removes_and_only_other_members() {
 /// `member.joined` names a member by the name they joined under, but the
 /// `member.left` that `RemoveMember` logs names them by their id.
 #[tokio::test]
-#[ignore = "bug: RemoveMember logs member.left with user.name = the user id instead of the name the member joined under"]
 async fn member_left_names_a_removed_member_as_they_joined() {
     let app = spawn_app().await;
     let room = app.public_room(ALICE, "general", &[]).await;

@@ -580,7 +580,6 @@ async fn concurrent_retries_store_one_message() {
 /// Postgres cannot store U+0000 in TEXT, SQLite can: the service must refuse
 /// it up front (or store it on both), never fail with `internal`.
 #[tokio::test]
-#[ignore = "bug: on Postgres, U+0000 in message text, edited text, a room name or an actor's name fails with Internal (Postgres TEXT cannot hold NUL); SQLite stores it"]
 async fn a_nul_character_is_stored_or_refused_but_never_internal() {
     let app = spawn_app().await;
     let room = app.public_room(ALICE, "general", &[]).await;
