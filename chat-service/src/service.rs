@@ -345,16 +345,8 @@ impl ChatHandler {
         check_id("client_msg_id", &client_msg_id)?;
         self.check_text(&text)?;
         let metadata_json = check_metadata(&metadata_json)?;
-        if let Some(existing) = self
-            .store
-            .message_by_client_id(&room.id, &sender.id, &client_msg_id)
-            .await?
-        {
-            return Ok(SendMessageResponse {
-                message: Some(existing),
-                duplicate: true,
-            });
-        }
+        // A retried send is not looked up first: the store refuses the
+        // repeated client_msg_id, and the stored message is answered then.
         let thread_id = match thread_id {
             None => None,
             Some(id) => {

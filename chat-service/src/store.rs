@@ -35,12 +35,15 @@ const MESSAGE_COLUMNS: &str = "id, room_id, seq, sender_id, sender_name, text, t
 /// The database behind chat-service.
 #[derive(Clone)]
 pub(crate) struct Store {
-    /// Pool for reads (several connections).
+    /// Pool for reads and for the small writes outside the room logs
+    /// (receipts, notification read marks).
     reader: AnyPool,
-    /// Pool for writes: the same pool on Postgres; one connection on SQLite,
-    /// which allows a single writer anyway. Room-log appends take one
-    /// connection of it in the writer task (see `writer.rs`).
-    pub(crate) writer: AnyPool,
+    /// One connection of its own for the writer task (`writer.rs`), which
+    /// makes every room-log append: never queued behind reads.
+    pub(crate) appender: AnyPool,
+    /// Whether parameters are written `?` (SQLite, where binding `$N` by
+    /// name costs time linear in the statement's parameter count) or `$N`.
+    positional: bool,
     /// `sqlite` or `postgresql`, for span attributes.
     system: &'static str,
 }
@@ -70,6 +73,7 @@ pub(crate) struct HistoryQuery<'a> {
 /// A value bound to a dynamically built query.
 enum Bind {
     Text(String),
+    OptText(Option<String>),
     Int(i64),
 }
 
@@ -88,29 +92,23 @@ impl Store {
                 .max_connections(max)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
         };
-        let writer = pool(if sqlite { 1 } else { max_connections })
-            .connect(url)
-            .await
-            .map_err(setup)?;
+        let appender = pool(1).connect(url).await.map_err(setup)?;
         if sqlite {
             // Readers then never block the writer, nor it them.
             sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&writer)
+                .execute(&appender)
                 .await
                 .map_err(setup)?;
         }
         MIGRATOR
-            .run(&writer)
+            .run(&appender)
             .await
             .map_err(|e| ChatError::Setup(format!("migrations: {e}")))?;
-        let reader = if sqlite {
-            pool(max_connections).connect(url).await.map_err(setup)?
-        } else {
-            writer.clone()
-        };
+        let reader = pool(max_connections).connect(url).await.map_err(setup)?;
         Ok(Store {
             reader,
-            writer,
+            appender,
+            positional: sqlite,
             system: if sqlite { "sqlite" } else { "postgresql" },
         })
     }
@@ -452,7 +450,7 @@ impl Store {
                     None => counts.push((message.room_id.clone(), 1)),
                 }
             }
-            let last = take_seqs(&mut tx, &counts).await?;
+            let last = take_seqs(&mut tx, self.positional, &counts).await?;
             if last.len() != counts.len() {
                 tx.rollback().await?;
                 return Ok(None);
@@ -479,12 +477,12 @@ impl Store {
                 stored.push((message, event));
             }
             for chunk in stored.chunks(BULK_ROWS) {
-                let inserted = insert_message_rows(&mut tx, chunk).await?;
+                let inserted = insert_message_rows(&mut tx, self.positional, chunk).await?;
                 if inserted != chunk.len() {
                     tx.rollback().await?;
                     return Ok(None);
                 }
-                insert_event_rows(&mut tx, chunk).await?;
+                insert_event_rows(&mut tx, self.positional, chunk).await?;
             }
             for (_, notifications) in batch {
                 for notification in notifications {
@@ -848,7 +846,7 @@ impl Store {
                 .bind(seq)
                 .bind(room_id.to_string())
                 .bind(user_id.to_string())
-                .execute(&self.writer)
+                .execute(&self.reader)
                 .await?
                 .rows_affected()
                 > 0;
@@ -857,7 +855,7 @@ impl Store {
             ))
             .bind(room_id.to_string())
             .bind(user_id.to_string())
-            .fetch_optional(&self.writer)
+            .fetch_optional(&self.reader)
             .await?;
             Ok(row
                 .map(|r| r.try_get::<i64, _>("mark"))
@@ -916,7 +914,7 @@ impl Store {
         ids: &[String],
     ) -> Result<(), ChatError> {
         async {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = self.reader.begin().await?;
             let now = common::ids::now_ms();
             for id in ids {
                 sqlx::query(
@@ -978,26 +976,26 @@ const BULK_ROWS: usize = 500;
 /// `last_seq` of every room that exists.
 async fn take_seqs(
     tx: &mut Transaction<'_, Any>,
+    positional: bool,
     counts: &[(String, i64)],
 ) -> Result<HashMap<String, i64>, ChatError> {
+    let mut params = Params::new(positional);
     let mut cases = String::new();
-    let mut ids = Vec::with_capacity(counts.len());
-    let mut binds = Vec::with_capacity(counts.len() * 2);
     for (room, k) in counts {
-        binds.push(Bind::Text(room.clone()));
-        let id = binds.len();
-        binds.push(Bind::Int(*k));
-        cases.push_str(&format!(" WHEN ${id} THEN ${}", id + 1));
-        ids.push(format!("${id}"));
+        let id = params.push(Bind::Text(room.clone()));
+        let k = params.push(Bind::Int(*k));
+        cases.push_str(&format!(" WHEN {id} THEN {k}"));
     }
+    let ids: Vec<String> = counts
+        .iter()
+        .map(|(room, _)| params.push(Bind::Text(room.clone())))
+        .collect();
     let sql = format!(
         "UPDATE rooms SET last_seq = last_seq + CASE id{cases} ELSE 0 END \
          WHERE id IN ({}) RETURNING id, last_seq",
         ids.join(", ")
     );
-    let rows = bind_all(sqlx::query(&sql), binds)
-        .fetch_all(&mut **tx)
-        .await?;
+    let rows = params.query(&sql).fetch_all(&mut **tx).await?;
     rows.iter()
         .map(|row| Ok((row.try_get("id")?, row.try_get("last_seq")?)))
         .collect()
@@ -1007,66 +1005,90 @@ async fn take_seqs(
 /// taken; returns how many were inserted.
 async fn insert_message_rows(
     tx: &mut Transaction<'_, Any>,
+    positional: bool,
     rows: &[(Message, RoomEvent)],
 ) -> Result<usize, ChatError> {
-    let mut sql = String::from(
-        "INSERT INTO messages (id, room_id, seq, sender_id, sender_name, text, thread_id, \
-         metadata, client_msg_id, created_at) VALUES ",
-    );
-    for row in 0..rows.len() {
-        let base = row * 10;
-        let placeholders: Vec<String> = (1..=10).map(|i| format!("${}", base + i)).collect();
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("({})", placeholders.join(", ")));
-    }
-    sql.push_str(" ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING");
-    let mut query = sqlx::query(&sql);
+    let mut params = Params::new(positional);
+    let mut values = Vec::with_capacity(rows.len());
     for (message, _) in rows {
         let sender = message.sender.clone().unwrap_or_default();
-        query = query
-            .bind(message.id.clone())
-            .bind(message.room_id.clone())
-            .bind(message.seq)
-            .bind(sender.id)
-            .bind(sender.name)
-            .bind(message.text.clone())
-            .bind(message.thread_id.clone())
-            .bind(message.metadata_json.clone())
-            .bind(message.client_msg_id.clone())
-            .bind(message.created_at);
+        let row = [
+            params.push(Bind::Text(message.id.clone())),
+            params.push(Bind::Text(message.room_id.clone())),
+            params.push(Bind::Int(message.seq)),
+            params.push(Bind::Text(sender.id)),
+            params.push(Bind::Text(sender.name)),
+            params.push(Bind::Text(message.text.clone())),
+            params.push(Bind::OptText(message.thread_id.clone())),
+            params.push(Bind::Text(message.metadata_json.clone())),
+            params.push(Bind::Text(message.client_msg_id.clone())),
+            params.push(Bind::Int(message.created_at)),
+        ];
+        values.push(format!("({})", row.join(", ")));
     }
-    Ok(query.execute(&mut **tx).await?.rows_affected() as usize)
+    let sql = format!(
+        "INSERT INTO messages (id, room_id, seq, sender_id, sender_name, text, thread_id, \
+         metadata, client_msg_id, created_at) VALUES {} \
+         ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING",
+        values.join(", ")
+    );
+    Ok(params.query(&sql).execute(&mut **tx).await?.rows_affected() as usize)
 }
 
 async fn insert_event_rows(
     tx: &mut Transaction<'_, Any>,
+    positional: bool,
     rows: &[(Message, RoomEvent)],
 ) -> Result<(), ChatError> {
-    let mut sql = String::from(
-        "INSERT INTO room_events (room_id, seq, kind, body, created_at, message_id) VALUES ",
-    );
-    for row in 0..rows.len() {
-        let b = row * 6;
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        let placeholders: Vec<String> = (1..=6).map(|i| format!("${}", b + i)).collect();
-        sql.push_str(&format!("({})", placeholders.join(", ")));
-    }
-    let mut query = sqlx::query(&sql);
+    let mut params = Params::new(positional);
+    let mut values = Vec::with_capacity(rows.len());
     for (message, event) in rows {
-        query = query
-            .bind(event.room_id.clone())
-            .bind(event.seq)
-            .bind(event.kind.clone())
-            .bind(event.json.clone())
-            .bind(message.created_at)
-            .bind(message.id.clone());
+        let row = [
+            params.push(Bind::Text(event.room_id.clone())),
+            params.push(Bind::Int(event.seq)),
+            params.push(Bind::Text(event.kind.clone())),
+            params.push(Bind::Text(event.json.clone())),
+            params.push(Bind::Int(message.created_at)),
+            params.push(Bind::Text(message.id.clone())),
+        ];
+        values.push(format!("({})", row.join(", ")));
     }
-    query.execute(&mut **tx).await?;
+    let sql = format!(
+        "INSERT INTO room_events (room_id, seq, kind, body, created_at, message_id) VALUES {}",
+        values.join(", ")
+    );
+    params.query(&sql).execute(&mut **tx).await?;
     Ok(())
+}
+
+/// The parameters of a statement built at run time, with the placeholder
+/// style the database binds fastest.
+struct Params {
+    positional: bool,
+    binds: Vec<Bind>,
+}
+
+impl Params {
+    fn new(positional: bool) -> Self {
+        Self {
+            positional,
+            binds: Vec::new(),
+        }
+    }
+
+    /// Adds a value; returns its placeholder (`?` or `$N`).
+    fn push(&mut self, bind: Bind) -> String {
+        self.binds.push(bind);
+        if self.positional {
+            "?".to_string()
+        } else {
+            format!("${}", self.binds.len())
+        }
+    }
+
+    fn query(self, sql: &str) -> Query<'_, Any, AnyArguments<'_>> {
+        bind_all(sqlx::query(sql), self.binds)
+    }
 }
 
 /// Takes the room's next seq; `NotFound` when the room does not exist.
@@ -1159,6 +1181,7 @@ fn bind_all<'q>(
     for bind in binds {
         query = match bind {
             Bind::Text(s) => query.bind(s),
+            Bind::OptText(s) => query.bind(s),
             Bind::Int(n) => query.bind(n),
         };
     }

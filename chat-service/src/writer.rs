@@ -139,7 +139,7 @@ async fn run(store: Store, bus: Arc<dyn Bus>, mut queue: mpsc::Receiver<Job>) {
 /// Runs the jobs in one transaction; every result is final (a failed commit
 /// fails every job of the batch, and nothing of it is stored).
 async fn commit(store: &Store, jobs: Vec<Job>) -> Vec<Done> {
-    let mut conn = match store.writer.acquire().await {
+    let mut conn = match store.appender.acquire().await {
         Ok(conn) => conn,
         Err(error) => return fail_all(jobs, &ChatError::from(error)),
     };
