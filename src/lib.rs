@@ -14,6 +14,7 @@ use common::shutdown::Shutdown;
 use edge::{Backends, EdgeApp};
 use proto::ai::v1::ai_service_client::AiServiceClient;
 use proto::auth::v1::auth_service_client::AuthServiceClient;
+use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use proto::chat::v1::chat_service_client::ChatServiceClient;
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use tokio::net::TcpListener;
@@ -170,6 +171,7 @@ pub async fn start(
     let backends = Backends {
         auth: AuthServiceClient::new(chan(&config.services.auth_url, call_timeout)?),
         chat: ChatServiceClient::new(chan(&config.services.chat_url, call_timeout)?),
+        chat_backend: ChatBackendServiceClient::new(chan(&config.services.chat_url, call_timeout)?),
         ai: AiServiceClient::new(chan(&config.services.ai_url, call_timeout)?),
         presence: PresenceServiceClient::new(chan(&config.services.presence_url, call_timeout)?),
     };

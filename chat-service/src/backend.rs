@@ -8,9 +8,9 @@ use common::bus::{envelope, room_channel, user_channel};
 use proto::chat::v1::chat_backend_service_server::ChatBackendService;
 use proto::chat::v1::publish_event_request::Target;
 use proto::chat::v1::{
-    BackendListRoomsRequest, GetHistoryRequest, GetHistoryResponse, ListRoomsResponse,
-    PostMessageRequest, PublishEventRequest, PublishEventResponse, SendMessageRequest,
-    SendMessageResponse, User,
+    BackendListRoomsRequest, GetEventsRequest, GetEventsResponse, GetHistoryRequest,
+    GetHistoryResponse, ListRoomsResponse, PostMessageRequest, PublishEventRequest,
+    PublishEventResponse, SendMessageRequest, SendMessageResponse, User,
 };
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
@@ -167,6 +167,15 @@ impl ChatBackendService for BackendHandler {
         Ok(Response::new(
             self.chat.page_of_history(&room.id, &request).await?,
         ))
+    }
+
+    async fn get_events(
+        &self,
+        request: Request<GetEventsRequest>,
+    ) -> Result<Response<GetEventsResponse>, Status> {
+        let request = request.into_inner();
+        let room = self.chat.existing_room(&request.room_id).await?;
+        Ok(Response::new(self.chat.log_page(&room.id, &request).await?))
     }
 }
 

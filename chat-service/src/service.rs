@@ -504,13 +504,22 @@ impl ChatHandler {
         request: GetEventsRequest,
     ) -> Result<GetEventsResponse, ChatError> {
         let (room, _) = self.visible_room(&request.room_id, actor).await?;
+        self.log_page(&room.id, &request).await
+    }
+
+    /// A page of a room's log (the caller checked who may read it).
+    pub(crate) async fn log_page(
+        &self,
+        room_id: &str,
+        request: &GetEventsRequest,
+    ) -> Result<GetEventsResponse, ChatError> {
         if request.after < 0 {
             return Err(ChatError::BadRequest("after must not be negative".into()));
         }
         let limit = page(request.limit, self.limits.page_limit);
         let (events, has_more) = self
             .store
-            .events(&room.id, request.after, i64::MAX, limit)
+            .events(room_id, request.after, i64::MAX, limit)
             .await?;
         Ok(GetEventsResponse { events, has_more })
     }

@@ -15,7 +15,6 @@ use serde_json::{Map, Value, json};
 
 use crate::conn::{self, Conn};
 use crate::frames::{self, Command, CommandError};
-use crate::hub;
 
 /// What a successful command produced.
 pub(crate) enum Outcome {
@@ -314,7 +313,9 @@ async fn room_join(conn: &mut Conn, command: &Command) -> Result<Outcome, Comman
         Value::Object(map) => frames::reply_ok(id, map),
         _ => frames::reply_ok(id, Map::new()),
     });
-    hub::open_gate(&gate, &conn.outbox, reply, response.last_seq);
+    conn.shared
+        .hub
+        .open_gate(&channel, &gate, &conn.outbox, reply, response.last_seq);
     Ok(Outcome::Sent)
 }
 

@@ -2,15 +2,34 @@
 //! each event encoded once and handed to every local member's outbox, in
 //! order, with a per-member gate that holds live events while a join's reply
 //! is being prepared (subscribe first, then read, then release the buffer).
+//!
+//! Gap repair: for each room channel the hub knows the highest seq it has
+//! handed on with nothing missing before it. An event further ahead waits
+//! while the missing ones are read from chat-service's log; after a bus
+//! reconnect every room is read from its last seq. The bus may lose events;
+//! the edge never does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use common::bus::{Bus, BusError, BusEvent, Subscriber};
+use common::grpc::ServiceChannel;
+use proto::chat::v1::GetEventsRequest;
+use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use tokio::sync::mpsc;
 
 use crate::outbox::Outbox;
+
+/// Prefix of room channels (the others carry no seq).
+const ROOM_PREFIX: &str = "room:";
+/// Room events held per channel while a gap is repaired; later ones are
+/// dropped and read from the log instead.
+const MAX_AHEAD: usize = 4096;
+/// First pause before a failed backfill is retried; doubles up to the max.
+const REPAIR_BACKOFF_START: Duration = Duration::from_millis(100);
+const REPAIR_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Per (connection, channel) delivery state.
 #[derive(Default)]
@@ -26,32 +45,61 @@ struct Member {
     gate: Arc<Mutex<Gate>>,
 }
 
-type Channels = HashMap<String, HashMap<u64, Member>>;
+/// One subscribed channel and its local members.
+#[derive(Default)]
+struct Channel {
+    members: HashMap<u64, Member>,
+    /// Room channels: the highest seq handed on with nothing missing before
+    /// it; `None` until the first join reply says where the log stands.
+    seq: Option<i64>,
+    /// Room events that arrived ahead of `seq` (or before it was known).
+    ahead: BTreeMap<i64, Utf8Bytes>,
+    /// Whether a backfill from chat-service is running.
+    repairing: bool,
+}
+
+type Channels = HashMap<String, Channel>;
+
+/// A page of a room's log read to fill a gap.
+struct Backfill {
+    channel: String,
+    events: Vec<(i64, Utf8Bytes)>,
+    /// The last page: the log has nothing after it (for now).
+    done: bool,
+}
 
 /// The edge's subscriptions and their local members.
 pub struct Hub {
     subscriber: Box<dyn Subscriber>,
     channels: Arc<Mutex<Channels>>,
+    repairer: Repairer,
     /// Serialises subscribe/unsubscribe so a second joiner never proceeds
     /// before the first one's subscription is confirmed.
     changes: tokio::sync::Mutex<()>,
 }
 
 impl Hub {
-    /// Opens the edge's bus subscriber and starts the fan-out task.
-    pub async fn start(bus: &dyn Bus) -> Result<Self, BusError> {
+    /// Opens the edge's bus subscriber and starts the fan-out task; gaps are
+    /// filled from `chat`'s log.
+    pub async fn start(
+        bus: &dyn Bus,
+        chat: ChatBackendServiceClient<ServiceChannel>,
+    ) -> Result<Self, BusError> {
         let (subscriber, events) = bus.subscriber().await?;
         let channels: Arc<Mutex<Channels>> = Arc::default();
-        tokio::spawn(fan_out(events, channels.clone()));
+        let (backfills, filled) = mpsc::unbounded_channel();
+        let repairer = Repairer { chat, backfills };
+        tokio::spawn(fan_out(events, filled, channels.clone(), repairer.clone()));
         Ok(Self {
             subscriber,
             channels,
+            repairer,
             changes: tokio::sync::Mutex::new(()),
         })
     }
 
     /// Adds a member to `channel` with its gate closed (events are buffered
-    /// until [`open_gate`]); subscribes the edge if it is the first member.
+    /// until [`Hub::open_gate`]); subscribes the edge if it is the first member.
     pub async fn join(
         &self,
         channel: &str,
@@ -66,9 +114,9 @@ impl Hub {
         }));
         let first = {
             let mut channels = lock(&self.channels);
-            let members = channels.entry(channel.to_string()).or_default();
-            let first = members.is_empty();
-            members.insert(
+            let entry = channels.entry(channel.to_string()).or_default();
+            let first = entry.members.is_empty();
+            entry.members.insert(
                 conn,
                 Member {
                     outbox,
@@ -79,9 +127,9 @@ impl Hub {
         };
         if first && let Err(e) = self.subscriber.subscribe(channel).await {
             let mut channels = lock(&self.channels);
-            if let Some(members) = channels.get_mut(channel) {
-                members.remove(&conn);
-                if members.is_empty() {
+            if let Some(entry) = channels.get_mut(channel) {
+                entry.members.remove(&conn);
+                if entry.members.is_empty() {
                     channels.remove(channel);
                 }
             }
@@ -96,9 +144,9 @@ impl Hub {
         let last = {
             let mut channels = lock(&self.channels);
             match channels.get_mut(channel) {
-                Some(members) => {
-                    members.remove(&conn);
-                    if members.is_empty() {
+                Some(entry) => {
+                    entry.members.remove(&conn);
+                    if entry.members.is_empty() {
                         channels.remove(channel);
                         true
                     } else {
@@ -113,31 +161,49 @@ impl Hub {
         }
     }
 
+    /// Sends `reply` to the member, then what was buffered meanwhile that is
+    /// newer than `delivered` (the log position the reply covered), and
+    /// switches the member to live delivery. The first reply for a room
+    /// also tells the hub where the room's log stands.
+    pub fn open_gate(
+        &self,
+        channel: &str,
+        gate: &Mutex<Gate>,
+        outbox: &Outbox,
+        reply: Option<Utf8Bytes>,
+        delivered: i64,
+    ) {
+        let mut channels = lock(&self.channels);
+        {
+            let mut gate = lock(gate);
+            if let Some(reply) = reply {
+                outbox.push(reply);
+            }
+            gate.delivered = gate.delivered.max(delivered);
+            for (seq, text) in gate.pending.take().unwrap_or_default() {
+                if seq == 0 {
+                    outbox.push(text);
+                } else if seq > gate.delivered {
+                    gate.delivered = seq;
+                    outbox.push(text);
+                }
+            }
+        }
+        if let Some(entry) = channels.get_mut(channel)
+            && entry.seq.is_none()
+        {
+            entry.seq = Some(delivered);
+            advance(entry, channel, &self.repairer);
+        }
+    }
+
     /// Number of local members of a channel.
     #[cfg(test)]
     pub fn members(&self, channel: &str) -> usize {
         lock(&self.channels)
             .get(channel)
-            .map(HashMap::len)
+            .map(|c| c.members.len())
             .unwrap_or(0)
-    }
-}
-
-/// Sends `reply` to the member, then what was buffered meanwhile that is
-/// newer than `delivered`, and switches the member to live delivery.
-pub fn open_gate(gate: &Mutex<Gate>, outbox: &Outbox, reply: Option<Utf8Bytes>, delivered: i64) {
-    let mut gate = lock(gate);
-    if let Some(reply) = reply {
-        outbox.push(reply);
-    }
-    gate.delivered = gate.delivered.max(delivered);
-    for (seq, text) in gate.pending.take().unwrap_or_default() {
-        if seq == 0 {
-            outbox.push(text);
-        } else if seq > gate.delivered {
-            gate.delivered = seq;
-            outbox.push(text);
-        }
     }
 }
 
@@ -145,93 +211,465 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn fan_out(mut events: mpsc::UnboundedReceiver<BusEvent>, channels: Arc<Mutex<Channels>>) {
-    while let Some(event) = events.recv().await {
-        match event {
-            BusEvent::Message { channel, envelope } => {
-                // Encoded once per edge; every recipient shares the bytes.
-                let text = Utf8Bytes::from(envelope.json);
-                let seq = envelope.seq;
-                let channels = lock(&channels);
-                let Some(members) = channels.get(&channel) else {
-                    continue;
-                };
-                // A room event sent to a user's own channel (e.g. their read
-                // receipt) reaches the devices that joined the room through
-                // the room channel already: skip those here.
-                let via_room = (channel.starts_with("user:") && !envelope.room_id.is_empty())
-                    .then(|| channels.get(&common::bus::room_channel(&envelope.room_id)))
-                    .flatten();
-                for (key, member) in members {
-                    if via_room.is_some_and(|room| room.contains_key(key)) {
-                        continue;
-                    }
-                    let mut gate = lock(&member.gate);
-                    if let Some(pending) = gate.pending.as_mut() {
-                        pending.push((seq, text.clone()));
-                    } else if seq == 0 {
-                        member.outbox.push(text.clone());
-                    } else if seq > gate.delivered {
-                        gate.delivered = seq;
-                        member.outbox.push(text.clone());
-                    }
-                }
+/// Hands one event to every member: held while a member's join is in
+/// flight, dropped for a member that already has its seq.
+fn deliver(channel: &Channel, seq: i64, text: &Utf8Bytes) {
+    for member in channel.members.values() {
+        let mut gate = lock(&member.gate);
+        if let Some(pending) = gate.pending.as_mut() {
+            pending.push((seq, text.clone()));
+        } else if seq == 0 {
+            member.outbox.push(text.clone());
+        } else if seq > gate.delivered {
+            gate.delivered = seq;
+            member.outbox.push(text.clone());
+        }
+    }
+}
+
+/// A room event from the bus or the log: handed on when it is the next one,
+/// held when it is ahead (and the gap repaired), dropped when old.
+fn room_event(entry: &mut Channel, name: &str, seq: i64, text: Utf8Bytes, repairer: &Repairer) {
+    match entry.seq {
+        Some(current) if seq <= current => deliver(entry, seq, &text),
+        Some(current) if seq == current + 1 => {
+            deliver(entry, seq, &text);
+            entry.seq = Some(seq);
+            advance(entry, name, repairer);
+        }
+        _ => {
+            if entry.ahead.len() < MAX_AHEAD {
+                entry.ahead.insert(seq, text);
             }
-            BusEvent::Resubscribed => {
-                tracing::warn!("bus resubscribed; events published meanwhile may be missing");
+            if entry.seq.is_some() {
+                advance(entry, name, repairer);
             }
         }
     }
 }
 
+/// Hands on the held events that are now next; starts a backfill when some
+/// are still ahead of a gap.
+fn advance(entry: &mut Channel, name: &str, repairer: &Repairer) {
+    let Some(mut current) = entry.seq else {
+        return;
+    };
+    while let Some(next) = entry.ahead.first_entry() {
+        let seq = *next.key();
+        if seq > current + 1 {
+            break;
+        }
+        let text = next.remove();
+        if seq == current + 1 {
+            deliver(entry, seq, &text);
+            current = seq;
+        }
+    }
+    entry.seq = Some(current);
+    if !entry.ahead.is_empty() && !entry.repairing {
+        entry.repairing = true;
+        repairer.start(name, current);
+    }
+}
+
+async fn fan_out(
+    mut events: mpsc::UnboundedReceiver<BusEvent>,
+    mut filled: mpsc::UnboundedReceiver<Backfill>,
+    channels: Arc<Mutex<Channels>>,
+    repairer: Repairer,
+) {
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(BusEvent::Message { channel, envelope }) => {
+                    // Encoded once per edge; every recipient shares the bytes.
+                    let text = Utf8Bytes::from(envelope.json);
+                    let seq = envelope.seq;
+                    let mut channels = lock(&channels);
+                    if seq > 0 && channel.starts_with(ROOM_PREFIX) {
+                        if let Some(entry) = channels.get_mut(&channel) {
+                            room_event(entry, &channel, seq, text, &repairer);
+                        }
+                        continue;
+                    }
+                    let Some(entry) = channels.get(&channel) else {
+                        continue;
+                    };
+                    match channel.strip_prefix("user:") {
+                        // A room event sent to a user's own channel (e.g.
+                        // their read receipt) reaches the devices that joined
+                        // the room through the room channel already.
+                        Some(_) if !envelope.room_id.is_empty() => {
+                            let room = channels.get(&common::bus::room_channel(&envelope.room_id));
+                            for (key, member) in &entry.members {
+                                if !room.is_some_and(|room| room.members.contains_key(key)) {
+                                    member.outbox.push(text.clone());
+                                }
+                            }
+                        }
+                        _ => deliver(entry, seq, &text),
+                    }
+                }
+                Some(BusEvent::Resubscribed) => {
+                    // Anything published while the bus was away is in the log.
+                    let mut channels = lock(&channels);
+                    let mut repairs = 0;
+                    for (name, entry) in channels.iter_mut() {
+                        if let Some(seq) = entry.seq
+                            && !entry.repairing
+                        {
+                            entry.repairing = true;
+                            repairer.start(name, seq);
+                            repairs += 1;
+                        }
+                    }
+                    tracing::warn!(rooms = repairs, "bus resubscribed; reading what it missed from the log");
+                }
+                None => return,
+            },
+            Some(backfill) = filled.recv() => {
+                let mut channels = lock(&channels);
+                let Some(entry) = channels.get_mut(&backfill.channel) else {
+                    continue;
+                };
+                for (seq, text) in backfill.events {
+                    room_event(entry, &backfill.channel, seq, text, &repairer);
+                }
+                if backfill.done {
+                    entry.repairing = false;
+                    advance(entry, &backfill.channel, &repairer);
+                }
+            }
+        }
+    }
+}
+
+/// Reads rooms' logs from chat-service for the fan-out task.
+#[derive(Clone)]
+struct Repairer {
+    chat: ChatBackendServiceClient<ServiceChannel>,
+    backfills: mpsc::UnboundedSender<Backfill>,
+}
+
+impl Repairer {
+    /// Reads `channel`'s room log after `after`, page by page, retrying with
+    /// backoff while chat-service is unreachable.
+    fn start(&self, channel: &str, after: i64) {
+        let Some(room_id) = channel.strip_prefix(ROOM_PREFIX) else {
+            return;
+        };
+        let request = GetEventsRequest {
+            room_id: room_id.to_string(),
+            after,
+            limit: 0,
+        };
+        let (chat, backfills, channel) = (
+            self.chat.clone(),
+            self.backfills.clone(),
+            channel.to_string(),
+        );
+        tokio::spawn(async move {
+            let mut request = request;
+            let mut backoff = REPAIR_BACKOFF_START;
+            while !backfills.is_closed() {
+                match chat.clone().get_events(request.clone()).await {
+                    Ok(page) => {
+                        backoff = REPAIR_BACKOFF_START;
+                        let page = page.into_inner();
+                        let done = !page.has_more;
+                        if let Some(last) = page.events.last() {
+                            request.after = last.seq;
+                        }
+                        let events = page
+                            .events
+                            .into_iter()
+                            .map(|e| (e.seq, Utf8Bytes::from(e.json)))
+                            .collect();
+                        let backfill = Backfill {
+                            channel: channel.clone(),
+                            events,
+                            done,
+                        };
+                        if backfills.send(backfill).is_err() || done {
+                            return;
+                        }
+                    }
+                    Err(status) => {
+                        tracing::warn!(channel, code = ?status.code(), message = status.message(), "backfill failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(REPAIR_BACKOFF_MAX);
+                    }
+                }
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::outbox::{Outbound, outbox};
-    use common::bus::{MemoryBus, envelope};
+    use std::time::Duration;
 
-    async fn next_text(rx: &mut crate::outbox::OutboxReceiver) -> String {
-        match rx.rx.recv().await {
-            Some(Outbound::Text(t)) => t.as_str().to_string(),
+    use common::Secret;
+    use common::bus::{MemoryBus, RedisBus, envelope, room_channel};
+    use common::config::ChatConfig;
+    use common::grpc::{Actor, ClientSettings, channel};
+    use common::shutdown::Shutdown;
+    use proto::chat::v1::chat_service_client::ChatServiceClient;
+    use proto::chat::v1::{CreateRoomRequest, SendMessageRequest, Visibility};
+
+    use super::*;
+    use crate::outbox::{Outbound, OutboxReceiver, outbox};
+
+    /// A real chat-service on its own bus (so the hub hears nothing from it
+    /// unless a test says so), with a client for users and one for the hub.
+    struct Chat {
+        users: ChatServiceClient<ServiceChannel>,
+        backend: ChatBackendServiceClient<ServiceChannel>,
+        _db: common::testing::TestDatabase,
+        _shutdown: Shutdown,
+    }
+
+    async fn chat() -> Chat {
+        let db = common::testing::test_database().await;
+        let credential = Secret::new(common::ids::random_secret(32));
+        let config = ChatConfig {
+            database_url: db.url.clone(),
+            ..ChatConfig::default()
+        };
+        let app =
+            chat_service::ChatApp::connect(&config, Arc::new(MemoryBus::new()), None, &credential)
+                .await
+                .expect("chat app");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let shutdown = Shutdown::new();
+        tokio::spawn(app.serve(listener, shutdown.signal()));
+        let settings = ClientSettings {
+            credential,
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+        };
+        Chat {
+            users: ChatServiceClient::new(channel(&url, &settings).expect("channel")),
+            backend: ChatBackendServiceClient::new(channel(&url, &settings).expect("channel")),
+            _db: db,
+            _shutdown: shutdown,
+        }
+    }
+
+    impl Chat {
+        /// A public room with `messages` messages; returns its id (seq 1 is
+        /// the owner's join, messages follow).
+        async fn room_with(&self, messages: usize) -> String {
+            let alice = Actor {
+                user_id: "alice".into(),
+                name: "Alice".into(),
+                anonymous: false,
+            };
+            let room = self
+                .users
+                .clone()
+                .create_room(alice.request(CreateRoomRequest {
+                    name: common::ids::new_id("room"),
+                    visibility: Visibility::Public as i32,
+                    members: Vec::new(),
+                }))
+                .await
+                .expect("create")
+                .into_inner()
+                .room
+                .expect("room");
+            for i in 0..messages {
+                self.users
+                    .clone()
+                    .send_message(alice.request(SendMessageRequest {
+                        room_id: room.id.clone(),
+                        text: format!("m{i}"),
+                        client_msg_id: format!("m{i}"),
+                        thread_id: None,
+                        metadata_json: String::new(),
+                    }))
+                    .await
+                    .expect("send");
+            }
+            room.id
+        }
+    }
+
+    /// The seq of the next frame (the reply counts as 0).
+    async fn next_seq(rx: &mut OutboxReceiver) -> i64 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), rx.rx.recv())
+            .await
+            .expect("a frame within 10 s");
+        match frame {
+            Some(Outbound::Text(text)) if text.as_str() == "reply" => 0,
+            Some(Outbound::Text(text)) => {
+                let value: serde_json::Value = serde_json::from_str(text.as_str()).expect("json");
+                value["seq"].as_i64().expect("seq")
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
 
+    fn event(room: &str, seq: i64) -> common::bus::Envelope {
+        envelope(room, seq, "message.new", format!("{{\"seq\":{seq}}}"))
+    }
+
     #[tokio::test]
     async fn gate_holds_events_until_the_reply_then_skips_what_it_covered() {
+        let chat = chat().await;
         let bus = MemoryBus::new();
-        let hub = Hub::start(&bus).await.expect("hub");
+        let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
         let (out, mut rx) = outbox(1 << 20);
         let gate = hub
             .join("room:r", 1, out.clone(), true)
             .await
             .expect("join");
         for seq in 1..=3 {
-            bus.publish(
-                "room:r",
-                &envelope("r", seq, "message.new", format!("{{\"seq\":{seq}}}")),
-            )
-            .await
-            .expect("publish");
+            bus.publish("room:r", &event("r", seq))
+                .await
+                .expect("publish");
         }
-        // Let the fan-out task buffer them: publish an ephemeral marker and wait for the gate.
-        while lock(&gate).pending.as_ref().map(Vec::len) != Some(3) {
+        // Wait until the fan-out task holds them.
+        while lock(&hub.channels).get("room:r").map(|c| c.ahead.len()) != Some(3) {
             tokio::task::yield_now().await;
         }
-        open_gate(&gate, &out, Some(Utf8Bytes::from_static("reply")), 2);
-        assert_eq!(next_text(&mut rx).await, "reply");
-        assert_eq!(next_text(&mut rx).await, "{\"seq\":3}");
-        bus.publish("room:r", &envelope("r", 3, "message.new", "dup".into()))
+        hub.open_gate(
+            "room:r",
+            &gate,
+            &out,
+            Some(Utf8Bytes::from_static("reply")),
+            2,
+        );
+        assert_eq!(next_seq(&mut rx).await, 0, "the reply first");
+        assert_eq!(next_seq(&mut rx).await, 3, "then what it did not cover");
+        bus.publish("room:r", &event("r", 3))
             .await
             .expect("publish");
-        bus.publish(
-            "room:r",
-            &envelope("r", 4, "message.new", "{\"seq\":4}".into()),
-        )
-        .await
-        .expect("publish");
-        assert_eq!(next_text(&mut rx).await, "{\"seq\":4}");
+        bus.publish("room:r", &event("r", 4))
+            .await
+            .expect("publish");
+        assert_eq!(next_seq(&mut rx).await, 4, "a repeated seq is dropped");
         hub.leave("room:r", 1).await;
         assert_eq!(hub.members("room:r"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_seq_gap_on_the_bus_is_filled_from_the_log_before_delivery() {
+        let chat = chat().await;
+        let room = chat.room_with(5).await; // seqs 1..=6
+        let channel = room_channel(&room);
+        let bus = MemoryBus::new();
+        let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
+        let (out, mut rx) = outbox(1 << 20);
+        let gate = hub
+            .join(&channel, 1, out.clone(), true)
+            .await
+            .expect("join");
+        hub.open_gate(
+            &channel,
+            &gate,
+            &out,
+            Some(Utf8Bytes::from_static("reply")),
+            2,
+        );
+        assert_eq!(next_seq(&mut rx).await, 0);
+
+        // The bus loses 3 and 4 and delivers 5 and 6 out of order.
+        bus.publish(&channel, &event(&room, 6))
+            .await
+            .expect("publish");
+        bus.publish(&channel, &event(&room, 5))
+            .await
+            .expect("publish");
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(next_seq(&mut rx).await);
+        }
+        assert_eq!(seen, [3, 4, 5, 6], "in order, nothing lost");
+        bus.publish(&channel, &event(&room, 7))
+            .await
+            .expect("publish");
+        assert_eq!(next_seq(&mut rx).await, 7, "live again, no duplicate");
+    }
+
+    #[tokio::test]
+    async fn after_a_bus_reconnect_every_room_is_read_from_the_log() {
+        let Some(redis_url) = common::testing::test_redis_url() else {
+            eprintln!("note: PARLEY_TEST_REDIS_URL is not set; skipping the bus reconnect test");
+            return;
+        };
+        let prefix = common::ids::new_id("hub");
+        let bus = RedisBus::connect(&redis_url, &prefix)
+            .await
+            .unwrap_or_else(|e| panic!("PARLEY_TEST_REDIS_URL is set but Redis is unusable: {e}"));
+        let chat = chat().await;
+        let room = chat.room_with(0).await; // seq 1
+        let channel = room_channel(&room);
+        let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
+        let (out, mut rx) = outbox(1 << 20);
+        let gate = hub
+            .join(&channel, 1, out.clone(), true)
+            .await
+            .expect("join");
+        hub.open_gate(&channel, &gate, &out, None, 1);
+
+        // Messages stored while the hub hears nothing of them (chat-service
+        // publishes on a bus of its own here, as if Redis dropped them).
+        let alice = Actor {
+            user_id: "alice".into(),
+            name: "Alice".into(),
+            anonymous: false,
+        };
+        for i in 0..3 {
+            chat.users
+                .clone()
+                .send_message(alice.request(SendMessageRequest {
+                    room_id: room.clone(),
+                    text: format!("while away {i}"),
+                    client_msg_id: format!("away-{i}"),
+                    thread_id: None,
+                    metadata_json: String::new(),
+                }))
+                .await
+                .expect("send");
+        }
+        // Drop the hub's subscriber connection; it reconnects and resubscribes.
+        let client = redis::Client::open(redis_url.as_str()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .expect("client list");
+        let ids: Vec<String> = clients
+            .lines()
+            .filter(|line| line.contains(&format!("name=parley-sub-{prefix}")))
+            .filter_map(|line| {
+                line.split_whitespace()
+                    .find_map(|f| f.strip_prefix("id="))
+                    .map(str::to_string)
+            })
+            .collect();
+        assert!(!ids.is_empty(), "the hub's subscriber connection is listed");
+        for id in ids {
+            let _: redis::Value = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(&id)
+                .query_async(&mut conn)
+                .await
+                .expect("kill");
+        }
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(next_seq(&mut rx).await);
+        }
+        assert_eq!(seen, [2, 3, 4], "what the bus missed arrives from the log");
     }
 }

@@ -25,6 +25,7 @@ use common::grpc::ServiceChannel;
 use common::shutdown::ShutdownSignal;
 use proto::ai::v1::ai_service_client::AiServiceClient;
 use proto::auth::v1::auth_service_client::AuthServiceClient;
+use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use proto::chat::v1::chat_service_client::ChatServiceClient;
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use tokio::net::TcpListener;
@@ -38,6 +39,8 @@ use crate::presence::Leases;
 pub struct Backends {
     pub auth: AuthServiceClient<ServiceChannel>,
     pub chat: ChatServiceClient<ServiceChannel>,
+    /// Chat's backend API, for reading room logs to repair gaps.
+    pub chat_backend: ChatBackendServiceClient<ServiceChannel>,
     pub ai: AiServiceClient<ServiceChannel>,
     pub presence: PresenceServiceClient<ServiceChannel>,
 }
@@ -81,7 +84,7 @@ impl EdgeApp {
         tracing: bool,
         shutdown: ShutdownSignal,
     ) -> Result<Self, EdgeError> {
-        let hub = Hub::start(bus.as_ref()).await?;
+        let hub = Hub::start(bus.as_ref(), backends.chat_backend.clone()).await?;
         let leases = Leases::start(
             backends.presence.clone(),
             Duration::from_millis(config.presence_renew_ms),

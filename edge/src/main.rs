@@ -9,6 +9,7 @@ use common::shutdown::Shutdown;
 use edge::{Backends, EdgeApp};
 use proto::ai::v1::ai_service_client::AiServiceClient;
 use proto::auth::v1::auth_service_client::AuthServiceClient;
+use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use proto::chat::v1::chat_service_client::ChatServiceClient;
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 
@@ -24,6 +25,7 @@ async fn main() -> ExitCode {
         let backends = Backends {
             auth: AuthServiceClient::new(channel(&config.services.auth_url, &settings)?),
             chat: ChatServiceClient::new(channel(&config.services.chat_url, &settings)?),
+            chat_backend: ChatBackendServiceClient::new(channel(&config.services.chat_url, &settings)?),
             ai: AiServiceClient::new(channel(&config.services.ai_url, &settings)?),
             presence: PresenceServiceClient::new(channel(&config.services.presence_url, &settings)?),
         };

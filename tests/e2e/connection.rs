@@ -128,6 +128,9 @@ async fn a_backend_that_is_down_is_unavailable_not_a_hang() {
     let backends = edge::Backends {
         auth: proto::auth::v1::auth_service_client::AuthServiceClient::new(channel()),
         chat: proto::chat::v1::chat_service_client::ChatServiceClient::new(channel()),
+        chat_backend: proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient::new(
+            channel(),
+        ),
         ai: proto::ai::v1::ai_service_client::AiServiceClient::new(channel()),
         presence: proto::presence::v1::presence_service_client::PresenceServiceClient::new(
             channel(),
