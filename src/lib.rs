@@ -5,9 +5,11 @@
 //! tests run exactly what `cargo run` runs, on listeners they bound themselves.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::Secret;
+use common::bus::Bus;
 use common::config::Config;
 use common::grpc::{ClientSettings, channel};
 use common::shutdown::Shutdown;
@@ -102,6 +104,8 @@ pub struct Suite {
     pub addrs: Addrs,
     /// The service credential in use (generated when not configured).
     pub credential: Secret,
+    /// The bus every component uses (so a test can add another edge to it).
+    pub bus: Arc<dyn Bus>,
     shutdown: Shutdown,
     tasks: JoinSet<()>,
     grace: Duration,
@@ -175,6 +179,7 @@ pub async fn start(
         ai: AiServiceClient::new(chan(&config.services.ai_url, call_timeout)?),
         presence: PresenceServiceClient::new(chan(&config.services.presence_url, call_timeout)?),
     };
+    let suite_bus = bus.clone();
     let edge = EdgeApp::new(&config.edge, backends, bus, tracing, shutdown.signal())
         .await
         .map_err(component("edge"))?;
@@ -199,6 +204,7 @@ pub async fn start(
     Ok(Suite {
         addrs,
         credential,
+        bus: suite_bus,
         shutdown,
         tasks,
         grace: Duration::from_millis(config.edge.shutdown_grace_ms),

@@ -27,6 +27,8 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Frames written before one flush.
 const FLUSH_BATCH: usize = 64;
+/// How long a close frame may take to write before the socket is dropped.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A live connection's state, owned by its read loop.
 pub(crate) struct Conn {
@@ -303,41 +305,48 @@ fn is_too_large(error: &axum::Error) -> bool {
 }
 
 async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut out: OutboxReceiver) {
+    let overflow = out.overflow_signal();
+    let closing = tokio::select! {
+        closing = pump(&mut sink, &mut out) => closing,
+        // Even while a write waits on a client that stopped reading.
+        () = overflow.notified() => Some((4008, "slow consumer")),
+    };
+    if let Some((code, reason)) = closing {
+        // A client that stopped reading may never take the close frame.
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, close(&mut sink, code, reason)).await;
+    }
+}
+
+/// Writes queued frames, flushing them together; returns the close to send
+/// (`None` when the socket failed).
+async fn pump(
+    sink: &mut SplitSink<WebSocket, Message>,
+    out: &mut OutboxReceiver,
+) -> Option<(u16, &'static str)> {
     while let Some(first) = out.rx.recv().await {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(item) = next.take() {
             if out.overflowed() {
-                let _ = close(&mut sink, 4008, "slow consumer").await;
-                return;
+                return Some((4008, "slow consumer"));
             }
             match item {
                 Outbound::Text(text) => {
                     let len = text.len();
-                    if sink.feed(Message::Text(text)).await.is_err() {
-                        return;
-                    }
+                    sink.feed(Message::Text(text)).await.ok()?;
                     out.sent(len);
                 }
-                Outbound::Ping => {
-                    if sink.feed(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                        return;
-                    }
-                }
-                Outbound::Close(code, reason) => {
-                    let _ = close(&mut sink, code, reason).await;
-                    return;
-                }
+                Outbound::Ping => sink.feed(Message::Ping(bytes::Bytes::new())).await.ok()?,
+                Outbound::Close(code, reason) => return Some((code, reason)),
             }
             written += 1;
             if written < FLUSH_BATCH {
                 next = out.rx.try_recv().ok();
             }
         }
-        if sink.flush().await.is_err() {
-            return;
-        }
+        sink.flush().await.ok()?;
     }
+    None
 }
 
 async fn close(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// What the writer task sends.
 #[derive(Debug)]
@@ -23,6 +23,8 @@ pub struct Outbox {
     limit: usize,
     /// Set once the queue overflowed; the writer then closes with 4008.
     overflowed: Arc<AtomicBool>,
+    /// Wakes the writer on overflow, even while it waits on the socket.
+    overflow: Arc<Notify>,
 }
 
 /// The writer's side.
@@ -30,23 +32,27 @@ pub struct OutboxReceiver {
     pub rx: mpsc::UnboundedReceiver<Outbound>,
     queued: Arc<AtomicUsize>,
     overflowed: Arc<AtomicBool>,
+    overflow: Arc<Notify>,
 }
 
 pub fn outbox(limit: usize) -> (Outbox, OutboxReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let overflowed = Arc::new(AtomicBool::new(false));
+    let overflow = Arc::new(Notify::new());
     (
         Outbox {
             tx,
             queued: queued.clone(),
             limit,
             overflowed: overflowed.clone(),
+            overflow: overflow.clone(),
         },
         OutboxReceiver {
             rx,
             queued,
             overflowed,
+            overflow,
         },
     )
 }
@@ -62,8 +68,8 @@ impl Outbox {
         if before + len > self.limit {
             self.queued.fetch_sub(len, Ordering::AcqRel);
             self.overflowed.store(true, Ordering::Relaxed);
-            // Wake the writer so it notices the overflow even when idle.
-            let _ = self.tx.send(Outbound::Close(4008, "slow consumer"));
+            // Wake the writer, idle or blocked on the socket.
+            self.overflow.notify_one();
             return false;
         }
         self.tx.send(Outbound::Text(text)).is_ok()
@@ -88,6 +94,11 @@ impl OutboxReceiver {
     pub fn overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Relaxed)
     }
+
+    /// Fires once the queue overflows.
+    pub fn overflow_signal(&self) -> Arc<Notify> {
+        self.overflow.clone()
+    }
 }
 
 #[cfg(test)]
@@ -102,7 +113,19 @@ mod tests {
         assert!(rx.overflowed());
         assert!(!outbox.push(Utf8Bytes::from_static("1")));
         assert!(matches!(rx.rx.try_recv(), Ok(Outbound::Text(_))));
-        assert!(matches!(rx.rx.try_recv(), Ok(Outbound::Close(4008, _))));
+        assert!(
+            rx.rx.try_recv().is_err(),
+            "nothing past the bound is queued"
+        );
+    }
+
+    #[tokio::test]
+    async fn overflow_wakes_the_writer() {
+        let (outbox, rx) = outbox(4);
+        let signal = rx.overflow_signal();
+        assert!(!outbox.push(Utf8Bytes::from_static("12345")));
+        // Resolves at once: the permit was stored by the overflow.
+        signal.notified().await;
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub struct TestApp {
     suite: Option<parley::Suite>,
     pub addrs: parley::Addrs,
     pub config: Config,
+    /// The suite's service credential and bus, for extra edges.
+    credential: common::Secret,
+    bus: std::sync::Arc<dyn common::bus::Bus>,
+    /// Stops the extra edges when the test ends.
+    extra_edges: common::shutdown::Shutdown,
     _db: TestDatabase,
 }
 
@@ -72,8 +77,11 @@ pub async fn spawn_app_traced(adjust: impl FnOnce(&mut Config), tracing: bool) -
         .expect("start suite");
     TestApp {
         addrs: suite.addrs,
+        credential: suite.credential.clone(),
+        bus: suite.bus.clone(),
         suite: Some(suite),
         config,
+        extra_edges: common::shutdown::Shutdown::new(),
         _db: db,
     }
 }
@@ -83,6 +91,65 @@ impl TestApp {
         format!("ws://{}/ws", self.addrs.edge)
     }
 
+    /// Starts another edge on the same services and bus — the same Redis, or
+    /// the same in-process bus — and returns its WebSocket URL.
+    pub async fn second_edge(&self) -> String {
+        use proto::ai::v1::ai_service_client::AiServiceClient;
+        use proto::auth::v1::auth_service_client::AuthServiceClient;
+        use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
+        use proto::chat::v1::chat_service_client::ChatServiceClient;
+        use proto::presence::v1::presence_service_client::PresenceServiceClient;
+
+        let settings = common::grpc::ClientSettings {
+            credential: self.credential.clone(),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+        };
+        let channel = |addr: std::net::SocketAddr| {
+            common::grpc::channel(&format!("http://{addr}"), &settings).expect("channel")
+        };
+        let a = self.addrs;
+        let backends = edge::Backends {
+            auth: AuthServiceClient::new(channel(a.auth)),
+            chat: ChatServiceClient::new(channel(a.chat)),
+            chat_backend: ChatBackendServiceClient::new(channel(a.chat)),
+            ai: AiServiceClient::new(channel(a.ai)),
+            presence: PresenceServiceClient::new(channel(a.presence)),
+        };
+        // A Redis bus gets a connection of its own, as another process would.
+        let bus = match self.config.bus.backend {
+            Backend::Redis => common::bus::connect(&self.config.bus)
+                .await
+                .expect("redis bus"),
+            Backend::Memory => self.bus.clone(),
+        };
+        let edge = edge::EdgeApp::new(
+            &self.config.edge,
+            backends,
+            bus,
+            false,
+            self.extra_edges.signal(),
+        )
+        .await
+        .expect("second edge");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+        tokio::spawn(edge.serve(listener));
+        url
+    }
+
+    /// A client of the edge at `url`, signed in anonymously under `name`.
+    pub async fn anonymous_at(&self, url: &str, name: &str) -> Client {
+        let mut client = Client::connect(url, &[]).await.expect("connect");
+        let reply = client
+            .ok("auth", json!({"anonymous": true, "name": name}))
+            .await;
+        client.user_id = reply["user"]["id"].as_str().expect("user id").to_string();
+        client
+    }
+
     /// A connected client that has read `hello`.
     pub async fn connect(&self) -> Client {
         Client::connect(&self.ws_url(), &[]).await.expect("connect")
@@ -90,12 +157,7 @@ impl TestApp {
 
     /// A client signed in anonymously under `name`.
     pub async fn anonymous(&self, name: &str) -> Client {
-        let mut client = self.connect().await;
-        let reply = client
-            .ok("auth", json!({"anonymous": true, "name": name}))
-            .await;
-        client.user_id = reply["user"]["id"].as_str().expect("user id").to_string();
-        client
+        self.anonymous_at(&self.ws_url(), name).await
     }
 
     /// A client signed in with a token for `sub` (several clients may share
@@ -165,6 +227,25 @@ impl Client {
             );
         }
         let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Self::start(ws).await
+    }
+
+    /// Connects with a small socket receive buffer: once this client stops
+    /// reading, the server's writes back up after a few kilobytes.
+    pub async fn connect_with_small_buffer(
+        addr: std::net::SocketAddr,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        let stream = socket.connect(addr).await?;
+        let request = format!("ws://{addr}/ws").into_client_request()?;
+        let (ws, _) =
+            tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
+        Self::start(ws).await
+    }
+
+    /// Reads `hello` on a fresh connection.
+    async fn start(ws: Ws) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let mut client = Client {
             ws,
             next_id: 1,
@@ -268,6 +349,26 @@ impl Client {
                 }
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => continue,
+            }
+        }
+    }
+
+    /// The next frame, or how the connection ended (`Err(close code)`).
+    pub async fn next_frame_or_close(&mut self) -> Result<Value, Option<u16>> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(frame);
+        }
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame or close");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(serde_json::from_str(&text).expect("server frames are JSON"));
+                }
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
             }
         }
     }

@@ -10,4 +10,5 @@ mod bad_input;
 mod chat;
 mod cli;
 mod connection;
+mod delivery;
 mod messages;
