@@ -65,6 +65,10 @@ pub struct EdgeConfig {
     pub presence_renew_ms: u64,
     /// Upper bound on a graceful shutdown.
     pub shutdown_grace_ms: u64,
+    /// On shutdown, connections close with 1001 spread over this period, so
+    /// clients do not all reconnect to the other edges at once. Must be
+    /// shorter than `shutdown_grace_ms`.
+    pub drain_ms: u64,
 }
 
 impl Default for EdgeConfig {
@@ -82,6 +86,7 @@ impl Default for EdgeConfig {
             outbound_queue_bytes: 1024 * 1024,
             presence_renew_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            drain_ms: 5_000,
         }
     }
 }
@@ -379,6 +384,12 @@ impl Config {
             4096,
         )?;
         at_least("edge.presence_renew_ms", self.edge.presence_renew_ms, 100)?;
+        if self.edge.drain_ms >= self.edge.shutdown_grace_ms {
+            return Err(ConfigError(format!(
+                "key `edge.drain_ms`: must be shorter than edge.shutdown_grace_ms ({})",
+                self.edge.shutdown_grace_ms
+            )));
+        }
         at_least("chat.max_connections", self.chat.max_connections as u64, 1)?;
         at_least("chat.max_text_chars", self.chat.max_text_chars as u64, 1)?;
         at_least("chat.page_limit", self.chat.page_limit as u64, 1)?;
@@ -591,6 +602,8 @@ mod tests {
         assert!(!e.to_string().contains("short"), "secret value leaked: {e}");
         let e = load(&[("PARLEY_EDGE_NO_SUCH_KEY", "1")]).expect_err("unknown key");
         assert!(e.to_string().contains("no_such_key"), "{e}");
+        let e = load(&[("PARLEY_EDGE_DRAIN_MS", "20000")]).expect_err("drain past grace");
+        assert!(e.to_string().contains("edge.drain_ms"), "{e}");
         let e = load(&[("PARLEY_EDGE_ALLOWED_ORIGINS", "*")]).expect_err("wildcard");
         assert!(e.to_string().contains("edge.allowed_origins"), "{e}");
     }

@@ -135,10 +135,17 @@ pub(crate) async fn run(
     let mut binary_frames = 0u32;
     let shutdown = shared.shutdown.clone().wait();
     tokio::pin!(shutdown);
+    let mut drain_at: Option<Instant> = None;
 
     loop {
         tokio::select! {
-            _ = &mut shutdown => {
+            _ = &mut shutdown, if drain_at.is_none() => {
+                // In-flight commands have finished (they run inside this
+                // loop); the close itself waits for this connection's turn.
+                let drain = Duration::from_millis(config.drain_ms);
+                drain_at = Some(Instant::now() + drain_delay(key, drain));
+            }
+            _ = tokio::time::sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
                 outbox.close(1001, "server draining");
                 break;
             }
@@ -293,6 +300,15 @@ impl Conn {
     }
 }
 
+/// When, within the drain period, a connection closes: spread evenly over
+/// the period by connection number.
+fn drain_delay(key: u64, drain: Duration) -> Duration {
+    const SLOTS: u64 = 1024;
+    // Consecutive connections land far apart (golden-ratio stride).
+    let slot = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54;
+    drain.mul_f64(slot as f64 / SLOTS as f64)
+}
+
 fn is_too_large(error: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
@@ -360,4 +376,24 @@ async fn close(
     })))
     .await?;
     sink.close().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_closes_are_spread_over_the_whole_period() {
+        let drain = Duration::from_secs(10);
+        let delays: Vec<Duration> = (1..=1000).map(|key| drain_delay(key, drain)).collect();
+        assert!(delays.iter().all(|d| *d < drain));
+        // Every tenth of the period gets its share (80–120 of 1000).
+        for tenth in 0..10 {
+            let from = drain.mul_f64(f64::from(tenth) / 10.0);
+            let to = drain.mul_f64(f64::from(tenth + 1) / 10.0);
+            let share = delays.iter().filter(|d| **d >= from && **d < to).count();
+            assert!((80..=120).contains(&share), "tenth {tenth}: {share}");
+        }
+        assert_eq!(drain_delay(7, Duration::ZERO), Duration::ZERO);
+    }
 }

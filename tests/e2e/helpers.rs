@@ -61,6 +61,7 @@ pub async fn spawn_app_traced(adjust: impl FnOnce(&mut Config), tracing: bool) -
     config.auth.hs256_secret = common::Secret::new(SECRET);
     config.ai.offline_chunk_delay_ms = 1;
     config.edge.shutdown_grace_ms = 2_000;
+    config.edge.drain_ms = 200;
     if let Some(redis) = common::testing::test_redis_url() {
         config.bus.backend = Backend::Redis;
         config.bus.redis_url = redis.clone();
