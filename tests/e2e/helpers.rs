@@ -141,6 +141,57 @@ impl TestApp {
         url
     }
 
+    /// Stops the edges started with [`TestApp::second_edge`] (they drain).
+    pub fn stop_second_edges(&self) {
+        self.extra_edges.trigger();
+    }
+
+    /// Cuts every bus subscriber connection of this suite's edges (Redis
+    /// only); they reconnect and resubscribe by themselves.
+    pub async fn cut_bus_subscribers(&self) -> usize {
+        let client = redis::Client::open(self.config.bus.redis_url.as_str()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .expect("client list");
+        let name = format!("name=parley-sub-{}-", self.config.bus.channel_prefix);
+        let ids: Vec<String> = list
+            .lines()
+            .filter(|line| line.contains(&name))
+            .filter_map(|line| {
+                line.split_whitespace()
+                    .find_map(|f| f.strip_prefix("id="))
+                    .map(str::to_string)
+            })
+            .collect();
+        for id in &ids {
+            let _: redis::Value = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query_async(&mut conn)
+                .await
+                .expect("kill");
+        }
+        ids.len()
+    }
+
+    /// A client of the edge at `url` signed in with a token for `sub`, or
+    /// `None` when that edge refuses (stopped or draining).
+    pub async fn user_at(&self, url: &str, sub: &str) -> Option<Client> {
+        let mut client = Client::connect(url, &[]).await.ok()?;
+        let reply = client
+            .try_request("auth", json!({"token": token(sub, sub, 3600)}))
+            .await?;
+        client.user_id = reply["user"]["id"].as_str()?.to_string();
+        Some(client)
+    }
+
     /// A client of the edge at `url`, signed in anonymously under `name`.
     pub async fn anonymous_at(&self, url: &str, name: &str) -> Client {
         let mut client = Client::connect(url, &[]).await.expect("connect");
@@ -273,22 +324,32 @@ impl Client {
 
     /// Sends a command with a fresh id and returns its reply.
     pub async fn request(&mut self, kind: &str, fields: Value) -> Value {
+        self.try_request(kind, fields)
+            .await
+            .unwrap_or_else(|| panic!("connection ended while waiting for reply to {kind}"))
+    }
+
+    /// Like [`Client::request`], but `None` when the connection ends first.
+    /// Frames read meanwhile are kept (see [`Client::take_pending`]).
+    pub async fn try_request(&mut self, kind: &str, fields: Value) -> Option<Value> {
         let id = self.next_id;
         self.next_id += 1;
         let mut frame = fields;
         frame["type"] = json!(kind);
         frame["id"] = json!(id);
-        self.send_text(frame.to_string()).await;
+        self.ws.send(Message::text(frame.to_string())).await.ok()?;
         loop {
-            let frame = self
-                .read()
-                .await
-                .unwrap_or_else(|| panic!("connection ended while waiting for reply to {kind}"));
+            let frame = self.read().await?;
             if frame["type"] == "reply" && frame["id"] == json!(id) {
-                return frame;
+                return Some(frame);
             }
             self.pending.push_back(frame);
         }
+    }
+
+    /// The frames read while waiting for replies, oldest first.
+    pub fn take_pending(&mut self) -> Vec<Value> {
+        self.pending.drain(..).collect()
     }
 
     /// Creates a public room and returns its id.

@@ -11,4 +11,5 @@ mod chat;
 mod cli;
 mod connection;
 mod delivery;
+mod faults;
 mod messages;

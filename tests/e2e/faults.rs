@@ -1,0 +1,222 @@
+//! Fault tests: a steady stream of 10,000 messages from clients spread over
+//! two edges while one edge stops, or while the bus loses its connections.
+//! Every client must end with exactly the stored log: nothing lost, nothing
+//! twice, nothing out of order.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Client, TestApp, spawn_app};
+
+const SENDERS: usize = 16;
+const PER_SENDER: usize = 625;
+
+/// A client that reconnects (to whichever edge answers) with `since`, and
+/// retries a send with the same `client_msg_id` until it is answered.
+struct Resilient {
+    sub: String,
+    urls: Vec<String>,
+    room: String,
+    client: Client,
+    /// Seqs of the room-log events received, in arrival order.
+    seqs: Vec<i64>,
+    /// `message.new` events received.
+    messages: usize,
+    reconnects: usize,
+}
+
+impl Resilient {
+    async fn connect(app: &TestApp, sub: String, urls: Vec<String>, room: String) -> Resilient {
+        let client = app
+            .user_at(&urls[0], &sub)
+            .await
+            .expect("first edge answers");
+        let mut this = Resilient {
+            sub,
+            urls,
+            room,
+            client,
+            seqs: Vec::new(),
+            messages: 0,
+            reconnects: 0,
+        };
+        assert!(this.join().await, "first join");
+        this
+    }
+
+    fn last(&self) -> i64 {
+        self.seqs.last().copied().unwrap_or(0)
+    }
+
+    fn take(&mut self, frame: &Value) {
+        if let Some(seq) = frame["seq"].as_i64()
+            && frame["room"] == self.room.as_str()
+        {
+            self.seqs.push(seq);
+            if frame["type"] == "message.new" {
+                self.messages += 1;
+            }
+        }
+    }
+
+    fn take_pending(&mut self) {
+        for frame in self.client.take_pending() {
+            self.take(&frame);
+        }
+    }
+
+    /// Joins (again) from the last seq seen, page by page.
+    async fn join(&mut self) -> bool {
+        loop {
+            let since = self.last();
+            let Some(reply) = self
+                .client
+                .try_request("room.join", json!({"room": self.room, "since": since}))
+                .await
+            else {
+                return false;
+            };
+            assert_eq!(reply["ok"], true, "join: {reply}");
+            for event in reply["events"].as_array().expect("events") {
+                self.take(event);
+            }
+            // Live events that arrived after the reply come next.
+            self.take_pending();
+            if reply["has_more"] != true {
+                return true;
+            }
+        }
+    }
+
+    /// Connects to the first edge that answers and rejoins.
+    async fn reconnect(&mut self, app: &TestApp) {
+        loop {
+            for url in self.urls.clone() {
+                if let Some(client) = app.user_at(&url, &self.sub).await {
+                    self.client = client;
+                    self.reconnects += 1;
+                    if self.join().await {
+                        return;
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn send(&mut self, app: &TestApp, i: usize) {
+        let id = format!("{}-{i}", self.sub);
+        loop {
+            let reply = self
+                .client
+                .try_request(
+                    "message.send",
+                    json!({"room": self.room, "text": id, "client_msg_id": id}),
+                )
+                .await;
+            self.take_pending();
+            match reply {
+                Some(reply) if reply["ok"] == true => return,
+                Some(reply) => panic!("send {id} refused: {reply}"),
+                None => self.reconnect(app).await,
+            }
+        }
+    }
+
+    /// Reads until the log's last seq has arrived.
+    async fn catch_up(&mut self, app: &TestApp, last: i64) {
+        while self.last() < last {
+            match self.client.next_frame_or_close().await {
+                Ok(frame) => self.take(&frame),
+                Err(_) => self.reconnect(app).await,
+            }
+        }
+    }
+}
+
+/// Runs the stream with `fault` injected once every sender is under way,
+/// then checks every client against the stored log.
+/// Returns how many times clients reconnected.
+async fn stream_through(app: &TestApp, fault: impl AsyncFnOnce(&TestApp)) -> usize {
+    let edge_a = app.ws_url();
+    let edge_b = app.second_edge().await;
+    let mut owner = app.user_at(&edge_a, "owner").await.expect("owner");
+    let room = owner.public_room("stream").await;
+
+    let mut clients = Vec::with_capacity(SENDERS);
+    for n in 0..SENDERS {
+        // Half start on the second edge, falling back to the first.
+        let urls = if n % 2 == 0 {
+            vec![edge_a.clone(), edge_b.clone()]
+        } else {
+            vec![edge_b.clone(), edge_a.clone()]
+        };
+        clients.push(Resilient::connect(app, format!("s{n}"), urls, room.clone()).await);
+    }
+    // Half of the stream first, from every sender at once.
+    let first_half = clients.into_iter().map(|mut client| async move {
+        for i in 0..PER_SENDER / 2 {
+            client.send(app, i).await;
+        }
+        client
+    });
+    let clients = futures::future::join_all(first_half).await;
+    // Then the fault, while the other half streams.
+    let second_half = clients.into_iter().map(|mut client| async move {
+        for i in PER_SENDER / 2..PER_SENDER {
+            client.send(app, i).await;
+        }
+        client
+    });
+    let ((), mut clients) = futures::join!(fault(app), futures::future::join_all(second_half));
+
+    // The stored log: the owner's join, then every message once.
+    let expected_messages = SENDERS * PER_SENDER;
+    let last = owner.ok("room.join", json!({"room": room})).await["last_seq"]
+        .as_i64()
+        .expect("last_seq");
+    let mut reconnects = 0;
+    for client in &mut clients {
+        client.catch_up(app, last).await;
+        reconnects += client.reconnects;
+        assert_eq!(
+            client.seqs,
+            (1..=last).collect::<Vec<_>>(),
+            "{}: the whole log, every event once, in order",
+            client.sub
+        );
+        assert_eq!(client.messages, expected_messages, "{}", client.sub);
+    }
+    let joins = SENDERS as i64 + 1;
+    assert_eq!(
+        last,
+        joins + expected_messages as i64,
+        "every message stored exactly once"
+    );
+    reconnects
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_an_edge_mid_stream_loses_and_repeats_nothing() {
+    let app = spawn_app().await;
+    let reconnects = stream_through(&app, async |app: &TestApp| app.stop_second_edges()).await;
+    assert!(
+        reconnects >= SENDERS / 2,
+        "the second edge's clients moved to the first ({reconnects} reconnects)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_bus_connections_mid_stream_loses_and_repeats_nothing() {
+    if common::testing::test_redis_url().is_none() {
+        eprintln!("note: PARLEY_TEST_REDIS_URL is not set; skipping the bus fault test");
+        return;
+    }
+    let app = spawn_app().await;
+    stream_through(&app, async |app: &TestApp| {
+        assert!(
+            app.cut_bus_subscribers().await >= 2,
+            "both edges' subscribers cut"
+        );
+    })
+    .await;
+}
