@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use ai_service::AiApp;
 use common::grpc::{ClientSettings, channel};
-use common::shutdown::Shutdown;
 use proto::chat::v1::chat_service_client::ChatServiceClient;
 
 /// Deadline of each chat-service call (storing a prompt or a reply).
@@ -25,22 +24,10 @@ async fn main() -> ExitCode {
         let app = AiApp::new(&config.ai, bus, chat, &config.services.credential)?;
         let listener = tokio::net::TcpListener::bind(config.ai.listen).await?;
         println!("parley-ai listening on grpc {}", listener.local_addr()?);
-        let shutdown = Shutdown::new();
-        let signal = shutdown.signal();
-        tokio::spawn(async move {
-            common::shutdown::os_signal().await;
-            shutdown.trigger();
-        });
-        app.serve(listener, signal).await?;
+        app.serve(listener, common::shutdown::on_os_signal())
+            .await?;
         Ok::<(), Box<dyn std::error::Error>>(())
     }
     .await;
-    telemetry.shutdown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("parley-ai: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::cli::finish("parley-ai", telemetry, result)
 }

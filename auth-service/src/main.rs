@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use auth_service::AuthApp;
-use common::shutdown::Shutdown;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -12,22 +11,10 @@ async fn main() -> ExitCode {
         let app = AuthApp::new(&config.auth, &config.services.credential)?;
         let listener = tokio::net::TcpListener::bind(config.auth.listen).await?;
         println!("parley-auth listening on grpc {}", listener.local_addr()?);
-        let shutdown = Shutdown::new();
-        let signal = shutdown.signal();
-        tokio::spawn(async move {
-            common::shutdown::os_signal().await;
-            shutdown.trigger();
-        });
-        app.serve(listener, signal).await?;
+        app.serve(listener, common::shutdown::on_os_signal())
+            .await?;
         Ok::<(), Box<dyn std::error::Error>>(())
     }
     .await;
-    telemetry.shutdown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("parley-auth: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::cli::finish("parley-auth", telemetry, result)
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use chat_service::ChatApp;
 use common::grpc::{ClientSettings, channel};
-use common::shutdown::Shutdown;
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 
 #[tokio::main]
@@ -29,22 +28,10 @@ async fn main() -> ExitCode {
         .await?;
         let listener = tokio::net::TcpListener::bind(config.chat.listen).await?;
         println!("parley-chat listening on grpc {}", listener.local_addr()?);
-        let shutdown = Shutdown::new();
-        let signal = shutdown.signal();
-        tokio::spawn(async move {
-            common::shutdown::os_signal().await;
-            shutdown.trigger();
-        });
-        app.serve(listener, signal).await?;
+        app.serve(listener, common::shutdown::on_os_signal())
+            .await?;
         Ok::<(), Box<dyn std::error::Error>>(())
     }
     .await;
-    telemetry.shutdown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("parley-chat: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::cli::finish("parley-chat", telemetry, result)
 }

@@ -46,6 +46,23 @@ pub fn bootstrap(components: &[&str], split_mode: bool) -> (Config, Telemetry) {
     (config, telemetry)
 }
 
+/// Ends a binary: flushes telemetry, reports an error under the binary's
+/// name, and turns the outcome into the exit status.
+pub fn finish(
+    binary: &str,
+    telemetry: Telemetry,
+    result: Result<(), Box<dyn std::error::Error>>,
+) -> std::process::ExitCode {
+    telemetry.shutdown();
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{binary}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn exit_config(message: &str) -> ! {
     eprintln!("{message}");
     std::process::exit(EXIT_CONFIG)

@@ -56,6 +56,17 @@ impl ShutdownSignal {
     }
 }
 
+/// A shutdown signal that fires on Ctrl-C or SIGTERM (for binaries).
+pub fn on_os_signal() -> ShutdownSignal {
+    let shutdown = Shutdown::new();
+    let signal = shutdown.signal();
+    tokio::spawn(async move {
+        os_signal().await;
+        shutdown.trigger();
+    });
+    signal
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn os_signal() {
     {

@@ -42,12 +42,5 @@ async fn main() -> ExitCode {
         Ok::<(), Box<dyn std::error::Error>>(())
     }
     .await;
-    telemetry.shutdown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("parley-edge: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::cli::finish("parley-edge", telemetry, result)
 }

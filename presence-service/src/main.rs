@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use common::shutdown::Shutdown;
 use presence_service::PresenceApp;
 
 #[tokio::main]
@@ -15,22 +14,10 @@ async fn main() -> ExitCode {
             "parley-presence listening on grpc {}",
             listener.local_addr()?
         );
-        let shutdown = Shutdown::new();
-        let signal = shutdown.signal();
-        tokio::spawn(async move {
-            common::shutdown::os_signal().await;
-            shutdown.trigger();
-        });
-        app.serve(listener, signal).await?;
+        app.serve(listener, common::shutdown::on_os_signal())
+            .await?;
         Ok::<(), Box<dyn std::error::Error>>(())
     }
     .await;
-    telemetry.shutdown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("parley-presence: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::cli::finish("parley-presence", telemetry, result)
 }
