@@ -274,7 +274,13 @@ async fn room_join(conn: &mut Conn, command: &Command) -> Result<Outcome, Comman
     let gate = conn
         .shared
         .hub
-        .join(&channel, conn.key, conn.outbox.clone(), true)
+        .join(
+            &channel,
+            conn.key,
+            &actor.user_id,
+            conn.outbox.clone(),
+            true,
+        )
         .await
         .map_err(|e| {
             CommandError::new(

@@ -274,7 +274,13 @@ impl Conn {
         if let Err(e) = self
             .shared
             .hub
-            .join(&channel, self.key, self.outbox.clone(), false)
+            .join(
+                &channel,
+                self.key,
+                &identity.user_id,
+                self.outbox.clone(),
+                false,
+            )
             .await
         {
             tracing::warn!(conn_id = %self.id, error = %e, "user channel subscribe failed");

@@ -43,6 +43,9 @@ pub struct Gate {
 struct Member {
     outbox: Outbox,
     gate: Arc<Mutex<Gate>>,
+    /// Whose connection this is: a `member.left` for that user ends its
+    /// delivery of the room.
+    user: String,
 }
 
 /// One subscribed channel and its local members.
@@ -104,6 +107,7 @@ impl Hub {
         &self,
         channel: &str,
         conn: u64,
+        user: &str,
         outbox: Outbox,
         gated: bool,
     ) -> Result<Arc<Mutex<Gate>>, BusError> {
@@ -121,6 +125,7 @@ impl Hub {
                 Member {
                     outbox,
                     gate: gate.clone(),
+                    user: user.to_string(),
                 },
             );
             first
@@ -212,8 +217,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Hands one event to every member: held while a member's join is in
-/// flight, dropped for a member that already has its seq.
-fn deliver(channel: &Channel, seq: i64, text: &Utf8Bytes) {
+/// flight, dropped for a member that already has its seq. After a
+/// `member.left`, the user who left gets nothing more of the room on the
+/// connections that had joined it.
+fn deliver(channel: &mut Channel, seq: i64, text: &Utf8Bytes) {
     for member in channel.members.values() {
         let mut gate = lock(&member.gate);
         if let Some(pending) = gate.pending.as_mut() {
@@ -225,6 +232,20 @@ fn deliver(channel: &Channel, seq: i64, text: &Utf8Bytes) {
             member.outbox.push(text.clone());
         }
     }
+    if let Some(user) = left_user(text) {
+        channel.members.retain(|_, member| member.user != user);
+    }
+}
+
+/// The user of a `member.left` event.
+fn left_user(text: &Utf8Bytes) -> Option<String> {
+    if !text.as_str().contains("\"member.left\"") {
+        return None;
+    }
+    let event: serde_json::Value = serde_json::from_str(text.as_str()).ok()?;
+    (event["type"] == "member.left")
+        .then(|| event["user"]["id"].as_str().map(str::to_string))
+        .flatten()
 }
 
 /// A room event from the bus or the log: handed on when it is the next one,
@@ -292,14 +313,14 @@ async fn fan_out(
                         }
                         continue;
                     }
-                    let Some(entry) = channels.get(&channel) else {
-                        continue;
-                    };
                     match channel.strip_prefix("user:") {
                         // A room event sent to a user's own channel (e.g.
                         // their read receipt) reaches the devices that joined
                         // the room through the room channel already.
                         Some(_) if !envelope.room_id.is_empty() => {
+                            let Some(entry) = channels.get(&channel) else {
+                                continue;
+                            };
                             let room = channels.get(&common::bus::room_channel(&envelope.room_id));
                             for (key, member) in &entry.members {
                                 if !room.is_some_and(|room| room.members.contains_key(key)) {
@@ -307,7 +328,11 @@ async fn fan_out(
                                 }
                             }
                         }
-                        _ => deliver(entry, seq, &text),
+                        _ => {
+                            if let Some(entry) = channels.get_mut(&channel) {
+                                deliver(entry, seq, &text);
+                            }
+                        }
                     }
                 }
                 Some(BusEvent::Resubscribed) => {
@@ -524,7 +549,7 @@ mod tests {
         let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
         let (out, mut rx) = outbox(1 << 20);
         let gate = hub
-            .join("room:r", 1, out.clone(), true)
+            .join("room:r", 1, "u", out.clone(), true)
             .await
             .expect("join");
         for seq in 1..=3 {
@@ -565,7 +590,7 @@ mod tests {
         let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
         let (out, mut rx) = outbox(1 << 20);
         let gate = hub
-            .join(&channel, 1, out.clone(), true)
+            .join(&channel, 1, "u", out.clone(), true)
             .await
             .expect("join");
         hub.open_gate(
@@ -611,7 +636,7 @@ mod tests {
         let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
         let (out, mut rx) = outbox(1 << 20);
         let gate = hub
-            .join(&channel, 1, out.clone(), true)
+            .join(&channel, 1, "u", out.clone(), true)
             .await
             .expect("join");
         hub.open_gate(&channel, &gate, &out, None, 1);

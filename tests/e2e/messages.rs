@@ -261,4 +261,23 @@ async fn an_invited_user_reads_a_private_room_and_a_removed_one_cannot() {
         .await;
     let rooms = guest.ok("room.list", json!({})).await;
     assert_eq!(rooms["rooms"], json!([]));
+
+    // The connection that had joined hears of the removal, then nothing more.
+    let left = guest.event("member.left").await;
+    assert_eq!(left["user"]["id"], "u-guest");
+    owner.ok("room.join", json!({"room": room})).await;
+    send(&mut owner, &room, "after you left").await;
+    // The owner has its own copy: the edge has handed the event on to
+    // every connection still in the room. A later reply to the guest then
+    // proves nothing of it was queued for the guest.
+    let after = next_log_event(&mut owner, &["message.new"]).await;
+    assert_eq!(after["message"]["text"], "after you left");
+    guest.ok("ping", json!({})).await;
+    assert!(
+        guest
+            .take_pending()
+            .iter()
+            .all(|f| f["message"]["text"] != "after you left"),
+        "a removed member's connection gets no more of the room"
+    );
 }
