@@ -139,8 +139,12 @@ impl Resilient {
 async fn stream_through(app: &TestApp, fault: impl AsyncFnOnce(&TestApp)) -> usize {
     let edge_a = app.ws_url();
     let edge_b = app.second_edge().await;
-    let mut owner = app.user_at(&edge_a, "owner").await.expect("owner");
-    let room = owner.public_room("stream").await;
+    let room = app
+        .user_at(&edge_a, "owner")
+        .await
+        .expect("owner")
+        .public_room("stream")
+        .await;
 
     let mut clients = Vec::with_capacity(SENDERS);
     for n in 0..SENDERS {
@@ -171,6 +175,9 @@ async fn stream_through(app: &TestApp, fault: impl AsyncFnOnce(&TestApp)) -> usi
 
     // The stored log: the owner's join, then every message once.
     let expected_messages = SENDERS * PER_SENDER;
+    // A fresh connection: one left idle through a long stream would have
+    // been closed for not answering pings.
+    let mut owner = app.user_at(&edge_a, "owner").await.expect("owner");
     let last = owner.ok("room.join", json!({"room": room})).await["last_seq"]
         .as_i64()
         .expect("last_seq");
