@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::config::Config;
 use crate::telemetry::{self, OtelSettings, Telemetry};
@@ -14,7 +14,6 @@ pub const EXIT_CONFIG: i32 = 64;
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about,
     after_help = "Every key can also be set as PARLEY_<SECTION>_<KEY>, e.g. PARLEY_EDGE_LISTEN=0.0.0.0:8080.\n\
                   Keys and defaults: docs/configuration.md. Traces: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME."
 )]
@@ -27,7 +26,13 @@ pub struct Args {
 /// Parses arguments, loads config and installs telemetry for `components`.
 /// Exits the process with [`EXIT_CONFIG`] when the configuration is invalid.
 pub fn bootstrap(components: &[&str], split_mode: bool) -> (Config, Telemetry) {
-    let args = Args::parse();
+    let about = match components {
+        [one] => format!("Parley's {one} component, as its own process"),
+        _ => "Parley: the whole suite (edge + auth, chat, ai and presence services) in one process"
+            .to_string(),
+    };
+    let matches = Args::command().about(about).get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let config = match Config::load(args.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => exit_config(&e.to_string()),

@@ -16,6 +16,10 @@ fn help_lists_the_options_and_the_environment_convention() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("--config"), "{text}");
     assert!(text.contains("PARLEY_"), "{text}");
+    assert!(
+        text.contains("whole suite"),
+        "says what the binary is: {text}"
+    );
 }
 
 #[test]
