@@ -20,6 +20,7 @@ use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use proto::chat::v1::chat_service_client::ChatServiceClient;
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 /// The component names, as used for telemetry.
@@ -109,6 +110,71 @@ pub struct Suite {
     shutdown: Shutdown,
     tasks: JoinSet<()>,
     grace: Duration,
+    /// Asks chat-service's supervisor to restart it (fault tests).
+    chat_restarts: mpsc::Sender<oneshot::Sender<()>>,
+}
+
+/// What it takes to (re)build chat-service.
+struct ChatParts {
+    config: common::config::ChatConfig,
+    bus: Arc<dyn Bus>,
+    presence: PresenceServiceClient<common::grpc::ServiceChannel>,
+    credential: Secret,
+}
+
+impl ChatParts {
+    async fn connect(&self) -> Result<chat_service::ChatApp, chat_service::ChatError> {
+        chat_service::ChatApp::connect(
+            &self.config,
+            self.bus.clone(),
+            Some(self.presence.clone()),
+            &self.credential,
+        )
+        .await
+    }
+}
+
+/// Runs chat-service until the suite stops; on request, stops it (in-flight
+/// calls finish) and starts a new one on the same address.
+async fn supervise_chat(
+    parts: ChatParts,
+    mut app: chat_service::ChatApp,
+    mut listener: TcpListener,
+    suite: common::shutdown::ShutdownSignal,
+    mut restarts: mpsc::Receiver<oneshot::Sender<()>>,
+) {
+    loop {
+        let addr = listener.local_addr().ok();
+        let stop = Shutdown::new();
+        let serve = app.serve(listener, stop.signal());
+        tokio::pin!(serve);
+        let restart = tokio::select! {
+            result = &mut serve => {
+                if let Err(error) = result {
+                    tracing::error!(component = "chat", %error, "component stopped with an error");
+                }
+                return;
+            }
+            () = suite.clone().wait() => None,
+            Some(done) = restarts.recv() => Some(done),
+        };
+        stop.trigger();
+        let _ = serve.await;
+        let Some(done) = restart else { return };
+        let (Some(addr), Ok(next)) = (addr, parts.connect().await) else {
+            tracing::error!("chat-service could not be restarted");
+            return;
+        };
+        listener = match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, "chat-service could not listen again");
+                return;
+            }
+        };
+        app = next;
+        let _ = done.send(());
+    }
 }
 
 /// Builds and starts every component on the given listeners.
@@ -154,17 +220,13 @@ pub async fn start(
     let presence = presence_service::PresenceApp::connect(&config.presence, &credential)
         .await
         .map_err(component("presence"))?;
-    let chat = chat_service::ChatApp::connect(
-        &config.chat,
-        bus.clone(),
-        Some(PresenceServiceClient::new(chan(
-            &config.services.presence_url,
-            5_000,
-        )?)),
-        &credential,
-    )
-    .await
-    .map_err(component("chat"))?;
+    let chat_parts = ChatParts {
+        config: config.chat.clone(),
+        bus: bus.clone(),
+        presence: PresenceServiceClient::new(chan(&config.services.presence_url, 5_000)?),
+        credential: credential.clone(),
+    };
+    let chat = chat_parts.connect().await.map_err(component("chat"))?;
     let ai = ai_service::AiApp::new(
         &config.ai,
         bus.clone(),
@@ -197,7 +259,14 @@ pub async fn start(
         "presence",
         presence.serve(presence_l, signal.clone()),
     ));
-    tasks.spawn(report("chat", chat.serve(chat_l, signal.clone())));
+    let (chat_restarts, restarts) = mpsc::channel(1);
+    tasks.spawn(supervise_chat(
+        chat_parts,
+        chat,
+        chat_l,
+        signal.clone(),
+        restarts,
+    ));
     tasks.spawn(report("ai", ai.serve(ai_l, signal.clone())));
     tasks.spawn(report("edge", edge.serve(edge_l)));
 
@@ -208,6 +277,7 @@ pub async fn start(
         shutdown,
         tasks,
         grace: Duration::from_millis(config.edge.shutdown_grace_ms),
+        chat_restarts,
     })
 }
 
@@ -221,6 +291,15 @@ async fn report<E: std::fmt::Display>(
 }
 
 impl Suite {
+    /// Stops chat-service (letting in-flight calls finish) and starts a new
+    /// one on the same address and database; resolves once it listens.
+    pub async fn restart_chat(&self) {
+        let (done, restarted) = oneshot::channel();
+        if self.chat_restarts.send(done).await.is_ok() {
+            let _ = restarted.await;
+        }
+    }
+
     /// Stops every component: the edge drains (1001 to clients) and the
     /// services finish in-flight calls, bounded by the grace period.
     pub async fn shutdown(mut self) {

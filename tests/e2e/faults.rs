@@ -1,5 +1,6 @@
 //! Fault tests: a steady stream of 10,000 messages from clients spread over
-//! two edges while one edge stops, or while the bus loses its connections.
+//! two edges while one edge stops, while chat-service restarts, or while the
+//! bus loses its connections.
 //! Every client must end with exactly the stored log: nothing lost, nothing
 //! twice, nothing out of order.
 
@@ -22,6 +23,8 @@ struct Resilient {
     /// `message.new` events received.
     messages: usize,
     reconnects: usize,
+    /// Sends and joins answered with a temporary error and tried again.
+    retries: usize,
 }
 
 impl Resilient {
@@ -38,6 +41,7 @@ impl Resilient {
             seqs: Vec::new(),
             messages: 0,
             reconnects: 0,
+            retries: 0,
         };
         assert!(this.join().await, "first join");
         this
@@ -75,7 +79,13 @@ impl Resilient {
             else {
                 return false;
             };
-            assert_eq!(reply["ok"], true, "join: {reply}");
+            if reply["ok"] != true {
+                // chat-service restarting: ask again.
+                assert_eq!(reply["error"]["temporary"], true, "join: {reply}");
+                self.retries += 1;
+                tokio::task::yield_now().await;
+                continue;
+            }
             for event in reply["events"].as_array().expect("events") {
                 self.take(event);
             }
@@ -116,6 +126,11 @@ impl Resilient {
             self.take_pending();
             match reply {
                 Some(reply) if reply["ok"] == true => return,
+                // chat-service restarting: retry with the same client_msg_id.
+                Some(reply) if reply["error"]["temporary"] == true => {
+                    self.retries += 1;
+                    tokio::task::yield_now().await;
+                }
                 Some(reply) => panic!("send {id} refused: {reply}"),
                 None => self.reconnect(app).await,
             }
@@ -133,10 +148,15 @@ impl Resilient {
     }
 }
 
+/// What the fault did to the clients.
+struct Disruption {
+    reconnects: usize,
+    retries: usize,
+}
+
 /// Runs the stream with `fault` injected once every sender is under way,
 /// then checks every client against the stored log.
-/// Returns how many times clients reconnected.
-async fn stream_through(app: &TestApp, fault: impl AsyncFnOnce(&TestApp)) -> usize {
+async fn stream_through(app: &TestApp, fault: impl AsyncFnOnce(&TestApp)) -> Disruption {
     let edge_a = app.ws_url();
     let edge_b = app.second_edge().await;
     let room = app
@@ -181,10 +201,14 @@ async fn stream_through(app: &TestApp, fault: impl AsyncFnOnce(&TestApp)) -> usi
     let last = owner.ok("room.join", json!({"room": room})).await["last_seq"]
         .as_i64()
         .expect("last_seq");
-    let mut reconnects = 0;
+    let mut disruption = Disruption {
+        reconnects: 0,
+        retries: 0,
+    };
     for client in &mut clients {
         client.catch_up(app, last).await;
-        reconnects += client.reconnects;
+        disruption.reconnects += client.reconnects;
+        disruption.retries += client.retries;
         assert_eq!(
             client.seqs,
             (1..=last).collect::<Vec<_>>(),
@@ -199,13 +223,15 @@ async fn stream_through(app: &TestApp, fault: impl AsyncFnOnce(&TestApp)) -> usi
         joins + expected_messages as i64,
         "every message stored exactly once"
     );
-    reconnects
+    disruption
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_an_edge_mid_stream_loses_and_repeats_nothing() {
     let app = spawn_app().await;
-    let reconnects = stream_through(&app, async |app: &TestApp| app.stop_second_edges()).await;
+    let reconnects = stream_through(&app, async |app: &TestApp| app.stop_second_edges())
+        .await
+        .reconnects;
     assert!(
         reconnects >= SENDERS / 2,
         "the second edge's clients moved to the first ({reconnects} reconnects)"
@@ -226,4 +252,15 @@ async fn losing_the_bus_connections_mid_stream_loses_and_repeats_nothing() {
         );
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_chat_service_mid_stream_loses_and_repeats_nothing() {
+    let app = spawn_app().await;
+    let retries = stream_through(&app, async |app: &TestApp| app.restart_chat().await)
+        .await
+        .retries;
+    // The restart window is short: typically one or two sends meet it and
+    // are retried, which is not asserted (a run with none is still valid).
+    eprintln!("sends retried across the chat restart: {retries}");
 }

@@ -141,6 +141,15 @@ impl TestApp {
         url
     }
 
+    /// Restarts chat-service in place (in-flight calls finish first).
+    pub async fn restart_chat(&self) {
+        self.suite
+            .as_ref()
+            .expect("suite running")
+            .restart_chat()
+            .await;
+    }
+
     /// Stops the edges started with [`TestApp::second_edge`] (they drain).
     pub fn stop_second_edges(&self) {
         self.extra_edges.trigger();
