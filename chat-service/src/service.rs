@@ -114,8 +114,8 @@ impl ChatHandler {
         let Some(presence) = self.presence.clone() else {
             return Vec::new();
         };
-        let user_ids = match self.store.member_ids(room_id, MAX_PRESENCE_LOOKUP).await {
-            Ok(ids) if !ids.is_empty() => ids,
+        let user_ids = match self.store.members(room_id, MAX_PRESENCE_LOOKUP).await {
+            Ok(members) if !members.is_empty() => members.into_iter().map(|m| m.id).collect(),
             Ok(_) => return Vec::new(),
             Err(error) => {
                 tracing::warn!(%error, "cannot list members for presence");

@@ -173,28 +173,6 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` member ids of a room.
-    pub(crate) async fn member_ids(
-        &self,
-        room_id: &str,
-        limit: u32,
-    ) -> Result<Vec<String>, ChatError> {
-        async {
-            let rows = sqlx::query(
-                "SELECT user_id FROM members WHERE room_id = $1 ORDER BY joined_at, user_id LIMIT $2",
-            )
-            .bind(room_id.to_string())
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
-            rows.iter()
-                .map(|r| r.try_get::<String, _>("user_id").map_err(ChatError::from))
-                .collect()
-        }
-        .instrument(self.span("sql SELECT members"))
-        .await
-    }
-
     /// Creates a room with its owner and members, logging `member.joined`
     /// for each. A taken public name or direct pair is a `Conflict`.
     pub(crate) async fn create_room(

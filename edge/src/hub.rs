@@ -56,7 +56,7 @@ struct Channel {
     /// it; `None` until the first join reply says where the log stands.
     seq: Option<i64>,
     /// Room events that arrived ahead of `seq` (or before it was known).
-    ahead: BTreeMap<i64, Utf8Bytes>,
+    ahead: BTreeMap<i64, RoomEvent>,
     /// Whether a backfill from chat-service is running.
     repairing: bool,
 }
@@ -66,7 +66,7 @@ type Channels = HashMap<String, Channel>;
 /// A page of a room's log read to fill a gap.
 struct Backfill {
     channel: String,
-    events: Vec<(i64, Utf8Bytes)>,
+    events: Vec<(i64, RoomEvent)>,
     /// The last page: the log has nothing after it (for now).
     done: bool,
 }
@@ -216,11 +216,41 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A room-log event as the hub passes it on.
+struct RoomEvent {
+    text: Utf8Bytes,
+    /// For a `member.left`: the user who left, whose connections get
+    /// nothing more of the room.
+    left: Option<String>,
+}
+
+impl RoomEvent {
+    /// Reads the JSON only for `member.left`, the one kind that changes
+    /// who receives the room.
+    fn new(kind: &str, json: String) -> Self {
+        let left = (kind == "member.left")
+            .then(|| serde_json::from_str::<serde_json::Value>(&json).ok())
+            .flatten()
+            .and_then(|event| event["user"]["id"].as_str().map(str::to_string));
+        Self {
+            text: Utf8Bytes::from(json),
+            left,
+        }
+    }
+}
+
+/// Hands one room-log event on, then drops the members a `member.left`
+/// removed.
+fn deliver_logged(channel: &mut Channel, seq: i64, event: &RoomEvent) {
+    deliver(channel, seq, &event.text);
+    if let Some(user) = &event.left {
+        channel.members.retain(|_, member| &member.user != user);
+    }
+}
+
 /// Hands one event to every member: held while a member's join is in
-/// flight, dropped for a member that already has its seq. After a
-/// `member.left`, the user who left gets nothing more of the room on the
-/// connections that had joined it.
-fn deliver(channel: &mut Channel, seq: i64, text: &Utf8Bytes) {
+/// flight, dropped for a member that already has its seq.
+fn deliver(channel: &Channel, seq: i64, text: &Utf8Bytes) {
     for member in channel.members.values() {
         let mut gate = lock(&member.gate);
         if let Some(pending) = gate.pending.as_mut() {
@@ -232,35 +262,21 @@ fn deliver(channel: &mut Channel, seq: i64, text: &Utf8Bytes) {
             member.outbox.push(text.clone());
         }
     }
-    if let Some(user) = left_user(text) {
-        channel.members.retain(|_, member| member.user != user);
-    }
-}
-
-/// The user of a `member.left` event.
-fn left_user(text: &Utf8Bytes) -> Option<String> {
-    if !text.as_str().contains("\"member.left\"") {
-        return None;
-    }
-    let event: serde_json::Value = serde_json::from_str(text.as_str()).ok()?;
-    (event["type"] == "member.left")
-        .then(|| event["user"]["id"].as_str().map(str::to_string))
-        .flatten()
 }
 
 /// A room event from the bus or the log: handed on when it is the next one,
 /// held when it is ahead (and the gap repaired), dropped when old.
-fn room_event(entry: &mut Channel, name: &str, seq: i64, text: Utf8Bytes, repairer: &Repairer) {
+fn room_event(entry: &mut Channel, name: &str, seq: i64, event: RoomEvent, repairer: &Repairer) {
     match entry.seq {
-        Some(current) if seq <= current => deliver(entry, seq, &text),
+        Some(current) if seq <= current => deliver_logged(entry, seq, &event),
         Some(current) if seq == current + 1 => {
-            deliver(entry, seq, &text);
+            deliver_logged(entry, seq, &event);
             entry.seq = Some(seq);
             advance(entry, name, repairer);
         }
         _ => {
             if entry.ahead.len() < MAX_AHEAD {
-                entry.ahead.insert(seq, text);
+                entry.ahead.insert(seq, event);
             }
             if entry.seq.is_some() {
                 advance(entry, name, repairer);
@@ -280,9 +296,9 @@ fn advance(entry: &mut Channel, name: &str, repairer: &Repairer) {
         if seq > current + 1 {
             break;
         }
-        let text = next.remove();
+        let event = next.remove();
         if seq == current + 1 {
-            deliver(entry, seq, &text);
+            deliver_logged(entry, seq, &event);
             current = seq;
         }
     }
@@ -303,16 +319,17 @@ async fn fan_out(
         tokio::select! {
             event = events.recv() => match event {
                 Some(BusEvent::Message { channel, envelope }) => {
-                    // Encoded once per edge; every recipient shares the bytes.
-                    let text = Utf8Bytes::from(envelope.json);
                     let seq = envelope.seq;
                     let mut channels = lock(&channels);
                     if seq > 0 && channel.starts_with(ROOM_PREFIX) {
                         if let Some(entry) = channels.get_mut(&channel) {
-                            room_event(entry, &channel, seq, text, &repairer);
+                            let event = RoomEvent::new(&envelope.kind, envelope.json);
+                            room_event(entry, &channel, seq, event, &repairer);
                         }
                         continue;
                     }
+                    // Encoded once per edge; every recipient shares the bytes.
+                    let text = Utf8Bytes::from(envelope.json);
                     match channel.strip_prefix("user:") {
                         // A room event sent to a user's own channel (e.g.
                         // their read receipt) reaches the devices that joined
@@ -329,7 +346,7 @@ async fn fan_out(
                             }
                         }
                         _ => {
-                            if let Some(entry) = channels.get_mut(&channel) {
+                            if let Some(entry) = channels.get(&channel) {
                                 deliver(entry, seq, &text);
                             }
                         }
@@ -357,8 +374,8 @@ async fn fan_out(
                 let Some(entry) = channels.get_mut(&backfill.channel) else {
                     continue;
                 };
-                for (seq, text) in backfill.events {
-                    room_event(entry, &backfill.channel, seq, text, &repairer);
+                for (seq, event) in backfill.events {
+                    room_event(entry, &backfill.channel, seq, event, &repairer);
                 }
                 if backfill.done {
                     entry.repairing = false;
@@ -408,7 +425,7 @@ impl Repairer {
                         let events = page
                             .events
                             .into_iter()
-                            .map(|e| (e.seq, Utf8Bytes::from(e.json)))
+                            .map(|e| (e.seq, RoomEvent::new(&e.kind, e.json)))
                             .collect();
                         let backfill = Backfill {
                             channel: channel.clone(),
