@@ -462,6 +462,13 @@ mod tests {
     use super::*;
     use crate::outbox::{Outbound, OutboxReceiver, outbox};
 
+    /// A writer's view of an outbox: the receiver and the batch being read.
+    type Frames = (OutboxReceiver, std::collections::VecDeque<Outbound>);
+
+    fn frames(rx: OutboxReceiver) -> Frames {
+        (rx, std::collections::VecDeque::new())
+    }
+
     /// A real chat-service on its own bus (so the hub hears nothing from it
     /// unless a test says so), with a client for users and one for the hub.
     struct Chat {
@@ -541,11 +548,14 @@ mod tests {
     }
 
     /// The seq of the next frame (the reply counts as 0).
-    async fn next_seq(rx: &mut OutboxReceiver) -> i64 {
-        let frame = tokio::time::timeout(Duration::from_secs(10), rx.rx.recv())
-            .await
-            .expect("a frame within 10 s");
-        match frame {
+    async fn next_seq(rx: &mut Frames) -> i64 {
+        if rx.1.is_empty() {
+            rx.1 = tokio::time::timeout(Duration::from_secs(10), rx.0.next_batch())
+                .await
+                .expect("a frame within 10 s")
+                .expect("outbox open");
+        }
+        match rx.1.pop_front() {
             Some(Outbound::Text(text)) if text.as_str() == "reply" => 0,
             Some(Outbound::Text(text)) => {
                 let value: serde_json::Value = serde_json::from_str(text.as_str()).expect("json");
@@ -564,7 +574,8 @@ mod tests {
         let chat = chat().await;
         let bus = MemoryBus::new();
         let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
-        let (out, mut rx) = outbox(1 << 20);
+        let (out, rx) = outbox(1 << 20);
+        let mut rx = frames(rx);
         let gate = hub
             .join("room:r", 1, "u", out.clone(), true)
             .await
@@ -605,7 +616,8 @@ mod tests {
         let channel = room_channel(&room);
         let bus = MemoryBus::new();
         let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
-        let (out, mut rx) = outbox(1 << 20);
+        let (out, rx) = outbox(1 << 20);
+        let mut rx = frames(rx);
         let gate = hub
             .join(&channel, 1, "u", out.clone(), true)
             .await
@@ -651,7 +663,8 @@ mod tests {
         let room = chat.room_with(0).await; // seq 1
         let channel = room_channel(&room);
         let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
-        let (out, mut rx) = outbox(1 << 20);
+        let (out, rx) = outbox(1 << 20);
+        let mut rx = frames(rx);
         let gate = hub
             .join(&channel, 1, "u", out.clone(), true)
             .await

@@ -176,11 +176,16 @@ async fn upgrade(
     ws.protocols(["parley.v1"])
         .max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(max.saturating_mul(2).max(64 * 1024))
         .on_upgrade(move |socket| conn::run(shared, socket, peer, identity, parent))
 }
+
+/// Each connection's WebSocket read buffer. It is allocated up front and
+/// zero-filled on every read, so it is resident for every idle connection;
+/// a command usually fits, and a larger message is read in more steps.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Exact-match Origin allowlist; requests without Origin are non-browser
 /// clients and pass unless configured otherwise.

@@ -22,6 +22,8 @@ use common::bus::MemoryBus;
 use common::config::ChatConfig;
 use common::grpc::{Actor, ClientSettings, ServiceChannel, channel};
 use common::shutdown::Shutdown;
+use parley_bench::latency_summary;
+use parley_bench::procfs::cpu_seconds;
 use proto::chat::v1::chat_service_client::ChatServiceClient;
 use proto::chat::v1::{CreateRoomRequest, SendMessageRequest, Visibility};
 
@@ -39,30 +41,6 @@ struct Args {
     /// Bytes of text per message.
     #[arg(long, default_value_t = 100)]
     text_bytes: usize,
-}
-
-fn cpu_seconds() -> f64 {
-    // utime + stime of this process, from /proc (Linux); 0 elsewhere.
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[index]) / 1000.0
 }
 
 #[tokio::main]
@@ -118,7 +96,8 @@ async fn main() -> anyhow::Result<()> {
     let text = "x".repeat(args.text_bytes);
     let next = Arc::new(AtomicU64::new(0));
 
-    let cpu_start = cpu_seconds();
+    let pid = std::process::id();
+    let cpu_start = cpu_seconds(pid).unwrap_or(0.0);
     let started = Instant::now();
     let mut senders = tokio::task::JoinSet::new();
     for worker in 0..args.concurrency {
@@ -159,8 +138,7 @@ async fn main() -> anyhow::Result<()> {
         failures += worker_failures;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_start;
-    latencies.sort_unstable();
+    let cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu_start;
     let stored = latencies.len() as f64;
     let summary = serde_json::json!({
         "benchmark": "chat-writes",
@@ -171,11 +149,7 @@ async fn main() -> anyhow::Result<()> {
         "concurrency": args.concurrency,
         "seconds": (elapsed * 1000.0).round() / 1000.0,
         "messages_per_s": (stored / elapsed).round(),
-        "latency_ms": {
-            "p50": percentile(&latencies, 0.50),
-            "p99": percentile(&latencies, 0.99),
-            "max": percentile(&latencies, 1.0),
-        },
+        "latency_ms": latency_summary(&mut latencies),
         "process_cpu_us_per_message": ((cpu * 1e6 / stored) * 10.0).round() / 10.0,
     });
     println!("{summary}");
