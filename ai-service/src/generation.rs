@@ -92,7 +92,10 @@ impl Generator {
         self.streams.finish(&job.stream.id);
         let (event, tap_event) = match outcome {
             Ok(finished) if !finished.cancelled => {
-                tracing::info!(chars = finished.text.chars().count(), "assistant reply complete");
+                tracing::info!(
+                    chars = finished.text.chars().count(),
+                    "assistant reply complete"
+                );
                 let event = json!({
                     "type": "ai.done",
                     "stream_id": job.stream.id,
@@ -105,7 +108,10 @@ impl Generator {
                 (event, done)
             }
             Ok(finished) => {
-                tracing::info!(chars = finished.text.chars().count(), "assistant reply cancelled");
+                tracing::info!(
+                    chars = finished.text.chars().count(),
+                    "assistant reply cancelled"
+                );
                 let message = "the reply was cancelled";
                 let mut event = json!({
                     "type": "ai.error",

@@ -34,8 +34,8 @@ use crate::context::ContextReader;
 pub use crate::error::AiError;
 use crate::generation::{Generator, ReplyLimits};
 pub use crate::provider::{
-    Breaker, ChunkStream, OfflineProvider, OpenAiProvider, Policy, Prompt, Provider,
-    ProviderError, Resilient, Role, Turn,
+    Breaker, ChunkStream, OfflineProvider, OpenAiProvider, Policy, Prompt, Provider, ProviderError,
+    Resilient, Role, Turn,
 };
 use crate::quota::{Limit, Quotas};
 use crate::service::{AiHandler, Rules};

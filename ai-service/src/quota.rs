@@ -171,7 +171,11 @@ mod tests {
         }
         match quotas.acquire(&alice) {
             Err(AiError::RateLimited { retry_after, .. }) => {
-                assert_eq!(retry_after, Duration::from_secs(30), "until the oldest leaves the window");
+                assert_eq!(
+                    retry_after,
+                    Duration::from_secs(30),
+                    "until the oldest leaves the window"
+                );
             }
             other => panic!("expected rate_limited, got {other:?}"),
         }

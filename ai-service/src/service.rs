@@ -338,12 +338,18 @@ mod tests {
     #[test]
     fn prompts_are_trimmed_and_bounded() {
         assert_eq!(prompt_text("  hi \n", 10).expect("valid"), "hi");
-        assert!(matches!(prompt_text(" \t ", 10), Err(AiError::BadRequest(_))));
+        assert!(matches!(
+            prompt_text(" \t ", 10),
+            Err(AiError::BadRequest(_))
+        ));
         assert!(prompt_text(&"é".repeat(10), 10).is_ok());
         assert!(matches!(
             prompt_text(&"é".repeat(11), 10),
             Err(AiError::TooLarge { .. })
         ));
-        assert!(matches!(prompt_text("a\0b", 10), Err(AiError::BadRequest(_))));
+        assert!(matches!(
+            prompt_text("a\0b", 10),
+            Err(AiError::BadRequest(_))
+        ));
     }
 }

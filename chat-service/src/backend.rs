@@ -9,8 +9,8 @@ use proto::chat::v1::chat_backend_service_server::ChatBackendService;
 use proto::chat::v1::publish_event_request::Target;
 use proto::chat::v1::{
     BackendListRoomsRequest, GetEventsRequest, GetEventsResponse, GetHistoryRequest,
-    GetHistoryResponse, GetRoomRequest, GetRoomResponse, ListRoomsResponse, PostMessageRequest, PublishEventRequest,
-    PublishEventResponse, SendMessageRequest, SendMessageResponse, User,
+    GetHistoryResponse, GetRoomRequest, GetRoomResponse, ListRoomsResponse, PostMessageRequest,
+    PublishEventRequest, PublishEventResponse, SendMessageRequest, SendMessageResponse, User,
 };
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
@@ -182,7 +182,10 @@ impl ChatBackendService for BackendHandler {
         &self,
         request: Request<GetRoomRequest>,
     ) -> Result<Response<GetRoomResponse>, Status> {
-        let room = self.chat.existing_room(&request.into_inner().room_id).await?;
+        let room = self
+            .chat
+            .existing_room(&request.into_inner().room_id)
+            .await?;
         Ok(Response::new(GetRoomResponse { room: Some(room) }))
     }
 }

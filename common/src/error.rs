@@ -189,10 +189,17 @@ mod tests {
 
     #[test]
     fn a_retry_hint_travels_in_the_status() {
-        let status = ErrorCode::RateLimited.status_retry_after("slow down", Duration::from_millis(1200));
+        let status =
+            ErrorCode::RateLimited.status_retry_after("slow down", Duration::from_millis(1200));
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert_eq!(ErrorCode::retry_after(&status), Some(Duration::from_millis(1200)));
-        assert_eq!(ErrorCode::retry_after(&ErrorCode::RateLimited.status("x")), None);
+        assert_eq!(
+            ErrorCode::retry_after(&status),
+            Some(Duration::from_millis(1200))
+        );
+        assert_eq!(
+            ErrorCode::retry_after(&ErrorCode::RateLimited.status("x")),
+            None
+        );
     }
 
     #[test]

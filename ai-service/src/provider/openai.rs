@@ -253,7 +253,10 @@ enum Payload {
     /// `[DONE]`: the reply is complete.
     Done,
     /// A completion chunk: its text, and whether it says the reply ended.
-    Chunk { text: Option<String>, finished: bool },
+    Chunk {
+        text: Option<String>,
+        finished: bool,
+    },
 }
 
 fn parse_payload(payload: &str) -> Result<Payload, ProviderError> {
@@ -436,9 +439,6 @@ mod tests {
             "model not found"
         );
         assert_eq!(error_message("plain"), "plain");
-        assert_eq!(
-            error_message(&"x".repeat(2000)).len(),
-            MAX_ERROR_BODY_CHARS
-        );
+        assert_eq!(error_message(&"x".repeat(2000)).len(), MAX_ERROR_BODY_CHARS);
     }
 }

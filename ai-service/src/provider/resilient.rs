@@ -36,11 +36,17 @@ pub struct Breaker {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// A probe is out; another is allowed only if it has not reported within
     /// a cool-down (its caller went away).
-    HalfOpen { since: Instant },
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 impl Breaker {
@@ -146,7 +152,11 @@ impl Resilient {
 
     /// One attempt: the request, then the wait for the first text, both
     /// within the first-token deadline.
-    async fn attempt(&self, provider: &dyn Provider, prompt: &Prompt) -> Result<ChunkStream, ProviderError> {
+    async fn attempt(
+        &self,
+        provider: &dyn Provider,
+        prompt: &Prompt,
+    ) -> Result<ChunkStream, ProviderError> {
         let first = async {
             let mut stream = provider.generate(prompt).await?;
             loop {
@@ -181,7 +191,10 @@ impl Provider for Resilient {
         let mut last = ProviderError::CircuitOpen;
         for candidate in &self.candidates {
             if !candidate.breaker.allow() {
-                tracing::debug!(provider = candidate.provider.name(), "circuit open; skipped");
+                tracing::debug!(
+                    provider = candidate.provider.name(),
+                    "circuit open; skipped"
+                );
                 continue;
             }
             let prompt = match &candidate.model {

@@ -143,7 +143,10 @@ impl AiConfig {
             ("ai.context_tokens", self.context_tokens as u64),
             ("ai.max_prompt_chars", self.max_prompt_chars as u64),
             ("ai.max_reply_chars", self.max_reply_chars as u64),
-            ("ai.requests_per_minute", u64::from(self.requests_per_minute)),
+            (
+                "ai.requests_per_minute",
+                u64::from(self.requests_per_minute),
+            ),
             ("ai.concurrent_streams", u64::from(self.concurrent_streams)),
         ];
         for (key, value) in positive {
@@ -244,7 +247,10 @@ mod tests {
         assert_eq!(ai.api_key.expose(), "12345", "a numeric key stays a string");
         assert_eq!(ai.system_prompt, "42");
         assert_eq!(ai.allowed_models(), ["gpt-4o-mini", "gpt-4o"]);
-        assert!(!format!("{ai:?}").contains("12345"), "the key is never printed");
+        assert!(
+            !format!("{ai:?}").contains("12345"),
+            "the key is never printed"
+        );
     }
 
     #[test]
@@ -256,7 +262,10 @@ mod tests {
                 ("PARLEY_AI_FIRST_TOKEN_TIMEOUT_MS", "200000"),
                 "ai.first_token_timeout_ms",
             ),
-            (("PARLEY_AI_CONCURRENT_STREAMS", "0"), "ai.concurrent_streams"),
+            (
+                ("PARLEY_AI_CONCURRENT_STREAMS", "0"),
+                "ai.concurrent_streams",
+            ),
             (("PARLEY_AI_RETRIES", "50"), "ai.retries"),
             (("PARLEY_AI_MODEL", " "), "ai.model"),
             (("PARLEY_AI_FALLBACK", "openai"), "ai.fallback_base_url"),
