@@ -504,7 +504,7 @@ async fn backends_generate_into_a_room_which_sees_and_keeps_the_reply() {
     };
     let stored = done.message.expect("stored");
     assert_eq!(stored.text, "hello room");
-    let (deltas, end) = tap.reply(&format!("{}", end_stream_id(&stored))).await;
+    let (deltas, end) = tap.reply(&end_stream_id(&stored)).await;
     assert_eq!(joined(&deltas), "hello room");
     assert_eq!(end["type"], "ai.done");
 
