@@ -230,7 +230,7 @@ pub async fn start(
     let ai = ai_service::AiApp::new(
         &config.ai,
         bus.clone(),
-        ChatServiceClient::new(chan(&config.services.chat_url, call_timeout)?),
+        chan(&config.services.chat_url, call_timeout)?,
         &credential,
     )
     .map_err(component("ai"))?;

@@ -1,6 +1,8 @@
 //! The AI service's errors, as gRPC statuses for `Ask` and as `ai.error`
 //! events for a reply that fails after `Ask` returned.
 
+use std::time::Duration;
+
 use common::ErrorCode;
 use common::bus::BusError;
 use tonic::Status;
@@ -15,7 +17,19 @@ pub enum AiError {
     Disabled,
     /// A request field is missing or malformed.
     #[error("{0}")]
-    BadRequest(&'static str),
+    BadRequest(String),
+    /// Over a per-user quota.
+    #[error("{message}")]
+    RateLimited {
+        message: &'static str,
+        retry_after: Duration,
+    },
+    /// No such stream in progress (or it is not visible to the caller).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The caller may not do this (e.g. cancel someone else's reply).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The prompt is longer than allowed.
     #[error("prompt is longer than {max} characters")]
     TooLarge { max: usize },
@@ -27,6 +41,9 @@ pub enum AiError {
     MissingMessage,
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// chat-service answered without the room.
+    #[error("chat service returned no room")]
+    MissingRoom,
     /// The provider finished without producing any text.
     #[error("the model returned an empty reply")]
     EmptyReply,
@@ -43,11 +60,16 @@ impl AiError {
         match self {
             AiError::Disabled => ErrorCode::Disabled,
             AiError::BadRequest(_) => ErrorCode::BadRequest,
+            AiError::RateLimited { .. } => ErrorCode::RateLimited,
+            AiError::NotFound(_) => ErrorCode::NotFound,
+            AiError::Forbidden(_) => ErrorCode::Forbidden,
             AiError::TooLarge { .. } => ErrorCode::TooLarge,
             AiError::Chat(status) => ErrorCode::from_grpc(status.code()),
             AiError::Provider(e) => e.code(),
             AiError::Bus(_) | AiError::ShuttingDown => ErrorCode::Unavailable,
-            AiError::MissingMessage | AiError::EmptyReply => ErrorCode::Internal,
+            AiError::MissingMessage | AiError::MissingRoom | AiError::EmptyReply => {
+                ErrorCode::Internal
+            }
         }
     }
 
@@ -56,7 +78,10 @@ impl AiError {
     pub fn client_message(&self) -> String {
         match self {
             AiError::Chat(status) => status.message().to_string(),
-            AiError::MissingMessage | AiError::Bus(_) => "internal error".to_string(),
+            AiError::Provider(e) => e.client_message(),
+            AiError::MissingMessage | AiError::MissingRoom | AiError::Bus(_) => {
+                "internal error".to_string()
+            }
             other => other.to_string(),
         }
     }
@@ -66,6 +91,10 @@ impl From<AiError> for Status {
     fn from(error: AiError) -> Self {
         match &error {
             AiError::Chat(status) => Status::new(status.code(), status.message()),
+            AiError::RateLimited {
+                message,
+                retry_after,
+            } => ErrorCode::RateLimited.status_retry_after(*message, *retry_after),
             _ => error.code().status(error.client_message()),
         }
     }
@@ -97,9 +126,18 @@ mod tests {
             tonic::Code::OutOfRange
         );
         assert_eq!(
-            Status::from(AiError::BadRequest("prompt is empty")).code(),
+            Status::from(AiError::BadRequest("prompt is empty".into())).code(),
             tonic::Code::InvalidArgument
         );
         assert_eq!(AiError::ShuttingDown.code(), ErrorCode::Unavailable);
+        let limited = Status::from(AiError::RateLimited {
+            message: "too many questions",
+            retry_after: Duration::from_millis(700),
+        });
+        assert_eq!(limited.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            ErrorCode::retry_after(&limited),
+            Some(Duration::from_millis(700))
+        );
     }
 }

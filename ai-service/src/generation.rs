@@ -1,41 +1,133 @@
-//! One assistant reply after `Ask` returned: stream the provider's chunks to
-//! the room as `ai.delta`, store the whole reply through chat-service as the
-//! assistant, then announce it with `ai.done` — or `ai.error` on any failure,
-//! so the room never waits in silence.
+//! One assistant reply after it was accepted: build the conversation, stream
+//! the provider's chunks to the room as `ai.delta` (and to a direct caller),
+//! store the whole reply through chat-service as the assistant, then announce
+//! it with `ai.done` — or `ai.error` on any failure, cancel or deadline, so
+//! nobody waits in silence.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::bus::{Bus, BusError, envelope, room_channel};
 use common::grpc::{Actor, ServiceChannel};
 use common::shutdown::ShutdownSignal;
 use futures::StreamExt;
+use proto::ai::v1::generate_event::Event;
+use proto::ai::v1::{Delta, Done, GenerateEvent, StreamError};
 use proto::chat::v1::chat_service_client::ChatServiceClient;
 use proto::chat::v1::{Message, SendMessageRequest};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use crate::context::{ContextReader, HistoryScope};
 use crate::error::AiError;
-use crate::provider::{Prompt, Provider};
+use crate::provider::{Prompt, Provider, ProviderError, Turn};
+use crate::quota::Slot;
+use crate::streams::{LiveStream, Streams};
+
+/// The error code of a cancelled reply (not a failure: the user asked).
+pub(crate) const CANCELLED: &str = "cancelled";
+
+/// Bounds on one reply.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplyLimits {
+    /// The whole reply, from acceptance to the last chunk.
+    pub(crate) total_timeout: Duration,
+    /// Longest stored reply; longer ones stop with `metadata.truncated`.
+    pub(crate) max_reply_chars: usize,
+}
 
 /// What a reply needs; cheap to clone into each reply task.
 #[derive(Clone)]
 pub(crate) struct Generator {
     pub(crate) provider: Arc<dyn Provider>,
     pub(crate) bus: Arc<dyn Bus>,
+    /// Stores replies as the assistant.
     pub(crate) chat: ChatServiceClient<ServiceChannel>,
+    pub(crate) context: ContextReader,
+    pub(crate) streams: Arc<Streams>,
+    pub(crate) limits: ReplyLimits,
 }
 
 /// One reply to produce.
-#[derive(Debug, Clone)]
 pub(crate) struct Job {
-    pub(crate) stream_id: String,
-    pub(crate) prompt: Prompt,
+    pub(crate) stream: Arc<LiveStream>,
+    /// The history the conversation is built from (room replies).
+    pub(crate) scope: Option<HistoryScope>,
+    /// The question, last in the conversation.
+    pub(crate) question: Option<Turn>,
+    /// Replaces the configured system prompt.
+    pub(crate) system_prompt: Option<String>,
+    pub(crate) model: String,
+    /// A direct caller's stream of events, if any.
+    pub(crate) tap: Option<mpsc::Sender<Result<GenerateEvent, tonic::Status>>>,
+    /// The asker's quota slot, released when the reply ends.
+    pub(crate) slot: Option<Slot>,
+}
+
+/// How a reply ended without failing.
+struct Finished {
+    text: String,
+    /// The stored reply (room replies).
+    message: Option<Message>,
+    cancelled: bool,
+}
+
+/// What stopped the wait for the provider.
+enum Interrupt {
+    Shutdown,
+    Cancelled,
+    Deadline,
 }
 
 impl Generator {
-    /// Produces the reply and publishes its outcome; never fails silently.
-    pub(crate) async fn run(&self, job: Job, shutdown: ShutdownSignal) {
-        match self.reply(&job, shutdown).await {
-            Ok(message) => tracing::info!(message_id = %message.id, "assistant reply stored"),
+    /// Produces the reply and announces its outcome; never fails silently.
+    pub(crate) async fn run(&self, mut job: Job, shutdown: ShutdownSignal) {
+        let outcome = self.reply(&job, shutdown).await;
+        // The asker may ask again as soon as they learn this one ended.
+        drop(job.slot.take());
+        // Unlisted before the last event goes out: a late joiner either sees
+        // the stream listed and then its end live, or sees neither and finds
+        // the stored reply in the log.
+        self.streams.finish(&job.stream.id);
+        let (event, tap_event) = match outcome {
+            Ok(finished) if !finished.cancelled => {
+                tracing::info!(
+                    chars = finished.text.chars().count(),
+                    "assistant reply complete"
+                );
+                let event = json!({
+                    "type": "ai.done",
+                    "stream_id": job.stream.id,
+                    "message": finished.message.as_ref().map(proto::json::message),
+                });
+                let done = Event::Done(Done {
+                    text: finished.text,
+                    message: finished.message,
+                });
+                (event, done)
+            }
+            Ok(finished) => {
+                tracing::info!(
+                    chars = finished.text.chars().count(),
+                    "assistant reply cancelled"
+                );
+                let message = "the reply was cancelled";
+                let mut event = json!({
+                    "type": "ai.error",
+                    "stream_id": job.stream.id,
+                    "error": {"code": CANCELLED, "message": message, "temporary": false},
+                });
+                if let Some(stored) = &finished.message {
+                    event["message"] = proto::json::message(stored);
+                }
+                let error = Event::Error(StreamError {
+                    code: CANCELLED.into(),
+                    message: message.into(),
+                    stored: finished.message,
+                });
+                (event, error)
+            }
             Err(error) => {
                 let code = error.code();
                 if code.temporary() {
@@ -43,61 +135,172 @@ impl Generator {
                 } else {
                     tracing::info!(%error, %code, "assistant reply refused");
                 }
+                let message = error.client_message();
                 let event = json!({
                     "type": "ai.error",
-                    "room": job.prompt.room_id,
-                    "stream_id": job.stream_id,
-                    "error": {"code": code.as_str(), "message": error.client_message()},
+                    "stream_id": job.stream.id,
+                    "error": {"code": code.as_str(), "message": message, "temporary": code.temporary()},
                 });
-                if let Err(error) = self.publish(&job, "ai.error", &event).await {
-                    tracing::error!(%error, "cannot publish ai.error");
+                let error = Event::Error(StreamError {
+                    code: code.as_str().into(),
+                    message,
+                    stored: None,
+                });
+                (event, error)
+            }
+        };
+        let kind = event["type"].as_str().unwrap_or_default().to_string();
+        if let Err(error) = self.publish(&job, &kind, event).await {
+            tracing::error!(%error, kind, "cannot publish the end of a reply");
+        }
+        if let Some(tap) = &job.tap {
+            let _ = tap.send(Ok(job_event(&job, tap_event))).await;
+        }
+    }
+
+    async fn reply(&self, job: &Job, shutdown: ShutdownSignal) -> Result<Finished, AiError> {
+        let stream = &job.stream;
+        let stopped = shutdown.wait();
+        let cancelled = stream.cancel.cancelled();
+        let deadline = tokio::time::sleep_until(Instant::now() + self.limits.total_timeout);
+        tokio::pin!(stopped, cancelled, deadline);
+        macro_rules! guarded {
+            ($future:expr) => {
+                tokio::select! {
+                    biased;
+                    () = &mut stopped => Err(Interrupt::Shutdown),
+                    () = &mut cancelled => Err(Interrupt::Cancelled),
+                    () = &mut deadline => Err(Interrupt::Deadline),
+                    value = $future => Ok(value),
                 }
+            };
+        }
+
+        let start = async {
+            let messages = self
+                .context
+                .conversation(
+                    job.scope.as_ref(),
+                    job.system_prompt.as_deref(),
+                    job.question.clone(),
+                )
+                .await?;
+            let prompt = Prompt {
+                messages,
+                model: job.model.clone(),
+            };
+            Ok::<_, AiError>(self.provider.generate(&prompt).await?)
+        };
+        let mut chunks = match guarded!(start) {
+            Ok(started) => started?,
+            Err(interrupt) => return self.interrupted(job, interrupt).await,
+        };
+
+        let mut truncated = false;
+        loop {
+            let next = match guarded!(chunks.next()) {
+                Ok(next) => next,
+                Err(interrupt) => return self.interrupted(job, interrupt).await,
+            };
+            let Some(chunk) = next else { break };
+            let mut chunk = chunk?;
+            let room = self.limits.max_reply_chars.saturating_sub(stream.chars());
+            if chunk.chars().count() > room {
+                chunk = chunk.chars().take(room).collect();
+                truncated = true;
+            }
+            if !chunk.is_empty() {
+                let index = stream.push(&chunk);
+                self.delta(job, index, chunk).await;
+            }
+            if truncated {
+                break;
+            }
+        }
+        drop(chunks);
+
+        let text = stream.text();
+        if text.trim().is_empty() {
+            return Err(AiError::EmptyReply);
+        }
+        let extra = if truncated {
+            json!({"truncated": true})
+        } else {
+            json!({})
+        };
+        let message = self.store(job, &text, extra).await?;
+        Ok(Finished {
+            text,
+            message,
+            cancelled: false,
+        })
+    }
+
+    /// The end of a reply that was stopped: a cancel stores what was
+    /// written so far; shutdown and the deadline are failures.
+    async fn interrupted(&self, job: &Job, interrupt: Interrupt) -> Result<Finished, AiError> {
+        match interrupt {
+            Interrupt::Shutdown => Err(AiError::ShuttingDown),
+            Interrupt::Deadline => Err(AiError::Provider(ProviderError::Timeout)),
+            Interrupt::Cancelled => {
+                let text = job.stream.text();
+                let message = if text.trim().is_empty() {
+                    None
+                } else {
+                    match self.store(job, &text, json!({"cancelled": true})).await {
+                        Ok(message) => message,
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot store the cancelled reply");
+                            None
+                        }
+                    }
+                };
+                Ok(Finished {
+                    text,
+                    message,
+                    cancelled: true,
+                })
             }
         }
     }
 
-    async fn reply(&self, job: &Job, shutdown: ShutdownSignal) -> Result<Message, AiError> {
-        let mut chunks = self.provider.generate(&job.prompt).await?;
-        let stopped = shutdown.wait();
-        tokio::pin!(stopped);
-        let mut text = String::new();
-        let mut index: u64 = 0;
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = &mut stopped => return Err(AiError::ShuttingDown),
-                next = chunks.next() => next,
-            };
-            let Some(chunk) = next else { break };
-            let chunk = chunk?;
-            if chunk.is_empty() {
-                continue;
-            }
-            text.push_str(&chunk);
-            let delta = json!({
-                "type": "ai.delta",
-                "room": job.prompt.room_id,
-                "stream_id": job.stream_id,
-                "index": index,
-                "text": chunk,
-            });
-            // Deltas are at-most-once: a lost one costs a client the live
-            // preview, not the reply, which ai.done carries in full.
-            if let Err(error) = self.publish(job, "ai.delta", &delta).await {
-                tracing::warn!(%error, index, "cannot publish ai.delta");
-            }
-            index += 1;
+    /// Hands one chunk to the room and the direct caller.
+    async fn delta(&self, job: &Job, index: u64, text: String) {
+        let event = json!({
+            "type": "ai.delta",
+            "stream_id": job.stream.id,
+            "index": index,
+            "text": text,
+        });
+        // Deltas are at-most-once: a lost one costs a client the live
+        // preview, not the reply, which ai.done carries in full.
+        if let Err(error) = self.publish(job, "ai.delta", event).await {
+            tracing::warn!(%error, index, "cannot publish ai.delta");
         }
-        if text.trim().is_empty() {
-            return Err(AiError::EmptyReply);
+        if let Some(tap) = &job.tap {
+            let event = job_event(job, Event::Delta(Delta { index, text }));
+            if tap.send(Ok(event)).await.is_err() && job.stream.room_id.is_none() {
+                // Nobody else is reading a direct stream.
+                job.stream.cancel.cancel();
+            }
         }
+    }
 
+    /// Stores the reply in the room as the assistant (idempotent by stream id).
+    async fn store(&self, job: &Job, text: &str, extra: Value) -> Result<Option<Message>, AiError> {
+        let Some(room_id) = &job.stream.room_id else {
+            return Ok(None);
+        };
+        let mut metadata = json!({"stream_id": job.stream.id});
+        if let (Value::Object(metadata), Value::Object(extra)) = (&mut metadata, extra) {
+            metadata.extend(extra);
+        }
         let request = SendMessageRequest {
-            room_id: job.prompt.room_id.clone(),
-            text,
-            client_msg_id: job.stream_id.clone(),
-            thread_id: None,
-            metadata_json: json!({"stream_id": job.stream_id}).to_string(),
+            room_id: room_id.clone(),
+            text: text.to_string(),
+            client_msg_id: job.stream.id.clone(),
+            thread_id: job.scope.as_ref().and_then(|s| s.thread_id.clone()),
+            metadata_json: metadata.to_string(),
         };
         let stored = self
             .chat
@@ -108,23 +311,15 @@ impl Generator {
             .into_inner()
             .message
             .ok_or(AiError::MissingMessage)?;
-
-        let done = json!({
-            "type": "ai.done",
-            "room": job.prompt.room_id,
-            "stream_id": job.stream_id,
-            "message": proto::json::message(&stored),
-        });
-        // The reply is stored (and announced by chat as message.new), so a
-        // lost ai.done is not a failure of the reply.
-        if let Err(error) = self.publish(job, "ai.done", &done).await {
-            tracing::error!(%error, "cannot publish ai.done");
-        }
-        Ok(stored)
+        Ok(Some(stored))
     }
 
-    async fn publish(&self, job: &Job, kind: &str, event: &Value) -> Result<(), BusError> {
-        let room = &job.prompt.room_id;
+    /// Publishes a stream event to the room (if the reply has one).
+    async fn publish(&self, job: &Job, kind: &str, mut event: Value) -> Result<(), BusError> {
+        let Some(room) = &job.stream.room_id else {
+            return Ok(());
+        };
+        event["room"] = json!(room);
         self.bus
             .publish(
                 &room_channel(room),
@@ -134,151 +329,9 @@ impl Generator {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use async_trait::async_trait;
-    use common::Secret;
-    use common::bus::{BusEvent, MemoryBus};
-    use common::grpc::{ClientSettings, channel};
-    use tokio::sync::mpsc::UnboundedReceiver;
-
-    use super::*;
-    use crate::provider::{ChunkStream, OfflineProvider, ProviderError};
-
-    /// A provider that yields two chunks, then fails.
-    struct Failing;
-
-    #[async_trait]
-    impl Provider for Failing {
-        fn name(&self) -> &'static str {
-            "failing"
-        }
-
-        async fn generate(&self, _prompt: &Prompt) -> Result<ChunkStream, ProviderError> {
-            let items = vec![
-                Ok("half ".to_string()),
-                Ok("a ".to_string()),
-                Err(ProviderError::Timeout),
-            ];
-            Ok(Box::pin(futures::stream::iter(items)))
-        }
-    }
-
-    /// A chat client whose server does not exist: every call is `unavailable`.
-    async fn unreachable_chat() -> ChatServiceClient<ServiceChannel> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        drop(listener);
-        let settings = ClientSettings {
-            credential: Secret::new("c".repeat(32)),
-            connect_timeout: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-        };
-        ChatServiceClient::new(channel(&url, &settings).expect("channel"))
-    }
-
-    async fn run(provider: Arc<dyn Provider>) -> Vec<Value> {
-        let bus = MemoryBus::new();
-        let (subscriber, events) = bus.subscriber().await.expect("subscriber");
-        subscriber
-            .subscribe(&room_channel("r_1"))
-            .await
-            .expect("subscribe");
-        let generator = Generator {
-            provider,
-            bus: Arc::new(bus),
-            chat: unreachable_chat().await,
-        };
-        let job = Job {
-            stream_id: "s_1".into(),
-            prompt: Prompt {
-                room_id: "r_1".into(),
-                text: "hello there".into(),
-                model: None,
-            },
-        };
-        generator.run(job, ShutdownSignal::never()).await;
-        drain(events)
-    }
-
-    fn drain(mut events: UnboundedReceiver<BusEvent>) -> Vec<Value> {
-        let mut out = Vec::new();
-        while let Ok(BusEvent::Message { envelope, .. }) = events.try_recv() {
-            assert_eq!(envelope.room_id, "r_1");
-            let event: Value = serde_json::from_str(&envelope.json).expect("json");
-            assert_eq!(event["type"], envelope.kind);
-            out.push(event);
-        }
-        out
-    }
-
-    #[tokio::test]
-    async fn a_provider_failure_ends_the_stream_with_ai_error() {
-        let events = run(Arc::new(Failing)).await;
-        let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
-        assert_eq!(kinds, ["ai.delta", "ai.delta", "ai.error"]);
-        assert_eq!(events[0]["index"], 0);
-        assert_eq!(events[1]["index"], 1);
-        assert_eq!(events[2]["stream_id"], "s_1");
-        assert_eq!(events[2]["error"]["code"], "timeout");
-    }
-
-    #[tokio::test]
-    async fn a_reply_that_cannot_be_stored_ends_with_ai_error() {
-        let events = run(Arc::new(OfflineProvider::new(Duration::ZERO))).await;
-        let (last, deltas) = events.split_last().expect("events");
-        assert_eq!(deltas.len(), OfflineProvider::chunks("hello there").len());
-        for (i, delta) in deltas.iter().enumerate() {
-            assert_eq!(delta["type"], "ai.delta");
-            assert_eq!(delta["index"], i);
-        }
-        assert_eq!(last["type"], "ai.error");
-        assert_eq!(last["error"]["code"], "unavailable", "{last}");
-    }
-
-    #[tokio::test]
-    async fn shutdown_interrupts_the_stream_with_ai_error() {
-        let bus = MemoryBus::new();
-        let (subscriber, events) = bus.subscriber().await.expect("subscriber");
-        subscriber
-            .subscribe(&room_channel("r_1"))
-            .await
-            .expect("subscribe");
-        let generator = Generator {
-            provider: Arc::new(OfflineProvider::new(Duration::from_secs(3600))),
-            bus: Arc::new(bus),
-            chat: unreachable_chat().await,
-        };
-        let job = Job {
-            stream_id: "s_1".into(),
-            prompt: Prompt {
-                room_id: "r_1".into(),
-                text: "hello".into(),
-                model: None,
-            },
-        };
-        let shutdown = common::shutdown::Shutdown::new();
-        let task = tokio::spawn({
-            let signal = shutdown.signal();
-            async move { generator.run(job, signal).await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("stops")
-            .expect("joins");
-        let events = drain(events);
-        assert_eq!(
-            events.first().map(|e| e["type"].clone()),
-            Some(json!("ai.delta"))
-        );
-        let last = events.last().expect("events");
-        assert_eq!(last["type"], "ai.error");
-        assert_eq!(last["error"]["code"], "unavailable");
+fn job_event(job: &Job, event: Event) -> GenerateEvent {
+    GenerateEvent {
+        stream_id: job.stream.id.clone(),
+        event: Some(event),
     }
 }

@@ -7,42 +7,54 @@
 //! [`OfflineProvider`], a clearly labelled development stand-in that is not
 //! a language model.
 
+mod context;
 mod error;
 mod generation;
 mod provider;
+mod quota;
 mod service;
+mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::Secret;
 use common::bus::Bus;
-use common::config::{AiConfig, AiProvider};
+use common::config::{AiConfig, AiFallback, AiProvider};
 use common::grpc::{CredentialCheck, ServiceChannel};
 use common::shutdown::ShutdownSignal;
 use proto::ai::v1::ai_service_server::{AiServiceServer, SERVICE_NAME};
+use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use proto::chat::v1::chat_service_client::ChatServiceClient;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::service::Routes;
 
+use crate::context::ContextReader;
 pub use crate::error::AiError;
-use crate::generation::Generator;
-pub use crate::provider::{ChunkStream, OfflineProvider, Prompt, Provider, ProviderError};
-use crate::service::AskHandler;
+use crate::generation::{Generator, ReplyLimits};
+pub use crate::provider::{
+    Breaker, ChunkStream, OfflineProvider, OpenAiProvider, Policy, Prompt, Provider, ProviderError,
+    Resilient, Role, Turn,
+};
+use crate::quota::{Limit, Quotas};
+use crate::service::{AiHandler, Rules};
+use crate::streams::Streams;
 
 /// Longest wait, after the server stopped, for replies in progress to
 /// publish their outcome.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// Connect timeout towards model providers.
+const PROVIDER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The AI service, ready to serve.
 pub struct AiApp {
-    /// Whether `Ask` is switched on.
-    enabled: bool,
+    config: AiConfig,
+    /// The configured provider(s) behind retries, deadlines and breakers.
     provider: Arc<dyn Provider>,
     bus: Arc<dyn Bus>,
-    /// Where prompts and replies are stored.
-    chat: ChatServiceClient<ServiceChannel>,
+    /// Where prompts and replies are stored and history is read.
+    chat: ServiceChannel,
     /// Credential callers must present (`authorization: Bearer …`).
     credential: Secret,
 }
@@ -50,7 +62,7 @@ pub struct AiApp {
 impl std::fmt::Debug for AiApp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AiApp")
-            .field("enabled", &self.enabled)
+            .field("enabled", &self.config.enabled)
             .field("provider", &self.provider.name())
             .field("credential", &self.credential)
             .finish_non_exhaustive()
@@ -58,15 +70,16 @@ impl std::fmt::Debug for AiApp {
 }
 
 impl AiApp {
-    /// Builds the service: the provider `config` names, the bus replies are
-    /// streamed on, and a chat-service client for storing messages.
+    /// Builds the service: the provider `config` names (with its fallback,
+    /// retries and breakers), the bus replies are streamed on, and a channel
+    /// to chat-service for storing messages and reading history.
     pub fn new(
         config: &AiConfig,
         bus: Arc<dyn Bus>,
-        chat: ChatServiceClient<ServiceChannel>,
+        chat: ServiceChannel,
         credential: &Secret,
     ) -> Result<AiApp, AiError> {
-        let provider: Arc<dyn Provider> = match config.provider {
+        let main: Arc<dyn Provider> = match config.provider {
             AiProvider::Offline => {
                 if config.enabled {
                     tracing::warn!(
@@ -77,23 +90,58 @@ impl AiApp {
                     config.offline_chunk_delay_ms,
                 )))
             }
+            AiProvider::Openai => Arc::new(OpenAiProvider::new(
+                "openai",
+                &config.base_url,
+                config.api_key.clone(),
+                PROVIDER_CONNECT_TIMEOUT,
+            )?),
         };
+        let fallback: Option<(Arc<dyn Provider>, Option<String>)> = match config.fallback {
+            AiFallback::None => None,
+            AiFallback::Offline => Some((
+                Arc::new(OfflineProvider::new(Duration::from_millis(
+                    config.offline_chunk_delay_ms,
+                ))),
+                None,
+            )),
+            AiFallback::Openai => Some((
+                Arc::new(OpenAiProvider::new(
+                    "fallback",
+                    &config.fallback_base_url,
+                    config.fallback_api_key.clone(),
+                    PROVIDER_CONNECT_TIMEOUT,
+                )?),
+                Some(config.fallback_model.clone()),
+            )),
+        };
+        let breaker = || {
+            Breaker::new(
+                config.breaker_failures,
+                Duration::from_millis(config.breaker_cooldown_ms),
+            )
+        };
+        let mut provider = Resilient::new(main, breaker(), policy(config));
+        if let Some((fallback, model)) = fallback {
+            provider = provider.with_fallback(fallback, breaker(), model);
+        }
         Ok(AiApp {
-            enabled: config.enabled,
-            provider,
+            config: config.clone(),
+            provider: Arc::new(provider),
             bus,
             chat,
             credential: credential.clone(),
         })
     }
 
-    /// Replaces the configured provider (embedding applications, tests).
+    /// Replaces the configured providers (embedding applications, tests);
+    /// `provider` is used as given, without the configured retries and breakers.
     pub fn with_provider(mut self, provider: Arc<dyn Provider>) -> AiApp {
         self.provider = provider;
         self
     }
 
-    /// Serves `Ask` (plus health and reflection) on `listener` until
+    /// Serves the AI service (plus health and reflection) on `listener` until
     /// `shutdown` fires; replies in progress then end with `ai.error`.
     pub async fn serve(
         self,
@@ -101,13 +149,40 @@ impl AiApp {
         shutdown: ShutdownSignal,
     ) -> Result<(), tonic::transport::Error> {
         let (running, mut finished) = mpsc::channel::<()>(1);
-        let handler = AskHandler {
-            enabled: self.enabled,
+        let config = &self.config;
+        let backend = ChatBackendServiceClient::new(self.chat.clone());
+        let handler = AiHandler {
+            rules: Arc::new(Rules {
+                enabled: config.enabled,
+                max_prompt_chars: config.max_prompt_chars,
+                models: config.allowed_models(),
+            }),
             generator: Generator {
                 provider: self.provider,
                 bus: self.bus,
-                chat: self.chat,
+                chat: ChatServiceClient::new(self.chat),
+                context: ContextReader {
+                    chat: backend.clone(),
+                    system_prompt: config.system_prompt.clone(),
+                    budget: config.context_tokens,
+                },
+                streams: Arc::new(Streams::default()),
+                limits: ReplyLimits {
+                    total_timeout: Duration::from_millis(config.total_timeout_ms),
+                    max_reply_chars: config.max_reply_chars,
+                },
             },
+            quotas: Quotas::new(
+                Limit {
+                    per_minute: config.requests_per_minute,
+                    concurrent: config.concurrent_streams,
+                },
+                Limit {
+                    per_minute: config.anonymous_requests_per_minute,
+                    concurrent: config.anonymous_concurrent_streams,
+                },
+            ),
+            backend,
             shutdown: shutdown.clone(),
             running,
         };
@@ -129,5 +204,14 @@ impl AiApp {
             tracing::warn!("assistant replies still running after the shutdown grace period");
         }
         Ok(())
+    }
+}
+
+/// The retry and deadline policy of `config`.
+pub fn policy(config: &AiConfig) -> Policy {
+    Policy {
+        first_token_timeout: Duration::from_millis(config.first_token_timeout_ms),
+        retries: config.retries,
+        backoff: Duration::from_millis(config.retry_backoff_ms),
     }
 }

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use ai_service::AiApp;
 use common::grpc::{ClientSettings, channel};
-use proto::chat::v1::chat_service_client::ChatServiceClient;
 
-/// Deadline of each chat-service call (storing a prompt or a reply).
+/// Deadline of each chat-service call (storing a prompt or a reply, reading history).
 const CHAT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::main]
@@ -19,7 +18,7 @@ async fn main() -> ExitCode {
             connect_timeout: Duration::from_millis(config.services.connect_timeout_ms),
             timeout: CHAT_TIMEOUT,
         };
-        let chat = ChatServiceClient::new(channel(&config.services.chat_url, &settings)?);
+        let chat = channel(&config.services.chat_url, &settings)?;
         let bus = common::bus::connect(&config.bus).await?;
         let app = AiApp::new(&config.ai, bus, chat, &config.services.credential)?;
         let listener = tokio::net::TcpListener::bind(config.ai.listen).await?;

@@ -1,7 +1,7 @@
 //! `parley.chat.v1.ChatBackendService`: what other backends may do that
 //! WebSocket users cannot — post as a bot or system sender, push `custom`
-//! events to a room or to all of one user's connections, and read rooms and
-//! history without being a member. Callers hold the service credential; the
+//! events to a room or to all of one user's connections, and read rooms,
+//! history and logs without being a member. Callers hold the service credential; the
 //! edge maps no client frame to these methods.
 
 use common::bus::{envelope, room_channel, user_channel};
@@ -9,8 +9,8 @@ use proto::chat::v1::chat_backend_service_server::ChatBackendService;
 use proto::chat::v1::publish_event_request::Target;
 use proto::chat::v1::{
     BackendListRoomsRequest, GetEventsRequest, GetEventsResponse, GetHistoryRequest,
-    GetHistoryResponse, ListRoomsResponse, PostMessageRequest, PublishEventRequest,
-    PublishEventResponse, SendMessageRequest, SendMessageResponse, User,
+    GetHistoryResponse, GetRoomRequest, GetRoomResponse, ListRoomsResponse, PostMessageRequest,
+    PublishEventRequest, PublishEventResponse, SendMessageRequest, SendMessageResponse, User,
 };
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
@@ -176,6 +176,17 @@ impl ChatBackendService for BackendHandler {
         let request = request.into_inner();
         let room = self.chat.existing_room(&request.room_id).await?;
         Ok(Response::new(self.chat.log_page(&room.id, &request).await?))
+    }
+
+    async fn get_room(
+        &self,
+        request: Request<GetRoomRequest>,
+    ) -> Result<Response<GetRoomResponse>, Status> {
+        let room = self
+            .chat
+            .existing_room(&request.into_inner().room_id)
+            .await?;
+        Ok(Response::new(GetRoomResponse { room: Some(room) }))
     }
 }
 

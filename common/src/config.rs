@@ -16,6 +16,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::secret::Secret;
 
+mod ai;
+
+pub use self::ai::{AiConfig, AiFallback, AiProvider};
+
 /// Sections of the config file, in `PARLEY_<SECTION>_<KEY>` order.
 const SECTIONS: &[&str] = &[
     "edge", "auth", "chat", "ai", "presence", "bus", "services", "log",
@@ -168,37 +172,6 @@ impl Default for ChatConfig {
     }
 }
 
-/// Which model provider the AI service uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AiProvider {
-    /// The built-in offline development stand-in (not a language model).
-    Offline,
-}
-
-/// The AI service.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AiConfig {
-    pub listen: SocketAddr,
-    /// Switches `ai.ask` on or off.
-    pub enabled: bool,
-    pub provider: AiProvider,
-    /// Pause between chunks of the offline provider, to look like streaming.
-    pub offline_chunk_delay_ms: u64,
-}
-
-impl Default for AiConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
-            enabled: true,
-            provider: AiProvider::Offline,
-            offline_chunk_delay_ms: 40,
-        }
-    }
-}
-
 /// Where state lives: this process or Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -308,7 +281,7 @@ impl Default for LogConfig {
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
-pub struct ConfigError(String);
+pub struct ConfigError(pub(crate) String);
 
 impl ConfigError {
     pub fn new(message: impl Into<String>) -> Self {
@@ -457,6 +430,7 @@ impl Config {
                 )));
             }
         }
+        self.ai.validate()?;
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
             return Err(ConfigError(format!("key `log.level`: {e}")));
         }
@@ -522,14 +496,23 @@ impl Provider for EnvPairs {
 fn is_string_key(key: &str) -> bool {
     key.ends_with("_url")
         || key.ends_with("secret")
+        || key.ends_with("api_key")
+        || key.ends_with("model")
+        || key.ends_with("prompt")
         || matches!(
             key,
-            "credential" | "issuer" | "audience" | "channel_prefix" | "level" | "allowed_origins"
+            "credential"
+                | "issuer"
+                | "audience"
+                | "channel_prefix"
+                | "level"
+                | "allowed_origins"
+                | "models"
         )
 }
 
 /// Accepts a list or a comma-separated string (handy in environment variables).
-fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {

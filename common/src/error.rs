@@ -2,6 +2,11 @@
 //! whether a retry can help.
 
 use std::fmt;
+use std::time::Duration;
+
+/// gRPC metadata key of how long a caller should wait before retrying a
+/// `rate_limited` call, in milliseconds (the edge turns it into `retry_after_ms`).
+pub const RETRY_AFTER_MS: &str = "x-parley-retry-after-ms";
 
 /// Error codes of the WebSocket protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +152,22 @@ impl ErrorCode {
     pub fn status(self, message: impl Into<String>) -> tonic::Status {
         tonic::Status::new(self.grpc(), message)
     }
+
+    /// A status that also says when a retry may succeed.
+    pub fn status_retry_after(self, message: impl Into<String>, after: Duration) -> tonic::Status {
+        let mut status = self.status(message);
+        let ms = after.as_millis().max(1).to_string();
+        if let Ok(value) = ms.parse() {
+            status.metadata_mut().insert(RETRY_AFTER_MS, value);
+        }
+        status
+    }
+
+    /// The retry hint of a status made by [`ErrorCode::status_retry_after`].
+    pub fn retry_after(status: &tonic::Status) -> Option<Duration> {
+        let ms = status.metadata().get(RETRY_AFTER_MS)?.to_str().ok()?;
+        ms.parse().ok().map(Duration::from_millis)
+    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -164,6 +185,21 @@ mod tests {
         for row in TABLE {
             assert_eq!(ErrorCode::from_grpc(row.0.grpc()), row.0, "{}", row.1);
         }
+    }
+
+    #[test]
+    fn a_retry_hint_travels_in_the_status() {
+        let status =
+            ErrorCode::RateLimited.status_retry_after("slow down", Duration::from_millis(1200));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            ErrorCode::retry_after(&status),
+            Some(Duration::from_millis(1200))
+        );
+        assert_eq!(
+            ErrorCode::retry_after(&ErrorCode::RateLimited.status("x")),
+            None
+        );
     }
 
     #[test]

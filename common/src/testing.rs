@@ -1,5 +1,6 @@
 //! Test helpers shared by every crate's tests (feature `testing`): a fresh
-//! database per test and the Redis URL to test against.
+//! database per test, the Redis URL to test against, and an
+//! OpenAI-compatible model server ([`FakeOpenAi`]).
 //!
 //! Without environment variables a test gets a new SQLite file and no Redis,
 //! so `cargo test` passes on a fresh machine. With
@@ -8,9 +9,13 @@
 //! paths run. A variable that is set but whose service cannot be reached
 //! fails the test loudly: CI never skips them silently.
 
+mod fake_openai;
+
 use std::path::PathBuf;
 
 use sqlx::Connection;
+
+pub use self::fake_openai::{FakeOpenAi, Reply};
 
 /// Names the Postgres server tests run against (e.g. `postgres://postgres@127.0.0.1:5432/test`).
 pub const DATABASE_URL_VAR: &str = "PARLEY_TEST_DATABASE_URL";

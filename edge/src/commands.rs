@@ -32,7 +32,6 @@ const NOT_YET: &[&str] = &[
     "presence.set",
     "presence.subscribe",
     "presence.unsubscribe",
-    "ai.cancel",
     "call.invite",
     "call.answer",
     "call.reject",
@@ -62,6 +61,7 @@ pub(crate) async fn dispatch(conn: &mut Conn, command: Command) -> Result<Outcom
         "message.send" => message_send(conn, &command).await,
         "message.history" => message_history(conn, &command).await,
         "ai.ask" => ai_ask(conn, &command).await,
+        "ai.cancel" => crate::ai_commands::cancel(conn, &command).await,
         "room.invite" => room_invite(conn, &command).await,
         "room.remove_member" => room_remove_member(conn, &command).await,
         "message.edit" => message_edit(conn, &command).await,
@@ -89,6 +89,7 @@ fn is_known(kind: &str) -> bool {
                 | "message.send"
                 | "message.history"
                 | "ai.ask"
+                | "ai.cancel"
                 | "room.invite"
                 | "room.remove_member"
                 | "message.edit"
@@ -113,7 +114,7 @@ fn reply(value: Value) -> Outcome {
     }
 }
 
-fn actor(conn: &Conn) -> Result<Actor, CommandError> {
+pub(crate) fn actor(conn: &Conn) -> Result<Actor, CommandError> {
     let identity = conn.identity.as_ref().ok_or_else(|| {
         CommandError::new(ErrorCode::Unauthorized, "authenticate first (send `auth`)")
     })?;
@@ -300,6 +301,7 @@ async fn room_join(conn: &mut Conn, command: &Command) -> Result<Outcome, Comman
             return Err(CommandError::from_status("chat", &status));
         }
     };
+    let streams = crate::ai_commands::streams(conn, &room).await;
     conn.rooms.insert(room);
     let events: Vec<Value> = response
         .events
@@ -312,7 +314,7 @@ async fn room_join(conn: &mut Conn, command: &Command) -> Result<Outcome, Comman
         "events": events,
         "recovered": response.recovered,
         "has_more": response.has_more,
-        "streams": [],
+        "streams": streams,
         "online": response.online,
     });
     let reply = command.id.map(|id| match fields {
@@ -464,11 +466,13 @@ async fn ai_ask(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandEr
     };
     let model = optional_string(body, "model", 128)?;
     let client_msg_id = optional_string(body, "client_msg_id", 64)?.unwrap_or_default();
+    let thread_id = optional_string(body, "thread", ID_MAX)?;
     let request = actor(conn)?.request(AskRequest {
         room_id: room,
         prompt,
         model,
         client_msg_id,
+        thread_id,
     });
     let response = conn
         .shared

@@ -46,7 +46,9 @@ impl CommandError {
             ErrorCode::Internal => "internal error".to_string(),
             _ => status.message().to_string(),
         };
-        Self::new(code, message)
+        let mut error = Self::new(code, message);
+        error.retry_after_ms = ErrorCode::retry_after(status).map(|d| d.as_millis() as u64);
+        error
     }
 }
 

@@ -2,6 +2,7 @@
 //! through auth-service, turns every command frame into one gRPC call, and
 //! fans room events from the bus out to the connections that joined.
 
+mod ai_commands;
 mod commands;
 mod conn;
 mod frames;

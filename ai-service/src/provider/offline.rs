@@ -1,5 +1,5 @@
 //! The built-in offline development provider: a deterministic stand-in that
-//! echoes the prompt. It is not a language model and says so in every reply.
+//! echoes the question (the last user message). It is not a language model and says so in every reply.
 
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ impl Provider for OfflineProvider {
 
     async fn generate(&self, prompt: &Prompt) -> Result<ChunkStream, ProviderError> {
         let delay = self.chunk_delay;
-        let chunks = Self::chunks(&prompt.text).into_iter();
+        let chunks = Self::chunks(prompt.question()).into_iter();
         let stream =
             futures::stream::unfold((chunks, true), move |(mut chunks, first)| async move {
                 let chunk = chunks.next()?;
@@ -129,12 +129,16 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
+    use crate::provider::{Role, Turn};
 
     fn prompt(text: &str) -> Prompt {
         Prompt {
-            room_id: "r_1".into(),
-            text: text.into(),
-            model: None,
+            messages: vec![
+                Turn::new(Role::System, None, "be brief"),
+                Turn::new(Role::User, Some("Ann".into()), text),
+                Turn::new(Role::Assistant, None, "an earlier answer"),
+            ],
+            model: "offline".into(),
         }
     }
 

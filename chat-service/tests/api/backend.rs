@@ -8,7 +8,8 @@ use common::grpc::channel;
 use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use proto::chat::v1::publish_event_request::Target;
 use proto::chat::v1::{
-    BackendListRoomsRequest, PostMessageRequest, PublishEventRequest, User, Visibility,
+    BackendListRoomsRequest, GetRoomRequest, PostMessageRequest, PublishEventRequest, User,
+    Visibility,
 };
 use serde_json::json;
 use tonic::{Code, Request};
@@ -268,6 +269,33 @@ async fn backends_read_a_private_rooms_history_without_an_actor() {
         .get_history(history_of(&room.id, 0))
         .await;
     assert_eq!(code(anonymous), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn backends_read_a_private_room_and_its_owner_without_an_actor() {
+    let app = spawn_app().await;
+    let room = app.private_room(ALICE, "secret", &[BOB]).await;
+    let read = app
+        .backend
+        .clone()
+        .get_room(GetRoomRequest {
+            room_id: room.id.clone(),
+        })
+        .await
+        .expect("backend room")
+        .into_inner()
+        .room
+        .expect("room");
+    assert_eq!(read.id, room.id);
+    assert_eq!(read.owner_id, ALICE);
+    let unknown = app
+        .backend
+        .clone()
+        .get_room(GetRoomRequest {
+            room_id: "r_no_such_room".into(),
+        })
+        .await;
+    assert_eq!(code(unknown), Code::NotFound);
 }
 
 #[tokio::test]
