@@ -225,6 +225,8 @@ pub struct PresenceConfig {
     pub listen: SocketAddr,
     pub backend: Backend,
     pub redis_url: String,
+    /// Prefix of every Redis key, so several deployments can share a Redis.
+    pub redis_prefix: String,
     /// Lease lifetime; an edge that stops renewing loses its users after this.
     pub lease_ttl_ms: u64,
     /// A user whose last lease ended is announced offline only after this
@@ -244,6 +246,7 @@ impl Default for PresenceConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
             backend: Backend::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "presence:".into(),
             lease_ttl_ms: 30_000,
             grace_ms: 5_000,
             sweep_ms: 1_000,
@@ -423,6 +426,11 @@ impl Config {
         )?;
         at_least("presence.lease_ttl_ms", self.presence.lease_ttl_ms, 1_000)?;
         at_least("presence.sweep_ms", self.presence.sweep_ms, 10)?;
+        if self.presence.redis_prefix.is_empty() {
+            return Err(ConfigError::new(
+                "key `presence.redis_prefix`: must not be empty",
+            ));
+        }
         at_least("presence.call_ring_ms", self.presence.call_ring_ms, 100)?;
         at_least(
             "edge.presence_subscribe_max",
@@ -561,7 +569,13 @@ fn is_string_key(key: &str) -> bool {
         || key.ends_with("secret")
         || matches!(
             key,
-            "credential" | "issuer" | "audience" | "channel_prefix" | "level" | "allowed_origins"
+            "credential"
+                | "issuer"
+                | "audience"
+                | "channel_prefix"
+                | "redis_prefix"
+                | "level"
+                | "allowed_origins"
         )
 }
 

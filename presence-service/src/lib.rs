@@ -56,7 +56,7 @@ impl std::fmt::Debug for PresenceApp {
 
 impl PresenceApp {
     /// Builds the service on the store `config.backend` names (Redis keys
-    /// under [`RedisStore::DEFAULT_PREFIX`]); fails when Redis is unreachable.
+    /// under `config.redis_prefix`); fails when Redis is unreachable.
     /// Changes are announced on `bus`; missed-call notifications go to
     /// `chat` when given.
     pub async fn connect(
@@ -70,7 +70,7 @@ impl PresenceApp {
             Backend::Redis => Arc::new(
                 RedisStore::connect(
                     &config.redis_url,
-                    RedisStore::DEFAULT_PREFIX,
+                    &config.redis_prefix,
                     Arc::new(SystemClock),
                 )
                 .await?,

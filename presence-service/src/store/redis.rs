@@ -365,9 +365,6 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// The key prefix in production.
-    pub const DEFAULT_PREFIX: &'static str = "presence:";
-
     /// Connects to `url` (checked with `PING`); keys go under `prefix`.
     pub async fn connect(
         url: &str,
