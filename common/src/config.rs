@@ -671,6 +671,8 @@ mod tests {
         assert!(e.to_string().contains("edge.typing_timeout_ms"), "{e}");
         let e = load(&[("PARLEY_PRESENCE_GRACE_MS", "soon")]).expect_err("not a number");
         assert!(e.to_string().contains("presence.grace_ms"), "{e}");
+        let e = load(&[("PARLEY_PRESENCE_REDIS_PREFIX", "")]).expect_err("empty prefix");
+        assert!(e.to_string().contains("presence.redis_prefix"), "{e}");
         let e = load(&[("PARLEY_PRESENCE_SWEEP_MS", "0")]).expect_err("zero");
         assert!(e.to_string().contains("presence.sweep_ms"), "{e}");
         let e = load(&[("PARLEY_PRESENCE_CALL_RING_MS", "1")]).expect_err("too short");
