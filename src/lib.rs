@@ -217,9 +217,17 @@ pub async fn start(
     let mut tasks = JoinSet::new();
 
     let auth = auth_service::AuthApp::new(&config.auth, &credential).map_err(component("auth"))?;
-    let presence = presence_service::PresenceApp::connect(&config.presence, &credential)
-        .await
-        .map_err(component("presence"))?;
+    let presence = presence_service::PresenceApp::connect(
+        &config.presence,
+        bus.clone(),
+        Some(ChatBackendServiceClient::new(chan(
+            &config.services.chat_url,
+            call_timeout,
+        )?)),
+        &credential,
+    )
+    .await
+    .map_err(component("presence"))?;
     let chat_parts = ChatParts {
         config: config.chat.clone(),
         bus: bus.clone(),

@@ -8,9 +8,10 @@ use common::bus::{envelope, room_channel, user_channel};
 use proto::chat::v1::chat_backend_service_server::ChatBackendService;
 use proto::chat::v1::publish_event_request::Target;
 use proto::chat::v1::{
-    BackendListRoomsRequest, GetEventsRequest, GetEventsResponse, GetHistoryRequest,
-    GetHistoryResponse, GetRoomRequest, GetRoomResponse, ListRoomsResponse, PostMessageRequest,
-    PublishEventRequest, PublishEventResponse, SendMessageRequest, SendMessageResponse, User,
+    BackendListRoomsRequest, CreateNotificationRequest, CreateNotificationResponse,
+    GetEventsRequest, GetEventsResponse, GetHistoryRequest, GetHistoryResponse, GetRoomRequest,
+    GetRoomResponse, ListRoomsResponse, Notification, PostMessageRequest, PublishEventRequest,
+    PublishEventResponse, SendMessageRequest, SendMessageResponse, User,
 };
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
@@ -26,6 +27,8 @@ pub const SYSTEM_SENDER: &str = "system";
 pub const MAX_CUSTOM_DATA_BYTES: usize = 16 * 1024;
 /// Longest custom event name, in bytes.
 pub const MAX_EVENT_NAME_BYTES: usize = 64;
+/// Kinds a backend may not create (they are chat-service's own).
+const RESERVED_NOTIFICATION_KINDS: &[&str] = &["mention"];
 
 /// Serves the backend API on top of the chat handler.
 #[derive(Clone)]
@@ -91,8 +94,87 @@ fn custom_event(room: Option<&str>, event: &str, data_json: &str) -> Result<Stri
     Ok(event.to_string())
 }
 
+/// A notification a backend asked for: its client JSON is `data` plus the
+/// fields the service owns.
+fn backend_notification(request: CreateNotificationRequest) -> Result<Notification, ChatError> {
+    check_id("user_id", &request.user_id)?;
+    let valid_kind = !request.kind.is_empty()
+        && request.kind.len() <= MAX_EVENT_NAME_BYTES
+        && request
+            .kind
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid_kind || RESERVED_NOTIFICATION_KINDS.contains(&request.kind.as_str()) {
+        return Err(ChatError::BadRequest(format!(
+            "kind must be 1 to {MAX_EVENT_NAME_BYTES} characters of [a-z0-9_], not mention"
+        )));
+    }
+    if !request.room_id.is_empty() {
+        check_id("room_id", &request.room_id)?;
+    }
+    if request.data_json.len() > MAX_CUSTOM_DATA_BYTES {
+        return Err(ChatError::TooLarge(format!(
+            "data is larger than {MAX_CUSTOM_DATA_BYTES} bytes"
+        )));
+    }
+    let mut body = match request.data_json.as_str() {
+        "" => json!({}),
+        data => match serde_json::from_str(data) {
+            Ok(value @ Value::Object(_)) => value,
+            _ => {
+                return Err(ChatError::BadRequest(
+                    "data_json must be a JSON object".into(),
+                ));
+            }
+        },
+    };
+    let id = common::ids::new_id("n");
+    let created_at = common::ids::now_ms();
+    body["id"] = json!(id);
+    body["kind"] = json!(request.kind);
+    body["created_at"] = json!(created_at);
+    if !request.room_id.is_empty() {
+        body["room"] = json!(request.room_id);
+    }
+    Ok(Notification {
+        id,
+        kind: request.kind,
+        room_id: request.room_id,
+        message_id: None,
+        json: body.to_string(),
+        created_at,
+        read: false,
+        user_id: request.user_id,
+    })
+}
+
 #[tonic::async_trait]
 impl ChatBackendService for BackendHandler {
+    async fn create_notification(
+        &self,
+        request: Request<CreateNotificationRequest>,
+    ) -> Result<Response<CreateNotificationResponse>, Status> {
+        let notification = backend_notification(request.into_inner())?;
+        self.chat.store.add_notification(&notification).await?;
+        let event = json!({
+            "type": "notification.new",
+            "notification": proto::json::notification(&notification),
+        });
+        let envelope = envelope("", 0, "notification.new", event.to_string());
+        // Stored is what counts; a lost event is found by notification.list.
+        if let Err(error) = self
+            .chat
+            .bus
+            .publish(&user_channel(&notification.user_id), &envelope)
+            .await
+        {
+            tracing::warn!(%error, "cannot publish notification");
+        }
+        Ok(Response::new(CreateNotificationResponse {
+            notification: Some(notification),
+        }))
+    }
+
     async fn post_message(
         &self,
         request: Request<PostMessageRequest>,

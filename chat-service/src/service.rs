@@ -108,25 +108,27 @@ impl ChatHandler {
         Ok((room, role))
     }
 
-    /// Who of the room's members is online now; empty when presence is
-    /// unreachable (a join does not fail for it).
-    async fn online(&self, room_id: &str) -> Vec<String> {
-        let Some(presence) = self.presence.clone() else {
-            return Vec::new();
-        };
-        let user_ids = match self.store.members(room_id, MAX_PRESENCE_LOOKUP).await {
-            Ok(members) if !members.is_empty() => members.into_iter().map(|m| m.id).collect(),
-            Ok(_) => return Vec::new(),
+    /// The room's member ids (the first [`MAX_PRESENCE_LOOKUP`]) and who
+    /// of them is online now; nobody online when presence is unreachable
+    /// (a join does not fail for it).
+    async fn members_online(&self, room_id: &str) -> (Vec<String>, Vec<String>) {
+        let user_ids: Vec<String> = match self.store.members(room_id, MAX_PRESENCE_LOOKUP).await {
+            Ok(members) => members.into_iter().map(|m| m.id).collect(),
             Err(error) => {
                 tracing::warn!(%error, "cannot list members for presence");
-                return Vec::new();
+                return (Vec::new(), Vec::new());
             }
         };
-        match presence
-            .clone()
-            .get_presence(GetPresenceRequest { user_ids })
-            .await
-        {
+        let Some(presence) = self.presence.clone() else {
+            return (user_ids, Vec::new());
+        };
+        if user_ids.is_empty() {
+            return (user_ids, Vec::new());
+        }
+        let request = GetPresenceRequest {
+            user_ids: user_ids.clone(),
+        };
+        let online = match presence.clone().get_presence(request).await {
             Ok(response) => response
                 .into_inner()
                 .presence
@@ -138,7 +140,8 @@ impl ChatHandler {
                 tracing::warn!(code = ?status.code(), message = status.message(), "presence lookup failed");
                 Vec::new()
             }
-        }
+        };
+        (user_ids, online)
     }
 
     async fn create_room(
@@ -273,7 +276,7 @@ impl ChatHandler {
             }
             None => (Vec::new(), false),
         };
-        let online = self.online(&room.id).await;
+        let (members, online) = self.members_online(&room.id).await;
         Ok(JoinRoomResponse {
             room: Some(room),
             last_seq,
@@ -281,6 +284,7 @@ impl ChatHandler {
             has_more,
             recovered: request.since.is_some() && !has_more,
             online,
+            members,
         })
     }
 

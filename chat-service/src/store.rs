@@ -885,6 +885,21 @@ impl Store {
         .await
     }
 
+    /// Stores one notification on its own (not caused by a message).
+    pub(crate) async fn add_notification(
+        &self,
+        notification: &Notification,
+    ) -> Result<(), ChatError> {
+        async {
+            let mut tx = self.reader.begin().await?;
+            insert_notification(&mut tx, notification).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .instrument(self.span("sql INSERT notifications"))
+        .await
+    }
+
     /// Marks some of a user's notifications read (others' ids are ignored).
     pub(crate) async fn read_notifications(
         &self,

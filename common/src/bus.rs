@@ -24,6 +24,15 @@ pub fn user_channel(user_id: &str) -> String {
     format!("user:{user_id}")
 }
 
+/// Channel of one user's `presence` events (status as others see it).
+pub fn presence_channel(user_id: &str) -> String {
+    format!("presence:{user_id}")
+}
+
+/// Channel of presence-service's watch events (connects, disconnects,
+/// status changes, went-offline), which every replica streams to backends.
+pub const PRESENCE_WATCH_CHANNEL: &str = "presence.watch";
+
 /// Channel of control messages for every edge (e.g. revocations).
 pub const EDGE_CONTROL_CHANNEL: &str = "edge:control";
 
@@ -82,6 +91,7 @@ pub fn envelope(room_id: &str, seq: i64, kind: &str, json: String) -> Envelope {
         kind: kind.to_string(),
         json,
         trace_context: crate::trace::current_context_map(),
+        except_user: String::new(),
     }
 }
 

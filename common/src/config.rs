@@ -67,6 +67,14 @@ pub struct EdgeConfig {
     pub outbound_queue_bytes: usize,
     /// How often the edge renews its connections' presence leases (one batched call).
     pub presence_renew_ms: u64,
+    /// Most users one connection may follow with `presence.subscribe`.
+    pub presence_subscribe_max: usize,
+    /// Rooms with at most this many members send their members' `presence`
+    /// events to everyone who joined (cost grows with members × churn).
+    /// 0 turns room-wide presence off; at most 1000.
+    pub room_presence_max_members: usize,
+    /// A `typing.start` not renewed within this time stops by itself.
+    pub typing_timeout_ms: u64,
     /// Upper bound on a graceful shutdown.
     pub shutdown_grace_ms: u64,
     /// On shutdown, connections close with 1001 spread over this period, so
@@ -89,6 +97,9 @@ impl Default for EdgeConfig {
             call_timeout_ms: 10_000,
             outbound_queue_bytes: 1024 * 1024,
             presence_renew_ms: 10_000,
+            presence_subscribe_max: 500,
+            room_presence_max_members: 100,
+            typing_timeout_ms: 6_000,
             shutdown_grace_ms: 10_000,
             drain_ms: 5_000,
         }
@@ -187,8 +198,19 @@ pub struct PresenceConfig {
     pub listen: SocketAddr,
     pub backend: Backend,
     pub redis_url: String,
+    /// Prefix of every Redis key, so several deployments can share a Redis.
+    pub redis_prefix: String,
     /// Lease lifetime; an edge that stops renewing loses its users after this.
     pub lease_ttl_ms: u64,
+    /// A user whose last lease ended is announced offline only after this
+    /// long without a new one (no offline/online pair on a reconnect).
+    pub grace_ms: u64,
+    /// How often expired leases, passed grace periods and unanswered calls
+    /// are looked for.
+    pub sweep_ms: u64,
+    /// An unanswered call ends after this long and leaves a missed-call
+    /// notification.
+    pub call_ring_ms: u64,
 }
 
 impl Default for PresenceConfig {
@@ -197,7 +219,11 @@ impl Default for PresenceConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
             backend: Backend::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "presence:".into(),
             lease_ttl_ms: 30_000,
+            grace_ms: 5_000,
+            sweep_ms: 1_000,
+            call_ring_ms: 45_000,
         }
     }
 }
@@ -372,6 +398,25 @@ impl Config {
             256,
         )?;
         at_least("presence.lease_ttl_ms", self.presence.lease_ttl_ms, 1_000)?;
+        at_least("presence.sweep_ms", self.presence.sweep_ms, 10)?;
+        if self.presence.redis_prefix.is_empty() {
+            return Err(ConfigError::new(
+                "key `presence.redis_prefix`: must not be empty",
+            ));
+        }
+        at_least("presence.call_ring_ms", self.presence.call_ring_ms, 100)?;
+        at_least(
+            "edge.presence_subscribe_max",
+            self.edge.presence_subscribe_max as u64,
+            1,
+        )?;
+        at_least("edge.typing_timeout_ms", self.edge.typing_timeout_ms, 100)?;
+        if self.edge.room_presence_max_members > 1_000 {
+            return Err(ConfigError(format!(
+                "key `edge.room_presence_max_members`: must be at most 1000, got {}",
+                self.edge.room_presence_max_members
+            )));
+        }
         if self.presence.lease_ttl_ms <= self.edge.presence_renew_ms {
             return Err(ConfigError(format!(
                 "key `presence.lease_ttl_ms`: must exceed edge.presence_renew_ms ({})",
@@ -505,6 +550,7 @@ fn is_string_key(key: &str) -> bool {
                 | "issuer"
                 | "audience"
                 | "channel_prefix"
+                | "redis_prefix"
                 | "level"
                 | "allowed_origins"
                 | "models"
@@ -550,6 +596,11 @@ mod tests {
         assert_eq!(c.ai.listen.port(), 50053);
         assert_eq!(c.presence.listen.port(), 50054);
         assert_eq!(c.bus.backend, Backend::Memory);
+        assert_eq!(c.presence.grace_ms, 5_000);
+        assert_eq!(c.presence.call_ring_ms, 45_000);
+        assert_eq!(c.edge.presence_subscribe_max, 500);
+        assert_eq!(c.edge.room_presence_max_members, 100);
+        assert_eq!(c.edge.typing_timeout_ms, 6_000);
     }
 
     #[test]
@@ -587,6 +638,23 @@ mod tests {
         assert!(e.to_string().contains("no_such_key"), "{e}");
         let e = load(&[("PARLEY_EDGE_DRAIN_MS", "20000")]).expect_err("drain past grace");
         assert!(e.to_string().contains("edge.drain_ms"), "{e}");
+        let e = load(&[("PARLEY_EDGE_ROOM_PRESENCE_MAX_MEMBERS", "5000")]).expect_err("too many");
+        assert!(
+            e.to_string().contains("edge.room_presence_max_members"),
+            "{e}"
+        );
+        let e = load(&[("PARLEY_EDGE_PRESENCE_SUBSCRIBE_MAX", "0")]).expect_err("zero");
+        assert!(e.to_string().contains("edge.presence_subscribe_max"), "{e}");
+        let e = load(&[("PARLEY_EDGE_TYPING_TIMEOUT_MS", "5")]).expect_err("too short");
+        assert!(e.to_string().contains("edge.typing_timeout_ms"), "{e}");
+        let e = load(&[("PARLEY_PRESENCE_GRACE_MS", "soon")]).expect_err("not a number");
+        assert!(e.to_string().contains("presence.grace_ms"), "{e}");
+        let e = load(&[("PARLEY_PRESENCE_REDIS_PREFIX", "")]).expect_err("empty prefix");
+        assert!(e.to_string().contains("presence.redis_prefix"), "{e}");
+        let e = load(&[("PARLEY_PRESENCE_SWEEP_MS", "0")]).expect_err("zero");
+        assert!(e.to_string().contains("presence.sweep_ms"), "{e}");
+        let e = load(&[("PARLEY_PRESENCE_CALL_RING_MS", "1")]).expect_err("too short");
+        assert!(e.to_string().contains("presence.call_ring_ms"), "{e}");
         let e = load(&[("PARLEY_EDGE_ALLOWED_ORIGINS", "*")]).expect_err("wildcard");
         assert!(e.to_string().contains("edge.allowed_origins"), "{e}");
     }

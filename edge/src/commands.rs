@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::conn::{self, Conn};
 use crate::frames::{self, Command, CommandError};
+use crate::presence_commands;
 
 /// What a successful command produced.
 pub(crate) enum Outcome {
@@ -25,19 +26,7 @@ pub(crate) enum Outcome {
 }
 
 /// Commands of protocol v1 this server does not implement yet.
-const NOT_YET: &[&str] = &[
-    "refresh",
-    "typing.start",
-    "typing.stop",
-    "presence.set",
-    "presence.subscribe",
-    "presence.unsubscribe",
-    "call.invite",
-    "call.answer",
-    "call.reject",
-    "call.end",
-    "call.ice",
-];
+const NOT_YET: &[&str] = &["refresh"];
 
 pub(crate) async fn dispatch(conn: &mut Conn, command: Command) -> Result<Outcome, CommandError> {
     let kind = command.kind.as_str();
@@ -70,6 +59,14 @@ pub(crate) async fn dispatch(conn: &mut Conn, command: Command) -> Result<Outcom
         "receipt.read" | "receipt.delivered" => receipt(conn, &command).await,
         "notification.list" => notification_list(conn, &command).await,
         "notification.read" => notification_read(conn, &command).await,
+        "presence.set" => presence_commands::presence_set(conn, &command).await,
+        "presence.subscribe" => presence_commands::presence_subscribe(conn, &command).await,
+        "presence.unsubscribe" => presence_commands::presence_unsubscribe(conn, &command).await,
+        "typing.start" | "typing.stop" => presence_commands::typing(conn, &command).await,
+        "call.invite" => presence_commands::call_invite(conn, &command).await,
+        "call.answer" | "call.reject" | "call.end" | "call.ice" => {
+            presence_commands::call_act(conn, &command).await
+        }
         _ if NOT_YET.contains(&kind) => Err(CommandError::new(
             ErrorCode::Disabled,
             format!("`{kind}` is not available on this server yet"),
@@ -101,13 +98,14 @@ fn is_known(kind: &str) -> bool {
                 | "notification.list"
                 | "notification.read"
         )
+        || presence_commands::COMMANDS.contains(&kind)
 }
 
 fn unknown(kind: &str) -> CommandError {
     CommandError::bad_request(format!("unknown command type `{kind}`"))
 }
 
-fn reply(value: Value) -> Outcome {
+pub(crate) fn reply(value: Value) -> Outcome {
     match value {
         Value::Object(map) => Outcome::Reply(map),
         _ => Outcome::Reply(Map::new()),
@@ -126,7 +124,11 @@ pub(crate) fn actor(conn: &Conn) -> Result<Actor, CommandError> {
 }
 
 /// A required string field, 1..=`max` bytes.
-fn string(body: &Map<String, Value>, field: &str, max: usize) -> Result<String, CommandError> {
+pub(crate) fn string(
+    body: &Map<String, Value>,
+    field: &str,
+    max: usize,
+) -> Result<String, CommandError> {
     match body.get(field) {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= max => Ok(s.clone()),
         Some(Value::String(s)) if s.len() > max => Err(CommandError::new(
@@ -139,7 +141,7 @@ fn string(body: &Map<String, Value>, field: &str, max: usize) -> Result<String, 
     }
 }
 
-fn optional_string(
+pub(crate) fn optional_string(
     body: &Map<String, Value>,
     field: &str,
     max: usize,
@@ -173,7 +175,7 @@ fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<bool, Command
     }
 }
 
-const ID_MAX: usize = 128;
+pub(crate) const ID_MAX: usize = 128;
 
 async fn auth(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
     if conn.identity.is_some() {
@@ -302,6 +304,7 @@ async fn room_join(conn: &mut Conn, command: &Command) -> Result<Outcome, Comman
         }
     };
     let streams = crate::ai_commands::streams(conn, &room).await;
+    let room_id = room.clone();
     conn.rooms.insert(room);
     let events: Vec<Value> = response
         .events
@@ -317,6 +320,7 @@ async fn room_join(conn: &mut Conn, command: &Command) -> Result<Outcome, Comman
         "streams": streams,
         "online": response.online,
     });
+    let members = response.members;
     let reply = command.id.map(|id| match fields {
         Value::Object(map) => frames::reply_ok(id, map),
         _ => frames::reply_ok(id, Map::new()),
@@ -324,6 +328,7 @@ async fn room_join(conn: &mut Conn, command: &Command) -> Result<Outcome, Comman
     conn.shared
         .hub
         .open_gate(&channel, &gate, &conn.outbox, reply, response.last_seq);
+    presence_commands::follow_room(conn, &room_id, &members).await;
     Ok(Outcome::Sent)
 }
 
@@ -348,6 +353,7 @@ async fn room_leave(conn: &mut Conn, command: &Command) -> Result<Outcome, Comma
             .hub
             .leave(&common::bus::room_channel(&room), conn.key)
             .await;
+        presence_commands::unfollow_room(conn, &room).await;
     }
     Ok(Outcome::Reply(Map::new()))
 }

@@ -41,6 +41,8 @@ pub(crate) struct Conn {
     pub rooms: HashSet<String>,
     /// Trace context from the upgrade request's `traceparent`, if any.
     pub parent: opentelemetry::Context,
+    /// Presence this connection follows, and its typing indicators.
+    pub presence: crate::presence_commands::ConnPresence,
 }
 
 /// Whether the read loop goes on.
@@ -111,6 +113,7 @@ pub(crate) async fn run(
         identity: None,
         rooms: HashSet::new(),
         parent,
+        presence: Default::default(),
     };
     let config = &shared.config;
     outbox.push(frames::hello(
@@ -289,6 +292,7 @@ impl Conn {
     }
 
     async fn close(&mut self) {
+        crate::presence_commands::close(self).await;
         for room in std::mem::take(&mut self.rooms) {
             self.shared
                 .hub

@@ -264,6 +264,20 @@ fn deliver(channel: &Channel, seq: i64, text: &Utf8Bytes) {
     }
 }
 
+/// Hands an ephemeral event to every member except `user`'s connections
+/// (typing goes to the room's other members).
+fn deliver_except(channel: &Channel, text: &Utf8Bytes, user: &str) {
+    for member in channel.members.values().filter(|m| m.user != user) {
+        let mut gate = lock(&member.gate);
+        match gate.pending.as_mut() {
+            Some(pending) => pending.push((0, text.clone())),
+            None => {
+                member.outbox.push(text.clone());
+            }
+        }
+    }
+}
+
 /// A room event from the bus or the log: handed on when it is the next one,
 /// held when it is ahead (and the gap repaired), dropped when old.
 fn room_event(entry: &mut Channel, name: &str, seq: i64, event: RoomEvent, repairer: &Repairer) {
@@ -347,7 +361,11 @@ async fn fan_out(
                         }
                         _ => {
                             if let Some(entry) = channels.get(&channel) {
-                                deliver(entry, seq, &text);
+                                if envelope.except_user.is_empty() {
+                                    deliver(entry, seq, &text);
+                                } else {
+                                    deliver_except(entry, &text, &envelope.except_user);
+                                }
                             }
                         }
                     }

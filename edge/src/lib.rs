@@ -9,6 +9,7 @@ mod frames;
 mod hub;
 mod outbox;
 mod presence;
+mod presence_commands;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     pub backends: Backends,
     pub hub: Hub,
     pub leases: Leases,
+    /// The bus, for what the edge publishes itself (typing).
+    pub bus: Arc<dyn Bus>,
     /// Whether spans are exported (errors then carry `trace_id`).
     pub tracing: bool,
     /// Set when shutdown starts: `/readyz` fails and upgrades are refused.
@@ -86,6 +89,7 @@ impl EdgeApp {
         shutdown: ShutdownSignal,
     ) -> Result<Self, EdgeError> {
         let hub = Hub::start(bus.as_ref(), backends.chat_backend.clone()).await?;
+        let bus_for_edge = bus.clone();
         let leases = Leases::start(
             backends.presence.clone(),
             Duration::from_millis(config.presence_renew_ms),
@@ -97,6 +101,7 @@ impl EdgeApp {
             backends,
             hub,
             leases,
+            bus: bus_for_edge,
             tracing,
             draining: AtomicBool::new(false),
             shutdown,

@@ -9,6 +9,18 @@ pub enum PresenceError {
     /// A request field is missing or out of range.
     #[error("{0}")]
     BadRequest(String),
+    /// A field is over its size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The thing does not exist, or the caller is not part of it.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The caller may not do this to it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// It is not in a state that allows this.
+    #[error("{0}")]
+    Conflict(String),
     /// The store cannot be reached (connection refused, dropped, timed out).
     #[error("presence store unavailable: {0}")]
     Unavailable(redis::RedisError),
@@ -18,10 +30,22 @@ pub enum PresenceError {
 }
 
 impl PresenceError {
+    /// Whether the caller is at fault (not worth an error log).
+    pub fn is_caller_error(&self) -> bool {
+        !matches!(
+            self,
+            PresenceError::Unavailable(_) | PresenceError::Store(_)
+        )
+    }
+
     /// The protocol error code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
             PresenceError::BadRequest(_) => ErrorCode::BadRequest,
+            PresenceError::TooLarge(_) => ErrorCode::TooLarge,
+            PresenceError::NotFound(_) => ErrorCode::NotFound,
+            PresenceError::Forbidden(_) => ErrorCode::Forbidden,
+            PresenceError::Conflict(_) => ErrorCode::Conflict,
             PresenceError::Unavailable(_) => ErrorCode::Unavailable,
             PresenceError::Store(_) => ErrorCode::Internal,
         }
@@ -46,7 +70,11 @@ impl From<redis::RedisError> for PresenceError {
 impl From<PresenceError> for Status {
     fn from(error: PresenceError) -> Self {
         let message = match &error {
-            PresenceError::BadRequest(message) => message.clone(),
+            PresenceError::BadRequest(message)
+            | PresenceError::TooLarge(message)
+            | PresenceError::Forbidden(message)
+            | PresenceError::Conflict(message) => message.clone(),
+            PresenceError::NotFound(_) => error.to_string(),
             PresenceError::Unavailable(_) => "presence store unavailable".to_string(),
             PresenceError::Store(_) => "internal error".to_string(),
         };

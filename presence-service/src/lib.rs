@@ -1,33 +1,46 @@
 //! Parley's presence service: connection leases that edges register, renew
 //! in one batched call per interval, and release; who is online follows from
-//! the unexpired leases. Leases live in memory (one process) or in Redis.
+//! the unexpired leases, with a grace period before anyone is announced
+//! offline. It also keeps each user's status, relays call signalling between
+//! two users, and streams presence changes to backends (`Watch`). State
+//! lives in memory (one process) or in Redis; announcements go on the bus.
 //!
 //! `main.rs` and the tests build the same [`PresenceApp`] and serve it on a
 //! listener they bound themselves.
 
+mod engine;
 mod error;
 mod service;
 mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::Secret;
+use common::bus::Bus;
 use common::config::{Backend, PresenceConfig};
-use common::grpc::CredentialCheck;
+use common::grpc::{CredentialCheck, ServiceChannel};
 use common::shutdown::ShutdownSignal;
+use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use proto::presence::v1::presence_service_server::{PresenceServiceServer, SERVICE_NAME};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+use crate::engine::Engine;
+pub use crate::engine::{
+    MAX_CALL_PAYLOAD_BYTES, MAX_STATUS_TEXT_CHARS, STATUSES, Timings, presence_event,
+    visible_status,
+};
 pub use crate::error::PresenceError;
 use crate::service::PresenceHandler;
 pub use crate::service::{MAX_CONNS_PER_CALL, MAX_ID_BYTES, MAX_USERS_PER_CALL};
-pub use crate::store::{Clock, MemoryStore, Presence, PresenceStore, RedisStore, SystemClock};
+pub use crate::store::{
+    Call, CallAction, Clock, Ended, MemoryStore, Presence, PresenceStore, RedisStore, Sweep,
+    SystemClock, WentOffline,
+};
 
 /// The presence service, ready to serve.
 pub struct PresenceApp {
-    handler: PresenceHandler,
+    engine: Arc<Engine>,
     /// Credential callers must present (`authorization: Bearer …`).
     credential: Secret,
 }
@@ -35,7 +48,7 @@ pub struct PresenceApp {
 impl std::fmt::Debug for PresenceApp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PresenceApp")
-            .field("default_ttl", &self.handler.default_ttl)
+            .field("timings", &self.engine.timings)
             .field("credential", &self.credential)
             .finish_non_exhaustive()
     }
@@ -43,9 +56,13 @@ impl std::fmt::Debug for PresenceApp {
 
 impl PresenceApp {
     /// Builds the service on the store `config.backend` names (Redis keys
-    /// under [`RedisStore::DEFAULT_PREFIX`]); fails when Redis is unreachable.
+    /// under `config.redis_prefix`); fails when Redis is unreachable.
+    /// Changes are announced on `bus`; missed-call notifications go to
+    /// `chat` when given.
     pub async fn connect(
         config: &PresenceConfig,
+        bus: Arc<dyn Bus>,
+        chat: Option<ChatBackendServiceClient<ServiceChannel>>,
         credential: &Secret,
     ) -> Result<PresenceApp, PresenceError> {
         let store: Arc<dyn PresenceStore> = match config.backend {
@@ -53,7 +70,7 @@ impl PresenceApp {
             Backend::Redis => Arc::new(
                 RedisStore::connect(
                     &config.redis_url,
-                    RedisStore::DEFAULT_PREFIX,
+                    &config.redis_prefix,
                     Arc::new(SystemClock),
                 )
                 .await?,
@@ -61,36 +78,42 @@ impl PresenceApp {
         };
         Ok(Self::with_store(
             store,
-            Duration::from_millis(config.lease_ttl_ms),
+            Timings::from_config(config),
+            bus,
+            chat,
             credential,
         ))
     }
 
-    /// Builds the service on a given store; `lease_ttl` applies to requests
-    /// that ask for a lifetime of 0.
+    /// Builds the service on a given store; `timings.lease_ttl` applies to
+    /// requests that ask for a lifetime of 0.
     pub fn with_store(
         store: Arc<dyn PresenceStore>,
-        lease_ttl: Duration,
+        timings: Timings,
+        bus: Arc<dyn Bus>,
+        chat: Option<ChatBackendServiceClient<ServiceChannel>>,
         credential: &Secret,
     ) -> PresenceApp {
         PresenceApp {
-            handler: PresenceHandler {
-                store,
-                default_ttl: lease_ttl,
-            },
+            engine: Arc::new(Engine::new(store, bus, chat, timings)),
             credential: credential.clone(),
         }
     }
 
     /// Serves presence calls (plus health and reflection) on `listener`
-    /// until `shutdown` fires.
+    /// and runs the sweep until `shutdown` fires.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: ShutdownSignal,
     ) -> Result<(), tonic::transport::Error> {
+        tokio::spawn(self.engine.clone().run_sweeps(shutdown.clone()));
+        let handler = PresenceHandler {
+            engine: self.engine,
+            shutdown: shutdown.clone(),
+        };
         let server = PresenceServiceServer::with_interceptor(
-            self.handler,
+            handler,
             CredentialCheck::new(&self.credential),
         );
         common::grpc::serve(

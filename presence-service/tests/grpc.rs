@@ -1,16 +1,22 @@
 //! The presence service over real gRPC: the lease lifecycle as an edge drives
-//! it, request validation, and the service credential.
+//! it, status, the watch stream, call signalling, request validation, and
+//! the service credential.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use common::Secret;
+use common::bus::MemoryBus;
 use common::config::PresenceConfig;
-use common::grpc::{ClientSettings, ServiceChannel, channel};
+use common::grpc::{Actor, ClientSettings, ServiceChannel, channel};
 use common::shutdown::Shutdown;
 use presence_service::{MAX_CONNS_PER_CALL, MAX_USERS_PER_CALL, PresenceApp};
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
+use proto::presence::v1::watch_event::Kind;
 use proto::presence::v1::{
-    GetPresenceRequest, RegisterRequest, ReleaseRequest, RenewRequest, UserPresence,
+    ActOnCallRequest, GetPresenceRequest, InviteCallRequest, RegisterRequest, ReleaseRequest,
+    RenewRequest, SetStatusRequest, UserPresence, WatchEvent, WatchRequest,
 };
 use tonic::Code;
 
@@ -32,8 +38,12 @@ fn settings(credential: &Secret) -> ClientSettings {
 }
 
 async fn spawn_app() -> TestApp {
+    spawn_app_with(PresenceConfig::default()).await
+}
+
+async fn spawn_app_with(config: PresenceConfig) -> TestApp {
     let credential = Secret::new(common::ids::random_secret(32));
-    let app = PresenceApp::connect(&PresenceConfig::default(), &credential)
+    let app = PresenceApp::connect(&config, Arc::new(MemoryBus::new()), None, &credential)
         .await
         .expect("presence app");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -97,12 +107,14 @@ async fn leases_drive_presence_over_grpc() {
                 online: true,
                 status: "online".into(),
                 last_seen: 0,
+                text: String::new(),
             },
             UserPresence {
                 user_id: "bob".into(),
                 online: false,
                 status: "offline".into(),
                 last_seen: 0,
+                text: String::new(),
             },
         ]
     );
@@ -120,6 +132,21 @@ async fn leases_drive_presence_over_grpc() {
         .into_inner();
     assert_eq!(renewed.unknown_conn_ids, ["gone"]);
 
+    app.client
+        .clone()
+        .release(ReleaseRequest {
+            conn_ids: vec!["c1".into()],
+        })
+        .await
+        .expect("release");
+    let alice = &app.presence(&["alice"]).await.expect("presence")[0];
+    assert!(alice.online, "still online within the grace period");
+    let app = spawn_app_with(PresenceConfig {
+        grace_ms: 0,
+        ..PresenceConfig::default()
+    })
+    .await;
+    app.register("c1", "alice").await.expect("register");
     let before_release = common::ids::now_ms();
     app.client
         .clone()
@@ -219,4 +246,231 @@ async fn calls_without_the_service_credential_are_refused() {
         .await
         .expect_err("no credential");
     assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+fn actor(user: &str) -> Actor {
+    Actor {
+        user_id: user.into(),
+        name: user.to_uppercase(),
+        anonymous: false,
+    }
+}
+
+impl TestApp {
+    async fn set_status(&self, user: &str, status: &str, text: &str) -> Result<(), tonic::Status> {
+        self.client
+            .clone()
+            .set_status(actor(user).request(SetStatusRequest {
+                status: status.into(),
+                text: text.into(),
+            }))
+            .await
+            .map(drop)
+    }
+
+    async fn release(&self, conn_id: &str) {
+        self.client
+            .clone()
+            .release(ReleaseRequest {
+                conn_ids: vec![conn_id.into()],
+            })
+            .await
+            .expect("release");
+    }
+}
+
+async fn next_watch_event(stream: &mut tonic::Streaming<WatchEvent>) -> WatchEvent {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a watch event within 10 s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+#[tokio::test]
+async fn status_is_seen_by_others_and_invisible_looks_offline() {
+    let app = spawn_app().await;
+    app.register("c1", "alice").await.expect("register");
+    app.set_status("alice", "busy", "on a call")
+        .await
+        .expect("set");
+    let alice = &app.presence(&["alice"]).await.expect("presence")[0];
+    assert_eq!(
+        (alice.status.as_str(), alice.text.as_str(), alice.online),
+        ("busy", "on a call", true)
+    );
+    app.set_status("alice", "invisible", "hidden")
+        .await
+        .expect("set");
+    let alice = &app.presence(&["alice"]).await.expect("presence")[0];
+    assert_eq!(
+        (alice.status.as_str(), alice.text.as_str(), alice.online),
+        ("offline", "", false)
+    );
+
+    let status = app
+        .set_status("alice", "sleeping", "")
+        .await
+        .expect_err("unknown status");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = app
+        .set_status("alice", "away", &"x".repeat(101))
+        .await
+        .expect_err("text too long");
+    assert_eq!(status.code(), Code::OutOfRange);
+    app.set_status("alice", "away", &"é".repeat(100))
+        .await
+        .expect("100 characters are fine");
+    let status = app
+        .client
+        .clone()
+        .set_status(SetStatusRequest {
+            status: "away".into(),
+            text: String::new(),
+        })
+        .await
+        .expect_err("no acting user");
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn watch_streams_connects_status_and_offline_after_the_grace_period() {
+    let app = spawn_app_with(PresenceConfig {
+        grace_ms: 300,
+        sweep_ms: 20,
+        ..PresenceConfig::default()
+    })
+    .await;
+    let mut all = app
+        .client
+        .clone()
+        .watch(WatchRequest { user_ids: vec![] })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut only_alice = app
+        .client
+        .clone()
+        .watch(WatchRequest {
+            user_ids: vec!["alice".into()],
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+
+    app.register("c0", "bob").await.expect("register");
+    let started = common::ids::now_ms();
+    app.register("c1", "alice").await.expect("register");
+    app.set_status("alice", "away", "back soon")
+        .await
+        .expect("set");
+    app.release("c1").await;
+
+    let bob = next_watch_event(&mut all).await;
+    assert_eq!((bob.kind(), bob.user_id.as_str()), (Kind::Connected, "bob"));
+    let mut seen = Vec::new();
+    loop {
+        let event = next_watch_event(&mut only_alice).await;
+        assert_eq!(event.user_id, "alice", "filtered: {event:?}");
+        seen.push(event.kind());
+        match event.kind() {
+            Kind::Connected | Kind::Disconnected => {
+                assert_eq!(event.conn_id, "c1");
+                assert_eq!(event.edge_id, "edge-1");
+            }
+            Kind::StatusChanged => {
+                assert_eq!(
+                    (event.status.as_str(), event.text.as_str()),
+                    ("away", "back soon")
+                );
+            }
+            Kind::WentOffline => {
+                assert!(
+                    common::ids::now_ms() - started >= 300,
+                    "not before the grace period"
+                );
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            Kind::Connected,
+            Kind::CameOnline,
+            Kind::StatusChanged,
+            Kind::Disconnected,
+            Kind::WentOffline
+        ]
+    );
+}
+
+#[tokio::test]
+async fn only_the_two_parties_act_on_a_call() {
+    let app = spawn_app().await;
+    let call_id = app
+        .client
+        .clone()
+        .invite_call(actor("alice").request(InviteCallRequest {
+            to: "bob".into(),
+            room_id: String::new(),
+            payload_json: r#"{"sdp":"offer"}"#.into(),
+        }))
+        .await
+        .expect("invite")
+        .into_inner()
+        .call_id;
+    let act = |user: &str, action: &str, call_id: &str, payload: String| {
+        let request = actor(user).request(ActOnCallRequest {
+            action: action.into(),
+            call_id: call_id.into(),
+            payload_json: payload,
+        });
+        let mut client = app.client.clone();
+        async move { client.act_on_call(request).await.map(drop) }
+    };
+    let status = act("mallory", "end", &call_id, String::new())
+        .await
+        .expect_err("not a party");
+    assert_eq!(status.code(), Code::NotFound);
+    let status = act("bob", "answer", "call_nope", String::new())
+        .await
+        .expect_err("no such call");
+    assert_eq!(status.code(), Code::NotFound);
+    let status = act("bob", "hang", &call_id, String::new())
+        .await
+        .expect_err("unknown action");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let big = format!("\"{}\"", "x".repeat(16 * 1024));
+    let status = act("bob", "ice", &call_id, big)
+        .await
+        .expect_err("payload too large");
+    assert_eq!(status.code(), Code::OutOfRange);
+    let status = act("bob", "ice", &call_id, "{not json".into())
+        .await
+        .expect_err("payload not JSON");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    act("bob", "answer", &call_id, r#"{"sdp":"answer"}"#.into())
+        .await
+        .expect("answer");
+    act("alice", "end", &call_id, String::new())
+        .await
+        .expect("end");
+    let status = act("bob", "end", &call_id, String::new())
+        .await
+        .expect_err("already ended");
+    assert_eq!(status.code(), Code::NotFound);
+
+    let status = app
+        .client
+        .clone()
+        .invite_call(actor("alice").request(InviteCallRequest {
+            to: "alice".into(),
+            room_id: String::new(),
+            payload_json: String::new(),
+        }))
+        .await
+        .expect_err("calling yourself");
+    assert_eq!(status.code(), Code::InvalidArgument);
 }

@@ -68,6 +68,7 @@ pub async fn spawn_app_traced(adjust: impl FnOnce(&mut Config), tracing: bool) -
         config.bus.channel_prefix = common::ids::new_id("e2e");
         config.presence.backend = Backend::Redis;
         config.presence.redis_url = redis;
+        config.presence.redis_prefix = format!("{}:", common::ids::new_id("e2e-presence"));
     }
     adjust(&mut config);
     let listeners = parley::Listeners::ephemeral()
@@ -139,6 +140,69 @@ impl TestApp {
         let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
         tokio::spawn(edge.serve(listener));
         url
+    }
+
+    /// A presence-service client holding the service credential, as another
+    /// backend would use it.
+    pub fn presence_client(
+        &self,
+    ) -> proto::presence::v1::presence_service_client::PresenceServiceClient<
+        common::grpc::ServiceChannel,
+    > {
+        let settings = common::grpc::ClientSettings {
+            credential: self.credential.clone(),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+        };
+        let url = format!("http://{}", self.addrs.presence);
+        proto::presence::v1::presence_service_client::PresenceServiceClient::new(
+            common::grpc::channel(&url, &settings).expect("channel"),
+        )
+    }
+
+    /// The `PARLEY_*` variables that make another process's edge join this
+    /// suite: its services, credential and bus.
+    pub fn edge_process_env(&self) -> Vec<(String, String)> {
+        let a = self.addrs;
+        let c = &self.config;
+        vec![
+            ("PARLEY_EDGE_LISTEN".into(), "127.0.0.1:0".into()),
+            (
+                "PARLEY_SERVICES_AUTH_URL".into(),
+                format!("http://{}", a.auth),
+            ),
+            (
+                "PARLEY_SERVICES_CHAT_URL".into(),
+                format!("http://{}", a.chat),
+            ),
+            ("PARLEY_SERVICES_AI_URL".into(), format!("http://{}", a.ai)),
+            (
+                "PARLEY_SERVICES_PRESENCE_URL".into(),
+                format!("http://{}", a.presence),
+            ),
+            (
+                "PARLEY_SERVICES_CREDENTIAL".into(),
+                self.credential.expose().to_string(),
+            ),
+            ("PARLEY_BUS_BACKEND".into(), "redis".into()),
+            ("PARLEY_BUS_REDIS_URL".into(), c.bus.redis_url.clone()),
+            (
+                "PARLEY_BUS_CHANNEL_PREFIX".into(),
+                c.bus.channel_prefix.clone(),
+            ),
+            (
+                "PARLEY_PRESENCE_REDIS_PREFIX".into(),
+                c.presence.redis_prefix.clone(),
+            ),
+            (
+                "PARLEY_EDGE_PRESENCE_RENEW_MS".into(),
+                c.edge.presence_renew_ms.to_string(),
+            ),
+            (
+                "PARLEY_PRESENCE_LEASE_TTL_MS".into(),
+                c.presence.lease_ttl_ms.to_string(),
+            ),
+        ]
     }
 
     /// Restarts chat-service in place (in-flight calls finish first).

@@ -13,3 +13,4 @@ mod connection;
 mod delivery;
 mod faults;
 mod messages;
+mod presence;

@@ -346,3 +346,65 @@ async fn backend_calls_need_the_service_credential() {
         .expect("with the credential");
     assert_eq!(tap.next().await.1.kind, "custom");
 }
+
+#[tokio::test]
+async fn a_backend_notification_is_stored_and_pushed_to_the_user() {
+    let app = spawn_app().await;
+    let mut tap = app.tap(&[user_channel(BOB)]).await;
+    let request = proto::chat::v1::CreateNotificationRequest {
+        user_id: BOB.into(),
+        kind: "missed_call".into(),
+        room_id: String::new(),
+        data_json: r#"{"call_id":"call_1","from":{"id":"alice","name":"Alice"}}"#.into(),
+    };
+    let created = app
+        .backend
+        .clone()
+        .create_notification(request.clone())
+        .await
+        .expect("create")
+        .into_inner()
+        .notification
+        .expect("notification");
+    assert_eq!(created.kind, "missed_call");
+
+    let (_, envelope) = tap.next().await;
+    let event = body(&envelope);
+    assert_eq!(event["type"], "notification.new");
+    assert_eq!(event["notification"]["id"], created.id.as_str());
+    assert_eq!(event["notification"]["kind"], "missed_call");
+    assert_eq!(event["notification"]["call_id"], "call_1");
+    assert_eq!(event["notification"]["from"]["name"], "Alice");
+
+    let listed = app.notifications(BOB, true).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, created.id);
+
+    for (kind, data, code) in [
+        ("mention", "{}", Code::InvalidArgument),
+        ("Missed Call", "{}", Code::InvalidArgument),
+        ("missed_call", "[1]", Code::InvalidArgument),
+        (
+            "missed_call",
+            &format!("{{\"x\":\"{}\"}}", "y".repeat(17 * 1024)),
+            Code::OutOfRange,
+        ),
+    ] {
+        let status = app
+            .backend
+            .clone()
+            .create_notification(proto::chat::v1::CreateNotificationRequest {
+                kind: kind.into(),
+                data_json: data.to_string(),
+                ..request.clone()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            status.code(),
+            code,
+            "{kind} {}",
+            &data[..data.len().min(20)]
+        );
+    }
+}

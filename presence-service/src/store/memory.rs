@@ -1,4 +1,4 @@
-//! Leases in this process (one-process mode). Expiry runs on
+//! Presence state in this process (one-process mode). Expiry runs on
 //! `tokio::time::Instant`, so tests drive it with paused time.
 
 use std::collections::{HashMap, HashSet};
@@ -8,11 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{Presence, PresenceStore};
+use super::{
+    ACTIVE_CALL_KEEP, Call, CallAction, Ended, LAST_SEEN_KEEP, Presence, PresenceStore,
+    SWEEP_LIMIT, Sweep, WentOffline,
+};
 use crate::error::PresenceError;
-
-/// How often expired leases of users nobody asks about are dropped.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// A presence store in this process's memory.
 pub struct MemoryStore {
@@ -28,6 +28,15 @@ struct Lease {
     expires: Instant,
 }
 
+struct StoredCall {
+    call: Call,
+    /// While ringing: when it counts as missed.
+    ring_until: Option<Instant>,
+    /// When it is forgotten if nobody acts on it.
+    expires: Instant,
+}
+
+#[derive(Default)]
 struct State {
     /// conn id → lease.
     leases: HashMap<String, Lease>,
@@ -36,21 +45,21 @@ struct State {
     users: HashMap<String, HashSet<String>>,
     /// user id → Unix milliseconds their last lease ended.
     last_seen: HashMap<String, i64>,
-    /// When the next full sweep of expired leases is due.
-    next_sweep: Instant,
+    /// user id → when their last lease ended, while not announced offline.
+    pending: HashMap<String, Instant>,
+    /// Expired leases not reported by a sweep yet.
+    ended: Vec<Ended>,
+    /// user id → (status, text) they set.
+    statuses: HashMap<String, (String, String)>,
+    /// call id → call.
+    calls: HashMap<String, StoredCall>,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
-        let now = Instant::now();
         Self {
-            state: Mutex::new(State {
-                leases: HashMap::new(),
-                users: HashMap::new(),
-                last_seen: HashMap::new(),
-                next_sweep: now + SWEEP_EVERY,
-            }),
-            origin: (now, common::ids::now_ms()),
+            state: Mutex::new(State::default()),
+            origin: (Instant::now(), common::ids::now_ms()),
         }
     }
 
@@ -78,22 +87,28 @@ impl Default for MemoryStore {
 }
 
 impl State {
-    /// Drops the user's expired leases, recording their last expiry as
-    /// `last_seen` when none is left; whether a live lease remains.
+    /// Drops the user's expired leases (queued for the next sweep to
+    /// report), recording their last expiry as `last_seen` and starting the
+    /// grace period when none is left; whether a live lease remains.
     fn prune(&mut self, user_id: &str, now: Instant, unix_ms: impl Fn(Instant) -> i64) -> bool {
         let Some(conns) = self.users.get_mut(user_id) else {
             return false;
         };
         let mut latest_expiry = None;
         conns.retain(|conn_id| {
-            let expires = match self.leases.get(conn_id) {
-                Some(lease) if lease.user_id == user_id => lease.expires,
+            let lease = match self.leases.get(conn_id) {
+                Some(lease) if lease.user_id == user_id => lease,
                 _ => return false,
             };
-            if expires > now {
+            if lease.expires > now {
                 return true;
             }
-            latest_expiry = latest_expiry.max(Some(expires));
+            latest_expiry = latest_expiry.max(Some(lease.expires));
+            self.ended.push(Ended {
+                conn_id: conn_id.clone(),
+                user_id: user_id.to_string(),
+                edge_id: lease.edge_id.clone(),
+            });
             self.leases.remove(conn_id);
             false
         });
@@ -103,6 +118,7 @@ impl State {
         self.users.remove(user_id);
         if let Some(expiry) = latest_expiry {
             self.mark_seen(user_id, unix_ms(expiry));
+            self.pending.insert(user_id.to_string(), expiry);
         }
         false
     }
@@ -112,35 +128,32 @@ impl State {
         *seen = (*seen).max(at_ms);
     }
 
-    /// Ends one lease now.
-    fn release(&mut self, conn_id: &str, now: Instant, unix_ms: impl Fn(Instant) -> i64 + Copy) {
-        let Some(user_id) = self.leases.get(conn_id).map(|lease| lease.user_id.clone()) else {
-            return;
-        };
+    /// Ends one lease now; the ended lease if it was live.
+    fn release(
+        &mut self,
+        conn_id: &str,
+        now: Instant,
+        unix_ms: impl Fn(Instant) -> i64 + Copy,
+    ) -> Option<Ended> {
+        let user_id = self
+            .leases
+            .get(conn_id)
+            .map(|lease| lease.user_id.clone())?;
         // An already expired lease ended at its expiry, not now.
         self.prune(&user_id, now, unix_ms);
-        if self.leases.remove(conn_id).is_none() {
-            return;
-        }
+        let lease = self.leases.remove(conn_id)?;
         if let Some(conns) = self.users.get_mut(&user_id) {
             conns.remove(conn_id);
         }
         if !self.prune(&user_id, now, unix_ms) {
             self.mark_seen(&user_id, unix_ms(now));
+            self.pending.insert(user_id.clone(), now);
         }
-    }
-
-    /// Drops every expired lease, at most once per [`SWEEP_EVERY`], so users
-    /// nobody asks about do not accumulate.
-    fn sweep_if_due(&mut self, now: Instant, unix_ms: impl Fn(Instant) -> i64 + Copy) {
-        if now < self.next_sweep {
-            return;
-        }
-        self.next_sweep = now + SWEEP_EVERY;
-        let users: Vec<String> = self.users.keys().cloned().collect();
-        for user_id in users {
-            self.prune(&user_id, now, unix_ms);
-        }
+        Some(Ended {
+            conn_id: conn_id.to_string(),
+            user_id,
+            edge_id: lease.edge_id,
+        })
     }
 }
 
@@ -152,11 +165,10 @@ impl PresenceStore for MemoryStore {
         conn_id: &str,
         user_id: &str,
         ttl: Duration,
-    ) -> Result<(), PresenceError> {
+    ) -> Result<bool, PresenceError> {
         let now = Instant::now();
         let unix_ms = |instant| self.unix_ms(instant);
         let mut state = self.lock();
-        state.sweep_if_due(now, unix_ms);
         let moved = state
             .leases
             .get(conn_id)
@@ -165,7 +177,8 @@ impl PresenceStore for MemoryStore {
             state.release(conn_id, now, unix_ms);
         }
         // A lease that ran out before this registration still ended the session.
-        state.prune(user_id, now, unix_ms);
+        let was_online = state.prune(user_id, now, unix_ms);
+        let was_pending = state.pending.remove(user_id).is_some();
         state.leases.insert(
             conn_id.to_string(),
             Lease {
@@ -179,7 +192,7 @@ impl PresenceStore for MemoryStore {
             .entry(user_id.to_string())
             .or_default()
             .insert(conn_id.to_string());
-        Ok(())
+        Ok(!was_online && !was_pending)
     }
 
     async fn renew(
@@ -191,7 +204,6 @@ impl PresenceStore for MemoryStore {
         let now = Instant::now();
         let unix_ms = |instant| self.unix_ms(instant);
         let mut state = self.lock();
-        state.sweep_if_due(now, unix_ms);
         let mut unknown = Vec::new();
         for conn_id in conn_ids {
             let expired_user = match state.leases.get_mut(conn_id) {
@@ -210,14 +222,14 @@ impl PresenceStore for MemoryStore {
         Ok(unknown)
     }
 
-    async fn release(&self, conn_ids: &[String]) -> Result<(), PresenceError> {
+    async fn release(&self, conn_ids: &[String]) -> Result<Vec<Ended>, PresenceError> {
         let now = Instant::now();
         let unix_ms = |instant| self.unix_ms(instant);
         let mut state = self.lock();
-        for conn_id in conn_ids {
-            state.release(conn_id, now, unix_ms);
-        }
-        Ok(())
+        Ok(conn_ids
+            .iter()
+            .filter_map(|conn_id| state.release(conn_id, now, unix_ms))
+            .collect())
     }
 
     async fn presence(&self, user_ids: &[String]) -> Result<Vec<Presence>, PresenceError> {
@@ -226,11 +238,165 @@ impl PresenceStore for MemoryStore {
         let mut state = self.lock();
         Ok(user_ids
             .iter()
-            .map(|user_id| Presence {
-                user_id: user_id.clone(),
-                online: state.prune(user_id, now, unix_ms),
-                last_seen_ms: state.last_seen.get(user_id).copied().unwrap_or_default(),
+            .map(|user_id| {
+                let online = state.prune(user_id, now, unix_ms);
+                let (status, text) = state
+                    .statuses
+                    .get(user_id)
+                    .cloned()
+                    .unwrap_or_else(|| ("online".into(), String::new()));
+                Presence {
+                    user_id: user_id.clone(),
+                    online,
+                    in_grace: state.pending.contains_key(user_id),
+                    last_seen_ms: state.last_seen.get(user_id).copied().unwrap_or_default(),
+                    status,
+                    text,
+                }
             })
             .collect())
+    }
+
+    async fn set_status(
+        &self,
+        user_id: &str,
+        status: &str,
+        text: &str,
+    ) -> Result<(String, String), PresenceError> {
+        Ok(self
+            .lock()
+            .statuses
+            .insert(user_id.to_string(), (status.to_string(), text.to_string()))
+            .unwrap_or_else(|| ("online".into(), String::new())))
+    }
+
+    async fn sweep(&self, grace: Duration) -> Result<Sweep, PresenceError> {
+        let now = Instant::now();
+        let unix_ms = |instant| self.unix_ms(instant);
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let expired_users: Vec<String> = state
+            .leases
+            .values()
+            .filter(|lease| lease.expires <= now)
+            .map(|lease| lease.user_id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        for user_id in expired_users {
+            state.prune(&user_id, now, unix_ms);
+        }
+        let ended: Vec<Ended> = state
+            .ended
+            .drain(..state.ended.len().min(SWEEP_LIMIT))
+            .collect();
+
+        let gone: Vec<String> = state
+            .pending
+            .iter()
+            .filter(|(_, ended_at)| **ended_at + grace <= now)
+            .map(|(user_id, _)| user_id.clone())
+            .take(SWEEP_LIMIT)
+            .collect();
+        let mut offline = Vec::new();
+        for user_id in gone {
+            state.pending.remove(&user_id);
+            // Live again, or a later expiry restarted the grace period.
+            if state.prune(&user_id, now, unix_ms) || state.pending.contains_key(&user_id) {
+                continue;
+            }
+            let (status, _) = state
+                .statuses
+                .remove(&user_id)
+                .unwrap_or_else(|| ("online".into(), String::new()));
+            offline.push(WentOffline {
+                last_seen_ms: state.last_seen.get(&user_id).copied().unwrap_or_default(),
+                user_id,
+                status,
+            });
+        }
+        let forget_before = unix_ms(now) - LAST_SEEN_KEEP.as_millis() as i64;
+        state.last_seen.retain(|_, seen| *seen > forget_before);
+
+        let missed: Vec<String> = state
+            .calls
+            .iter()
+            .filter(|(_, c)| c.ring_until.is_some_and(|until| until <= now))
+            .map(|(id, _)| id.clone())
+            .take(SWEEP_LIMIT)
+            .collect();
+        let missed_calls = missed
+            .iter()
+            .filter_map(|id| state.calls.remove(id))
+            .map(|c| c.call)
+            .collect();
+        state.calls.retain(|_, c| c.expires > now);
+        Ok(Sweep {
+            ended,
+            offline,
+            missed_calls,
+        })
+    }
+
+    async fn create_call(&self, call: &Call, ring: Duration) -> Result<(), PresenceError> {
+        let now = Instant::now();
+        self.lock().calls.insert(
+            call.id.clone(),
+            StoredCall {
+                call: call.clone(),
+                ring_until: Some(now + ring),
+                expires: now + ring + ACTIVE_CALL_KEEP,
+            },
+        );
+        Ok(())
+    }
+
+    async fn act_on_call(
+        &self,
+        call_id: &str,
+        user_id: &str,
+        action: CallAction,
+    ) -> Result<Call, PresenceError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let Some(stored) = state.calls.get_mut(call_id) else {
+            return Err(PresenceError::NotFound("call"));
+        };
+        let is_caller = stored.call.caller == user_id;
+        let is_callee = stored.call.callee == user_id;
+        let rang_out = stored.ring_until.is_some_and(|until| until <= now);
+        if !(is_caller || is_callee) || rang_out || stored.expires <= now {
+            return Err(PresenceError::NotFound("call"));
+        }
+        let before = stored.call.clone();
+        match action {
+            CallAction::Answer | CallAction::Reject => {
+                if !is_callee {
+                    return Err(PresenceError::Forbidden(format!(
+                        "only the callee can {} a call",
+                        action.as_str()
+                    )));
+                }
+                if stored.call.answered {
+                    return Err(PresenceError::Conflict("the call was answered".into()));
+                }
+                if action == CallAction::Answer {
+                    stored.call.answered = true;
+                    stored.ring_until = None;
+                    stored.expires = now + ACTIVE_CALL_KEEP;
+                } else {
+                    state.calls.remove(call_id);
+                }
+            }
+            CallAction::End => {
+                state.calls.remove(call_id);
+            }
+            CallAction::Ice => {
+                if stored.call.answered {
+                    stored.expires = now + ACTIVE_CALL_KEEP;
+                }
+            }
+        }
+        Ok(before)
     }
 }

@@ -7,9 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use super::{Clock, MemoryStore, Presence, PresenceStore, RedisStore};
+use super::{Call, CallAction, Clock, Ended, MemoryStore, PresenceStore, RedisStore, WentOffline};
+use crate::error::PresenceError;
 
 const TTL: Duration = Duration::from_secs(30);
+const GRACE: Duration = Duration::from_secs(5);
+const RING: Duration = Duration::from_secs(45);
 const MS: Duration = Duration::from_millis(1);
 
 /// A clock that moves only when told to.
@@ -121,7 +124,7 @@ impl Harness {
         self.store.release(&conns).await.expect("release");
     }
 
-    async fn presence(&self, user: &str) -> Presence {
+    async fn presence(&self, user: &str) -> super::Presence {
         let mut all = self
             .store
             .presence(&[user.to_string()])
@@ -240,10 +243,13 @@ async fn release_sets_last_seen(h: &Harness) {
     let never = h.presence("nobody").await;
     assert_eq!(
         never,
-        Presence {
+        super::Presence {
             user_id: "nobody".into(),
             online: false,
-            last_seen_ms: 0
+            in_grace: false,
+            last_seen_ms: 0,
+            status: "online".into(),
+            text: String::new(),
         }
     );
     h.register("c1", "alice").await;
@@ -279,6 +285,232 @@ async fn a_connection_registered_for_another_user_moves(h: &Harness) {
     assert!(!h.online("alice").await);
     assert!(h.online("bob").await);
     assert_eq!(h.presence("alice").await.last_seen_ms, h.now_ms());
+}
+
+fn ended(conn: &str, user: &str) -> Ended {
+    Ended {
+        conn_id: conn.into(),
+        user_id: user.into(),
+        edge_id: "edge-1".into(),
+    }
+}
+
+async fn release_reports_the_live_leases_it_ended(h: &Harness) {
+    h.register("c1", "alice").await;
+    h.register("c2", "bob").await;
+    let conns = ["c1".to_string(), "unknown".to_string()];
+    let released = h.store.release(&conns).await.expect("release");
+    assert_eq!(released, [ended("c1", "alice")]);
+    // Already ended: reported once only.
+    assert_eq!(h.store.release(&conns).await.expect("release"), []);
+    // An expired lease released later is the sweep's to report.
+    h.advance(TTL).await;
+    let released = h.store.release(&["c2".to_string()]).await.expect("release");
+    assert_eq!(released, []);
+    let sweep = h.store.sweep(GRACE).await.expect("sweep");
+    assert_eq!(sweep.ended, [ended("c2", "bob")]);
+}
+
+async fn registering_says_whether_the_user_came_online(h: &Harness) {
+    let came = |conn: &'static str| async move {
+        h.store
+            .register("edge-1", conn, "alice", TTL)
+            .await
+            .expect("register")
+    };
+    assert!(came("c1").await, "first connection");
+    assert!(!came("c2").await, "already online");
+    h.release(&["c1", "c2"]).await;
+    h.advance(GRACE - MS).await;
+    assert!(!came("c3").await, "back within the grace period");
+    h.release(&["c3"]).await;
+    h.advance(GRACE).await;
+    let sweep = h.store.sweep(GRACE).await.expect("sweep");
+    assert_eq!(sweep.offline.len(), 1);
+    assert!(came("c4").await, "back after being announced offline");
+}
+
+async fn offline_is_reported_once_after_the_grace_period(h: &Harness) {
+    h.register("c1", "alice").await;
+    h.advance(Duration::from_secs(3)).await;
+    h.release(&["c1"]).await;
+    let released_at = h.now_ms();
+    let presence = h.presence("alice").await;
+    assert!(!presence.online);
+    assert!(presence.in_grace, "the grace period runs");
+    h.advance(GRACE - MS).await;
+    assert_eq!(h.store.sweep(GRACE).await.expect("sweep").offline, []);
+    h.advance(MS).await;
+    let sweep = h.store.sweep(GRACE).await.expect("sweep");
+    assert_eq!(
+        sweep.offline,
+        [WentOffline {
+            user_id: "alice".into(),
+            last_seen_ms: released_at,
+            status: "online".into(),
+        }]
+    );
+    assert!(!h.presence("alice").await.in_grace);
+    assert_eq!(h.store.sweep(GRACE).await.expect("sweep").offline, []);
+}
+
+async fn a_reconnect_within_the_grace_period_reports_nothing(h: &Harness) {
+    h.register("c1", "alice").await;
+    h.release(&["c1"]).await;
+    h.advance(GRACE / 2).await;
+    h.register("c2", "alice").await;
+    h.advance(GRACE * 2).await;
+    let sweep = h.store.sweep(GRACE).await.expect("sweep");
+    assert_eq!(sweep.offline, [], "no offline for a user who came back");
+    assert!(h.online("alice").await);
+}
+
+async fn expired_leases_are_found_by_the_sweep_and_go_offline_after_grace(h: &Harness) {
+    h.register("c1", "alice").await;
+    h.register("c2", "alice").await;
+    let expires_at = h.now_ms() + TTL.as_millis() as i64;
+    h.advance(TTL).await;
+    // Nobody asks about alice: only the sweep notices.
+    let sweep = h.store.sweep(GRACE).await.expect("sweep");
+    let mut conns: Vec<String> = sweep.ended.iter().map(|e| e.conn_id.clone()).collect();
+    conns.sort();
+    assert_eq!(conns, ["c1", "c2"]);
+    assert_eq!(sweep.offline, [], "the grace period runs from the expiry");
+    h.advance(GRACE).await;
+    let sweep = h.store.sweep(GRACE).await.expect("sweep");
+    assert_eq!(sweep.ended, []);
+    assert_eq!(
+        sweep.offline,
+        [WentOffline {
+            user_id: "alice".into(),
+            last_seen_ms: expires_at,
+            status: "online".into(),
+        }]
+    );
+}
+
+async fn status_is_kept_until_the_user_goes_offline(h: &Harness) {
+    h.register("c1", "alice").await;
+    let previous = h
+        .store
+        .set_status("alice", "busy", "in a meeting")
+        .await
+        .expect("set");
+    assert_eq!(previous, ("online".to_string(), String::new()));
+    let presence = h.presence("alice").await;
+    assert_eq!(
+        (presence.status.as_str(), presence.text.as_str()),
+        ("busy", "in a meeting")
+    );
+    let previous = h
+        .store
+        .set_status("alice", "invisible", "")
+        .await
+        .expect("set");
+    assert_eq!(previous, ("busy".to_string(), "in a meeting".to_string()));
+    h.release(&["c1"]).await;
+    h.advance(GRACE).await;
+    let sweep = h.store.sweep(GRACE).await.expect("sweep");
+    assert_eq!(sweep.offline[0].status, "invisible");
+    assert_eq!(h.presence("alice").await.status, "online", "forgotten");
+}
+
+fn call(id: &str) -> Call {
+    Call {
+        id: id.into(),
+        caller: "alice".into(),
+        caller_name: "Alice".into(),
+        callee: "bob".into(),
+        room_id: String::new(),
+        answered: false,
+    }
+}
+
+async fn only_the_parties_act_on_a_call(h: &Harness) {
+    h.store
+        .create_call(&call("k1"), RING)
+        .await
+        .expect("create");
+    let act =
+        |user: &'static str, action| async move { h.store.act_on_call("k1", user, action).await };
+    assert!(matches!(
+        act("mallory", CallAction::End).await,
+        Err(PresenceError::NotFound(_))
+    ));
+    assert!(matches!(
+        h.store.act_on_call("nope", "alice", CallAction::End).await,
+        Err(PresenceError::NotFound(_))
+    ));
+    assert!(
+        matches!(
+            act("alice", CallAction::Answer).await,
+            Err(PresenceError::Forbidden(_)),
+        ),
+        "the caller does not answer"
+    );
+    assert_eq!(
+        act("alice", CallAction::Ice).await.expect("ice"),
+        call("k1")
+    );
+    assert_eq!(
+        act("bob", CallAction::Answer).await.expect("answer"),
+        call("k1")
+    );
+    assert!(
+        matches!(
+            act("bob", CallAction::Answer).await,
+            Err(PresenceError::Conflict(_))
+        ),
+        "answered once"
+    );
+    let answered = act("bob", CallAction::Ice).await.expect("ice");
+    assert!(answered.answered);
+    // Answered calls do not ring out.
+    h.advance(RING * 2).await;
+    assert_eq!(h.store.sweep(GRACE).await.expect("sweep").missed_calls, []);
+    act("alice", CallAction::End).await.expect("end");
+    assert!(
+        matches!(
+            act("bob", CallAction::End).await,
+            Err(PresenceError::NotFound(_))
+        ),
+        "ended"
+    );
+
+    h.store
+        .create_call(&call("k2"), RING)
+        .await
+        .expect("create");
+    h.store
+        .act_on_call("k2", "bob", CallAction::Reject)
+        .await
+        .expect("reject");
+    assert!(matches!(
+        h.store.act_on_call("k2", "alice", CallAction::Ice).await,
+        Err(PresenceError::NotFound(_))
+    ));
+}
+
+async fn an_unanswered_call_is_missed_once_after_the_ring_time(h: &Harness) {
+    h.store
+        .create_call(&call("k1"), RING)
+        .await
+        .expect("create");
+    h.advance(RING - MS).await;
+    assert_eq!(h.store.sweep(GRACE).await.expect("sweep").missed_calls, []);
+    h.advance(MS).await;
+    assert!(
+        matches!(
+            h.store.act_on_call("k1", "bob", CallAction::Answer).await,
+            Err(PresenceError::NotFound(_))
+        ),
+        "too late to answer"
+    );
+    assert_eq!(
+        h.store.sweep(GRACE).await.expect("sweep").missed_calls,
+        [call("k1")]
+    );
+    assert_eq!(h.store.sweep(GRACE).await.expect("sweep").missed_calls, []);
 }
 
 /// One test per contract and backend: memory on paused time, Redis on a
@@ -318,4 +550,12 @@ contract!(
     release_sets_last_seen,
     presence_answers_in_the_order_asked,
     a_connection_registered_for_another_user_moves,
+    release_reports_the_live_leases_it_ended,
+    registering_says_whether_the_user_came_online,
+    offline_is_reported_once_after_the_grace_period,
+    a_reconnect_within_the_grace_period_reports_nothing,
+    expired_leases_are_found_by_the_sweep_and_go_offline_after_grace,
+    status_is_kept_until_the_user_goes_offline,
+    only_the_parties_act_on_a_call,
+    an_unanswered_call_is_missed_once_after_the_ring_time,
 );
