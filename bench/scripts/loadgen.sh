@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One command per load benchmark: builds release binaries, starts a fresh
+# one-process suite in a temporary directory, runs `loadgen` against it with
+# the suite's pid, prints loadgen's JSON line, and stops the suite.
+#
+#   bench/scripts/loadgen.sh idle --connections 10000
+#   bench/scripts/loadgen.sh fanout --subscribers 1000 --rooms 10 --rate 2000 --via publish
+#   bench/scripts/loadgen.sh reconnect --clients 10000 --rooms 100 --missed 20
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p parley -p parley-bench
+
+export PARLEY_AUTH_HS256_SECRET="${PARLEY_AUTH_HS256_SECRET:-loadgen-secret-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
+export PARLEY_SERVICES_CREDENTIAL="${PARLEY_SERVICES_CREDENTIAL:-loadgen-credential-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
+export PARLEY_LOG_LEVEL="${PARLEY_LOG_LEVEL:-warn}"
+work="$(mktemp -d)"
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cd "$work"
+"$root/target/release/parley" >"$work/server.log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do
+    if (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null; then break; fi
+    sleep 0.1
+done
+"$root/target/release/loadgen" --edge-pid "$server" "$@"
