@@ -103,6 +103,8 @@ pub(crate) async fn run(
     let (sink, mut stream) = socket.split();
     let (outbox, out_rx) = outbox(shared.config.outbound_queue_bytes);
     let mut writer = tokio::spawn(write_loop(sink, out_rx));
+    // A finished JoinHandle must not be polled again.
+    let mut writer_done = false;
     let key = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let mut conn = Conn {
         shared: shared.clone(),
@@ -161,7 +163,10 @@ pub(crate) async fn run(
                 }
                 outbox.ping();
             }
-            _ = &mut writer => break,
+            _ = &mut writer, if !writer_done => {
+                writer_done = true;
+                break;
+            }
             frame = stream.next() => match frame {
                 None | Some(Ok(Message::Close(_))) => break,
                 Some(Err(e)) => {
@@ -195,9 +200,10 @@ pub(crate) async fn run(
 
     Box::pin(conn.close()).await;
     drop(outbox);
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
-        .await
-        .is_err()
+    if !writer_done
+        && tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
     {
         writer.abort();
     }

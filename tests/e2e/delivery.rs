@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{Client, spawn_app, spawn_app_with};
+use crate::helpers::{Client, assert_no_task_panicked, spawn_app, spawn_app_with};
 
 /// The seqs of the next `count` message.new events.
 async fn seqs(client: &mut Client, count: usize) -> Vec<i64> {
@@ -114,4 +114,9 @@ async fn a_client_that_stops_reading_is_cut_off_without_slowing_the_room() {
         matches!(ended, None | Some(4008)),
         "closed as a slow consumer (4008), or dropped when even the close frame could not be written: {ended:?}"
     );
+    // The cut-off connection's task ended cleanly, without a panic (it ends
+    // within milliseconds of its close frame; this waits well past that).
+    drop(stalled);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_no_task_panicked();
 }

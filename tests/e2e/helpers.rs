@@ -31,9 +31,41 @@ pub struct TestApp {
     _db: TestDatabase,
 }
 
+/// Names of the threads panics happened on. Tests run the suite on their own
+/// thread (current-thread runtime), where a panicking task is otherwise just
+/// a log line.
+static PANICS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Fails if a task of this test's suite panicked so far (call it at the end:
+/// the test's own assertions have passed, so any panic recorded for this
+/// thread was a task's).
+pub fn assert_no_task_panicked() {
+    let me = std::thread::current().name().map(str::to_string);
+    let panics = PANICS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|name| Some(*name) == me.as_ref())
+        .count();
+    assert_eq!(
+        panics, 0,
+        "a task of this test's suite panicked (see the output)"
+    );
+}
+
 fn init_logs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(name) = std::thread::current().name() {
+                PANICS
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(name.to_string());
+            }
+            previous(info);
+        }));
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
