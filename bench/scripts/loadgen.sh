@@ -17,10 +17,19 @@ work="$(mktemp -d)"
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cd "$work"
+if (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null; then
+    echo "something already listens on 127.0.0.1:8080; stop it first" >&2
+    exit 1
+fi
 "$root/target/release/parley" >"$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 1 100); do
     if (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null; then break; fi
     sleep 0.1
 done
+if ! kill -0 "$server" 2>/dev/null; then
+    echo "the suite did not start:" >&2
+    cat "$work/server.log" >&2
+    exit 1
+fi
 "$root/target/release/loadgen" --edge-pid "$server" "$@"
