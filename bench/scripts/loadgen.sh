@@ -6,6 +6,7 @@
 #   bench/scripts/loadgen.sh idle --connections 10000
 #   bench/scripts/loadgen.sh fanout --subscribers 1000 --rooms 10 --rate 2000 --via publish
 #   bench/scripts/loadgen.sh reconnect --clients 10000 --rooms 100 --missed 20
+#   bench/scripts/loadgen.sh ai --streams 1000   (the suite then asks loadgen's model server)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p parley -p parley-bench
@@ -13,7 +14,11 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p parley -p pa
 export PARLEY_AUTH_HS256_SECRET="${PARLEY_AUTH_HS256_SECRET:-loadgen-secret-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 export PARLEY_SERVICES_CREDENTIAL="${PARLEY_SERVICES_CREDENTIAL:-loadgen-credential-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 export PARLEY_LOG_LEVEL="${PARLEY_LOG_LEVEL:-warn}"
+if [ "${1:-}" = ai ]; then
+    export PARLEY_AI_PROVIDER=openai PARLEY_AI_BASE_URL=http://127.0.0.1:18080/v1
+fi
 work="$(mktemp -d)"
+server=""
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cd "$work"

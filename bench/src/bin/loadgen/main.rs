@@ -7,11 +7,14 @@
 //!   rate: deliveries/s, loss, latency, server CPU per delivery.
 //! - `reconnect`: N clients drop, miss messages, and come back with
 //!   `since`: time until every one has exactly what it missed.
+//! - `ai`: N users ask the assistant at once, answered by a model server in
+//!   this process: streams held at once, relay overhead per delta.
 //!
 //! Start the server with a known HS256 secret and pass the same one here
 //! (`--secret` or `PARLEY_AUTH_HS256_SECRET`); without one, clients sign in
 //! anonymously. Commands and measured figures: docs/performance.md.
 
+mod ai;
 mod client;
 mod fanout;
 mod idle;
@@ -60,6 +63,7 @@ enum Scenario {
     Idle(idle::Args),
     Fanout(fanout::Args),
     Reconnect(reconnect::Args),
+    Ai(ai::Args),
 }
 
 /// What every scenario gets.
@@ -138,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Idle(a) => idle::run(&run, a).await?,
         Scenario::Fanout(a) => fanout::run(&run, a).await?,
         Scenario::Reconnect(a) => reconnect::run(&run, a).await?,
+        Scenario::Ai(a) => ai::run(&run, a).await?,
     };
     println!("{summary}");
     Ok(())
