@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc;
 pub mod ids;
 pub mod secret;
+pub mod security;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;

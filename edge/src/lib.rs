@@ -162,7 +162,12 @@ async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
     if let Err(status) = check_origin(&shared.config, &headers) {
-        tracing::info!(peer = %peer.ip(), "refused upgrade: origin not allowed");
+        common::security::log(
+            common::security::SecurityEvent::OriginRejected,
+            Some(peer.ip()),
+            None,
+            "origin_not_allowed",
+        );
         return (status, "origin not allowed").into_response();
     }
     let token = upgrade_token(&shared.config, &headers, &uri);
