@@ -291,6 +291,11 @@ async fn room_join(conn: &mut Conn, command: &Command) -> Result<Outcome, Comman
                 format!("event bus unavailable: {e}"),
             )
         })?;
+    if conn.shared.config.room_presence_max_members > 0 {
+        // Before the read: a member joining from now on is reported.
+        let roster = conn.presence.roster_sender();
+        conn.shared.hub.watch_roster(&channel, conn.key, roster);
+    }
     let request = actor.request(JoinRoomRequest {
         room_id: room.clone(),
         since,

@@ -163,6 +163,9 @@ pub(crate) async fn run(
                 }
                 outbox.ping();
             }
+            change = conn.presence.next_roster_change() => {
+                Box::pin(crate::presence_commands::roster_changed(&mut conn, change)).await;
+            }
             _ = &mut writer, if !writer_done => {
                 writer_done = true;
                 break;
@@ -177,6 +180,12 @@ pub(crate) async fn run(
                 }
                 Some(Ok(Message::Text(text))) => {
                     last_pong = Instant::now();
+                    // Membership changes the client may have seen come
+                    // first: a command sent after a `member.joined` finds
+                    // the newcomer followed.
+                    while let Some(change) = conn.presence.waiting_roster_change() {
+                        Box::pin(crate::presence_commands::roster_changed(&mut conn, change)).await;
+                    }
                     // Boxed: the command futures are large, and an idle
                     // connection should not carry their space.
                     if Box::pin(conn.handle_text(&text)).await == Flow::Close {

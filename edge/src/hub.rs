@@ -46,6 +46,18 @@ struct Member {
     /// Whose connection this is: a `member.left` for that user ends its
     /// delivery of the room.
     user: String,
+    /// Set by [`Hub::watch_roster`]: where this connection hears of other
+    /// users joining or leaving the room (room-wide presence follows them).
+    roster: Option<mpsc::UnboundedSender<RosterChange>>,
+}
+
+/// A user joined or left a room (its `member.joined` / `member.left` was
+/// handed on), told to the room's connections that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterChange {
+    pub room: String,
+    pub user: String,
+    pub joined: bool,
 }
 
 /// One subscribed channel and its local members.
@@ -126,6 +138,7 @@ impl Hub {
                     outbox,
                     gate: gate.clone(),
                     user: user.to_string(),
+                    roster: None,
                 },
             );
             first
@@ -141,6 +154,24 @@ impl Hub {
             return Err(e);
         }
         Ok(gate)
+    }
+
+    /// From now on, tells `conn` (a member of room `channel`) of every other
+    /// user joining or leaving the room, in log order. Called right after
+    /// [`Hub::join`], before the room is read, so no change falls between
+    /// the member list the join read and the ones that follow.
+    pub fn watch_roster(
+        &self,
+        channel: &str,
+        conn: u64,
+        changes: mpsc::UnboundedSender<RosterChange>,
+    ) {
+        if let Some(member) = lock(&self.channels)
+            .get_mut(channel)
+            .and_then(|entry| entry.members.get_mut(&conn))
+        {
+            member.roster = Some(changes);
+        }
     }
 
     /// Removes a member; unsubscribes the edge when it was the last one.
@@ -219,31 +250,54 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A room-log event as the hub passes it on.
 struct RoomEvent {
     text: Utf8Bytes,
-    /// For a `member.left`: the user who left, whose connections get
-    /// nothing more of the room.
-    left: Option<String>,
+    /// For a `member.joined` (true) or `member.left` (false): who. A user
+    /// who left gets nothing more of the room on any connection.
+    roster: Option<(bool, String)>,
 }
 
 impl RoomEvent {
-    /// Reads the JSON only for `member.left`, the one kind that changes
-    /// who receives the room.
+    /// Reads the JSON only for `member.joined` and `member.left`, the kinds
+    /// that change who is in the room.
     fn new(kind: &str, json: String) -> Self {
-        let left = (kind == "member.left")
-            .then(|| serde_json::from_str::<serde_json::Value>(&json).ok())
-            .flatten()
-            .and_then(|event| event["user"]["id"].as_str().map(str::to_string));
+        let joined = match kind {
+            "member.joined" => Some(true),
+            "member.left" => Some(false),
+            _ => None,
+        };
+        let roster = joined.and_then(|joined| {
+            let event = serde_json::from_str::<serde_json::Value>(&json).ok()?;
+            Some((joined, event["user"]["id"].as_str()?.to_string()))
+        });
         Self {
             text: Utf8Bytes::from(json),
-            left,
+            roster,
         }
     }
 }
 
-/// Hands one room-log event on, then drops the members a `member.left`
-/// removed.
-fn deliver_logged(channel: &mut Channel, seq: i64, event: &RoomEvent) {
-    deliver(channel, seq, &event.text);
-    if let Some(user) = &event.left {
+/// Hands one room-log event on; for a membership change, tells the members
+/// watching the roster and drops the connections of a user who left.
+fn deliver_logged(channel: &mut Channel, name: &str, seq: i64, event: &RoomEvent) {
+    let Some((joined, user)) = &event.roster else {
+        deliver(channel, seq, &event.text);
+        return;
+    };
+    let room = name.strip_prefix(ROOM_PREFIX).unwrap_or(name);
+    for member in channel.members.values() {
+        // Only a member this event is new to hears of it: a replayed old
+        // `member.left` must not undo a later rejoin.
+        if deliver_to(member, seq, &event.text)
+            && let Some(roster) = &member.roster
+            && &member.user != user
+        {
+            let _ = roster.send(RosterChange {
+                room: room.to_string(),
+                user: user.clone(),
+                joined: *joined,
+            });
+        }
+    }
+    if !joined {
         channel.members.retain(|_, member| &member.user != user);
     }
 }
@@ -252,16 +306,25 @@ fn deliver_logged(channel: &mut Channel, seq: i64, event: &RoomEvent) {
 /// flight, dropped for a member that already has its seq.
 fn deliver(channel: &Channel, seq: i64, text: &Utf8Bytes) {
     for member in channel.members.values() {
-        let mut gate = lock(&member.gate);
-        if let Some(pending) = gate.pending.as_mut() {
-            pending.push((seq, text.clone()));
-        } else if seq == 0 {
-            member.outbox.push(text.clone());
-        } else if seq > gate.delivered {
-            gate.delivered = seq;
-            member.outbox.push(text.clone());
-        }
+        deliver_to(member, seq, text);
     }
+}
+
+/// Hands one event to one member (or holds it while its join is in
+/// flight); false when the member already has it.
+fn deliver_to(member: &Member, seq: i64, text: &Utf8Bytes) -> bool {
+    let mut gate = lock(&member.gate);
+    if let Some(pending) = gate.pending.as_mut() {
+        pending.push((seq, text.clone()));
+    } else if seq == 0 {
+        member.outbox.push(text.clone());
+    } else if seq > gate.delivered {
+        gate.delivered = seq;
+        member.outbox.push(text.clone());
+    } else {
+        return false;
+    }
+    true
 }
 
 /// Hands an ephemeral event to every member except `user`'s connections
@@ -282,9 +345,9 @@ fn deliver_except(channel: &Channel, text: &Utf8Bytes, user: &str) {
 /// held when it is ahead (and the gap repaired), dropped when old.
 fn room_event(entry: &mut Channel, name: &str, seq: i64, event: RoomEvent, repairer: &Repairer) {
     match entry.seq {
-        Some(current) if seq <= current => deliver_logged(entry, seq, &event),
+        Some(current) if seq <= current => deliver_logged(entry, name, seq, &event),
         Some(current) if seq == current + 1 => {
-            deliver_logged(entry, seq, &event);
+            deliver_logged(entry, name, seq, &event);
             entry.seq = Some(seq);
             advance(entry, name, repairer);
         }
@@ -312,7 +375,7 @@ fn advance(entry: &mut Channel, name: &str, repairer: &Repairer) {
         }
         let event = next.remove();
         if seq == current + 1 {
-            deliver_logged(entry, seq, &event);
+            deliver_logged(entry, name, seq, &event);
             current = seq;
         }
     }
@@ -625,6 +688,73 @@ mod tests {
         assert_eq!(next_seq(&mut rx).await, 4, "a repeated seq is dropped");
         hub.leave("room:r", 1).await;
         assert_eq!(hub.members("room:r"), 0);
+    }
+
+    fn membership(room: &str, seq: i64, kind: &str, user: &str) -> common::bus::Envelope {
+        envelope(
+            room,
+            seq,
+            kind,
+            format!("{{\"seq\":{seq},\"user\":{{\"id\":\"{user}\"}}}}"),
+        )
+    }
+
+    #[tokio::test]
+    async fn watchers_hear_of_joins_and_leaves_new_to_them_in_order() {
+        let chat = chat().await;
+        let bus = MemoryBus::new();
+        let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
+        let (out, rx) = outbox(1 << 20);
+        let mut rx = frames(rx);
+        let gate = hub
+            .join("room:r", 1, "alice", out.clone(), true)
+            .await
+            .expect("join");
+        let (changes, mut heard) = mpsc::unbounded_channel();
+        hub.watch_roster("room:r", 1, changes);
+        hub.open_gate(
+            "room:r",
+            &gate,
+            &out,
+            Some(Utf8Bytes::from_static("reply")),
+            1,
+        );
+        assert_eq!(next_seq(&mut rx).await, 0);
+
+        for (seq, kind, user) in [
+            (2, "member.joined", "bob"),
+            (3, "member.joined", "alice"),
+            (4, "member.left", "bob"),
+        ] {
+            bus.publish("room:r", &membership("r", seq, kind, user))
+                .await
+                .expect("publish");
+            assert_eq!(next_seq(&mut rx).await, seq);
+        }
+        // A replay of an old `member.joined` (a backfill overlapping the bus)
+        // must not bring bob back.
+        bus.publish("room:r", &membership("r", 2, "member.joined", "bob"))
+            .await
+            .expect("publish");
+        bus.publish("room:r", &event("r", 5))
+            .await
+            .expect("publish");
+        assert_eq!(next_seq(&mut rx).await, 5);
+
+        let change = |user: &str, joined| RosterChange {
+            room: "r".into(),
+            user: user.into(),
+            joined,
+        };
+        let mut got = Vec::new();
+        while let Ok(c) = heard.try_recv() {
+            got.push(c);
+        }
+        assert_eq!(
+            got,
+            [change("bob", true), change("bob", false)],
+            "alice's own join is not news to her; the replay is dropped"
+        );
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::commands::{ID_MAX, Outcome, actor, optional_string, reply, string};
 use crate::conn::Conn;
 use crate::frames::{Command, CommandError};
+use crate::hub::RosterChange;
 
 /// The commands this module serves.
 pub(crate) const COMMANDS: &[&str] = &[
@@ -69,9 +70,43 @@ pub(crate) struct ConnPresence {
     follows: HashMap<String, Reasons>,
     /// The typing task, started by the first `typing.start`.
     typing: Option<mpsc::UnboundedSender<Typing>>,
+    /// Joined rooms with room-wide presence on: members who join later are
+    /// followed too, members who leave no longer.
+    rooms: HashSet<String>,
+    /// Where the hub reports joins and leaves in joined rooms; created by
+    /// the first `room.join`, so an idle connection holds no channel.
+    roster: Option<(
+        mpsc::UnboundedSender<RosterChange>,
+        mpsc::UnboundedReceiver<RosterChange>,
+    )>,
 }
 
 impl ConnPresence {
+    /// The sender the hub reports a joined room's membership changes to.
+    pub(crate) fn roster_sender(&mut self) -> mpsc::UnboundedSender<RosterChange> {
+        self.roster
+            .get_or_insert_with(mpsc::unbounded_channel)
+            .0
+            .clone()
+    }
+
+    /// A membership change already waiting, if any.
+    pub(crate) fn waiting_roster_change(&mut self) -> Option<RosterChange> {
+        self.roster.as_mut()?.1.try_recv().ok()
+    }
+
+    /// The next membership change in a joined room; never, before the first join.
+    pub(crate) async fn next_roster_change(&mut self) -> RosterChange {
+        match self.roster.as_mut() {
+            Some((_, changes)) => match changes.recv().await {
+                Some(change) => change,
+                // Unreachable while this struct holds a sender.
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
     fn subscribed(&self) -> usize {
         self.follows.values().filter(|r| r.subscribed).count()
     }
@@ -137,6 +172,7 @@ pub(crate) async fn follow_room(conn: &mut Conn, room: &str, members: &[String])
     let Some(me) = conn.identity.as_ref().map(|i| i.user_id.clone()) else {
         return;
     };
+    conn.presence.rooms.insert(room.to_string());
     for member in members.iter().filter(|m| **m != me) {
         if let Err(e) = follow(conn, member).await {
             tracing::warn!(conn_id = %conn.id, room, error = %e.message, "cannot follow a member's presence");
@@ -148,8 +184,44 @@ pub(crate) async fn follow_room(conn: &mut Conn, room: &str, members: &[String])
     }
 }
 
+/// A user joined or left a room this connection follows room-wide: follow
+/// the newcomer (unless the room has outgrown
+/// `edge.room_presence_max_members`, which ends room-wide presence for it),
+/// or stop following who left.
+pub(crate) async fn roster_changed(conn: &mut Conn, change: RosterChange) {
+    let RosterChange { room, user, joined } = change;
+    if !conn.presence.rooms.contains(&room) {
+        return;
+    }
+    if !joined {
+        if let Some(reasons) = conn.presence.follows.get_mut(&user) {
+            reasons.rooms.remove(&room);
+        }
+        prune(conn).await;
+        return;
+    }
+    let known = |reasons: &Reasons| reasons.rooms.contains(&room);
+    if conn.presence.follows.get(&user).is_some_and(known) {
+        return;
+    }
+    // Me, the members followed for this room, and the newcomer.
+    let members = 2 + conn.presence.follows.values().filter(|r| known(r)).count();
+    if members > conn.shared.config.room_presence_max_members {
+        unfollow_room(conn, &room).await;
+        return;
+    }
+    if let Err(e) = follow(conn, &user).await {
+        tracing::warn!(conn_id = %conn.id, room, error = %e.message, "cannot follow a member's presence");
+        return;
+    }
+    if let Some(reasons) = conn.presence.follows.get_mut(&user) {
+        reasons.rooms.insert(room);
+    }
+}
+
 /// After a `room.leave`: stops following members only that room explained.
 pub(crate) async fn unfollow_room(conn: &mut Conn, room: &str) {
+    conn.presence.rooms.remove(room);
     for reasons in conn.presence.follows.values_mut() {
         reasons.rooms.remove(room);
     }
@@ -159,6 +231,7 @@ pub(crate) async fn unfollow_room(conn: &mut Conn, room: &str) {
 /// On close: leaves every presence channel and stops typing.
 pub(crate) async fn close(conn: &mut Conn) {
     conn.presence.typing = None;
+    conn.presence.rooms.clear();
     for reasons in conn.presence.follows.values_mut() {
         *reasons = Reasons::default();
     }

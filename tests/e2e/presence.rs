@@ -628,3 +628,61 @@ async fn users_of_a_killed_edge_process_go_offline_within_the_ttl() {
     );
     drop(alice);
 }
+
+#[tokio::test]
+async fn room_wide_presence_follows_members_who_join_or_leave_later() {
+    let app = spawn_presence_app(|c| c.edge.room_presence_max_members = 3).await;
+    let mut alice = app.user("alice", "Alice").await;
+    let room = alice.public_room("growing").await;
+    alice.ok("room.join", json!({"room": room})).await;
+
+    // Bob joins after alice: alice follows him from his member.joined on.
+    let mut bob = app.user("bob", "Bob").await;
+    bob.ok("room.join", json!({"room": room})).await;
+    assert_eq!(alice.event("member.joined").await["user"]["id"], "bob");
+    alice.ok("ping", json!({})).await;
+    bob.ok("presence.set", json!({"status": "busy"})).await;
+    assert_eq!(presence_of(&mut alice, "bob").await["status"], "busy");
+
+    // Bob leaves the room for good: alice stops following him.
+    bob.ok("room.leave", json!({"room": room, "forget": true}))
+        .await;
+    assert_eq!(alice.event("member.left").await["user"]["id"], "bob");
+    alice.ok("ping", json!({})).await;
+    bob.ok("presence.set", json!({"status": "away"})).await;
+    let carol_joins = {
+        let mut carol = app.user("carol", "Carol").await;
+        carol.ok("room.join", json!({"room": room})).await;
+        carol
+    };
+    let before = frames_until(&mut alice, "member.joined").await;
+    assert!(
+        !types(&before).contains(&"presence"),
+        "bob left the room, his presence no longer reaches alice: {before:?}"
+    );
+
+    // Carol is followed; when dave's arrival takes the room past three
+    // members, room-wide presence ends for it.
+    let mut carol = carol_joins;
+    alice.ok("ping", json!({})).await;
+    carol.ok("presence.set", json!({"status": "busy"})).await;
+    assert_eq!(presence_of(&mut alice, "carol").await["status"], "busy");
+    let mut dave = app.user("dave", "Dave").await;
+    dave.ok("room.join", json!({"room": room})).await;
+    let mut eve = app.user("eve", "Eve").await;
+    eve.ok("room.join", json!({"room": room})).await;
+    assert_eq!(alice.event("member.joined").await["user"]["id"], "dave");
+    assert_eq!(alice.event("member.joined").await["user"]["id"], "eve");
+    alice.ok("ping", json!({})).await;
+    carol.ok("presence.set", json!({"status": "away"})).await;
+    dave.ok(
+        "message.send",
+        json!({"room": room, "text": "marker", "client_msg_id": "m1"}),
+    )
+    .await;
+    let before = frames_until(&mut alice, "message.new").await;
+    assert!(
+        !types(&before).contains(&"presence"),
+        "the room outgrew the cap: {before:?}"
+    );
+}
