@@ -101,3 +101,121 @@ impl Leases {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use common::Secret;
+    use common::bus::MemoryBus;
+    use common::config::PresenceConfig;
+    use common::grpc::{ClientSettings, channel};
+    use common::shutdown::Shutdown;
+    use presence_service::{
+        Call, CallAction, Ended, MemoryStore, Presence, PresenceApp, PresenceError, PresenceStore,
+        Sweep, Timings,
+    };
+
+    use super::*;
+
+    /// The real memory store, noting the connections of every renewal.
+    #[derive(Default)]
+    struct NotingStore {
+        inner: MemoryStore,
+        renewals: Mutex<Vec<Vec<String>>>,
+    }
+
+    #[async_trait]
+    impl PresenceStore for NotingStore {
+        async fn register(
+            &self,
+            edge_id: &str,
+            conn_id: &str,
+            user_id: &str,
+            ttl: Duration,
+        ) -> Result<bool, PresenceError> {
+            self.inner.register(edge_id, conn_id, user_id, ttl).await
+        }
+        async fn renew(
+            &self,
+            edge_id: &str,
+            conn_ids: &[String],
+            ttl: Duration,
+        ) -> Result<Vec<String>, PresenceError> {
+            let mut noted = conn_ids.to_vec();
+            noted.sort();
+            self.renewals.lock().expect("lock").push(noted);
+            self.inner.renew(edge_id, conn_ids, ttl).await
+        }
+        async fn release(&self, conn_ids: &[String]) -> Result<Vec<Ended>, PresenceError> {
+            self.inner.release(conn_ids).await
+        }
+        async fn presence(&self, user_ids: &[String]) -> Result<Vec<Presence>, PresenceError> {
+            self.inner.presence(user_ids).await
+        }
+        async fn set_status(
+            &self,
+            user_id: &str,
+            status: &str,
+            text: &str,
+        ) -> Result<(String, String), PresenceError> {
+            self.inner.set_status(user_id, status, text).await
+        }
+        async fn sweep(&self, grace: Duration) -> Result<Sweep, PresenceError> {
+            self.inner.sweep(grace).await
+        }
+        async fn create_call(&self, call: &Call, ring: Duration) -> Result<(), PresenceError> {
+            self.inner.create_call(call, ring).await
+        }
+        async fn act_on_call(
+            &self,
+            call_id: &str,
+            user_id: &str,
+            action: CallAction,
+        ) -> Result<Call, PresenceError> {
+            self.inner.act_on_call(call_id, user_id, action).await
+        }
+    }
+
+    #[tokio::test]
+    async fn one_renew_call_covers_every_live_connection() {
+        let store = Arc::new(NotingStore::default());
+        let credential = Secret::new(common::ids::random_secret(32));
+        let app = PresenceApp::with_store(
+            store.clone(),
+            Timings::from_config(&PresenceConfig::default()),
+            Arc::new(MemoryBus::new()),
+            None,
+            &credential,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let shutdown = Shutdown::new();
+        tokio::spawn(app.serve(listener, shutdown.signal()));
+        let settings = ClientSettings {
+            credential,
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+        };
+        let client = PresenceServiceClient::new(channel(&url, &settings).expect("channel"));
+        // The loop's own interval is far away; the test renews by hand.
+        let leases = Leases::start(client, Duration::from_secs(3600), shutdown.signal());
+
+        leases.register("c1", "alice").await;
+        leases.register("c2", "alice").await;
+        leases.register("c3", "bob").await;
+        leases.renew().await;
+        leases.release("c2").await;
+        leases.renew().await;
+
+        let renewals = store.renewals.lock().expect("lock").clone();
+        assert_eq!(
+            renewals,
+            [vec!["c1", "c2", "c3"], vec!["c1", "c3"]],
+            "one call per round, holding every live connection and no released one"
+        );
+    }
+}
