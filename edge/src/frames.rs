@@ -21,6 +21,8 @@ pub struct CommandError {
     pub retry_after_ms: Option<u64>,
     /// Close code and reason when the failure ends the connection (bad token).
     pub close: Option<(u16, &'static str)>,
+    /// A machine-readable refinement of `code` (e.g. `content_blocked`).
+    pub reason: Option<&'static str>,
 }
 
 impl CommandError {
@@ -30,6 +32,7 @@ impl CommandError {
             message: message.into(),
             retry_after_ms: None,
             close: None,
+            reason: None,
         }
     }
 
@@ -109,6 +112,9 @@ fn error_object(error: &CommandError, trace_id: Option<String>) -> Value {
     e.insert("code".into(), json!(error.code.as_str()));
     e.insert("message".into(), json!(error.message));
     e.insert("temporary".into(), json!(error.code.temporary()));
+    if let Some(reason) = error.reason {
+        e.insert("reason".into(), json!(reason));
+    }
     if let Some(ms) = error.retry_after_ms {
         e.insert("retry_after_ms".into(), json!(ms));
     }

@@ -1,0 +1,132 @@
+//! Readiness: `/readyz` is true while the edge is not draining, every gRPC
+//! service answers a cheap call, and an envelope published on the bus
+//! comes back through this edge's own subscription. The probe runs on
+//! demand and its answer is kept for a moment, so load balancers polling
+//! `/readyz` cost one probe per [`FRESH`] at most.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::ai::v1::ListStreamsRequest;
+use proto::auth::v1::VerifyTokenRequest;
+use proto::chat::v1::GetRoomRequest;
+use proto::presence::v1::GetPresenceRequest;
+use tokio::time::Instant;
+
+use crate::Shared;
+use crate::outbox::{OutboxReceiver, outbox};
+
+/// How long a probe's answer is reused.
+const FRESH: Duration = Duration::from_secs(2);
+/// Bound on one probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Hub key of the probe's member (no connection uses it).
+const PROBE_KEY: u64 = u64::MAX;
+
+/// The last probe's answer: `Ok` or what is not ready.
+pub(crate) struct Readiness {
+    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// The probe's subscription: its own bus channel and what arrives there.
+    channel: String,
+    probe: tokio::sync::Mutex<Option<OutboxReceiver>>,
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        Self {
+            last: tokio::sync::Mutex::new(None),
+            channel: format!("edge:probe:{}", common::ids::new_id("e")),
+            probe: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// Whether the edge is ready, probing when the last answer is stale.
+pub(crate) async fn check(shared: &Arc<Shared>) -> Result<(), String> {
+    let readiness = &shared.readiness;
+    let mut last = readiness.last.lock().await;
+    if let Some((at, answer)) = last.as_ref()
+        && at.elapsed() < FRESH
+    {
+        return answer.clone();
+    }
+    let answer = match tokio::time::timeout(PROBE_TIMEOUT, probe(shared)).await {
+        Ok(answer) => answer,
+        Err(_) => Err("probe timed out".to_string()),
+    };
+    *last = Some((Instant::now(), answer.clone()));
+    answer
+}
+
+async fn probe(shared: &Arc<Shared>) -> Result<(), String> {
+    let b = &shared.backends;
+    // The cheapest call of each service; any answer from the service
+    // (even a refusal) means it is reachable.
+    let (mut auth, mut chat, mut ai, mut presence) = (
+        b.auth.clone(),
+        b.chat_backend.clone(),
+        b.ai.clone(),
+        b.presence.clone(),
+    );
+    let (auth, chat, ai, presence) = tokio::join!(
+        auth.verify_token(VerifyTokenRequest::default()),
+        chat.get_room(GetRoomRequest::default()),
+        ai.list_streams(ListStreamsRequest::default()),
+        presence.get_presence(GetPresenceRequest::default()),
+    );
+    reachable("auth", auth.err())?;
+    reachable("chat", chat.err())?;
+    reachable("ai", ai.err())?;
+    reachable("presence", presence.err())?;
+    bus_round_trip(shared).await
+}
+
+/// A call that failed in transport (or timed out) did not reach the service.
+fn reachable(service: &str, error: Option<tonic::Status>) -> Result<(), String> {
+    use tonic::Code;
+    match error.map(|s| s.code()) {
+        Some(Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown) => {
+            Err(format!("{service} service unreachable"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Publishes on the probe channel and waits for it to come back.
+async fn bus_round_trip(shared: &Arc<Shared>) -> Result<(), String> {
+    let readiness = &shared.readiness;
+    let mut probe = readiness.probe.lock().await;
+    if probe.is_none() {
+        let (tx, rx) = outbox(64 * 1024);
+        shared
+            .hub
+            .join(&readiness.channel, PROBE_KEY, "edge", tx, false)
+            .await
+            .map_err(|_| "bus subscription failed".to_string())?;
+        *probe = Some(rx);
+    }
+    let Some(rx) = probe.as_ref() else {
+        return Err("bus subscription failed".into());
+    };
+    let nonce = common::ids::new_id("p");
+    let envelope = common::bus::envelope("", 0, "probe", format!("\"{nonce}\""));
+    shared
+        .bus
+        .publish(&readiness.channel, &envelope)
+        .await
+        .map_err(|_| "bus unavailable".to_string())?;
+    loop {
+        let Some(batch) = rx.next_batch().await else {
+            return Err("bus subscription closed".into());
+        };
+        for item in batch {
+            if let crate::outbox::Outbound::Text(text) = item {
+                rx.sent(text.len());
+                if text.as_str().contains(&nonce) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
