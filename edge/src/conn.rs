@@ -226,6 +226,9 @@ pub(crate) async fn run(
     }
 
     Box::pin(conn.close()).await;
+    // The connection's own outbox handle and its user slot go now: the
+    // writer ends once every handle is gone, and a slot is free again.
+    drop(conn);
     drop(outbox);
     if !writer_done
         && tokio::time::timeout(Duration::from_secs(5), &mut writer)

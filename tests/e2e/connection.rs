@@ -75,23 +75,8 @@ async fn http_health_and_readiness() {
     }
 }
 
-/// A raw HTTP/1.1 GET, so the tests need no HTTP client dependency.
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line")
+    crate::helpers::http_get(addr, path, &[]).await.0
 }
 
 #[tokio::test]
@@ -156,5 +141,9 @@ async fn a_backend_that_is_down_is_unavailable_not_a_hang() {
         .await;
     assert_eq!(error["temporary"], true);
     assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+    let (status, reason) = crate::helpers::http_get(addr, "/readyz", &[]).await;
+    assert_eq!(status, 503, "services unreachable: not ready");
+    assert!(reason.contains("unreachable"), "{reason}");
+    assert_eq!(raw_get(addr, "/healthz").await, 200, "alive all the same");
     shutdown.trigger();
 }
