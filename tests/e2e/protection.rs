@@ -404,9 +404,15 @@ async fn security_events_are_logged_masked_and_without_tokens() {
         .with_writer(captured.clone())
         .with_ansi(false)
         .finish();
+    // While only one subscriber exists, tracing decides whether a callsite
+    // is wanted from the subscriber of whichever thread reaches it first;
+    // with a second (idle) one it asks every live subscriber, so callsites
+    // first reached by other tests' threads still reach this one.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
     // The suite runs on this test's thread, so a thread default sees it all
     // (`info`: the token must not appear in any component's log either).
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let dispatch = tracing::Dispatch::new(subscriber);
+    let _guard = tracing::dispatcher::set_default(&dispatch);
     let app = spawn_app_with(|c| {
         c.edge.allowed_origins = vec!["https://app.example.com".into()];
         c.edge.rate_user_per_min = 1;
