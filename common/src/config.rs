@@ -469,7 +469,11 @@ impl Config {
         }
         at_least("edge.idle_timeout_ms", self.edge.idle_timeout_ms, 100)?;
         at_least("edge.max_conns", self.edge.max_conns as u64, 1)?;
-        at_least("edge.max_conns_per_ip", self.edge.max_conns_per_ip as u64, 1)?;
+        at_least(
+            "edge.max_conns_per_ip",
+            self.edge.max_conns_per_ip as u64,
+            1,
+        )?;
         at_least(
             "edge.max_conns_per_user",
             self.edge.max_conns_per_user as u64,

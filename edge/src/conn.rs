@@ -321,11 +321,9 @@ impl Conn {
                     Some(&identity.user_id),
                     refused.as_str(),
                 );
-                let mut error = CommandError::new(
-                    ErrorCode::Forbidden,
-                    "too many connections for this user",
-                );
-                error.reason = Some("too_many_connections");
+                let mut error =
+                    CommandError::new(ErrorCode::Forbidden, "too many connections for this user");
+                error.reason = Some(frames::Reason::TooManyConnections);
                 error.close = Some((4009, "too many connections"));
                 error
             })?;

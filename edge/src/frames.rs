@@ -21,8 +21,26 @@ pub struct CommandError {
     pub retry_after_ms: Option<u64>,
     /// Close code and reason when the failure ends the connection (bad token).
     pub close: Option<(u16, &'static str)>,
-    /// A machine-readable refinement of `code` (e.g. `content_blocked`).
-    pub reason: Option<&'static str>,
+    /// A machine-readable refinement of `code` (the error's `reason`).
+    pub reason: Option<Reason>,
+}
+
+/// Refinements of an error code the client can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Content inspection refused the text (`forbidden`).
+    ContentBlocked,
+    /// The user is at the per-user connection limit (`forbidden`, then 4009).
+    TooManyConnections,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ContentBlocked => "content_blocked",
+            Self::TooManyConnections => "too_many_connections",
+        }
+    }
 }
 
 impl CommandError {
@@ -113,7 +131,7 @@ fn error_object(error: &CommandError, trace_id: Option<String>) -> Value {
     e.insert("message".into(), json!(error.message));
     e.insert("temporary".into(), json!(error.code.temporary()));
     if let Some(reason) = error.reason {
-        e.insert("reason".into(), json!(reason));
+        e.insert("reason".into(), json!(reason.as_str()));
     }
     if let Some(ms) = error.retry_after_ms {
         e.insert("retry_after_ms".into(), json!(ms));

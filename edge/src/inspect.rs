@@ -125,7 +125,7 @@ pub(crate) fn check(conn: &Conn, text: &str) -> Result<Vec<&'static str>, Comman
             ErrorCode::Forbidden,
             format!("content_blocked: the message matches {}", flags.join(", ")),
         );
-        error.reason = Some("content_blocked");
+        error.reason = Some(crate::frames::Reason::ContentBlocked);
         return Err(error);
     }
     Ok(flags)

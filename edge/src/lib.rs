@@ -150,7 +150,9 @@ impl EdgeApp {
                 .limiter
                 .use_redis(&config.edge.rate_limit_redis_url, &prefix);
         } else if config.bus.backend == common::config::Backend::Redis {
-            self.shared.limiter.use_redis(&config.bus.redis_url, &prefix);
+            self.shared
+                .limiter
+                .use_redis(&config.bus.redis_url, &prefix);
         }
         self
     }
@@ -263,7 +265,12 @@ async fn admit_connection(
     let checks = limits::connect_checks(&shared.config, ip);
     if let Err(limited) = shared.limiter.check(&checks).await {
         log(SecurityEvent::RateLimited, Some(ip), None, limited.tier);
-        let secs = limited.retry_after.as_secs_f64().ceil().max(1.0).to_string();
+        let secs = limited
+            .retry_after
+            .as_secs_f64()
+            .ceil()
+            .max(1.0)
+            .to_string();
         return Err((
             StatusCode::TOO_MANY_REQUESTS,
             [(http::header::RETRY_AFTER, secs)],

@@ -453,7 +453,10 @@ return {0}
             let now = Instant::now();
             if state.warned_at.is_none_or(|at| now >= at + RETRY) {
                 state.warned_at = Some(now);
-                tracing::warn!(error, "rate-limit redis unavailable; limits are per edge meanwhile");
+                tracing::warn!(
+                    error,
+                    "rate-limit redis unavailable; limits are per edge meanwhile"
+                );
             }
         }
 
@@ -523,7 +526,10 @@ mod tests {
         assert!(limiter.check(&c).await.is_err(), "only one refilled");
         tokio::time::advance(Duration::from_secs(60)).await;
         for _ in 0..60 {
-            limiter.check(&c).await.expect("a full minute later: all again");
+            limiter
+                .check(&c)
+                .await
+                .expect("a full minute later: all again");
         }
     }
 
@@ -591,12 +597,18 @@ mod tests {
             tiers("message.edit", Some(("u", true)))[..2],
             [("anonymous", 10), ("anonymous", 100)]
         );
-        assert_eq!(tiers("receipt.read", Some(("u", false))), [("receipts", 100)]);
+        assert_eq!(
+            tiers("receipt.read", Some(("u", false))),
+            [("receipts", 100)]
+        );
         assert_eq!(
             tiers("presence.set", Some(("u", false))),
             [("presence_set", 20)]
         );
-        assert_eq!(tiers("call.invite", Some(("u", false))), [("call_invite", 5)]);
+        assert_eq!(
+            tiers("call.invite", Some(("u", false))),
+            [("call_invite", 5)]
+        );
         assert_eq!(
             tiers("reaction.remove", Some(("u", false))),
             [("reactions", 50)]

@@ -129,4 +129,3 @@ async fn bus_round_trip(shared: &Arc<Shared>) -> Result<(), String> {
         }
     }
 }
-

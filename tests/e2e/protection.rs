@@ -47,7 +47,10 @@ async fn a_user_over_the_message_rate_gets_rate_limited_with_retry_after() {
         .err("message.send", send(&room, 3), "rate_limited")
         .await;
     let retry = error["retry_after_ms"].as_u64().expect("retry_after_ms");
-    assert!((1..=20_000).contains(&retry), "one interval is 20 s: {retry}");
+    assert!(
+        (1..=20_000).contains(&retry),
+        "one interval is 20 s: {retry}"
+    );
     assert_eq!(error["temporary"], true);
     // Other commands and other users are not held back.
     alice.ok("room.list", json!({})).await;
@@ -231,7 +234,9 @@ async fn silent_client_close_code(addr: std::net::SocketAddr) -> u16 {
             while frames.len() >= 2 {
                 let opcode = frames[0] & 0x0f;
                 let (len, header) = match frames[1] & 0x7f {
-                    126 if frames.len() >= 4 => (usize::from(u16::from_be_bytes([frames[2], frames[3]])), 4),
+                    126 if frames.len() >= 4 => {
+                        (usize::from(u16::from_be_bytes([frames[2], frames[3]])), 4)
+                    }
                     126 => break,
                     n => (usize::from(n), 2),
                 };
