@@ -124,6 +124,9 @@ pub struct EdgeConfig {
     pub content_inspection: InspectionMode,
     /// Bearer token of `GET /status`; empty disables the endpoint (404).
     pub admin_token: Secret,
+    /// After authentication every command must be an HMAC-signed envelope
+    /// (see docs/security.md); off by default.
+    pub signed_frames: bool,
 }
 
 /// What content inspection does with a message that matches a detector.
@@ -180,6 +183,7 @@ impl Default for EdgeConfig {
             rate_limit_redis_url: String::new(),
             content_inspection: InspectionMode::Flag,
             admin_token: Secret::default(),
+            signed_frames: false,
         }
     }
 }

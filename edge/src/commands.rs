@@ -224,6 +224,9 @@ async fn auth(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandErro
         fields["token"] = json!(token);
     }
     conn.authenticated(identity).await?;
+    if let Some(signed) = &conn.signed {
+        fields["frame_secret"] = json!(signed.secret());
+    }
     Ok(reply(fields))
 }
 

@@ -47,6 +47,8 @@ pub(crate) struct Conn {
     pub limits: crate::limits::ConnLimits,
     /// The signed-in user's connection slot (given back on close).
     pub user_slot: Option<crate::admission::UserSlot>,
+    /// The session's frame secret and seen nonces (`edge.signed_frames`).
+    pub signed: Option<Box<crate::signed::Signed>>,
 }
 
 /// Whether the read loop goes on.
@@ -128,14 +130,19 @@ pub(crate) async fn run(
         presence: Default::default(),
         limits: crate::limits::ConnLimits::new(),
         user_slot: None,
+        signed: None,
     };
     let config = &shared.config;
+    if identity.is_some() && config.signed_frames {
+        conn.signed = Some(Box::new(crate::signed::Signed::new()));
+    }
     outbox.push(frames::hello(
         &conn.id,
         config.auth_timeout_ms,
         config.heartbeat_ms,
         config.max_message_bytes,
         identity.as_ref().map(user_json),
+        conn.signed.as_ref().map(|s| s.secret()),
     ));
     // A refused upgrade-time identity (user at the connection limit)
     // closes right after `hello`.
@@ -241,6 +248,30 @@ pub(crate) async fn run(
 
 impl Conn {
     async fn handle_text(&mut self, text: &str) -> Flow {
+        let opened;
+        let text = match self.signed.as_mut() {
+            Some(signed) if self.identity.is_some() => {
+                match signed.open(text, common::ids::now_ms()) {
+                    Ok(payload) => {
+                        opened = payload;
+                        opened.as_str()
+                    }
+                    Err((id, refusal)) => {
+                        let user = self.identity.as_ref().map(|i| i.user_id.as_str());
+                        common::security::log(
+                            common::security::SecurityEvent::AuthFailed,
+                            Some(self.peer.ip()),
+                            user,
+                            refusal.as_str(),
+                        );
+                        let error = refusal.error();
+                        self.outbox.push(frames::failure(None, id, &error, None));
+                        return Flow::Continue;
+                    }
+                }
+            }
+            _ => text,
+        };
         let command = match frames::parse(text) {
             Ok(command) => command,
             Err((kind, id, error)) => {
@@ -328,6 +359,9 @@ impl Conn {
                 error
             })?;
         self.user_slot = Some(slot);
+        if self.shared.config.signed_frames && self.signed.is_none() {
+            self.signed = Some(Box::new(crate::signed::Signed::new()));
+        }
         self.shared
             .leases
             .register(&self.id, &identity.user_id)

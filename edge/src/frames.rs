@@ -165,9 +165,9 @@ pub fn hello(
     heartbeat_ms: u64,
     max_message_bytes: usize,
     user: Option<Value>,
+    frame_secret: Option<&str>,
 ) -> Utf8Bytes {
-    Utf8Bytes::from(
-        json!({
+    let mut hello = json!({
             "type": "hello",
             "conn_id": conn_id,
             "protocol": "parley.v1",
@@ -176,9 +176,11 @@ pub fn hello(
             "heartbeat_ms": heartbeat_ms,
             "limits": {"max_message_bytes": max_message_bytes},
             "user": user,
-        })
-        .to_string(),
-    )
+    });
+    if let Some(secret) = frame_secret {
+        hello["frame_secret"] = json!(secret);
+    }
+    Utf8Bytes::from(hello.to_string())
 }
 
 #[cfg(test)]

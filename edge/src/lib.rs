@@ -14,6 +14,7 @@ mod outbox;
 mod presence;
 mod presence_commands;
 mod ready;
+mod signed;
 mod status;
 
 use std::net::SocketAddr;

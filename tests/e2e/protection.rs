@@ -474,3 +474,117 @@ async fn security_events_are_logged_masked_and_without_tokens() {
     assert!(!log.contains("SECRET-MARKER"), "a token leaked:\n{log}");
     assert!(!log.contains(&good), "a token leaked:\n{log}");
 }
+
+/// A signed envelope of `command` under `secret`.
+fn signed(secret: &str, command: Value, timestamp: i64, nonce: &str) -> String {
+    use hmac::Mac;
+    let payload = command.to_string();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(format!("{timestamp}.{nonce}.{payload}").as_bytes());
+    let signature: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    json!({"payload": payload, "signature": signature, "timestamp": timestamp, "nonce": nonce})
+        .to_string()
+}
+
+/// The next reply or error frame.
+async fn answer(client: &mut Client) -> Value {
+    loop {
+        let frame = client.next_frame().await.expect("a frame");
+        if frame["type"] == "reply" || frame["type"] == "error" {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_signed_frames_every_command_after_auth_must_be_signed() {
+    let app = spawn_app_with(|c| c.edge.signed_frames = true).await;
+    let mut client = app.connect().await;
+    let reply = client
+        .ok("auth", json!({"token": token("alice", "Alice", 3600)}))
+        .await;
+    let secret = reply["frame_secret"]
+        .as_str()
+        .expect("frame_secret")
+        .to_string();
+    let now = common::ids::now_ms();
+
+    // Valid: the payload runs and its reply carries the payload's id.
+    let frame = signed(&secret, json!({"type": "ping", "id": 41}), now, "n1");
+    client.send_text(frame.clone()).await;
+    let reply = answer(&mut client).await;
+    assert_eq!(
+        (&reply["id"], &reply["ok"]),
+        (&json!(41), &json!(true)),
+        "{reply}"
+    );
+
+    // Replayed nonce.
+    client.send_text(frame).await;
+    let reply = answer(&mut client).await;
+    assert_eq!(reply["error"]["code"], "unauthorized", "{reply}");
+
+    // Bad signature.
+    let forged = signed(
+        "not-the-secret",
+        json!({"type": "ping", "id": 42}),
+        now,
+        "n2",
+    );
+    client.send_text(forged).await;
+    let reply = answer(&mut client).await;
+    assert_eq!(reply["error"]["code"], "unauthorized", "{reply}");
+
+    // Stale timestamp.
+    let stale = signed(&secret, json!({"type": "ping"}), now - 6 * 60 * 1000, "n3");
+    client.send_text(stale).await;
+    let reply = answer(&mut client).await;
+    assert_eq!(reply["error"]["code"], "unauthorized", "{reply}");
+
+    // Unsigned.
+    client.err("room.list", json!({}), "unauthorized").await;
+
+    // And a signed command still works afterwards.
+    let list = signed(&secret, json!({"type": "room.list", "id": 43}), now, "n4");
+    client.send_text(list).await;
+    let reply = answer(&mut client).await;
+    assert_eq!(
+        (&reply["id"], &reply["ok"]),
+        (&json!(43), &json!(true)),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn an_upgrade_time_token_gets_its_frame_secret_in_hello() {
+    let app = spawn_app_with(|c| c.edge.signed_frames = true).await;
+    let header = format!("Bearer {}", token("bob", "Bob", 3600));
+    let mut client = Client::connect(&app.ws_url(), &[("authorization", &header)])
+        .await
+        .expect("connect");
+    let secret = client.hello["frame_secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    let frame = signed(
+        &secret,
+        json!({"type": "ping", "id": 1}),
+        common::ids::now_ms(),
+        "x",
+    );
+    client.send_text(frame).await;
+    assert_eq!(answer(&mut client).await["ok"], true);
+    // Without signed frames, no secret is handed out.
+    let plain = spawn_app_with(|_| {}).await;
+    let mut client = plain.connect().await;
+    let reply = client
+        .ok("auth", json!({"token": token("carol", "Carol", 3600)}))
+        .await;
+    assert!(reply["frame_secret"].is_null(), "{reply}");
+    client.ok("ping", json!({})).await;
+}
