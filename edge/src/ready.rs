@@ -129,3 +129,98 @@ async fn bus_round_trip(shared: &Arc<Shared>) -> Result<(), String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use common::bus::{Bus, BusError, BusEvent, Envelope, MemoryBus, Subscriber};
+    use common::config::EdgeConfig;
+    use common::grpc::{ClientSettings, channel};
+    use common::shutdown::Shutdown;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{Backends, EdgeApp};
+
+    /// A bus that accepts everything and delivers nothing (a subscriber
+    /// that lost its subscription without noticing).
+    struct DeafBus;
+
+    struct DeafSubscriber;
+
+    #[async_trait::async_trait]
+    impl Bus for DeafBus {
+        async fn publish(&self, _: &str, _: &Envelope) -> Result<(), BusError> {
+            Ok(())
+        }
+
+        async fn subscriber(
+            &self,
+        ) -> Result<(Box<dyn Subscriber>, mpsc::UnboundedReceiver<BusEvent>), BusError> {
+            let (_tx, rx) = mpsc::unbounded_channel();
+            Ok((Box::new(DeafSubscriber), rx))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Subscriber for DeafSubscriber {
+        async fn subscribe(&self, _: &str) -> Result<(), BusError> {
+            Ok(())
+        }
+
+        async fn unsubscribe(&self, _: &str) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    async fn edge(bus: Arc<dyn Bus>) -> EdgeApp {
+        let settings = ClientSettings {
+            credential: common::Secret::new("x".repeat(32)),
+            connect_timeout: Duration::from_millis(200),
+            timeout: Duration::from_secs(1),
+        };
+        // Nothing listens here; the bus probe does not need the services.
+        let dead = || channel("http://127.0.0.1:9", &settings).expect("channel");
+        let backends = Backends {
+            auth: proto::auth::v1::auth_service_client::AuthServiceClient::new(dead()),
+            chat: proto::chat::v1::chat_service_client::ChatServiceClient::new(dead()),
+            chat_backend:
+                proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient::new(dead()),
+            ai: proto::ai::v1::ai_service_client::AiServiceClient::new(dead()),
+            presence: proto::presence::v1::presence_service_client::PresenceServiceClient::new(
+                dead(),
+            ),
+        };
+        EdgeApp::new(
+            &EdgeConfig::default(),
+            backends,
+            bus,
+            false,
+            Shutdown::new().signal(),
+        )
+        .await
+        .expect("edge")
+    }
+
+    #[tokio::test]
+    async fn the_bus_is_ready_only_when_a_probe_comes_back() {
+        let live = edge(Arc::new(MemoryBus::new())).await;
+        bus_round_trip(&live.shared).await.expect("round trip");
+        bus_round_trip(&live.shared).await.expect("and again");
+
+        let deaf = edge(Arc::new(DeafBus)).await;
+        let probe = tokio::time::timeout(Duration::from_millis(500), bus_round_trip(&deaf.shared));
+        assert!(probe.await.is_err(), "published but never received");
+    }
+
+    #[tokio::test]
+    async fn unreachable_services_make_the_edge_unready() {
+        let app = edge(Arc::new(MemoryBus::new())).await;
+        let answer = check(&app.shared).await;
+        assert!(
+            answer.as_ref().is_err_and(|e| e.contains("unreachable")),
+            "{answer:?}"
+        );
+    }
+}

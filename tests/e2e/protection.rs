@@ -184,6 +184,21 @@ async fn a_user_over_the_connection_limit_is_closed_with_4009() {
 }
 
 #[tokio::test]
+async fn an_upgrade_time_token_over_the_user_limit_is_closed_after_hello() {
+    let app = spawn_app_with(|c| c.edge.max_conns_per_user = 1).await;
+    let header = format!("Bearer {}", token("dave", "Dave", 3600));
+    let _first = Client::connect(&app.ws_url(), &[("authorization", &header)])
+        .await
+        .expect("first");
+    let mut second = Client::connect(&app.ws_url(), &[("authorization", &header)])
+        .await
+        .expect("upgraded, then refused");
+    let error = second.next_frame().await.expect("error frame");
+    assert_eq!(error["error"]["reason"], "too_many_connections", "{error}");
+    assert_eq!(second.close_code().await, Some(4009));
+}
+
+#[tokio::test]
 async fn a_connection_without_commands_closes_as_idle() {
     let app = spawn_app_with(|c| {
         c.edge.idle_timeout_ms = 400;
