@@ -139,12 +139,14 @@ impl EdgeApp {
     }
 
     /// Takes what the edge needs from the rest of the suite's configuration:
-    /// whether the assistant is on (`ai.enabled`), and the bus's Redis for
-    /// shared rate limits when `edge.rate_limit_redis_url` is empty.
+    /// whether the assistant is on (`ai.enabled`), the services `/readyz`
+    /// health-checks (`services.*_url`), and the bus's Redis for shared rate
+    /// limits when `edge.rate_limit_redis_url` is empty.
     pub fn with_suite_config(self, config: &common::config::Config) -> Self {
         self.shared
             .ai_enabled
             .store(config.ai.enabled, Ordering::Relaxed);
+        self.shared.readiness.watch_services(config);
         let prefix = format!("{}:rl:", config.bus.channel_prefix);
         if !config.edge.rate_limit_redis_url.is_empty() {
             self.shared

@@ -1,17 +1,18 @@
 //! Readiness: `/readyz` is true while the edge is not draining, every gRPC
-//! service answers a cheap call, and an envelope published on the bus
-//! comes back through this edge's own subscription. The probe runs on
-//! demand and its answer is kept for a moment, so load balancers polling
-//! `/readyz` cost one probe per [`FRESH`] at most.
+//! service answers the standard health check as serving, and an envelope
+//! published on the bus comes back through this edge's own subscription.
+//! The probe runs on demand and its answer is kept for a moment, so load
+//! balancers polling `/readyz` cost one probe per [`FRESH`] at most.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use proto::ai::v1::ListStreamsRequest;
-use proto::auth::v1::VerifyTokenRequest;
-use proto::chat::v1::GetRoomRequest;
-use proto::presence::v1::GetPresenceRequest;
+use common::config::Config;
+use common::grpc::{ClientSettings, ServiceChannel, channel};
 use tokio::time::Instant;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::Shared;
 use crate::outbox::{OutboxReceiver, outbox};
@@ -29,6 +30,8 @@ pub(crate) struct Readiness {
     /// The probe's subscription: its own bus channel and what arrives there.
     channel: String,
     probe: tokio::sync::Mutex<Option<OutboxReceiver>>,
+    /// Health-check channels of the services (set from the suite's config).
+    services: OnceLock<Vec<(&'static str, &'static str, ServiceChannel)>>,
 }
 
 impl Readiness {
@@ -37,7 +40,38 @@ impl Readiness {
             last: tokio::sync::Mutex::new(None),
             channel: format!("edge:probe:{}", common::ids::new_id("e")),
             probe: tokio::sync::Mutex::new(None),
+            services: OnceLock::new(),
         }
+    }
+
+    /// Health-checks the services at `config.services`' addresses.
+    pub fn watch_services(&self, config: &Config) {
+        let s = &config.services;
+        let settings = ClientSettings {
+            credential: s.credential.clone(),
+            connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+            timeout: PROBE_TIMEOUT,
+        };
+        let services = [
+            ("auth", "parley.auth.v1.AuthService", &s.auth_url),
+            ("chat", "parley.chat.v1.ChatService", &s.chat_url),
+            ("ai", "parley.ai.v1.AiService", &s.ai_url),
+            (
+                "presence",
+                "parley.presence.v1.PresenceService",
+                &s.presence_url,
+            ),
+        ];
+        let mut channels = Vec::new();
+        for (name, service, url) in services {
+            match channel(url, &settings) {
+                Ok(ch) => channels.push((name, service, ch)),
+                Err(e) => {
+                    tracing::warn!(service = name, error = %e, "readiness cannot check a service")
+                }
+            }
+        }
+        let _ = self.services.set(channels);
     }
 }
 
@@ -59,37 +93,26 @@ pub(crate) async fn check(shared: &Arc<Shared>) -> Result<(), String> {
 }
 
 async fn probe(shared: &Arc<Shared>) -> Result<(), String> {
-    let b = &shared.backends;
-    // The cheapest call of each service; any answer from the service
-    // (even a refusal) means it is reachable.
-    let (mut auth, mut chat, mut ai, mut presence) = (
-        b.auth.clone(),
-        b.chat_backend.clone(),
-        b.ai.clone(),
-        b.presence.clone(),
-    );
-    let (auth, chat, ai, presence) = tokio::join!(
-        auth.verify_token(VerifyTokenRequest::default()),
-        chat.get_room(GetRoomRequest::default()),
-        ai.list_streams(ListStreamsRequest::default()),
-        presence.get_presence(GetPresenceRequest::default()),
-    );
-    reachable("auth", auth.err())?;
-    reachable("chat", chat.err())?;
-    reachable("ai", ai.err())?;
-    reachable("presence", presence.err())?;
-    bus_round_trip(shared).await
-}
-
-/// A call that failed in transport (or timed out) did not reach the service.
-fn reachable(service: &str, error: Option<tonic::Status>) -> Result<(), String> {
-    use tonic::Code;
-    match error.map(|s| s.code()) {
-        Some(Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown) => {
-            Err(format!("{service} service unreachable"))
+    let services = shared
+        .readiness
+        .services
+        .get()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let checks = services.iter().map(|(name, service, channel)| async move {
+        let request = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        match HealthClient::new(channel.clone()).check(request).await {
+            Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+            Ok(_) => Err(format!("{name} service not serving")),
+            Err(_) => Err(format!("{name} service unreachable")),
         }
-        _ => Ok(()),
+    });
+    for result in futures::future::join_all(checks).await {
+        result?;
     }
+    bus_round_trip(shared).await
 }
 
 /// Publishes on the probe channel and waits for it to come back.
@@ -217,6 +240,13 @@ mod tests {
     #[tokio::test]
     async fn unreachable_services_make_the_edge_unready() {
         let app = edge(Arc::new(MemoryBus::new())).await;
+        check(&app.shared).await.expect("no services to check yet");
+        let mut config = common::config::Config::default();
+        config.services.auth_url = "http://127.0.0.1:9".into();
+        config.services.connect_timeout_ms = 200;
+        let app = edge(Arc::new(MemoryBus::new()))
+            .await
+            .with_suite_config(&config);
         let answer = check(&app.shared).await;
         assert!(
             answer.as_ref().is_err_and(|e| e.contains("unreachable")),

@@ -73,6 +73,14 @@ async fn http_health_and_readiness() {
     for path in ["/healthz", "/readyz"] {
         assert_eq!(raw_get(app.addrs.edge, path).await, 200, "{path}");
     }
+    // Another edge, set up as a separate process would be, is ready too.
+    let second = app.second_edge().await;
+    let addr = second
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .expect("address");
+    assert_eq!(raw_get(addr, "/readyz").await, 200);
 }
 
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> u16 {
@@ -123,9 +131,20 @@ async fn a_backend_that_is_down_is_unavailable_not_a_hang() {
     };
     let shutdown = common::shutdown::Shutdown::new();
     let bus = std::sync::Arc::new(common::bus::MemoryBus::new());
+    let mut config = app.config.clone();
+    for service in [
+        &mut config.services.auth_url,
+        &mut config.services.chat_url,
+        &mut config.services.ai_url,
+        &mut config.services.presence_url,
+    ] {
+        *service = url.clone();
+    }
+    config.services.connect_timeout_ms = 500;
     let edge = edge::EdgeApp::new(&app.config.edge, backends, bus, false, shutdown.signal())
         .await
-        .expect("edge");
+        .expect("edge")
+        .with_suite_config(&config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -185,13 +185,26 @@ impl TestApp {
         )
         .await
         .expect("second edge")
-        .with_suite_config(&self.config);
+        .with_suite_config(&self.running_config());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
         tokio::spawn(edge.serve(listener));
         url
+    }
+
+    /// The suite's configuration as it runs: services where they were bound,
+    /// with the suite's credential.
+    pub fn running_config(&self) -> Config {
+        let mut config = self.config.clone();
+        let a = self.addrs;
+        config.services.auth_url = format!("http://{}", a.auth);
+        config.services.chat_url = format!("http://{}", a.chat);
+        config.services.ai_url = format!("http://{}", a.ai);
+        config.services.presence_url = format!("http://{}", a.presence);
+        config.services.credential = self.credential.clone();
+        config
     }
 
     /// A presence-service client holding the service credential, as another
