@@ -437,6 +437,7 @@ async fn security_events_are_logged_masked_and_without_tokens() {
         c.edge.allowed_origins = vec!["https://app.example.com".into()];
         c.edge.rate_user_per_min = 1;
         c.edge.max_conns_per_user = 1;
+        c.edge.query_token = true;
     })
     .await;
 
@@ -448,6 +449,9 @@ async fn security_events_are_logged_masked_and_without_tokens() {
     let _ = Client::connect(&app.ws_url(), &[("authorization", &header)]).await;
     let mut client = app.connect().await;
     client.request("auth", json!({"token": bad})).await;
+    // … and in the query string, when that is enabled.
+    let in_url = format!("{}?token=QUERY-MARKER-{bad}", app.ws_url());
+    assert!(Client::connect(&in_url, &[]).await.is_err());
     // rate_limited
     let good = token("alice", "Alice", 3600);
     let mut alice = app.user("alice", "Alice").await;
@@ -487,6 +491,9 @@ async fn security_events_are_logged_masked_and_without_tokens() {
         assert!(!line.contains("127.0.0.1"), "an unmasked address: {line}");
     }
     assert!(!log.contains("SECRET-MARKER"), "a token leaked:\n{log}");
+    assert!(!log.contains("QUERY-MARKER"), "a URL token leaked:\n{log}");
+    let auth_failures = log.matches("event=\"auth_failed\"").count();
+    assert_eq!(auth_failures, 3, "upgrade header, auth frame, query string");
     assert!(!log.contains(&good), "a token leaked:\n{log}");
 }
 
