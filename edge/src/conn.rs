@@ -76,18 +76,22 @@ pub(crate) async fn verify(
         Err(status) => {
             let mut error = CommandError::from_status("auth", &status);
             if error.code == ErrorCode::Unauthorized {
-                common::security::log(
-                    common::security::SecurityEvent::AuthFailed,
-                    Some(peer.ip()),
-                    None,
-                    "invalid_token",
-                );
                 let expired = status
                     .metadata()
                     .get("x-parley-reason")
                     .and_then(|v| v.to_str().ok())
                     .map(|reason| reason == "expired")
                     .unwrap_or_else(|| status.message().contains("expired"));
+                common::security::log(
+                    common::security::SecurityEvent::AuthFailed,
+                    Some(peer.ip()),
+                    None,
+                    if expired {
+                        "expired_token"
+                    } else {
+                        "invalid_token"
+                    },
+                );
                 error.close = Some(if expired {
                     (4003, "token expired")
                 } else {
