@@ -252,7 +252,8 @@ pub async fn start(
     let suite_bus = bus.clone();
     let edge = EdgeApp::new(&config.edge, backends, bus, tracing, shutdown.signal())
         .await
-        .map_err(component("edge"))?;
+        .map_err(component("edge"))?
+        .with_suite_config(&config);
 
     let Listeners {
         edge: edge_l,

@@ -14,6 +14,15 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p parley -p pa
 export PARLEY_AUTH_HS256_SECRET="${PARLEY_AUTH_HS256_SECRET:-loadgen-secret-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 export PARLEY_SERVICES_CREDENTIAL="${PARLEY_SERVICES_CREDENTIAL:-loadgen-credential-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 export PARLEY_LOG_LEVEL="${PARLEY_LOG_LEVEL:-warn}"
+# Every load client comes from 127.0.0.1 and load is the point: lift the
+# per-address, per-user and per-connection limits (docs/security.md).
+export PARLEY_EDGE_MAX_CONNS_PER_IP="${PARLEY_EDGE_MAX_CONNS_PER_IP:-1000000}"
+export PARLEY_EDGE_MAX_CONNS_PER_USER="${PARLEY_EDGE_MAX_CONNS_PER_USER:-1000000}"
+for key in USER_PER_MIN USER_PER_HOUR ANONYMOUS_PER_MIN ANONYMOUS_PER_HOUR IP_MESSAGES_PER_MIN \
+    IP_CONNECTS_PER_MIN CONN_COMMANDS_PER_MIN; do
+    var="PARLEY_EDGE_RATE_$key"
+    export "$var=${!var:-0}"
+done
 if [ "${1:-}" = ai ]; then
     export PARLEY_AI_PROVIDER=openai PARLEY_AI_BASE_URL=http://127.0.0.1:18080/v1
 fi

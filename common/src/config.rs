@@ -81,6 +81,64 @@ pub struct EdgeConfig {
     /// clients do not all reconnect to the other edges at once. Must be
     /// shorter than `shutdown_grace_ms`.
     pub drain_ms: u64,
+    // Protection and admission (docs/security.md). A rate of 0 turns its
+    // tier off.
+    /// Upgrades answer HTTP 503 (maintenance mode).
+    pub maintenance: bool,
+    /// A connection that sends no command for this long closes with 1000 `idle`.
+    pub idle_timeout_ms: u64,
+    /// Concurrent connections on this edge; more get HTTP 429.
+    pub max_conns: usize,
+    /// Concurrent connections from one address on this edge; more get HTTP 429.
+    pub max_conns_per_ip: usize,
+    /// Concurrent connections of one user on this edge; more close with 4009.
+    pub max_conns_per_user: usize,
+    /// Messages (`message.send`, `message.edit`) per signed-in user.
+    pub rate_user_per_min: u32,
+    pub rate_user_per_hour: u32,
+    /// Messages per anonymous user.
+    pub rate_anonymous_per_min: u32,
+    pub rate_anonymous_per_hour: u32,
+    /// Messages from one address.
+    pub rate_ip_messages_per_min: u32,
+    /// New connections from one address.
+    pub rate_ip_connects_per_min: u32,
+    /// Commands of any type on one connection.
+    pub rate_conn_commands_per_min: u32,
+    /// Per user and command family.
+    pub rate_typing_per_10s: u32,
+    pub rate_receipts_per_min: u32,
+    pub rate_presence_set_per_min: u32,
+    pub rate_call_invite_per_min: u32,
+    pub rate_reactions_per_min: u32,
+    /// Messages and new connections across all users (0: no global cap).
+    pub rate_global_messages_per_min: u32,
+    pub rate_global_connects_per_min: u32,
+    /// This many `rate_limited` answers within a minute close the connection with 4029.
+    pub rate_violations_close: u32,
+    /// Redis holding the per-user and per-IP rate windows, shared by every
+    /// edge. Empty: the bus's Redis when `bus.backend = "redis"`, else this
+    /// edge's memory.
+    pub rate_limit_redis_url: String,
+    /// Content inspection of message text: `off`, `flag` or `block`.
+    pub content_inspection: InspectionMode,
+    /// Bearer token of `GET /status`; empty disables the endpoint (404).
+    pub admin_token: Secret,
+    /// After authentication every command must be an HMAC-signed envelope
+    /// (see docs/security.md); off by default.
+    pub signed_frames: bool,
+}
+
+/// What content inspection does with a message that matches a detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InspectionMode {
+    /// No inspection.
+    Off,
+    /// Stored unchanged, with `metadata.flags`, and logged.
+    Flag,
+    /// Refused with `forbidden` (`content_blocked`).
+    Block,
 }
 
 impl Default for EdgeConfig {
@@ -102,6 +160,30 @@ impl Default for EdgeConfig {
             typing_timeout_ms: 6_000,
             shutdown_grace_ms: 10_000,
             drain_ms: 5_000,
+            maintenance: false,
+            idle_timeout_ms: 30 * 60 * 1000,
+            max_conns: 100_000,
+            max_conns_per_ip: 100,
+            max_conns_per_user: 20,
+            rate_user_per_min: 60,
+            rate_user_per_hour: 1_000,
+            rate_anonymous_per_min: 10,
+            rate_anonymous_per_hour: 100,
+            rate_ip_messages_per_min: 200,
+            rate_ip_connects_per_min: 20,
+            rate_conn_commands_per_min: 300,
+            rate_typing_per_10s: 10,
+            rate_receipts_per_min: 100,
+            rate_presence_set_per_min: 20,
+            rate_call_invite_per_min: 5,
+            rate_reactions_per_min: 50,
+            rate_global_messages_per_min: 0,
+            rate_global_connects_per_min: 0,
+            rate_violations_close: 10,
+            rate_limit_redis_url: String::new(),
+            content_inspection: InspectionMode::Flag,
+            admin_token: Secret::default(),
+            signed_frames: false,
         }
     }
 }
@@ -389,6 +471,34 @@ impl Config {
                 self.edge.shutdown_grace_ms
             )));
         }
+        at_least("edge.idle_timeout_ms", self.edge.idle_timeout_ms, 100)?;
+        at_least("edge.max_conns", self.edge.max_conns as u64, 1)?;
+        at_least(
+            "edge.max_conns_per_ip",
+            self.edge.max_conns_per_ip as u64,
+            1,
+        )?;
+        at_least(
+            "edge.max_conns_per_user",
+            self.edge.max_conns_per_user as u64,
+            1,
+        )?;
+        at_least(
+            "edge.rate_violations_close",
+            u64::from(self.edge.rate_violations_close),
+            1,
+        )?;
+        let rl = &self.edge.rate_limit_redis_url;
+        if !(rl.is_empty() || rl.starts_with("redis://") || rl.starts_with("rediss://")) {
+            return Err(ConfigError::new(
+                "key `edge.rate_limit_redis_url`: must be empty or start with redis:// or rediss://",
+            ));
+        }
+        if !self.edge.admin_token.is_empty() && self.edge.admin_token.expose().len() < 16 {
+            return Err(ConfigError::new(
+                "key `edge.admin_token`: must be at least 16 bytes (or empty to disable /status)",
+            ));
+        }
         at_least("chat.max_connections", self.chat.max_connections as u64, 1)?;
         at_least("chat.max_text_chars", self.chat.max_text_chars as u64, 1)?;
         at_least("chat.page_limit", self.chat.page_limit as u64, 1)?;
@@ -547,6 +657,7 @@ fn is_string_key(key: &str) -> bool {
         || matches!(
             key,
             "credential"
+                | "admin_token"
                 | "issuer"
                 | "audience"
                 | "channel_prefix"
@@ -601,6 +712,45 @@ mod tests {
         assert_eq!(c.edge.presence_subscribe_max, 500);
         assert_eq!(c.edge.room_presence_max_members, 100);
         assert_eq!(c.edge.typing_timeout_ms, 6_000);
+        assert_eq!(c.edge.idle_timeout_ms, 1_800_000);
+        assert_eq!(
+            (
+                c.edge.max_conns,
+                c.edge.max_conns_per_ip,
+                c.edge.max_conns_per_user
+            ),
+            (100_000, 100, 20)
+        );
+        assert_eq!(c.edge.rate_user_per_min, 60);
+        assert_eq!(c.edge.rate_violations_close, 10);
+        assert_eq!(c.edge.content_inspection, InspectionMode::Flag);
+        assert!(c.edge.admin_token.is_empty() && !c.edge.maintenance);
+    }
+
+    #[test]
+    fn protection_keys_load_from_the_environment() {
+        let c = load(&[
+            ("PARLEY_EDGE_CONTENT_INSPECTION", "block"),
+            ("PARLEY_EDGE_ADMIN_TOKEN", "0123456789abcdef0123"),
+            ("PARLEY_EDGE_RATE_USER_PER_MIN", "0"),
+            ("PARLEY_EDGE_MAINTENANCE", "true"),
+        ])
+        .expect("valid");
+        assert_eq!(c.edge.content_inspection, InspectionMode::Block);
+        assert_eq!(c.edge.admin_token.expose(), "0123456789abcdef0123");
+        assert_eq!(c.edge.rate_user_per_min, 0);
+        assert!(c.edge.maintenance);
+        let e = load(&[("PARLEY_EDGE_CONTENT_INSPECTION", "strict")]).expect_err("bad mode");
+        assert!(e.to_string().contains("edge.content_inspection"), "{e}");
+        let e = load(&[("PARLEY_EDGE_ADMIN_TOKEN", "short")]).expect_err("short token");
+        assert!(e.to_string().contains("edge.admin_token"), "{e}");
+        assert!(!e.to_string().contains("short\""), "token leaked: {e}");
+        let e = load(&[("PARLEY_EDGE_MAX_CONNS_PER_USER", "0")]).expect_err("zero");
+        assert!(e.to_string().contains("edge.max_conns_per_user"), "{e}");
+        let e = load(&[("PARLEY_EDGE_RATE_LIMIT_REDIS_URL", "http://x")]).expect_err("not redis");
+        assert!(e.to_string().contains("edge.rate_limit_redis_url"), "{e}");
+        let e = load(&[("PARLEY_EDGE_RATE_VIOLATIONS_CLOSE", "0")]).expect_err("zero");
+        assert!(e.to_string().contains("edge.rate_violations_close"), "{e}");
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub(crate) async fn dispatch(conn: &mut Conn, command: Command) -> Result<Outcom
                 Err(unknown(kind))
             }
         }
+        _ if kind.starts_with("ai.") && !conn.shared.ai_enabled() => Err(CommandError::new(
+            ErrorCode::Disabled,
+            "the assistant is switched off on this server",
+        )),
         "room.create" => room_create(conn, &command).await,
         "room.join" => room_join(conn, &command).await,
         "room.leave" => room_leave(conn, &command).await,
@@ -219,7 +223,10 @@ async fn auth(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandErro
     if let Some(token) = token {
         fields["token"] = json!(token);
     }
-    conn.authenticated(identity).await;
+    conn.authenticated(identity).await?;
+    if let Some(signed) = &conn.signed {
+        fields["frame_secret"] = json!(signed.secret());
+    }
     Ok(reply(fields))
 }
 
@@ -399,14 +406,20 @@ async fn message_send(conn: &mut Conn, command: &Command) -> Result<Outcome, Com
     };
     let client_msg_id = string(body, "client_msg_id", 64)?;
     let thread_id = optional_string(body, "thread", ID_MAX)?;
-    let metadata_json = match body.get("metadata") {
-        None | Some(Value::Null) => String::new(),
-        Some(v @ Value::Object(_)) => v.to_string(),
+    let metadata = match body.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m.clone()),
         Some(_) => {
             return Err(CommandError::bad_request(
                 "`metadata` must be a JSON object",
             ));
         }
+    };
+    let flags = crate::inspect::check(conn, &text)?;
+    let metadata_json = match metadata {
+        _ if !flags.is_empty() => crate::inspect::flag_metadata(metadata, &flags).to_string(),
+        Some(m) => Value::Object(m).to_string(),
+        None => String::new(),
     };
     let request = actor(conn)?.request(SendMessageRequest {
         room_id: room,
@@ -543,6 +556,8 @@ async fn message_edit(conn: &mut Conn, command: &Command) -> Result<Outcome, Com
         Some(Value::String(s)) => s.clone(),
         _ => return Err(CommandError::bad_request("missing string field `text`")),
     };
+    // An edit cannot carry metadata: `flag` mode only logs it.
+    crate::inspect::check(conn, &text)?;
     let request = actor(conn)?.request(EditMessageRequest {
         room_id: string(body, "room", ID_MAX)?,
         message_id: string(body, "message_id", ID_MAX)?,

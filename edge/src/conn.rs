@@ -43,6 +43,12 @@ pub(crate) struct Conn {
     pub parent: opentelemetry::Context,
     /// Presence this connection follows, and its typing indicators.
     pub presence: crate::presence_commands::ConnPresence,
+    /// This connection's command window and rate-limit violations.
+    pub limits: crate::limits::ConnLimits,
+    /// The signed-in user's connection slot (given back on close).
+    pub user_slot: Option<crate::admission::UserSlot>,
+    /// The session's frame secret and seen nonces (`edge.signed_frames`).
+    pub signed: Option<Box<crate::signed::Signed>>,
 }
 
 /// Whether the read loop goes on.
@@ -76,6 +82,16 @@ pub(crate) async fn verify(
                     .and_then(|v| v.to_str().ok())
                     .map(|reason| reason == "expired")
                     .unwrap_or_else(|| status.message().contains("expired"));
+                common::security::log(
+                    common::security::SecurityEvent::AuthFailed,
+                    Some(peer.ip()),
+                    None,
+                    if expired {
+                        "expired_token"
+                    } else {
+                        "invalid_token"
+                    },
+                );
                 error.close = Some(if expired {
                     (4003, "token expired")
                 } else {
@@ -116,17 +132,33 @@ pub(crate) async fn run(
         rooms: HashSet::new(),
         parent,
         presence: Default::default(),
+        limits: crate::limits::ConnLimits::new(),
+        user_slot: None,
+        signed: None,
     };
     let config = &shared.config;
+    if identity.is_some() && config.signed_frames {
+        conn.signed = Some(Box::new(crate::signed::Signed::new()));
+    }
     outbox.push(frames::hello(
         &conn.id,
         config.auth_timeout_ms,
         config.heartbeat_ms,
         config.max_message_bytes,
         identity.as_ref().map(user_json),
+        conn.signed.as_ref().map(|s| s.secret()),
     ));
-    if let Some(identity) = identity {
-        Box::pin(conn.authenticated(identity)).await;
+    // A refused upgrade-time identity (user at the connection limit)
+    // closes right after `hello`.
+    let mut refused = false;
+    if let Some(identity) = identity
+        && let Err(error) = Box::pin(conn.authenticated(identity)).await
+    {
+        outbox.push(frames::failure(Some("auth"), None, &error, None));
+        if let Some((code, reason)) = error.close {
+            outbox.close(code, reason);
+        }
+        refused = true;
     }
     tracing::debug!(conn_id = %conn.id, peer = %peer.ip(), "connection opened");
 
@@ -135,12 +167,17 @@ pub(crate) async fn run(
     let pong_timeout = Duration::from_millis(config.pong_timeout_ms);
     let mut ticks = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     let mut last_pong = Instant::now();
+    let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
+    let mut last_command = Instant::now();
     let mut binary_frames = 0u32;
     let shutdown = shared.shutdown.clone().wait();
     tokio::pin!(shutdown);
     let mut drain_at: Option<Instant> = None;
 
     loop {
+        if refused {
+            break;
+        }
         tokio::select! {
             _ = &mut shutdown, if drain_at.is_none() => {
                 // In-flight commands have finished (they run inside this
@@ -157,8 +194,8 @@ pub(crate) async fn run(
                 break;
             }
             _ = ticks.tick() => {
-                if last_pong.elapsed() > pong_timeout {
-                    outbox.close(4012, "no pong");
+                if let Some((code, reason)) = liveness(last_pong, last_command, pong_timeout, idle_timeout) {
+                    outbox.close(code, reason);
                     break;
                 }
                 outbox.ping();
@@ -180,6 +217,7 @@ pub(crate) async fn run(
                 }
                 Some(Ok(Message::Text(text))) => {
                     last_pong = Instant::now();
+                    last_command = last_pong;
                     // Membership changes the client may have seen come
                     // first: a command sent after a `member.joined` finds
                     // the newcomer followed.
@@ -208,6 +246,9 @@ pub(crate) async fn run(
     }
 
     Box::pin(conn.close()).await;
+    // The connection's own outbox handle and its user slot go now: the
+    // writer ends once every handle is gone, and a slot is free again.
+    drop(conn);
     drop(outbox);
     if !writer_done
         && tokio::time::timeout(Duration::from_secs(5), &mut writer)
@@ -220,6 +261,30 @@ pub(crate) async fn run(
 
 impl Conn {
     async fn handle_text(&mut self, text: &str) -> Flow {
+        let opened;
+        let text = match self.signed.as_mut() {
+            Some(signed) if self.identity.is_some() => {
+                match signed.open(text, common::ids::now_ms()) {
+                    Ok(payload) => {
+                        opened = payload;
+                        opened.as_str()
+                    }
+                    Err((id, refusal)) => {
+                        let user = self.identity.as_ref().map(|i| i.user_id.as_str());
+                        common::security::log(
+                            common::security::SecurityEvent::AuthFailed,
+                            Some(self.peer.ip()),
+                            user,
+                            refusal.as_str(),
+                        );
+                        let error = refusal.error();
+                        self.outbox.push(frames::failure(None, id, &error, None));
+                        return Flow::Continue;
+                    }
+                }
+            }
+            _ => text,
+        };
         let command = match frames::parse(text) {
             Ok(command) => command,
             Err((kind, id, error)) => {
@@ -248,9 +313,14 @@ impl Conn {
         }
         let kind = command.kind.clone();
         let id = command.id;
-        let result = commands::dispatch(self, command)
-            .instrument(span.clone())
-            .await;
+        let result = match crate::limits::admit(self, &kind).await {
+            Ok(()) => {
+                commands::dispatch(self, command)
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(limited) => Err(limited),
+        };
         match result {
             Ok(commands::Outcome::Reply(fields)) => {
                 if let Some(id) = id {
@@ -283,7 +353,28 @@ impl Conn {
 
     /// Keeps the verified identity, registers the presence lease and
     /// subscribes the user's own channel.
-    pub(crate) async fn authenticated(&mut self, identity: Identity) {
+    pub(crate) async fn authenticated(&mut self, identity: Identity) -> Result<(), CommandError> {
+        let slot = self
+            .shared
+            .admission
+            .sign_in(&identity.user_id, identity.anonymous)
+            .map_err(|refused| {
+                common::security::log(
+                    common::security::SecurityEvent::ConnLimited,
+                    Some(self.peer.ip()),
+                    Some(&identity.user_id),
+                    refused.as_str(),
+                );
+                let mut error =
+                    CommandError::new(ErrorCode::Forbidden, "too many connections for this user");
+                error.reason = Some(frames::Reason::TooManyConnections);
+                error.close = Some((4009, "too many connections"));
+                error
+            })?;
+        self.user_slot = Some(slot);
+        if self.shared.config.signed_frames && self.signed.is_none() {
+            self.signed = Some(Box::new(crate::signed::Signed::new()));
+        }
         self.shared
             .leases
             .register(&self.id, &identity.user_id)
@@ -304,6 +395,7 @@ impl Conn {
             tracing::warn!(conn_id = %self.id, error = %e, "user channel subscribe failed");
         }
         self.identity = Some(identity);
+        Ok(())
     }
 
     async fn close(&mut self) {
@@ -322,6 +414,24 @@ impl Conn {
             self.shared.leases.release(&self.id).await;
         }
         tracing::debug!(conn_id = %self.id, "connection closed");
+    }
+}
+
+/// What a heartbeat tick decides: close 4012 when no pong (or frame) came
+/// within `pong_timeout`, 1000 `idle` when no command came within `idle`
+/// (checked on each tick, so an idle close comes up to one heartbeat late).
+fn liveness(
+    last_pong: Instant,
+    last_command: Instant,
+    pong_timeout: Duration,
+    idle: Duration,
+) -> Option<(u16, &'static str)> {
+    if last_pong.elapsed() > pong_timeout {
+        Some((4012, "no pong"))
+    } else if last_command.elapsed() >= idle {
+        Some((1000, "idle"))
+    } else {
+        None
     }
 }
 
@@ -419,6 +529,27 @@ mod tests {
     fn an_idle_connection_task_is_small() {
         let size = future_size(run);
         assert!(size < 3 * 1024, "connection task future is {size} bytes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_ticks_close_on_missing_pongs_and_idleness() {
+        let pong = Duration::from_secs(60);
+        let idle = Duration::from_secs(30 * 60);
+        let start = Instant::now();
+        assert_eq!(liveness(start, start, pong, idle), None);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(liveness(start, start, pong, idle), None, "60 s is not past");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(liveness(start, start, pong, idle), Some((4012, "no pong")));
+        // Pongs keep coming, commands do not.
+        let mut last_pong = Instant::now();
+        while start.elapsed() < idle {
+            assert_eq!(liveness(last_pong, start, pong, idle), None);
+            tokio::time::advance(Duration::from_secs(25)).await;
+            last_pong = Instant::now();
+        }
+        assert_eq!(liveness(last_pong, start, pong, idle), Some((1000, "idle")));
+        assert_eq!(liveness(last_pong, Instant::now(), pong, idle), None);
     }
 
     #[test]

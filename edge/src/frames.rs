@@ -21,6 +21,26 @@ pub struct CommandError {
     pub retry_after_ms: Option<u64>,
     /// Close code and reason when the failure ends the connection (bad token).
     pub close: Option<(u16, &'static str)>,
+    /// A machine-readable refinement of `code` (the error's `reason`).
+    pub reason: Option<Reason>,
+}
+
+/// Refinements of an error code the client can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Content inspection refused the text (`forbidden`).
+    ContentBlocked,
+    /// The user is at the per-user connection limit (`forbidden`, then 4009).
+    TooManyConnections,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ContentBlocked => "content_blocked",
+            Self::TooManyConnections => "too_many_connections",
+        }
+    }
 }
 
 impl CommandError {
@@ -30,6 +50,7 @@ impl CommandError {
             message: message.into(),
             retry_after_ms: None,
             close: None,
+            reason: None,
         }
     }
 
@@ -109,6 +130,9 @@ fn error_object(error: &CommandError, trace_id: Option<String>) -> Value {
     e.insert("code".into(), json!(error.code.as_str()));
     e.insert("message".into(), json!(error.message));
     e.insert("temporary".into(), json!(error.code.temporary()));
+    if let Some(reason) = error.reason {
+        e.insert("reason".into(), json!(reason.as_str()));
+    }
     if let Some(ms) = error.retry_after_ms {
         e.insert("retry_after_ms".into(), json!(ms));
     }
@@ -141,9 +165,9 @@ pub fn hello(
     heartbeat_ms: u64,
     max_message_bytes: usize,
     user: Option<Value>,
+    frame_secret: Option<&str>,
 ) -> Utf8Bytes {
-    Utf8Bytes::from(
-        json!({
+    let mut hello = json!({
             "type": "hello",
             "conn_id": conn_id,
             "protocol": "parley.v1",
@@ -152,9 +176,11 @@ pub fn hello(
             "heartbeat_ms": heartbeat_ms,
             "limits": {"max_message_bytes": max_message_bytes},
             "user": user,
-        })
-        .to_string(),
-    )
+    });
+    if let Some(secret) = frame_secret {
+        hello["frame_secret"] = json!(secret);
+    }
+    Utf8Bytes::from(hello.to_string())
 }
 
 #[cfg(test)]

@@ -233,6 +233,18 @@ impl Hub {
         }
     }
 
+    /// Rooms with local members, and how many of this edge's connections
+    /// joined each.
+    pub fn rooms(&self) -> Vec<(String, usize)> {
+        lock(&self.channels)
+            .iter()
+            .filter_map(|(name, c)| {
+                let room = name.strip_prefix(ROOM_PREFIX)?;
+                (!c.members.is_empty()).then(|| (room.to_string(), c.members.len()))
+            })
+            .collect()
+    }
+
     /// Number of local members of a channel.
     #[cfg(test)]
     pub fn members(&self, channel: &str) -> usize {

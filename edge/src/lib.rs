@@ -2,14 +2,20 @@
 //! through auth-service, turns every command frame into one gRPC call, and
 //! fans room events from the bus out to the connections that joined.
 
+mod admission;
 mod ai_commands;
 mod commands;
 mod conn;
 mod frames;
 mod hub;
+mod inspect;
+mod limits;
 mod outbox;
 mod presence;
 mod presence_commands;
+mod ready;
+mod signed;
+mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +77,20 @@ pub(crate) struct Shared {
     pub shutdown: ShutdownSignal,
     /// Held by every connection task; closed when the last one ends.
     pub conns_alive: mpsc::Sender<()>,
+    /// Concurrent connections per address, per user and in total.
+    pub admission: Arc<admission::Admission>,
+    /// Rate-limit windows (shared through Redis when configured).
+    pub limiter: limits::Limiter,
+    /// Whether `ai.*` commands are served (`ai.enabled`).
+    pub ai_enabled: AtomicBool,
+    /// The cached answer of `/readyz`.
+    pub readiness: ready::Readiness,
+}
+
+impl Shared {
+    pub fn ai_enabled(&self) -> bool {
+        self.ai_enabled.load(Ordering::Relaxed)
+    }
 }
 
 /// The edge, ready to serve.
@@ -106,8 +126,38 @@ impl EdgeApp {
             draining: AtomicBool::new(false),
             shutdown,
             conns_alive,
+            admission: admission::Admission::new(
+                config.max_conns,
+                config.max_conns_per_ip,
+                config.max_conns_per_user,
+            ),
+            limiter: limits::Limiter::new(),
+            ai_enabled: AtomicBool::new(true),
+            readiness: ready::Readiness::new(),
         });
         Ok(Self { shared, conns_done })
+    }
+
+    /// Takes what the edge needs from the rest of the suite's configuration:
+    /// whether the assistant is on (`ai.enabled`), the services `/readyz`
+    /// health-checks (`services.*_url`), and the bus's Redis for shared rate
+    /// limits when `edge.rate_limit_redis_url` is empty.
+    pub fn with_suite_config(self, config: &common::config::Config) -> Self {
+        self.shared
+            .ai_enabled
+            .store(config.ai.enabled, Ordering::Relaxed);
+        self.shared.readiness.watch_services(config);
+        let prefix = format!("{}:rl:", config.bus.channel_prefix);
+        if !config.edge.rate_limit_redis_url.is_empty() {
+            self.shared
+                .limiter
+                .use_redis(&config.edge.rate_limit_redis_url, &prefix);
+        } else if config.bus.backend == common::config::Backend::Redis {
+            self.shared
+                .limiter
+                .use_redis(&config.bus.redis_url, &prefix);
+        }
+        self
     }
 
     /// Serves HTTP + WebSocket on `listener` until the shutdown signal, then
@@ -122,6 +172,7 @@ impl EdgeApp {
             .route("/ws", get(upgrade))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
+            .route("/status", get(status::status))
             .with_state(shared.clone());
         let signal = shared.shutdown.clone();
         let drain_flag = shared.clone();
@@ -143,9 +194,11 @@ impl EdgeApp {
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.draining.load(Ordering::SeqCst) || shared.shutdown.is_triggered() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
-    } else {
-        "ready".into_response()
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    match ready::check(&shared).await {
+        Ok(()) => "ready".into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     }
 }
 
@@ -158,6 +211,9 @@ async fn upgrade(
     uri: axum::http::Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if shared.config.maintenance {
+        return (StatusCode::SERVICE_UNAVAILABLE, "maintenance").into_response();
+    }
     if shared.draining.load(Ordering::SeqCst) || shared.shutdown.is_triggered() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
@@ -170,6 +226,10 @@ async fn upgrade(
         );
         return (status, "origin not allowed").into_response();
     }
+    let slot = match admit_connection(&shared, peer.ip()).await {
+        Ok(slot) => slot,
+        Err(response) => return response,
+    };
     let token = upgrade_token(&shared.config, &headers, &uri);
     let parent = common::trace::extract_headers(&headers);
     let identity = match token {
@@ -190,7 +250,41 @@ async fn upgrade(
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(max.saturating_mul(2).max(64 * 1024))
-        .on_upgrade(move |socket| conn::run(shared, socket, peer, identity, parent))
+        .on_upgrade(move |socket| async move {
+            // The slot is given back when the connection ends (or the
+            // upgrade never completes and this closure is dropped).
+            let _slot = slot;
+            conn::run(shared, socket, peer, identity, parent).await
+        })
+}
+
+/// The new-connection rate of the address, then a concurrency slot; a
+/// refusal is HTTP 429 (with `Retry-After` when a wait helps).
+async fn admit_connection(
+    shared: &Arc<Shared>,
+    ip: std::net::IpAddr,
+) -> Result<admission::Slot, Response> {
+    use common::security::{SecurityEvent, log};
+    let checks = limits::connect_checks(&shared.config, ip);
+    if let Err(limited) = shared.limiter.check(&checks).await {
+        log(SecurityEvent::RateLimited, Some(ip), None, limited.tier);
+        let secs = limited
+            .retry_after
+            .as_secs_f64()
+            .ceil()
+            .max(1.0)
+            .to_string();
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(http::header::RETRY_AFTER, secs)],
+            "too many new connections",
+        )
+            .into_response());
+    }
+    shared.admission.open(ip).map_err(|refused| {
+        log(SecurityEvent::ConnLimited, Some(ip), None, refused.as_str());
+        (StatusCode::TOO_MANY_REQUESTS, "too many connections").into_response()
+    })
 }
 
 /// Each connection's WebSocket read buffer. It is allocated up front and

@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
         };
         let bus: Arc<dyn common::bus::Bus> = common::bus::connect(&config.bus).await?;
         let shutdown = Shutdown::new();
-        let app = EdgeApp::new(&config.edge, backends, bus, telemetry.tracing_enabled(), shutdown.signal()).await?;
+        let app = EdgeApp::new(&config.edge, backends, bus, telemetry.tracing_enabled(), shutdown.signal()).await?.with_suite_config(&config);
         let listener = tokio::net::TcpListener::bind(config.edge.listen).await?;
         tracing::info!(addr = %listener.local_addr()?, "edge listening (ws://…/ws, /healthz, /readyz)");
         tokio::spawn(async move {

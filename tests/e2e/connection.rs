@@ -73,25 +73,18 @@ async fn http_health_and_readiness() {
     for path in ["/healthz", "/readyz"] {
         assert_eq!(raw_get(app.addrs.edge, path).await, 200, "{path}");
     }
+    // Another edge, set up as a separate process would be, is ready too.
+    let second = app.second_edge().await;
+    let addr = second
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .expect("address");
+    assert_eq!(raw_get(addr, "/readyz").await, 200);
 }
 
-/// A raw HTTP/1.1 GET, so the tests need no HTTP client dependency.
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line")
+    crate::helpers::http_get(addr, path, &[]).await.0
 }
 
 #[tokio::test]
@@ -138,9 +131,20 @@ async fn a_backend_that_is_down_is_unavailable_not_a_hang() {
     };
     let shutdown = common::shutdown::Shutdown::new();
     let bus = std::sync::Arc::new(common::bus::MemoryBus::new());
+    let mut config = app.config.clone();
+    for service in [
+        &mut config.services.auth_url,
+        &mut config.services.chat_url,
+        &mut config.services.ai_url,
+        &mut config.services.presence_url,
+    ] {
+        *service = url.clone();
+    }
+    config.services.connect_timeout_ms = 500;
     let edge = edge::EdgeApp::new(&app.config.edge, backends, bus, false, shutdown.signal())
         .await
-        .expect("edge");
+        .expect("edge")
+        .with_suite_config(&config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -156,5 +160,9 @@ async fn a_backend_that_is_down_is_unavailable_not_a_hang() {
         .await;
     assert_eq!(error["temporary"], true);
     assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+    let (status, reason) = crate::helpers::http_get(addr, "/readyz", &[]).await;
+    assert_eq!(status, 503, "services unreachable: not ready");
+    assert!(reason.contains("unreachable"), "{reason}");
+    assert_eq!(raw_get(addr, "/healthz").await, 200, "alive all the same");
     shutdown.trigger();
 }

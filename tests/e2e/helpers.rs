@@ -94,6 +94,25 @@ pub async fn spawn_app_traced(adjust: impl FnOnce(&mut Config), tracing: bool) -
     config.ai.offline_chunk_delay_ms = 1;
     config.edge.shutdown_grace_ms = 2_000;
     config.edge.drain_ms = 200;
+    // Every test client comes from 127.0.0.1 and some tests send hundreds
+    // of frames: the rate limits are off unless a test sets them.
+    let edge = &mut config.edge;
+    for rate in [
+        &mut edge.rate_user_per_min,
+        &mut edge.rate_user_per_hour,
+        &mut edge.rate_anonymous_per_min,
+        &mut edge.rate_anonymous_per_hour,
+        &mut edge.rate_ip_messages_per_min,
+        &mut edge.rate_ip_connects_per_min,
+        &mut edge.rate_conn_commands_per_min,
+        &mut edge.rate_typing_per_10s,
+        &mut edge.rate_receipts_per_min,
+        &mut edge.rate_presence_set_per_min,
+        &mut edge.rate_call_invite_per_min,
+        &mut edge.rate_reactions_per_min,
+    ] {
+        *rate = 0;
+    }
     if let Some(redis) = common::testing::test_redis_url() {
         config.bus.backend = Backend::Redis;
         config.bus.redis_url = redis.clone();
@@ -165,13 +184,27 @@ impl TestApp {
             self.extra_edges.signal(),
         )
         .await
-        .expect("second edge");
+        .expect("second edge")
+        .with_suite_config(&self.running_config());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
         tokio::spawn(edge.serve(listener));
         url
+    }
+
+    /// The suite's configuration as it runs: services where they were bound,
+    /// with the suite's credential.
+    pub fn running_config(&self) -> Config {
+        let mut config = self.config.clone();
+        let a = self.addrs;
+        config.services.auth_url = format!("http://{}", a.auth);
+        config.services.chat_url = format!("http://{}", a.chat);
+        config.services.ai_url = format!("http://{}", a.ai);
+        config.services.presence_url = format!("http://{}", a.presence);
+        config.services.credential = self.credential.clone();
+        config
     }
 
     /// A presence-service client holding the service credential, as another
@@ -540,6 +573,22 @@ impl Client {
         }
     }
 
+    /// Reads until the server closes; returns the close code and reason.
+    pub async fn close_frame(&mut self) -> Option<(u16, String)> {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
+            match message {
+                Some(Ok(Message::Close(frame))) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
     /// Reads until the server closes; returns the close code.
     pub async fn close_code(&mut self) -> Option<u16> {
         loop {
@@ -553,4 +602,33 @@ impl Client {
             }
         }
     }
+}
+
+/// A raw HTTP/1.1 GET with extra headers, so the tests need no HTTP client
+/// dependency: the status and the body.
+pub async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

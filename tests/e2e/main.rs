@@ -14,3 +14,4 @@ mod delivery;
 mod faults;
 mod messages;
 mod presence;
+mod protection;
