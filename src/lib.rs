@@ -216,7 +216,9 @@ pub async fn start(
     let shutdown = Shutdown::new();
     let mut tasks = JoinSet::new();
 
-    let auth = auth_service::AuthApp::new(&config.auth, &credential).map_err(component("auth"))?;
+    let auth = auth_service::AuthApp::connect(&config.auth, &credential, bus.clone())
+        .await
+        .map_err(component("auth"))?;
     let presence = presence_service::PresenceApp::connect(
         &config.presence,
         bus.clone(),

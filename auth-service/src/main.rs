@@ -8,7 +8,8 @@ use auth_service::AuthApp;
 async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["auth"], true);
     let result = async {
-        let app = AuthApp::new(&config.auth, &config.services.credential)?;
+        let bus = common::bus::connect(&config.bus).await?;
+        let app = AuthApp::connect(&config.auth, &config.services.credential, bus).await?;
         let listener = tokio::net::TcpListener::bind(config.auth.listen).await?;
         println!("parley-auth listening on grpc {}", listener.local_addr()?);
         app.serve(listener, common::shutdown::on_os_signal())
