@@ -241,7 +241,10 @@ impl JwksSource {
     ) -> Result<Self, AuthError> {
         Ok(Self {
             url: source.url.clone(),
-            algorithms: parse_algorithms(&format!("auth.jwks[{i}].algorithms"), &source.algorithms)?,
+            algorithms: parse_algorithms(
+                &format!("auth.jwks[{i}].algorithms"),
+                &source.algorithms,
+            )?,
             client,
             refetch: Duration::from_secs(config.jwks_refetch_s),
             max_age: Duration::from_secs(config.jwks_cache_s),

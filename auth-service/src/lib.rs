@@ -26,8 +26,8 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 pub use crate::error::{AuthError, REASON_METADATA};
-pub use crate::service::{BLOCKED_KIND, REVOKED_KIND};
 use crate::service::{AuthHandler, FailurePolicy};
+pub use crate::service::{BLOCKED_KIND, REVOKED_KIND};
 use crate::store::{AuthStore, MemoryStore, RedisStore};
 use crate::tokens::Tokens;
 

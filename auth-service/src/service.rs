@@ -338,8 +338,9 @@ impl AuthService for AuthHandler {
         request: Request<IssueTokensRequest>,
     ) -> Result<Response<TokenPair>, Status> {
         let request = request.into_inner();
-        tokens::check_subject(&request.subject)
-            .map_err(|_| AuthError::BadRequest("subject must be 1 to 128 characters, not `assistant`"))?;
+        tokens::check_subject(&request.subject).map_err(|_| {
+            AuthError::BadRequest("subject must be 1 to 128 characters, not `assistant`")
+        })?;
         tokens::check_roles(&request.roles)?;
         let subject = request.subject;
         let grant = Grant {

@@ -65,8 +65,12 @@ pub(crate) enum Rotation {
 #[async_trait]
 pub(crate) trait AuthStore: Send + Sync + 'static {
     /// Records a revocation made at `at_ms`, kept until `keep_until_ms`.
-    async fn revoke(&self, target: &Target, at_ms: i64, keep_until_ms: i64)
-    -> Result<(), StoreError>;
+    async fn revoke(
+        &self,
+        target: &Target,
+        at_ms: i64,
+        keep_until_ms: i64,
+    ) -> Result<(), StoreError>;
 
     /// Whether any revocation covers the token.
     async fn is_revoked(&self, token: TokenRef<'_>) -> Result<bool, StoreError>;
@@ -133,28 +137,54 @@ pub(crate) mod contract {
         let (jti, sid, user) = (format!("j{id}"), format!("s{id}"), format!("u{id}"));
 
         // Revocations.
-        assert!(!store.is_revoked(token(&jti, &sid, &user, now_s)).await.expect("check"));
+        assert!(
+            !store
+                .is_revoked(token(&jti, &sid, &user, now_s))
+                .await
+                .expect("check")
+        );
         store
             .revoke(&Target::Token(jti.clone()), now, now + 60_000)
             .await
             .expect("revoke");
-        assert!(store.is_revoked(token(&jti, "other", "other", now_s)).await.expect("check"));
-        assert!(!store.is_revoked(token("other", &sid, &user, now_s)).await.expect("check"));
+        assert!(
+            store
+                .is_revoked(token(&jti, "other", "other", now_s))
+                .await
+                .expect("check")
+        );
+        assert!(
+            !store
+                .is_revoked(token("other", &sid, &user, now_s))
+                .await
+                .expect("check")
+        );
         store
             .revoke(&Target::Session(sid.clone()), now, now + 60_000)
             .await
             .expect("revoke");
-        assert!(store.is_revoked(token("other", &sid, "other", now_s)).await.expect("check"));
+        assert!(
+            store
+                .is_revoked(token("other", &sid, "other", now_s))
+                .await
+                .expect("check")
+        );
         store
             .revoke(&Target::User(user.clone()), now, now + 60_000)
             .await
             .expect("revoke");
         assert!(
-            store.is_revoked(token("x", "y", &user, now_s - 10)).await.expect("check"),
+            store
+                .is_revoked(token("x", "y", &user, now_s - 10))
+                .await
+                .expect("check"),
             "issued before the user revocation"
         );
         assert!(
-            !store.is_revoked(token("x", "y", &user, now_s + 2)).await.expect("check"),
+            !store
+                .is_revoked(token("x", "y", &user, now_s + 2))
+                .await
+                .expect("check"),
             "issued after the user revocation"
         );
         // A revocation kept until the past is gone.
@@ -163,7 +193,12 @@ pub(crate) mod contract {
             .revoke(&Target::Token(old.clone()), now - 2_000, now - 1_000)
             .await
             .expect("revoke");
-        assert!(!store.is_revoked(token(&old, "", "", now_s)).await.expect("check"));
+        assert!(
+            !store
+                .is_revoked(token(&old, "", "", now_s))
+                .await
+                .expect("check")
+        );
 
         // Refresh families.
         let fam = format!("f{id}");
@@ -191,7 +226,10 @@ pub(crate) mod contract {
             .await
             .expect("create");
         assert_eq!(
-            store.rotate(&expired, "r1", "r2", now).await.expect("rotate"),
+            store
+                .rotate(&expired, "r1", "r2", now)
+                .await
+                .expect("rotate"),
             Rotation::Unknown
         );
 
@@ -208,7 +246,10 @@ pub(crate) mod contract {
             );
         }
         assert_eq!(
-            store.record_failure(&other, now, 10_000, 3, 60_000).await.expect("failure"),
+            store
+                .record_failure(&other, now, 10_000, 3, 60_000)
+                .await
+                .expect("failure"),
             None
         );
         assert_eq!(store.blocked_until(&ip, now).await.expect("blocked"), None);
@@ -224,9 +265,18 @@ pub(crate) mod contract {
             store.blocked_until(&ip, now + 10).await.expect("blocked"),
             Some(now + 5 + 60_000)
         );
-        assert_eq!(store.blocked_until(&other, now + 10).await.expect("blocked"), None);
         assert_eq!(
-            store.blocked_until(&ip, now + 5 + 60_000).await.expect("blocked"),
+            store
+                .blocked_until(&other, now + 10)
+                .await
+                .expect("blocked"),
+            None
+        );
+        assert_eq!(
+            store
+                .blocked_until(&ip, now + 5 + 60_000)
+                .await
+                .expect("blocked"),
             None,
             "the block ends"
         );

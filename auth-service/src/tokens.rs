@@ -77,8 +77,12 @@ impl StringList {
 /// validated by [`Validation`]; these are the ones the identity is made of.
 #[derive(Deserialize)]
 struct Claims {
-    sub: String,
-    exp: f64,
+    /// Optional here so that a missing one is `missing_claim` (the
+    /// validation requires both), not a parse error.
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    exp: Option<f64>,
     /// Read only so that a non-numeric `nbf` makes the token malformed
     /// instead of being skipped by the time check.
     #[serde(default, rename = "nbf")]
@@ -244,7 +248,10 @@ impl Tokens {
         if claims.token_use.as_deref() == Some(REFRESH_USE) {
             return Err(AuthError::invalid("wrong_token_type"));
         }
-        check_subject(&claims.sub)?;
+        let (Some(sub), Some(exp)) = (claims.sub, claims.exp) else {
+            return Err(AuthError::invalid("missing_claim"));
+        };
+        check_subject(&sub)?;
         let roles = claims.roles.map(StringList::into_vec).unwrap_or_default();
         let scopes = claims
             .scope
@@ -257,7 +264,7 @@ impl Tokens {
             .or(claims.preferred_username)
             .map(|n| n.trim().to_string())
             .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| claims.sub.clone());
+            .unwrap_or_else(|| sub.clone());
         let token_id = claims.jti.unwrap_or_default();
         let session_id = claims
             .sid
@@ -265,12 +272,12 @@ impl Tokens {
             .unwrap_or_else(|| token_id.clone());
         Ok(Verified {
             identity: Identity {
-                user_id: claims.sub,
+                user_id: sub,
                 name,
                 anonymous,
                 roles,
                 session_id,
-                expires_at: (claims.exp * 1000.0) as i64,
+                expires_at: (exp * 1000.0) as i64,
                 token_id,
                 scopes,
             },
@@ -289,15 +296,20 @@ impl Tokens {
             return Err(AuthError::invalid("wrong_token_type"));
         }
         let key = self.keys.first_party();
-        let claims = decode_with(token, key, Algorithm::HS256, &self.validation(Algorithm::HS256))?;
+        let claims = decode_with(
+            token,
+            key,
+            Algorithm::HS256,
+            &self.validation(Algorithm::HS256),
+        )?;
         if claims.token_use.as_deref() != Some(REFRESH_USE) {
             return Err(AuthError::invalid("wrong_token_type"));
         }
-        let (Some(session), Some(jti)) = (claims.sid, claims.jti) else {
+        let (Some(subject), Some(session), Some(jti)) = (claims.sub, claims.sid, claims.jti) else {
             return Err(AuthError::invalid("missing_claim"));
         };
         Ok(RefreshClaims {
-            subject: claims.sub,
+            subject,
             session,
             jti,
             issued_at_s: claims.iat.unwrap_or(0.0) as i64,
@@ -431,9 +443,10 @@ fn rejection_reason(kind: &ErrorKind) -> &'static str {
         ErrorKind::InvalidIssuer => "wrong_issuer",
         ErrorKind::InvalidAudience => "wrong_audience",
         ErrorKind::InvalidSubject => "bad_subject",
-        ErrorKind::Json(_) | ErrorKind::Base64(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => {
-            "malformed"
-        }
+        ErrorKind::Json(_)
+        | ErrorKind::Base64(_)
+        | ErrorKind::Utf8(_)
+        | ErrorKind::InvalidToken => "malformed",
         _ => "rejected",
     }
 }
@@ -452,7 +465,10 @@ pub(crate) fn check_subject(subject: &str) -> Result<(), AuthError> {
 
 /// A display name: trimmed, at most 64 characters, no control characters;
 /// `fallback` when empty.
-pub(crate) fn display_name(requested: &str, fallback: impl FnOnce() -> String) -> Result<String, AuthError> {
+pub(crate) fn display_name(
+    requested: &str,
+    fallback: impl FnOnce() -> String,
+) -> Result<String, AuthError> {
     let name = requested.trim();
     if name.is_empty() {
         return Ok(fallback());

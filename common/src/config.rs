@@ -594,8 +594,12 @@ mod tests {
 
     #[test]
     fn the_one_process_defaults_turn_dev_login_on_unless_configured_off() {
-        let c = Config::load_over(Config::one_process_defaults(), None, Vec::<(String, String)>::new())
-            .expect("valid");
+        let c = Config::load_over(
+            Config::one_process_defaults(),
+            None,
+            Vec::<(String, String)>::new(),
+        )
+        .expect("valid");
         assert!(c.auth.dev_login);
         let c = Config::load_over(
             Config::one_process_defaults(),
@@ -622,8 +626,9 @@ mod tests {
         .expect("valid keys");
         assert_eq!(ok.auth.keys[0].kid, "k1");
         assert_eq!(ok.auth.jwks[0].algorithms, ["RS256"]);
-        let e = check("[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"HS256\"]\nsecret = \"short\"\n")
-            .expect_err("short secret");
+        let e =
+            check("[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"HS256\"]\nsecret = \"short\"\n")
+                .expect_err("short secret");
         assert!(e.to_string().contains("auth.keys[0].secret"), "{e}");
         assert!(!e.to_string().contains("short\""), "secret leaked: {e}");
         let e = check("[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"none\"]\nsecret = \"0123456789abcdef0123456789abcdef\"\n")

@@ -71,7 +71,10 @@ mod tests {
 
     #[test]
     fn addresses_are_masked() {
-        assert_eq!(mask_ip("203.0.113.7".parse().expect("address")), "203.0.113.xxx");
+        assert_eq!(
+            mask_ip("203.0.113.7".parse().expect("address")),
+            "203.0.113.xxx"
+        );
         assert_eq!(
             mask_ip("2001:db8:1:2:3:4:5:6".parse().expect("address")),
             "2001:db8:1:2::/64"

@@ -94,7 +94,9 @@ impl AuthStore for MemoryStore {
         let now = common::ids::now_ms();
         let mut inner = self.lock();
         sweep(&mut inner.families, |f| f.expires_at > now);
-        inner.families.insert(family.session.clone(), family.clone());
+        inner
+            .families
+            .insert(family.session.clone(), family.clone());
         Ok(())
     }
 

@@ -137,13 +137,18 @@ impl AuthConfig {
             )));
         }
         if self.leeway_s > 3600 {
-            return Err(ConfigError::new("key `auth.leeway_s`: must be at most 3600"));
+            return Err(ConfigError::new(
+                "key `auth.leeway_s`: must be at most 3600",
+            ));
         }
         for (key, value) in [
             ("auth.access_ttl_s", self.access_ttl_s),
             ("auth.refresh_ttl_s", self.refresh_ttl_s),
             ("auth.anonymous_ttl_s", self.anonymous_ttl_s),
-            ("auth.failed_attempts_max", u64::from(self.failed_attempts_max)),
+            (
+                "auth.failed_attempts_max",
+                u64::from(self.failed_attempts_max),
+            ),
             ("auth.failed_window_s", self.failed_window_s),
             ("auth.block_s", self.block_s),
             ("auth.jwks_cache_s", self.jwks_cache_s),
@@ -159,7 +164,9 @@ impl AuthConfig {
             ));
         }
         if self.redis_prefix.is_empty() {
-            return Err(ConfigError::new("key `auth.redis_prefix`: must not be empty"));
+            return Err(ConfigError::new(
+                "key `auth.redis_prefix`: must not be empty",
+            ));
         }
         if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
             return Err(ConfigError::new(
@@ -211,7 +218,11 @@ impl AuthConfig {
 
 /// A non-empty list of known algorithm names; HMAC ones only for secrets,
 /// asymmetric ones only for public keys (no algorithm confusion).
-fn check_algorithms(key: &str, algorithms: &[String], hmac: Option<bool>) -> Result<(), ConfigError> {
+fn check_algorithms(
+    key: &str,
+    algorithms: &[String],
+    hmac: Option<bool>,
+) -> Result<(), ConfigError> {
     if algorithms.is_empty() {
         return Err(ConfigError(format!(
             "key `{key}`: list the accepted algorithms, e.g. [\"RS256\"]"
