@@ -43,6 +43,8 @@ pub(crate) struct Conn {
     pub parent: opentelemetry::Context,
     /// Presence this connection follows, and its typing indicators.
     pub presence: crate::presence_commands::ConnPresence,
+    /// When the token warns and expires.
+    pub life: crate::token_life::Life,
 }
 
 /// Whether the read loop goes on.
@@ -52,8 +54,9 @@ pub(crate) enum Flow {
     Close,
 }
 
-/// Verifies a token through auth-service. Expired tokens close with 4003,
-/// other failures with 4002.
+/// Verifies a token through auth-service. Expired and revoked tokens close
+/// with 4003, other refusals with 4002; a blocked address is `rate_limited`
+/// and remembered, so its next upgrade is refused before any WebSocket work.
 pub(crate) async fn verify(
     shared: &Shared,
     token: &str,
@@ -69,18 +72,21 @@ pub(crate) async fn verify(
         }),
         Err(status) => {
             let mut error = CommandError::from_status("auth", &status);
+            let reason = status
+                .metadata()
+                .get("x-parley-reason")
+                .and_then(|v| v.to_str().ok());
             if error.code == ErrorCode::Unauthorized {
-                let expired = status
-                    .metadata()
-                    .get("x-parley-reason")
-                    .and_then(|v| v.to_str().ok())
-                    .map(|reason| reason == "expired")
-                    .unwrap_or_else(|| status.message().contains("expired"));
-                error.close = Some(if expired {
-                    (4003, "token expired")
-                } else {
-                    (4002, "invalid token")
+                error.close = Some(match reason {
+                    Some("expired") => (4003, "token expired"),
+                    Some("revoked") => (4003, "token revoked"),
+                    _ => (4002, "invalid token"),
                 });
+            }
+            if reason == Some("blocked") {
+                let retry = error.retry_after_ms.unwrap_or(0);
+                let until = common::ids::now_ms() + i64::try_from(retry).unwrap_or(0);
+                shared.blocks.block(peer.ip(), until);
             }
             Err(error)
         }
@@ -116,6 +122,7 @@ pub(crate) async fn run(
         rooms: HashSet::new(),
         parent,
         presence: Default::default(),
+        life: Default::default(),
     };
     let config = &shared.config;
     outbox.push(frames::hello(
@@ -141,7 +148,20 @@ pub(crate) async fn run(
     let mut drain_at: Option<Instant> = None;
 
     loop {
+        let token_step = conn.life.next();
         tokio::select! {
+            _ = tokio::time::sleep_until(token_step.map_or_else(Instant::now, |(at, _)| at)), if token_step.is_some() => {
+                let step = token_step.map(|(_, step)| step).unwrap_or(crate::token_life::Step::Expire);
+                match conn.life.fire(step) {
+                    Some(warning) => {
+                        outbox.push(warning);
+                    }
+                    None => {
+                        outbox.close(4003, "token expired");
+                        break;
+                    }
+                }
+            }
             _ = &mut shutdown, if drain_at.is_none() => {
                 // In-flight commands have finished (they run inside this
                 // loop); the close itself waits for this connection's turn.
@@ -272,9 +292,15 @@ impl Conn {
         }
     }
 
-    /// Keeps the verified identity, registers the presence lease and
-    /// subscribes the user's own channel.
+    /// Keeps the verified identity, registers the presence lease,
+    /// subscribes the user's own channel, and follows the token's expiry
+    /// and revocations.
     pub(crate) async fn authenticated(&mut self, identity: Identity) {
+        self.shared.sessions.set(self.key, &identity, &self.outbox);
+        self.life.set(
+            identity.expires_at,
+            Duration::from_millis(self.shared.config.token_expiring_lead_ms),
+        );
         self.shared
             .leases
             .register(&self.id, &identity.user_id)
@@ -298,6 +324,7 @@ impl Conn {
     }
 
     async fn close(&mut self) {
+        self.shared.sessions.remove(self.key);
         crate::presence_commands::close(self).await;
         for room in std::mem::take(&mut self.rooms) {
             self.shared

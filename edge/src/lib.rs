@@ -5,11 +5,13 @@
 mod ai_commands;
 mod commands;
 mod conn;
+mod control;
 mod frames;
 mod hub;
 mod outbox;
 mod presence;
 mod presence_commands;
+mod token_life;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +73,10 @@ pub(crate) struct Shared {
     pub shutdown: ShutdownSignal,
     /// Held by every connection task; closed when the last one ends.
     pub conns_alive: mpsc::Sender<()>,
+    /// Authenticated connections, for revocations announced on the bus.
+    pub sessions: Arc<control::Sessions>,
+    /// Addresses auth-service blocked after failed attempts.
+    pub blocks: Arc<control::Blocks>,
 }
 
 /// The edge, ready to serve.
@@ -96,6 +102,9 @@ impl EdgeApp {
             shutdown.clone(),
         );
         let (conns_alive, conns_done) = mpsc::channel(1);
+        let sessions = Arc::new(control::Sessions::default());
+        let blocks = Arc::new(control::Blocks::default());
+        control::start(bus.as_ref(), sessions.clone(), blocks.clone()).await?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             backends,
@@ -106,6 +115,8 @@ impl EdgeApp {
             draining: AtomicBool::new(false),
             shutdown,
             conns_alive,
+            sessions,
+            blocks,
         });
         Ok(Self { shared, conns_done })
     }
@@ -160,6 +171,10 @@ async fn upgrade(
 ) -> Response {
     if shared.draining.load(Ordering::SeqCst) || shared.shutdown.is_triggered() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    // Before any WebSocket work: auth-service blocked this address.
+    if shared.blocks.is_blocked(peer.ip()) {
+        return (StatusCode::TOO_MANY_REQUESTS, "too many failed attempts").into_response();
     }
     if let Err(status) = check_origin(&shared.config, &headers) {
         common::security::log(
