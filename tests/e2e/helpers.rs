@@ -174,6 +174,22 @@ impl TestApp {
         url
     }
 
+    /// An auth-service client holding the service credential, as a trusted
+    /// backend would use it (issuing, revoking).
+    pub fn auth_client(
+        &self,
+    ) -> proto::auth::v1::auth_service_client::AuthServiceClient<common::grpc::ServiceChannel> {
+        let settings = common::grpc::ClientSettings {
+            credential: self.credential.clone(),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+        };
+        let url = format!("http://{}", self.addrs.auth);
+        proto::auth::v1::auth_service_client::AuthServiceClient::new(
+            common::grpc::channel(&url, &settings).expect("channel"),
+        )
+    }
+
     /// A presence-service client holding the service credential, as another
     /// backend would use it.
     pub fn presence_client(
