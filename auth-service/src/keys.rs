@@ -70,6 +70,10 @@ pub(crate) struct Key {
     pub(crate) family: Family,
     /// Explicit allowlist; every entry is of `family`.
     pub(crate) algorithms: Vec<Algorithm>,
+    /// Claims required of this key's tokens (the provider's own); `None`:
+    /// the service-wide `auth.issuer` / `auth.audience`.
+    pub(crate) issuer: Option<String>,
+    pub(crate) audience: Option<String>,
 }
 
 impl Key {
@@ -106,6 +110,8 @@ impl KeyRing {
             decoding: DecodingKey::from_secret(first_party_secret),
             family: Family::Hmac,
             algorithms: vec![Algorithm::HS256],
+            issuer: None,
+            audience: None,
         });
         let mut by_kid = HashMap::new();
         for (i, key) in config.keys.iter().enumerate() {
@@ -135,6 +141,8 @@ impl KeyRing {
                     decoding,
                     family,
                     algorithms,
+                    issuer: non_empty(&key.issuer),
+                    audience: non_empty(&key.audience),
                 }),
             );
         }
@@ -179,6 +187,10 @@ impl KeyRing {
     }
 }
 
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
 /// A PEM public key: RSA, EC or Ed25519, whichever parses.
 fn public_key(at: &str, pem: &[u8]) -> Result<(DecodingKey, Family), AuthError> {
     if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
@@ -214,6 +226,8 @@ fn parse_algorithms(at: &str, names: &[String]) -> Result<Vec<Algorithm>, AuthEr
 struct JwksSource {
     url: String,
     algorithms: Vec<Algorithm>,
+    issuer: Option<String>,
+    audience: Option<String>,
     client: reqwest::Client,
     /// Least time between two fetches caused by unknown `kid`s.
     refetch: Duration,
@@ -245,6 +259,8 @@ impl JwksSource {
                 &format!("auth.jwks[{i}].algorithms"),
                 &source.algorithms,
             )?,
+            issuer: non_empty(&source.issuer),
+            audience: non_empty(&source.audience),
             client,
             refetch: Duration::from_secs(config.jwks_refetch_s),
             max_age: Duration::from_secs(config.jwks_cache_s),
@@ -298,7 +314,14 @@ impl JwksSource {
         if body.len() > MAX_JWKS_BYTES {
             return Err("jwks document too large".into());
         }
-        Ok(parse_jwks(&body, &self.algorithms))
+        let mut keys = parse_jwks(&body, &self.algorithms);
+        for key in keys.values_mut() {
+            if let Some(key) = Arc::get_mut(key) {
+                key.issuer.clone_from(&self.issuer);
+                key.audience.clone_from(&self.audience);
+            }
+        }
+        Ok(keys)
     }
 }
 
@@ -351,6 +374,8 @@ pub(crate) fn parse_jwks(body: &[u8], algorithms: &[Algorithm]) -> HashMap<Strin
                 decoding,
                 family,
                 algorithms: allowed,
+                issuer: None,
+                audience: None,
             }),
         );
     }

@@ -204,21 +204,24 @@ impl Tokens {
         })
     }
 
-    /// The checks every token gets, with `alg` as the only algorithm.
-    fn validation(&self, alg: Algorithm) -> Validation {
+    /// The checks every token gets, with `alg` as the only algorithm and
+    /// the key's own `iss` / `aud` where it has them.
+    fn validation(&self, alg: Algorithm, key: &Key) -> Validation {
+        let issuer = key.issuer.as_deref().unwrap_or(&self.issuer);
+        let audience = key.audience.as_deref().unwrap_or(&self.audience);
         let mut validation = Validation::new(alg);
         validation.leeway = self.leeway_s;
         validation.validate_exp = true;
         validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
-        if !self.issuer.is_empty() {
-            validation.set_issuer(&[&self.issuer]);
+        if !issuer.is_empty() {
+            validation.set_issuer(&[issuer]);
             required.push("iss");
         }
-        if self.audience.is_empty() {
+        if audience.is_empty() {
             validation.validate_aud = false;
         } else {
-            validation.set_audience(&[&self.audience]);
+            validation.set_audience(&[audience]);
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
@@ -237,7 +240,7 @@ impl Tokens {
             .find(header.kid.as_deref())
             .await
             .ok_or(AuthError::invalid("unknown_key"))?;
-        let claims = decode_with(token, &key, alg, &self.validation(alg))?;
+        let claims = decode_with(token, &key, alg, &self.validation(alg, &key))?;
         let first_party = header.kid.is_none();
         Ok((claims, first_party))
     }
@@ -300,7 +303,7 @@ impl Tokens {
             token,
             key,
             Algorithm::HS256,
-            &self.validation(Algorithm::HS256),
+            &self.validation(Algorithm::HS256, key),
         )?;
         if claims.token_use.as_deref() != Some(REFRESH_USE) {
             return Err(AuthError::invalid("wrong_token_type"));

@@ -63,9 +63,9 @@ impl Life {
         match step {
             Step::Warn => {
                 self.warn_at = None;
-                let left = self
-                    .expire_at
-                    .map_or(0, |at| at.saturating_duration_since(Instant::now()).as_millis());
+                let left = self.expire_at.map_or(0, |at| {
+                    at.saturating_duration_since(Instant::now()).as_millis()
+                });
                 Some(Utf8Bytes::from(
                     json!({
                         "type": "token.expiring",

@@ -58,7 +58,13 @@ async fn a_revoked_session_is_closed_on_every_edge_within_a_second() {
     let error = again
         .err("auth", json!({"token": pair.access_token}), "unauthorized")
         .await;
-    assert!(error["message"].as_str().expect("message").contains("revoked"), "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .expect("message")
+            .contains("revoked"),
+        "{error}"
+    );
     assert_eq!(again.close_code().await, Some(4003));
     assert_no_task_panicked();
 }
@@ -101,9 +107,18 @@ async fn refresh_swaps_the_token_in_place_for_the_same_user_only() {
     let old_exp = warning["expires_at"].as_i64().expect("expires_at");
 
     let error = client
-        .err("refresh", json!({"token": token("u_other", "O", 600)}), "forbidden")
+        .err(
+            "refresh",
+            json!({"token": token("u_other", "O", 600)}),
+            "forbidden",
+        )
         .await;
-    assert!(error["message"].as_str().expect("message").contains("another user"));
+    assert!(
+        error["message"]
+            .as_str()
+            .expect("message")
+            .contains("another user")
+    );
     client
         .err("refresh", json!({"token": "not-a-jwt"}), "unauthorized")
         .await;
@@ -119,7 +134,10 @@ async fn refresh_swaps_the_token_in_place_for_the_same_user_only() {
     }
     client.ok("ping", json!({})).await;
     assert!(
-        client.take_pending().iter().all(|f| f["type"] != "token.expiring"),
+        client
+            .take_pending()
+            .iter()
+            .all(|f| f["type"] != "token.expiring"),
         "no warning for the new token yet"
     );
 }
@@ -129,7 +147,11 @@ async fn refresh_needs_an_authenticated_connection() {
     let app = spawn_app().await;
     let mut client = app.connect().await;
     client
-        .err("refresh", json!({"token": token("u", "U", 600)}), "unauthorized")
+        .err(
+            "refresh",
+            json!({"token": token("u", "U", 600)}),
+            "unauthorized",
+        )
         .await;
 }
 

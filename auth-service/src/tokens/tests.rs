@@ -509,6 +509,7 @@ async fn jwks_keys_verify_and_unknown_kids_refetch_at_most_once_per_interval() {
         jwks: vec![JwksConfig {
             url,
             algorithms: vec!["RS256".into()],
+            ..JwksConfig::default()
         }],
         jwks_refetch_s: 3600,
         ..config()
@@ -570,6 +571,7 @@ async fn an_unknown_kid_refetches_once_the_interval_has_passed() {
         jwks: vec![JwksConfig {
             url,
             algorithms: vec!["RS256".into()],
+            ..JwksConfig::default()
         }],
         jwks_refetch_s: 0,
         ..config()
@@ -587,5 +589,81 @@ async fn an_unknown_kid_refetches_once_the_interval_has_passed() {
         hits.load(Ordering::SeqCst),
         2,
         "each lookup may refetch with a zero interval"
+    );
+}
+
+#[tokio::test]
+async fn a_key_may_require_its_own_issuer_and_audience() {
+    let mut config = config();
+    config.keys[1].issuer = "https://idp.example".into();
+    config.keys[1].audience = "parley-api".into();
+    let tokens = Tokens::new(&config).expect("tokens");
+    let ec = EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).expect("ec");
+    let provider = json!({"sub": "u_1", "iss": "https://idp.example", "aud": "parley-api", "exp": now() + 600});
+    tokens
+        .verify(&signed(
+            &header(Algorithm::ES256, Some("ec")),
+            &provider,
+            &ec,
+        ))
+        .await
+        .expect("the provider's own claims");
+    let first_party_claims = with(claims("u_1"), "aud", json!("parley-api"));
+    assert_eq!(
+        reason(
+            &tokens,
+            &signed(
+                &header(Algorithm::ES256, Some("ec")),
+                &first_party_claims,
+                &ec
+            )
+        )
+        .await,
+        "wrong_issuer"
+    );
+    let wrong_aud = with(provider.clone(), "aud", json!("elsewhere"));
+    assert_eq!(
+        reason(
+            &tokens,
+            &signed(&header(Algorithm::ES256, Some("ec")), &wrong_aud, &ec)
+        )
+        .await,
+        "wrong_audience"
+    );
+    // Other keys keep the service-wide issuer.
+    assert_eq!(
+        reason(
+            &tokens,
+            &hs256(&with(claims("u_1"), "iss", json!("https://idp.example")))
+        )
+        .await,
+        "wrong_issuer"
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_source_may_require_its_own_issuer() {
+    let (url, _hits) = jwks_server(JWKS).await;
+    let tokens = Tokens::new(&AuthConfig {
+        keys: Vec::new(),
+        jwks: vec![JwksConfig {
+            url,
+            algorithms: vec!["RS256".into()],
+            issuer: "https://clerk.example".into(),
+            audience: String::new(),
+        }],
+        ..config()
+    })
+    .expect("tokens");
+    let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).expect("rsa");
+    let head = header(Algorithm::RS256, Some("rsa-1"));
+    let theirs = with(claims("u_1"), "iss", json!("https://clerk.example"));
+    tokens
+        .verify(&signed(&head, &theirs, &rsa))
+        .await
+        .expect("provider issuer");
+    assert_eq!(
+        reason(&tokens, &signed(&head, &claims("u_1"), &rsa)).await,
+        "wrong_issuer"
     );
 }

@@ -111,6 +111,10 @@ pub struct KeyConfig {
     pub secret: Secret,
     /// PEM public key: RSA (RS*/PS*), EC P-256/P-384 (ES256/ES384) or Ed25519 (EdDSA).
     pub public_key: String,
+    /// `iss` required on tokens of this key; empty: `auth.issuer` applies.
+    pub issuer: String,
+    /// `aud` required on tokens of this key; empty: `auth.audience` applies.
+    pub audience: String,
 }
 
 /// A JWKS URL of an external identity provider (`[[auth.jwks]]`).
@@ -120,6 +124,10 @@ pub struct JwksConfig {
     pub url: String,
     /// Algorithms accepted from this provider's keys, e.g. `["RS256"]`.
     pub algorithms: Vec<String>,
+    /// `iss` required on this provider's tokens; empty: `auth.issuer` applies.
+    pub issuer: String,
+    /// `aud` required on this provider's tokens; empty: `auth.audience` applies.
+    pub audience: String,
 }
 
 impl AuthConfig {
