@@ -913,3 +913,65 @@ async fn no_token_appears_in_any_log_line() {
 
 /// `{"alg":"none"}`.
 const URL_SAFE_NO_PAD_NONE: &str = "eyJhbGciOiJub25lIn0";
+
+/// Two auth replicas on one Redis: what one revokes or blocks, the other
+/// refuses too. Runs when `PARLEY_TEST_REDIS_URL` is set (and then fails
+/// loudly if Redis cannot be reached).
+#[tokio::test]
+async fn replicas_on_redis_share_revocations_families_and_blocks() {
+    let Some(redis_url) = common::testing::test_redis_url() else {
+        eprintln!("note: PARLEY_TEST_REDIS_URL is not set; skipping the Redis replica test");
+        return;
+    };
+    let shared = AuthConfig {
+        backend: common::config::Backend::Redis,
+        redis_url,
+        redis_prefix: format!("{}:", common::ids::new_id("auth-e2e")),
+        failed_attempts_max: 2,
+        ..config()
+    };
+    let one = spawn_app(shared.clone()).await;
+    let two = spawn_app(shared).await;
+
+    let pair = one.issue("u_replica").await;
+    two.verify(&pair.access_token).await.expect("valid on both");
+    let next = two
+        .refresh(&pair.refresh_token)
+        .await
+        .expect("rotate on the other");
+    assert_rejected(
+        &one.refresh(&pair.refresh_token)
+            .await
+            .expect_err("reuse seen by the first"),
+        "revoked",
+    );
+    assert_rejected(
+        &two.verify(&next.access_token)
+            .await
+            .expect_err("family revoked"),
+        "revoked",
+    );
+
+    let other = one.issue("u_replica2").await;
+    one.revoke(RevokeRequest {
+        token_id: other.identity.clone().expect("identity").token_id,
+        ..Default::default()
+    })
+    .await
+    .expect("revoke");
+    assert_rejected(
+        &two.verify(&other.access_token).await.expect_err("revoked"),
+        "revoked",
+    );
+
+    for _ in 0..2 {
+        one.verify_from("garbage", "203.0.113.9")
+            .await
+            .expect_err("bad");
+    }
+    let status = two
+        .verify_from(&sign(&claims("u_1")), "203.0.113.9")
+        .await
+        .expect_err("blocked on the other replica");
+    assert_eq!(reason_of(&status), "blocked");
+}
