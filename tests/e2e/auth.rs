@@ -212,3 +212,94 @@ async fn failed_attempts_block_the_address_on_every_edge() {
         .expect_err("blocked");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
 }
+
+#[tokio::test]
+async fn no_token_appears_in_the_logs_of_a_full_auth_flow() {
+    let logs = crate::helpers::capture_logs();
+    let app = spawn_app_with(|c| {
+        c.auth.dev_login = true;
+        c.auth.failed_attempts_max = 5;
+        c.edge.token_expiring_lead_ms = 3_600_000;
+    })
+    .await;
+    let mut tokens = Vec::new();
+
+    // Frame and header sign-in, anonymous and dev login, refresh.
+    let first = token("u_log", "Log", 600);
+    let mut client = signed_in(&app.ws_url(), &first).await;
+    client.event("token.expiring").await;
+    let second = token("u_log", "Log", 900);
+    client.ok("refresh", json!({"token": second})).await;
+    client
+        .err(
+            "refresh",
+            json!({"token": token("u_else", "E", 600)}),
+            "forbidden",
+        )
+        .await;
+    tokens.extend([first, second]);
+    let bearer = token("u_header", "H", 600);
+    let mut by_header = Client::connect(
+        &app.ws_url(),
+        &[("authorization", &format!("Bearer {bearer}"))],
+    )
+    .await
+    .expect("connect");
+    by_header.ok("ping", json!({})).await;
+    tokens.push(bearer);
+    let mut anonymous = app.connect().await;
+    let reply = anonymous.ok("auth", json!({"anonymous": true})).await;
+    tokens.push(reply["token"].as_str().expect("token").to_string());
+    let mut dev = app.connect().await;
+    let reply = dev.ok("auth", json!({"dev_user": "dev"})).await;
+    tokens.push(reply["token"].as_str().expect("token").to_string());
+
+    // An issued pair, revoked while connected.
+    let pair = issue(&app, "u_pair").await;
+    let mut paired = signed_in(&app.ws_url(), &pair.access_token).await;
+    app.auth_client()
+        .revoke(RevokeRequest {
+            session_id: pair.identity.clone().expect("identity").session_id,
+            ..Default::default()
+        })
+        .await
+        .expect("revoke");
+    assert_eq!(paired.close_code().await, Some(4003));
+    tokens.extend([pair.access_token.clone(), pair.refresh_token.clone()]);
+
+    // Refusals, until the address is blocked.
+    let forged = format!("{}x", token("mallory", "M", 600));
+    let refused = [
+        token("old", "Old", -3600),
+        forged,
+        "garbage-that-is-no-jwt".to_string(),
+        pair.access_token.clone(),
+        pair.refresh_token.clone(),
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.".to_string(),
+        token("late", "L", 600),
+    ];
+    for token in &refused {
+        let Ok(mut client) = Client::connect(&app.ws_url(), &[]).await else {
+            break; // blocked: 429
+        };
+        let reply = client.request("auth", json!({"token": token})).await;
+        assert_eq!(reply["ok"], false, "{reply}");
+        tokens.push(token.clone());
+    }
+
+    let text = logs.text();
+    assert!(text.contains("security event"), "the flow was captured");
+    assert!(
+        text.contains("token_revoked") && text.contains("ip_blocked"),
+        "{text}"
+    );
+    for token in &tokens {
+        assert!(!text.contains(token.as_str()), "a token appears in the log");
+        if let Some(signature) = token.rsplit('.').next().filter(|s| s.len() >= 16) {
+            assert!(
+                !text.contains(signature),
+                "a token signature appears in the log"
+            );
+        }
+    }
+}
