@@ -248,7 +248,7 @@ impl AuthHandler {
 }
 
 /// Logs unexpected failures (token refusals are logged as security events).
-fn internal(error: AuthError) -> Status {
+fn to_status(error: AuthError) -> Status {
     if matches!(
         error,
         AuthError::Signing(_) | AuthError::Store(_) | AuthError::Config(_)
@@ -267,7 +267,7 @@ impl AuthService for AuthHandler {
         let request = request.into_inner();
         self.check_address(&request.client_ip)
             .await
-            .map_err(internal)?;
+            .map_err(to_status)?;
         match self.check(&request.token).await {
             Ok(verified) => {
                 tracing::debug!(user_id = %verified.identity.user_id, "token verified");
@@ -277,7 +277,7 @@ impl AuthService for AuthHandler {
             }
             Err(error) => {
                 self.failed(&request.client_ip, &error).await;
-                Err(internal(error))
+                Err(to_status(error))
             }
         }
     }
@@ -298,7 +298,7 @@ impl AuthService for AuthHandler {
             session: common::ids::new_id("sess"),
             ttl_s: self.tokens.anonymous_ttl_s,
         };
-        let (access_token, identity) = self.tokens.issue_access(&grant).map_err(internal)?;
+        let (access_token, identity) = self.tokens.issue_access(&grant).map_err(to_status)?;
         tracing::info!(user_id = %identity.user_id, "anonymous user signed in");
         Ok(Response::new(SignInResponse {
             identity: Some(identity),
@@ -325,7 +325,7 @@ impl AuthService for AuthHandler {
             session: common::ids::new_id("sess"),
             ttl_s: self.tokens.anonymous_ttl_s,
         };
-        let (access_token, identity) = self.tokens.issue_access(&grant).map_err(internal)?;
+        let (access_token, identity) = self.tokens.issue_access(&grant).map_err(to_status)?;
         tracing::info!(user_id = %identity.user_id, "development login");
         Ok(Response::new(SignInResponse {
             identity: Some(identity),
@@ -350,7 +350,7 @@ impl AuthService for AuthHandler {
             session: common::ids::new_id("sess"),
             ttl_s: self.tokens.access_ttl_s,
         };
-        let pair = self.issue_pair(grant).await.map_err(internal)?;
+        let pair = self.issue_pair(grant).await.map_err(to_status)?;
         Ok(Response::new(pair))
     }
 
@@ -365,7 +365,7 @@ impl AuthService for AuthHandler {
                 if let Some(reason) = error.reason() {
                     security::log(SecurityEvent::AuthFailed, None, None, reason);
                 }
-                Err(internal(error))
+                Err(to_status(error))
             }
         }
     }
@@ -387,7 +387,9 @@ impl AuthService for AuthHandler {
             )
             .into());
         };
-        self.revoke(target, "revoke_call").await.map_err(internal)?;
+        self.revoke(target, "revoke_call")
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(RevokeResponse {}))
     }
 }
