@@ -60,11 +60,9 @@ impl AuthApp {
         let tokens = Tokens::new(config)?;
         let store: Arc<dyn AuthStore> = match config.backend {
             Backend::Memory => Arc::new(MemoryStore::new()),
-            Backend::Redis => Arc::new(
-                RedisStore::connect(&config.redis_url, &config.redis_prefix)
-                    .await
-                    .map_err(|e| AuthError::Config(format!("key `auth.redis_url`: {e}")))?,
-            ),
+            Backend::Redis => {
+                Arc::new(RedisStore::connect(&config.redis_url, &config.redis_prefix).await?)
+            }
         };
         let longest_s = config
             .refresh_ttl_s

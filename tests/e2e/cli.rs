@@ -45,6 +45,39 @@ fn an_invalid_value_stops_start_up_naming_the_key() {
 }
 
 #[test]
+fn an_unusable_verification_key_stops_start_up_naming_it() {
+    let dir = std::env::temp_dir().join(common::ids::new_id("parley-cli"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("parley.toml");
+    std::fs::write(
+        &path,
+        "[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"RS256\"]\n\
+         public_key = \"-----BEGIN PUBLIC KEY-----\\nbm90IGEga2V5\\n-----END PUBLIC KEY-----\\n\"\n",
+    )
+    .expect("write");
+    let output = parley()
+        .arg("--config")
+        .arg(&path)
+        .env("PARLEY_EDGE_LISTEN", "127.0.0.1:0")
+        .env("PARLEY_AUTH_LISTEN", "127.0.0.1:0")
+        .env("PARLEY_CHAT_LISTEN", "127.0.0.1:0")
+        .env("PARLEY_AI_LISTEN", "127.0.0.1:0")
+        .env("PARLEY_PRESENCE_LISTEN", "127.0.0.1:0")
+        .env(
+            "PARLEY_CHAT_DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", dir.join("chat.db").display()),
+        )
+        .env("PARLEY_BUS_BACKEND", "memory")
+        .env("PARLEY_PRESENCE_BACKEND", "memory")
+        .output()
+        .expect("run parley");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("auth.keys[0].public_key"), "{text}");
+}
+
+#[test]
 fn a_missing_config_file_is_reported() {
     let output = parley()
         .args(["--config", "/nonexistent/parley.toml"])

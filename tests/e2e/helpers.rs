@@ -161,6 +161,9 @@ pub async fn spawn_app_traced(adjust: impl FnOnce(&mut Config), tracing: bool) -
         config.presence.backend = Backend::Redis;
         config.presence.redis_url = redis;
         config.presence.redis_prefix = format!("{}:", common::ids::new_id("e2e-presence"));
+        config.auth.backend = Backend::Redis;
+        config.auth.redis_url = config.bus.redis_url.clone();
+        config.auth.redis_prefix = format!("{}:", common::ids::new_id("e2e-auth"));
     }
     adjust(&mut config);
     let listeners = parley::Listeners::ephemeral()
