@@ -77,9 +77,11 @@ fn init_logs() {
         let capture = tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(|| ThreadCapture)
-            .with_filter(common::telemetry::log_filter("trace").expect("filter").and(
-                tracing_subscriber::filter::filter_fn(|_| CAPTURE.with(|c| c.borrow().is_some())),
-            ));
+            // The cheap per-thread check first.
+            .with_filter(
+                tracing_subscriber::filter::filter_fn(|_| CAPTURE.with(|c| c.borrow().is_some()))
+                    .and(common::telemetry::log_filter("trace").expect("filter")),
+            );
         let _ = tracing_subscriber::registry()
             .with(test_log)
             .with(capture)
