@@ -417,7 +417,16 @@ async fn calls_without_the_service_credential_are_refused() {
 #[tokio::test]
 async fn the_secrets_never_appear_in_debug_output() {
     let credential = Secret::new("service-credential-0123456789abcdef");
-    let config = config();
+    let key_secret = "partner-key-secret-0123456789abcdefgh";
+    let config = AuthConfig {
+        keys: vec![common::config::KeyConfig {
+            kid: "partner".into(),
+            algorithms: vec!["HS256".into()],
+            secret: Secret::new(key_secret),
+            ..Default::default()
+        }],
+        ..config()
+    };
     let app = AuthApp::connect(&config, &credential, Arc::new(MemoryBus::new()))
         .await
         .expect("auth app");
@@ -427,6 +436,7 @@ async fn the_secrets_never_appear_in_debug_output() {
         format!("{config:?}"),
     ] {
         assert!(!debug.contains(SECRET), "signing secret leaked: {debug}");
+        assert!(!debug.contains(key_secret), "key secret leaked: {debug}");
         assert!(
             !debug.contains(credential.expose()),
             "credential leaked: {debug}"

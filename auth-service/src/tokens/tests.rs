@@ -667,3 +667,24 @@ async fn a_jwks_source_may_require_its_own_issuer() {
         "wrong_issuer"
     );
 }
+
+#[tokio::test]
+async fn every_single_character_change_is_refused_without_a_panic() {
+    let tokens = tokens();
+    let valid = hs256(&claims("u_1"));
+    let original = tokens.verify(&valid).await.expect("valid").identity;
+    for i in 0..valid.len() {
+        for replacement in ['A', '_', '.', '=', 'é'] {
+            let mut mutated = valid.clone();
+            mutated.replace_range(i..=i, &replacement.to_string());
+            if mutated == valid {
+                continue;
+            }
+            // Some changes in a segment's final character only touch unused
+            // bits; those decode to the same bytes and are the same token.
+            if let Ok(v) = tokens.verify(&mutated).await {
+                assert_eq!(v.identity, original, "{mutated}");
+            }
+        }
+    }
+}
