@@ -84,6 +84,9 @@ pub enum SuiteError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A configured value only a component could check (e.g. a PEM key).
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("{component}: {source}")]
     Component {
         component: &'static str,
@@ -216,7 +219,12 @@ pub async fn start(
     let shutdown = Shutdown::new();
     let mut tasks = JoinSet::new();
 
-    let auth = auth_service::AuthApp::new(&config.auth, &credential).map_err(component("auth"))?;
+    let auth = auth_service::AuthApp::connect(&config.auth, &credential, bus.clone())
+        .await
+        .map_err(|e| match e {
+            auth_service::AuthError::Config(message) => SuiteError::Config(message),
+            other => component("auth")(other),
+        })?;
     let presence = presence_service::PresenceApp::connect(
         &config.presence,
         bus.clone(),

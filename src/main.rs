@@ -36,7 +36,11 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("parley: {e}");
-            ExitCode::FAILURE
+            if matches!(e, parley::SuiteError::Config(_)) {
+                ExitCode::from(common::cli::EXIT_CONFIG as u8)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -1,53 +1,75 @@
 //! The auth service's errors and how each one reaches a gRPC caller.
 
+use std::time::Duration;
+
 use common::ErrorCode;
 use tonic::Status;
 use tonic::metadata::AsciiMetadataValue;
 
-/// Response metadata key saying why a token was refused (`expired` or
-/// `invalid`); the edge picks its close code (4003 or 4002) from it.
+/// Response metadata key saying why a token was refused (`expired`,
+/// `revoked`, `bad_signature`, `blocked`…); the edge picks its close code
+/// (4003 for `expired` / `revoked`, else 4002) from it.
 pub const REASON_METADATA: &str = "x-parley-reason";
 
 /// Everything that can go wrong in the auth service.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// The configuration cannot be used (e.g. a signing secret that is too short).
-    #[error("invalid auth configuration: {0}")]
-    Config(&'static str),
+    /// The configuration cannot be used; the message names the key.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The token was well formed and correctly signed but is past its `exp`.
     #[error("token expired")]
     Expired,
-    /// The token cannot be accepted; `reason` is for the server log only,
-    /// callers always see the same message.
-    #[error("invalid token")]
+    /// The token, its session or its user was revoked.
+    #[error("token revoked")]
+    Revoked,
+    /// The token cannot be accepted; `reason` is a short word callers see
+    /// (`bad_signature`, `unknown_key`, …), never part of the token.
+    #[error("invalid token ({reason})")]
     Invalid { reason: &'static str },
-    /// Anonymous sign-in is switched off by the operator.
-    #[error("anonymous sign-in is disabled")]
-    AnonymousDisabled,
+    /// Too many failed attempts from the caller's address.
+    #[error("too many failed attempts; try again later")]
+    Blocked { retry_after: Duration },
+    /// A switched-off feature (anonymous sign-in, dev login).
+    #[error("{0} is disabled")]
+    Disabled(&'static str),
     /// A request field is out of range.
     #[error("{0}")]
     BadRequest(&'static str),
     /// Signing an issued token failed.
     #[error("cannot sign token: {0}")]
     Signing(#[source] jsonwebtoken::errors::Error),
+    /// Revocations or counters could not be read or written.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl AuthError {
+    pub(crate) fn invalid(reason: &'static str) -> Self {
+        AuthError::Invalid { reason }
+    }
+
     /// The protocol error code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            AuthError::Expired | AuthError::Invalid { .. } => ErrorCode::Unauthorized,
-            AuthError::AnonymousDisabled => ErrorCode::Disabled,
+            AuthError::Expired | AuthError::Revoked | AuthError::Invalid { .. } => {
+                ErrorCode::Unauthorized
+            }
+            AuthError::Blocked { .. } => ErrorCode::RateLimited,
+            AuthError::Disabled(_) => ErrorCode::Disabled,
             AuthError::BadRequest(_) => ErrorCode::BadRequest,
+            AuthError::Store(_) => ErrorCode::Unavailable,
             AuthError::Config(_) | AuthError::Signing(_) => ErrorCode::Internal,
         }
     }
 
-    /// The value of [`REASON_METADATA`] for token failures.
-    fn reason(&self) -> Option<&'static str> {
+    /// The value of [`REASON_METADATA`] for refused tokens.
+    pub fn reason(&self) -> Option<&'static str> {
         match self {
             AuthError::Expired => Some("expired"),
-            AuthError::Invalid { .. } => Some("invalid"),
+            AuthError::Revoked => Some("revoked"),
+            AuthError::Invalid { reason } => Some(reason),
+            AuthError::Blocked { .. } => Some("blocked"),
             _ => None,
         }
     }
@@ -57,9 +79,15 @@ impl From<AuthError> for Status {
     fn from(error: AuthError) -> Self {
         let message = match &error {
             AuthError::Signing(_) | AuthError::Config(_) => "internal error".to_string(),
+            AuthError::Store(_) => "auth store unavailable".to_string(),
             other => other.to_string(),
         };
-        let mut status = error.code().status(message);
+        let mut status = match &error {
+            AuthError::Blocked { retry_after } => {
+                error.code().status_retry_after(message, *retry_after)
+            }
+            _ => error.code().status(message),
+        };
         if let Some(reason) = error.reason() {
             status
                 .metadata_mut()
@@ -73,36 +101,45 @@ impl From<AuthError> for Status {
 mod tests {
     use super::*;
 
+    fn reason(status: &Status) -> Option<&str> {
+        status
+            .metadata()
+            .get(REASON_METADATA)
+            .and_then(|v| v.to_str().ok())
+    }
+
     #[test]
     fn token_failures_are_unauthenticated_with_a_reason() {
         let expired = Status::from(AuthError::Expired);
         assert_eq!(expired.code(), tonic::Code::Unauthenticated);
         assert_eq!(expired.message(), "token expired");
-        assert_eq!(
-            expired
-                .metadata()
-                .get(REASON_METADATA)
-                .and_then(|v| v.to_str().ok()),
-            Some("expired")
-        );
-        let invalid = Status::from(AuthError::Invalid {
-            reason: "bad signature",
-        });
+        assert_eq!(reason(&expired), Some("expired"));
+        let invalid = Status::from(AuthError::invalid("bad_signature"));
         assert_eq!(invalid.code(), tonic::Code::Unauthenticated);
-        assert_eq!(invalid.message(), "invalid token");
+        assert_eq!(invalid.message(), "invalid token (bad_signature)");
+        assert_eq!(reason(&invalid), Some("bad_signature"));
+        let revoked = Status::from(AuthError::Revoked);
+        assert_eq!(revoked.code(), tonic::Code::Unauthenticated);
+        assert_eq!(reason(&revoked), Some("revoked"));
+    }
+
+    #[test]
+    fn a_blocked_address_is_rate_limited_with_a_retry_hint() {
+        let status = Status::from(AuthError::Blocked {
+            retry_after: Duration::from_secs(90),
+        });
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(reason(&status), Some("blocked"));
         assert_eq!(
-            invalid
-                .metadata()
-                .get(REASON_METADATA)
-                .and_then(|v| v.to_str().ok()),
-            Some("invalid")
+            ErrorCode::retry_after(&status),
+            Some(Duration::from_secs(90))
         );
     }
 
     #[test]
-    fn disabled_anonymous_sign_in_is_a_failed_precondition() {
-        let status = Status::from(AuthError::AnonymousDisabled);
+    fn disabled_features_are_a_failed_precondition() {
+        let status = Status::from(AuthError::Disabled("anonymous sign-in"));
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
-        assert!(status.metadata().get(REASON_METADATA).is_none());
+        assert!(reason(&status).is_none());
     }
 }

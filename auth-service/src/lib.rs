@@ -1,17 +1,24 @@
-//! Parley's auth service: verifies HS256 access tokens and signs in anonymous
-//! users, behind the service credential every internal gRPC call carries.
+//! Parley's auth service: verifies access tokens (first-party HS256,
+//! configured keys, external JWKS), signs in anonymous and development users,
+//! issues and rotates first-party token pairs, keeps revocations and
+//! failed-attempt blocks, and announces both to the edges on the bus. Every
+//! call requires the service credential.
 //!
 //! `main.rs` and the tests build the same [`AuthApp`] and serve it on a
 //! listener they bound themselves.
 
 mod error;
+mod keys;
 mod service;
+mod store;
 mod tokens;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::Secret;
-use common::config::AuthConfig;
+use common::bus::Bus;
+use common::config::{AuthConfig, Backend};
 use common::grpc::CredentialCheck;
 use common::shutdown::ShutdownSignal;
 use proto::auth::v1::auth_service_server::{AuthServiceServer, SERVICE_NAME};
@@ -19,7 +26,9 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 pub use crate::error::{AuthError, REASON_METADATA};
-use crate::service::AuthHandler;
+use crate::service::{AuthHandler, FailurePolicy};
+pub use crate::service::{BLOCKED_KIND, REVOKED_KIND};
+use crate::store::{AuthStore, MemoryStore, RedisStore};
 use crate::tokens::Tokens;
 
 /// The auth service, ready to serve.
@@ -32,22 +41,47 @@ pub struct AuthApp {
 impl std::fmt::Debug for AuthApp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthApp")
-            .field("tokens", &self.handler.tokens)
-            .field("anonymous", &self.handler.anonymous)
+            .field("handler", &self.handler)
             .field("credential", &self.credential)
             .finish()
     }
 }
 
 impl AuthApp {
-    /// Builds the service from its configuration. An empty
-    /// `hs256_secret` is replaced by a random one (tokens then die with the
-    /// process).
-    pub fn new(config: &AuthConfig, credential: &Secret) -> Result<AuthApp, AuthError> {
+    /// Builds the service from its configuration: parses every key (an
+    /// unusable one names its config key), connects the store, and
+    /// announces revocations and blocks on `bus`. An empty `hs256_secret`
+    /// is replaced by a random one (tokens then die with the process).
+    pub async fn connect(
+        config: &AuthConfig,
+        credential: &Secret,
+        bus: Arc<dyn Bus>,
+    ) -> Result<AuthApp, AuthError> {
+        let tokens = Tokens::new(config)?;
+        let store: Arc<dyn AuthStore> = match config.backend {
+            Backend::Memory => Arc::new(MemoryStore::new()),
+            Backend::Redis => {
+                Arc::new(RedisStore::connect(&config.redis_url, &config.redis_prefix).await?)
+            }
+        };
+        let longest_s = config
+            .refresh_ttl_s
+            .max(config.access_ttl_s)
+            .max(config.anonymous_ttl_s)
+            .saturating_add(config.leeway_s);
         Ok(AuthApp {
             handler: AuthHandler {
-                tokens: Arc::new(Tokens::new(config)?),
+                tokens: Arc::new(tokens),
+                store,
+                bus,
                 anonymous: config.anonymous,
+                dev_login: config.dev_login,
+                failures: FailurePolicy {
+                    max: config.failed_attempts_max,
+                    window: Duration::from_secs(config.failed_window_s),
+                    block: Duration::from_secs(config.block_s),
+                },
+                keep_revocations: Duration::from_secs(longest_s),
             },
             credential: credential.clone(),
         })

@@ -8,7 +8,16 @@ use auth_service::AuthApp;
 async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["auth"], true);
     let result = async {
-        let app = AuthApp::new(&config.auth, &config.services.credential)?;
+        let bus = common::bus::connect(&config.bus).await?;
+        let app = match AuthApp::connect(&config.auth, &config.services.credential, bus).await {
+            Ok(app) => app,
+            Err(auth_service::AuthError::Config(message)) => {
+                // A key only this service can parse: a configuration error.
+                eprintln!("invalid configuration: {message}");
+                std::process::exit(common::cli::EXIT_CONFIG);
+            }
+            Err(other) => return Err(other.into()),
+        };
         let listener = tokio::net::TcpListener::bind(config.auth.listen).await?;
         println!("parley-auth listening on grpc {}", listener.local_addr()?);
         app.serve(listener, common::shutdown::on_os_signal())

@@ -33,7 +33,13 @@ pub fn bootstrap(components: &[&str], split_mode: bool) -> (Config, Telemetry) {
     };
     let matches = Args::command().about(about).get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let config = match Config::load(args.config.as_deref(), std::env::vars()) {
+    // The one-process binary is for development: its defaults say so.
+    let defaults = if split_mode {
+        Config::default()
+    } else {
+        Config::one_process_defaults()
+    };
+    let config = match Config::load_over(defaults, args.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => exit_config(&e.to_string()),
     };

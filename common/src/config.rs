@@ -17,8 +17,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::secret::Secret;
 
 mod ai;
+mod auth;
 
 pub use self::ai::{AiConfig, AiFallback, AiProvider};
+pub use self::auth::{AuthConfig, JwksConfig, KeyConfig, MIN_SECRET_BYTES};
 
 /// Sections of the config file, in `PARLEY_<SECTION>_<KEY>` order.
 const SECTIONS: &[&str] = &[
@@ -75,6 +77,8 @@ pub struct EdgeConfig {
     pub room_presence_max_members: usize,
     /// A `typing.start` not renewed within this time stops by itself.
     pub typing_timeout_ms: u64,
+    /// How long before a token's `exp` the connection gets `token.expiring`.
+    pub token_expiring_lead_ms: u64,
     /// Upper bound on a graceful shutdown.
     pub shutdown_grace_ms: u64,
     /// On shutdown, connections close with 1001 spread over this period, so
@@ -158,6 +162,7 @@ impl Default for EdgeConfig {
             presence_subscribe_max: 500,
             room_presence_max_members: 100,
             typing_timeout_ms: 6_000,
+            token_expiring_lead_ms: 60_000,
             shutdown_grace_ms: 10_000,
             drain_ms: 5_000,
             maintenance: false,
@@ -184,43 +189,6 @@ impl Default for EdgeConfig {
             content_inspection: InspectionMode::Flag,
             admin_token: Secret::default(),
             signed_frames: false,
-        }
-    }
-}
-
-/// The auth service.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    pub listen: SocketAddr,
-    /// HS256 signing/verification secret, at least 32 bytes. Empty: a random
-    /// secret is generated at start (one-process development only).
-    pub hs256_secret: Secret,
-    /// `iss` of issued tokens, and required on verified tokens when non-empty.
-    pub issuer: String,
-    /// `aud` required on verified tokens when non-empty.
-    pub audience: String,
-    /// Whether anonymous sign-in is allowed.
-    pub anonymous: bool,
-    /// Lifetime of anonymous tokens.
-    pub anonymous_ttl_s: u64,
-    /// Clock skew tolerated on `exp` / `nbf`.
-    pub leeway_s: u64,
-    /// Tokens larger than this are rejected before parsing.
-    pub max_token_bytes: usize,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            hs256_secret: Secret::default(),
-            issuer: "parley".into(),
-            audience: String::new(),
-            anonymous: true,
-            anonymous_ttl_s: 24 * 3600,
-            leeway_s: 30,
-            max_token_bytes: 8 * 1024,
         }
     }
 }
@@ -398,6 +366,14 @@ impl ConfigError {
 }
 
 impl Config {
+    /// The defaults of the one-process `parley` binary: the built-in ones
+    /// plus development conveniences (`auth.dev_login`).
+    pub fn one_process_defaults() -> Self {
+        let mut config = Self::default();
+        config.auth.dev_login = true;
+        config
+    }
+
     /// Defaults, then `file` (if any), then `PARLEY_*` pairs from `env`.
     pub fn load<I, K, V>(file: Option<&Path>, env: I) -> Result<Self, ConfigError>
     where
@@ -405,7 +381,21 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        Self::load_over(Config::default(), file, env)
+    }
+
+    /// Like [`Config::load`] with other defaults underneath.
+    pub fn load_over<I, K, V>(
+        defaults: Config,
+        file: Option<&Path>,
+        env: I,
+    ) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut figment = Figment::from(Serialized::defaults(defaults));
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError(format!(
@@ -502,11 +492,6 @@ impl Config {
         at_least("chat.max_connections", self.chat.max_connections as u64, 1)?;
         at_least("chat.max_text_chars", self.chat.max_text_chars as u64, 1)?;
         at_least("chat.page_limit", self.chat.page_limit as u64, 1)?;
-        at_least(
-            "auth.max_token_bytes",
-            self.auth.max_token_bytes as u64,
-            256,
-        )?;
         at_least("presence.lease_ttl_ms", self.presence.lease_ttl_ms, 1_000)?;
         at_least("presence.sweep_ms", self.presence.sweep_ms, 10)?;
         if self.presence.redis_prefix.is_empty() {
@@ -533,11 +518,7 @@ impl Config {
                 self.edge.presence_renew_ms
             )));
         }
-        if !self.auth.hs256_secret.is_empty() && self.auth.hs256_secret.expose().len() < 32 {
-            return Err(ConfigError(
-                "key `auth.hs256_secret`: must be at least 32 bytes".into(),
-            ));
-        }
+        self.auth.validate()?;
         if !self.services.credential.is_empty() && self.services.credential.expose().len() < 32 {
             return Err(ConfigError(
                 "key `services.credential`: must be at least 32 bytes".into(),
@@ -725,6 +706,14 @@ mod tests {
         assert_eq!(c.edge.rate_violations_close, 10);
         assert_eq!(c.edge.content_inspection, InspectionMode::Flag);
         assert!(c.edge.admin_token.is_empty() && !c.edge.maintenance);
+        assert_eq!(c.edge.token_expiring_lead_ms, 60_000);
+        assert!(!c.auth.dev_login, "dev login is off unless asked for");
+        assert_eq!(c.auth.access_ttl_s, 900);
+        assert_eq!(c.auth.refresh_ttl_s, 30 * 24 * 3600);
+        assert_eq!(c.auth.failed_attempts_max, 10);
+        assert_eq!(c.auth.failed_window_s, 300);
+        assert_eq!(c.auth.block_s, 900);
+        assert_eq!(c.auth.jwks_refetch_s, 60);
     }
 
     #[test]
@@ -751,6 +740,62 @@ mod tests {
         assert!(e.to_string().contains("edge.rate_limit_redis_url"), "{e}");
         let e = load(&[("PARLEY_EDGE_RATE_VIOLATIONS_CLOSE", "0")]).expect_err("zero");
         assert!(e.to_string().contains("edge.rate_violations_close"), "{e}");
+    }
+
+    #[test]
+    fn the_one_process_defaults_turn_dev_login_on_unless_configured_off() {
+        let c = Config::load_over(
+            Config::one_process_defaults(),
+            None,
+            Vec::<(String, String)>::new(),
+        )
+        .expect("valid");
+        assert!(c.auth.dev_login);
+        let c = Config::load_over(
+            Config::one_process_defaults(),
+            None,
+            [("PARLEY_AUTH_DEV_LOGIN", "false")],
+        )
+        .expect("valid");
+        assert!(!c.auth.dev_login);
+    }
+
+    #[test]
+    fn auth_keys_are_checked_at_start_up() {
+        let dir = std::env::temp_dir().join(format!("parley-config-{}", crate::ids::new_id("t")));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("parley.toml");
+        let check = |toml: &str| {
+            std::fs::write(&path, toml).expect("write");
+            Config::load(Some(&path), Vec::<(String, String)>::new())
+        };
+        let ok = check(
+            "[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"HS256\"]\nsecret = \"0123456789abcdef0123456789abcdef\"\n\
+             [[auth.jwks]]\nurl = \"https://idp.example/.well-known/jwks.json\"\nalgorithms = [\"RS256\"]\n",
+        )
+        .expect("valid keys");
+        assert_eq!(ok.auth.keys[0].kid, "k1");
+        assert_eq!(ok.auth.jwks[0].algorithms, ["RS256"]);
+        let e =
+            check("[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"HS256\"]\nsecret = \"short\"\n")
+                .expect_err("short secret");
+        assert!(e.to_string().contains("auth.keys[0].secret"), "{e}");
+        assert!(!e.to_string().contains("short\""), "secret leaked: {e}");
+        let e = check("[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"none\"]\nsecret = \"0123456789abcdef0123456789abcdef\"\n")
+            .expect_err("none");
+        assert!(e.to_string().contains("auth.keys[0].algorithms"), "{e}");
+        let e = check("[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"HS256\"]\npublic_key = \"-----BEGIN PUBLIC KEY-----\"\n")
+            .expect_err("HS256 with a public key");
+        assert!(e.to_string().contains("auth.keys[0].algorithms"), "{e}");
+        let e = check("[[auth.keys]]\nkid = \"k1\"\nalgorithms = []\nsecret = \"0123456789abcdef0123456789abcdef\"\n")
+            .expect_err("no algorithms");
+        assert!(e.to_string().contains("auth.keys[0].algorithms"), "{e}");
+        let e = check("[[auth.jwks]]\nurl = \"file:///etc/passwd\"\nalgorithms = [\"RS256\"]\n")
+            .expect_err("not http");
+        assert!(e.to_string().contains("auth.jwks[0].url"), "{e}");
+        let e = check("[auth]\nrefresh_ttl_s = 10\n").expect_err("refresh shorter than access");
+        assert!(e.to_string().contains("auth.refresh_ttl_s"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -94,6 +95,9 @@ pub enum TelemetryError {
 /// Installs the global subscriber. `components` are the components this
 /// process runs (one name for a single-service binary, all five for the
 /// one-process suite).
+///
+/// Whatever `log.level` says, libraries whose TRACE output carries frame
+/// payloads are capped (see [`log_filter`]), so no token reaches a log.
 pub fn init(
     log: &LogConfig,
     otel: &OtelSettings,
@@ -101,8 +105,7 @@ pub fn init(
 ) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let log_filter =
-        EnvFilter::try_new(&log.level).map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let log_filter = log_filter(&log.level)?;
     let fmt_layer = match log.format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_target(true).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -243,5 +246,83 @@ impl SpanExporter for RoutingExporter {
             }
         }
         result
+    }
+}
+
+/// Targets whose output at TRACE carries WebSocket frame payloads and
+/// upgrade headers (tokens among them): never below `debug`, whatever the
+/// configured level says.
+const PAYLOAD_LOGGING_TARGETS: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
+/// A log filter of `level` (an `EnvFilter` directive string) that never lets
+/// the payload-logging targets through below `debug`, however specific the
+/// directive asking for them; tests capture through the same filter as
+/// production.
+pub fn log_filter<S>(
+    level: &str,
+) -> Result<tracing_subscriber::filter::combinator::And<EnvFilter, Targets, S>, TelemetryError>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::FilterExt;
+    let configured =
+        EnvFilter::try_new(level).map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let mut cap = Targets::new().with_default(LevelFilter::TRACE);
+    for target in PAYLOAD_LOGGING_TARGETS {
+        cap = cap.with_target(*target, LevelFilter::DEBUG);
+    }
+    Ok(configured.and(cap))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn frame_payload_logging_stays_off_at_any_level() {
+        for level in [
+            "trace",
+            "trace,tungstenite=trace",
+            "tungstenite::protocol=trace",
+        ] {
+            let lines = Lines::default();
+            let writer = lines.clone();
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(move || writer.clone())
+                .with_filter(log_filter(level).expect("filter"));
+            let subscriber = tracing_subscriber::registry().with(layer);
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::trace!(target: "tungstenite::protocol", "payload-of-a-frame");
+                tracing::trace!(target: "tokio_tungstenite", "payload-of-a-frame");
+                tracing::debug!(target: "tungstenite::protocol", "close-frame-seen");
+                tracing::trace!(target: "parley_other", "other-trace-line");
+            });
+            let text = String::from_utf8_lossy(&lines.0.lock().expect("lines")).into_owned();
+            assert!(!text.contains("payload-of-a-frame"), "{level}: {text}");
+            assert!(text.contains("close-frame-seen"), "{level}: {text}");
+            if level.starts_with("trace") {
+                assert!(text.contains("other-trace-line"), "{level}: {text}");
+            }
+        }
     }
 }

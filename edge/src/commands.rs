@@ -4,7 +4,7 @@
 use common::ErrorCode;
 use common::grpc::Actor;
 use proto::ai::v1::AskRequest;
-use proto::auth::v1::SignInAnonymousRequest;
+use proto::auth::v1::{DevLoginRequest, SignInAnonymousRequest};
 use proto::chat::v1::{
     CreateRoomRequest, DeleteMessageRequest, EditMessageRequest, GetHistoryRequest,
     InviteMemberRequest, JoinRoomRequest, LeaveRoomRequest, ListNotificationsRequest,
@@ -25,9 +25,6 @@ pub(crate) enum Outcome {
     Sent,
 }
 
-/// Commands of protocol v1 this server does not implement yet.
-const NOT_YET: &[&str] = &["refresh"];
-
 pub(crate) async fn dispatch(conn: &mut Conn, command: Command) -> Result<Outcome, CommandError> {
     let kind = command.kind.as_str();
     match kind {
@@ -47,6 +44,7 @@ pub(crate) async fn dispatch(conn: &mut Conn, command: Command) -> Result<Outcom
             ErrorCode::Disabled,
             "the assistant is switched off on this server",
         )),
+        "refresh" => crate::token_life::refresh(conn, &command).await,
         "room.create" => room_create(conn, &command).await,
         "room.join" => room_join(conn, &command).await,
         "room.leave" => room_leave(conn, &command).await,
@@ -71,38 +69,33 @@ pub(crate) async fn dispatch(conn: &mut Conn, command: Command) -> Result<Outcom
         "call.answer" | "call.reject" | "call.end" | "call.ice" => {
             presence_commands::call_act(conn, &command).await
         }
-        _ if NOT_YET.contains(&kind) => Err(CommandError::new(
-            ErrorCode::Disabled,
-            format!("`{kind}` is not available on this server yet"),
-        )),
         _ => Err(unknown(kind)),
     }
 }
 
 fn is_known(kind: &str) -> bool {
-    NOT_YET.contains(&kind)
-        || matches!(
-            kind,
-            "room.create"
-                | "room.join"
-                | "room.leave"
-                | "room.list"
-                | "message.send"
-                | "message.history"
-                | "ai.ask"
-                | "ai.cancel"
-                | "room.invite"
-                | "room.remove_member"
-                | "message.edit"
-                | "message.delete"
-                | "reaction.add"
-                | "reaction.remove"
-                | "receipt.read"
-                | "receipt.delivered"
-                | "notification.list"
-                | "notification.read"
-        )
-        || presence_commands::COMMANDS.contains(&kind)
+    matches!(
+        kind,
+        "refresh"
+            | "room.create"
+            | "room.join"
+            | "room.leave"
+            | "room.list"
+            | "message.send"
+            | "message.history"
+            | "ai.ask"
+            | "ai.cancel"
+            | "room.invite"
+            | "room.remove_member"
+            | "message.edit"
+            | "message.delete"
+            | "reaction.add"
+            | "reaction.remove"
+            | "receipt.read"
+            | "receipt.delivered"
+            | "notification.list"
+            | "notification.read"
+    ) || presence_commands::COMMANDS.contains(&kind)
 }
 
 fn unknown(kind: &str) -> CommandError {
@@ -205,11 +198,29 @@ async fn auth(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandErro
             CommandError::new(ErrorCode::Internal, "auth service returned no identity")
         })?;
         (identity, Some(response.access_token))
+    } else if let Some(user) = optional_string(body, "dev_user", 256)? {
+        let request = DevLoginRequest {
+            user,
+            client_ip: conn.peer.ip().to_string(),
+        };
+        let response = conn
+            .shared
+            .backends
+            .auth
+            .clone()
+            .dev_login(request)
+            .await
+            .map_err(|s| CommandError::from_status("auth", &s))?
+            .into_inner();
+        let identity = response.identity.ok_or_else(|| {
+            CommandError::new(ErrorCode::Internal, "auth service returned no identity")
+        })?;
+        (identity, Some(response.access_token))
     } else {
         let max = 64 * 1024;
         let token = string(body, "token", max).map_err(|mut e| {
             if e.code == ErrorCode::BadRequest {
-                e.message = "send `token` or `anonymous: true`".into();
+                e.message = "send `token`, `anonymous: true` or `dev_user`".into();
             }
             e
         })?;

@@ -49,6 +49,8 @@ pub(crate) struct Conn {
     pub user_slot: Option<crate::admission::UserSlot>,
     /// The session's frame secret and seen nonces (`edge.signed_frames`).
     pub signed: Option<Box<crate::signed::Signed>>,
+    /// When the token warns and expires.
+    pub life: crate::token_life::Life,
 }
 
 /// Whether the read loop goes on.
@@ -58,8 +60,9 @@ pub(crate) enum Flow {
     Close,
 }
 
-/// Verifies a token through auth-service. Expired tokens close with 4003,
-/// other failures with 4002.
+/// Verifies a token through auth-service. Expired and revoked tokens close
+/// with 4003, other refusals with 4002; a blocked address is `rate_limited`
+/// and remembered, so its next upgrade is refused before any WebSocket work.
 pub(crate) async fn verify(
     shared: &Shared,
     token: &str,
@@ -75,28 +78,29 @@ pub(crate) async fn verify(
         }),
         Err(status) => {
             let mut error = CommandError::from_status("auth", &status);
+            let reason = status
+                .metadata()
+                .get("x-parley-reason")
+                .and_then(|v| v.to_str().ok());
             if error.code == ErrorCode::Unauthorized {
-                let expired = status
-                    .metadata()
-                    .get("x-parley-reason")
-                    .and_then(|v| v.to_str().ok())
-                    .map(|reason| reason == "expired")
-                    .unwrap_or_else(|| status.message().contains("expired"));
+                // The reason auth-service gave (`expired`, `revoked`,
+                // `bad_signature`…): a word, never the token.
                 common::security::log(
                     common::security::SecurityEvent::AuthFailed,
                     Some(peer.ip()),
                     None,
-                    if expired {
-                        "expired_token"
-                    } else {
-                        "invalid_token"
-                    },
+                    reason.unwrap_or("invalid_token"),
                 );
-                error.close = Some(if expired {
-                    (4003, "token expired")
-                } else {
-                    (4002, "invalid token")
+                error.close = Some(match reason {
+                    Some("expired") => (4003, "token expired"),
+                    Some("revoked") => (4003, "token revoked"),
+                    _ => (4002, "invalid token"),
                 });
+            }
+            if reason == Some("blocked") {
+                let retry = error.retry_after_ms.unwrap_or(0);
+                let until = common::ids::now_ms() + i64::try_from(retry).unwrap_or(0);
+                shared.blocks.block(peer.ip(), until);
             }
             Err(error)
         }
@@ -135,6 +139,7 @@ pub(crate) async fn run(
         limits: crate::limits::ConnLimits::new(),
         user_slot: None,
         signed: None,
+        life: Default::default(),
     };
     let config = &shared.config;
     if identity.is_some() && config.signed_frames {
@@ -178,7 +183,20 @@ pub(crate) async fn run(
         if refused {
             break;
         }
+        let token_step = conn.life.next();
         tokio::select! {
+            _ = tokio::time::sleep_until(token_step.map_or_else(Instant::now, |(at, _)| at)), if token_step.is_some() => {
+                let step = token_step.map(|(_, step)| step).unwrap_or(crate::token_life::Step::Expire);
+                match conn.life.fire(step) {
+                    Some(warning) => {
+                        outbox.push(warning);
+                    }
+                    None => {
+                        outbox.close(4003, "token expired");
+                        break;
+                    }
+                }
+            }
             _ = &mut shutdown, if drain_at.is_none() => {
                 // In-flight commands have finished (they run inside this
                 // loop); the close itself waits for this connection's turn.
@@ -351,8 +369,9 @@ impl Conn {
         }
     }
 
-    /// Keeps the verified identity, registers the presence lease and
-    /// subscribes the user's own channel.
+    /// Keeps the verified identity (refused past the per-user connection
+    /// limit), registers the presence lease, subscribes the user's own
+    /// channel, and follows the token's expiry and revocations.
     pub(crate) async fn authenticated(&mut self, identity: Identity) -> Result<(), CommandError> {
         let slot = self
             .shared
@@ -375,6 +394,11 @@ impl Conn {
         if self.shared.config.signed_frames && self.signed.is_none() {
             self.signed = Some(Box::new(crate::signed::Signed::new()));
         }
+        self.shared.sessions.set(self.key, &identity, &self.outbox);
+        self.life.set(
+            identity.expires_at,
+            Duration::from_millis(self.shared.config.token_expiring_lead_ms),
+        );
         self.shared
             .leases
             .register(&self.id, &identity.user_id)
@@ -399,6 +423,7 @@ impl Conn {
     }
 
     async fn close(&mut self) {
+        self.shared.sessions.remove(self.key);
         crate::presence_commands::close(self).await;
         for room in std::mem::take(&mut self.rooms) {
             self.shared

@@ -6,6 +6,7 @@ mod admission;
 mod ai_commands;
 mod commands;
 mod conn;
+mod control;
 mod frames;
 mod hub;
 mod inspect;
@@ -16,6 +17,7 @@ mod presence_commands;
 mod ready;
 mod signed;
 mod status;
+mod token_life;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,6 +87,10 @@ pub(crate) struct Shared {
     pub ai_enabled: AtomicBool,
     /// The cached answer of `/readyz`.
     pub readiness: ready::Readiness,
+    /// Authenticated connections, for revocations announced on the bus.
+    pub sessions: Arc<control::Sessions>,
+    /// Addresses auth-service blocked after failed attempts.
+    pub blocks: Arc<control::Blocks>,
 }
 
 impl Shared {
@@ -116,6 +122,9 @@ impl EdgeApp {
             shutdown.clone(),
         );
         let (conns_alive, conns_done) = mpsc::channel(1);
+        let sessions = Arc::new(control::Sessions::default());
+        let blocks = Arc::new(control::Blocks::default());
+        control::start(bus.as_ref(), sessions.clone(), blocks.clone()).await?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             backends,
@@ -134,6 +143,8 @@ impl EdgeApp {
             limiter: limits::Limiter::new(),
             ai_enabled: AtomicBool::new(true),
             readiness: ready::Readiness::new(),
+            sessions,
+            blocks,
         });
         Ok(Self { shared, conns_done })
     }
@@ -216,6 +227,10 @@ async fn upgrade(
     }
     if shared.draining.load(Ordering::SeqCst) || shared.shutdown.is_triggered() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    // Before any WebSocket work: auth-service blocked this address.
+    if shared.blocks.is_blocked(peer.ip()) {
+        return (StatusCode::TOO_MANY_REQUESTS, "too many failed attempts").into_response();
     }
     if let Err(status) = check_origin(&shared.config, &headers) {
         common::security::log(

@@ -66,12 +66,74 @@ fn init_logs() {
             }
             previous(info);
         }));
-        if std::env::var_os("TEST_LOG").is_some() {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-                .try_init();
-        }
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::filter::FilterExt;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let test_log = std::env::var_os("TEST_LOG").is_some().then(|| {
+            tracing_subscriber::fmt::layer().with_filter(tracing_subscriber::EnvFilter::new("info"))
+        });
+        // Everything production logs at TRACE, but only on threads that capture.
+        let capture = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(|| ThreadCapture)
+            // The cheap per-thread check first.
+            .with_filter(
+                tracing_subscriber::filter::filter_fn(|_| CAPTURE.with(|c| c.borrow().is_some()))
+                    .and(common::telemetry::log_filter("trace").expect("filter")),
+            );
+        let _ = tracing_subscriber::registry()
+            .with(test_log)
+            .with(capture)
+            .try_init();
     });
+}
+
+thread_local! {
+    /// This thread's captured log output, when [`capture_logs`] asked for it.
+    static CAPTURE: std::cell::RefCell<Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Writes a log line into the capture of the thread that logs it.
+struct ThreadCapture;
+
+impl std::io::Write for ThreadCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURE.with(|capture| {
+            if let Some(lines) = capture.borrow().as_ref() {
+                lines
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(buf);
+            }
+        });
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures everything logged on this thread from now on, all targets at
+/// TRACE: the suite a test starts runs on the test's (current-thread)
+/// runtime, so this is the whole suite's output. Read it with
+/// [`LogCapture::text`].
+pub fn capture_logs() -> LogCapture {
+    init_logs();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    CAPTURE.with(|capture| *capture.borrow_mut() = Some(lines.clone()));
+    LogCapture(lines)
+}
+
+/// The log output captured for one test thread.
+pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
 }
 
 /// The suite on fresh storage with test defaults.
@@ -120,6 +182,9 @@ pub async fn spawn_app_traced(adjust: impl FnOnce(&mut Config), tracing: bool) -
         config.presence.backend = Backend::Redis;
         config.presence.redis_url = redis;
         config.presence.redis_prefix = format!("{}:", common::ids::new_id("e2e-presence"));
+        config.auth.backend = Backend::Redis;
+        config.auth.redis_url = config.bus.redis_url.clone();
+        config.auth.redis_prefix = format!("{}:", common::ids::new_id("e2e-auth"));
     }
     adjust(&mut config);
     let listeners = parley::Listeners::ephemeral()
@@ -205,6 +270,22 @@ impl TestApp {
         config.services.presence_url = format!("http://{}", a.presence);
         config.services.credential = self.credential.clone();
         config
+    }
+
+    /// An auth-service client holding the service credential, as a trusted
+    /// backend would use it (issuing, revoking).
+    pub fn auth_client(
+        &self,
+    ) -> proto::auth::v1::auth_service_client::AuthServiceClient<common::grpc::ServiceChannel> {
+        let settings = common::grpc::ClientSettings {
+            credential: self.credential.clone(),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+        };
+        let url = format!("http://{}", self.addrs.auth);
+        proto::auth::v1::auth_service_client::AuthServiceClient::new(
+            common::grpc::channel(&url, &settings).expect("channel"),
+        )
     }
 
     /// A presence-service client holding the service credential, as another
