@@ -798,49 +798,11 @@ async fn dev_login_works_only_when_enabled() {
     }
 }
 
-thread_local! {
-    /// Where this thread's log lines go (nowhere unless a test captures).
-    static CAPTURE: std::cell::RefCell<Option<Arc<std::sync::Mutex<Vec<u8>>>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Writes a log line into the capture of the thread that logs it. The
-/// tests' runtimes are current-thread, so a test's server logs on its thread.
-struct ThreadCapture;
-
-impl std::io::Write for ThreadCapture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        CAPTURE.with(|capture| {
-            if let Some(lines) = capture.borrow().as_ref() {
-                lines
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(buf);
-            }
-        });
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Captures everything logged on this thread, all targets, at TRACE. A
-/// global subscriber (installed once) rather than a scoped one: callsites
-/// other tests' threads register first would otherwise be skipped.
-fn capture_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(|| ThreadCapture)
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
-    });
-    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-    CAPTURE.with(|capture| *capture.borrow_mut() = Some(lines.clone()));
-    lines
+/// Captures everything logged on this thread, all targets, through the
+/// production filter at TRACE.
+fn capture_logs() -> common::testing::logs::LogCapture {
+    common::testing::logs::install();
+    common::testing::logs::start()
 }
 
 #[tokio::test]
@@ -899,7 +861,7 @@ async fn no_token_appears_in_any_log_line() {
         .into_inner();
     tokens.push(dev.access_token);
 
-    let log = String::from_utf8_lossy(&captured.lock().expect("log")).into_owned();
+    let log = captured.text();
     assert!(
         log.contains("security event"),
         "the flow was logged:\n{log}"

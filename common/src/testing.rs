@@ -1,6 +1,7 @@
 //! Test helpers shared by every crate's tests (feature `testing`): a fresh
 //! database per test, the Redis URL to test against, and an
-//! OpenAI-compatible model server ([`FakeOpenAi`]).
+//! OpenAI-compatible model server ([`FakeOpenAi`]), and log capture
+//! ([`logs`]).
 //!
 //! Without environment variables a test gets a new SQLite file and no Redis,
 //! so `cargo test` passes on a fresh machine. With
@@ -10,6 +11,7 @@
 //! fails the test loudly: CI never skips them silently.
 
 mod fake_openai;
+pub mod logs;
 
 use std::path::PathBuf;
 

@@ -83,14 +83,8 @@ pub(crate) async fn verify(
                 .get("x-parley-reason")
                 .and_then(|v| v.to_str().ok());
             if error.code == ErrorCode::Unauthorized {
-                // The reason auth-service gave (`expired`, `revoked`,
-                // `bad_signature`…): a word, never the token.
-                common::security::log(
-                    common::security::SecurityEvent::AuthFailed,
-                    Some(peer.ip()),
-                    None,
-                    reason.unwrap_or("invalid_token"),
-                );
+                // auth-service wrote the `auth_failed` security event, with
+                // the client's address the edge passed along.
                 error.close = Some(match reason {
                     Some("expired") => (4003, "token expired"),
                     Some("revoked") => (4003, "token revoked"),

@@ -67,73 +67,24 @@ fn init_logs() {
             previous(info);
         }));
         use tracing_subscriber::Layer;
-        use tracing_subscriber::filter::FilterExt;
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
         let test_log = std::env::var_os("TEST_LOG").is_some().then(|| {
             tracing_subscriber::fmt::layer().with_filter(tracing_subscriber::EnvFilter::new("info"))
         });
-        // Everything production logs at TRACE, but only on threads that capture.
-        let capture = tracing_subscriber::fmt::layer()
-            .with_ansi(false)
-            .with_writer(|| ThreadCapture)
-            // The cheap per-thread check first.
-            .with_filter(
-                tracing_subscriber::filter::filter_fn(|_| CAPTURE.with(|c| c.borrow().is_some()))
-                    .and(common::telemetry::log_filter("trace").expect("filter")),
-            );
         let _ = tracing_subscriber::registry()
             .with(test_log)
-            .with(capture)
+            .with(common::testing::logs::capture_layer())
             .try_init();
     });
 }
 
-thread_local! {
-    /// This thread's captured log output, when [`capture_logs`] asked for it.
-    static CAPTURE: std::cell::RefCell<Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Writes a log line into the capture of the thread that logs it.
-struct ThreadCapture;
-
-impl std::io::Write for ThreadCapture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        CAPTURE.with(|capture| {
-            if let Some(lines) = capture.borrow().as_ref() {
-                lines
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(buf);
-            }
-        });
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Captures everything logged on this thread from now on, all targets at
 /// TRACE: the suite a test starts runs on the test's (current-thread)
-/// runtime, so this is the whole suite's output. Read it with
-/// [`LogCapture::text`].
-pub fn capture_logs() -> LogCapture {
+/// runtime, so this is the whole suite's output.
+pub fn capture_logs() -> common::testing::logs::LogCapture {
     init_logs();
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    CAPTURE.with(|capture| *capture.borrow_mut() = Some(lines.clone()));
-    LogCapture(lines)
-}
-
-/// The log output captured for one test thread.
-pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl LogCapture {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
-    }
+    common::testing::logs::start()
 }
 
 /// The suite on fresh storage with test defaults.

@@ -2,13 +2,12 @@
 //! heartbeat and idle closes, feature flags, content inspection, `/status`
 //! and the security event log.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
 
-use crate::helpers::{Client, http_get, spawn_app_with, token};
+use crate::helpers::{Client, capture_logs, http_get, spawn_app_with, token};
 
 /// The HTTP status an upgrade was refused with.
 async fn refused_status(url: &str) -> u16 {
@@ -383,56 +382,12 @@ async fn status_needs_the_admin_token() {
     assert!(status["uptime_s"].is_u64());
 }
 
-/// A `MakeWriter` collecting log output in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
-    }
-}
-
 /// Every security event of the edge reaches the `security` target with a
 /// masked address, and no token appears in the log.
 #[tokio::test]
 async fn security_events_are_logged_masked_and_without_tokens() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .finish();
-    // While only one subscriber exists, tracing decides whether a callsite
-    // is wanted from the subscriber of whichever thread reaches it first;
-    // with a second (idle) one it asks every live subscriber, so callsites
-    // first reached by other tests' threads still reach this one.
-    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
-    // The suite runs on this test's thread, so a thread default sees it all
-    // (`info`: the token must not appear in any component's log either).
-    let dispatch = tracing::Dispatch::new(subscriber);
-    let _guard = tracing::dispatcher::set_default(&dispatch);
+    // Everything the suite logs on this test's thread, at TRACE.
+    let captured = capture_logs();
     let app = spawn_app_with(|c| {
         c.edge.allowed_origins = vec!["https://app.example.com".into()];
         c.edge.rate_user_per_min = 1;
