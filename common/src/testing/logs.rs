@@ -41,7 +41,10 @@ impl std::io::Write for ThreadCapture {
 }
 
 /// The layer that writes every event production would log at TRACE, on
-/// threads that capture only (the cheap per-thread check comes first).
+/// threads that capture only (the cheap per-thread check comes first). The
+/// thread check is a *dynamic* filter: a plain `filter_fn` is asked once per
+/// callsite and its answer cached, so a callsite first reached on a thread
+/// that does not capture would never be captured again.
 pub fn capture_layer<S>() -> impl Layer<S>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
@@ -50,8 +53,10 @@ where
         .with_ansi(false)
         .with_writer(|| ThreadCapture)
         .with_filter(
-            tracing_subscriber::filter::filter_fn(|_| CAPTURE.with(|c| c.borrow().is_some()))
-                .and(crate::telemetry::log_filter("trace").expect("the TRACE filter is valid")),
+            tracing_subscriber::filter::dynamic_filter_fn(|_, _| {
+                CAPTURE.with(|c| c.borrow().is_some())
+            })
+            .and(crate::telemetry::log_filter("trace").expect("the TRACE filter is valid")),
         )
 }
 
