@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use common::ErrorCode;
-use futures::stream::SplitSink;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use opentelemetry::trace::TraceContextExt;
 use proto::auth::v1::{Identity, VerifyTokenRequest};
@@ -106,17 +106,38 @@ pub(crate) fn user_json(identity: &Identity) -> serde_json::Value {
     serde_json::json!({"id": identity.user_id, "name": identity.name, "anonymous": identity.anonymous})
 }
 
-pub(crate) async fn run(
+/// Starts a connection's writer task and returns the connection task. Not
+/// an `async fn`: one keeps room for its arguments for as long as it runs,
+/// and an unsplit socket is large; every idle connection would carry it.
+pub(crate) fn run(
     shared: Arc<Shared>,
     socket: WebSocket,
     peer: SocketAddr,
     identity: Option<Identity>,
     parent: opentelemetry::Context,
-) {
-    let _alive = shared.conns_alive.clone();
-    let (sink, mut stream) = socket.split();
+    slot: crate::admission::Slot,
+) -> impl Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
     let (outbox, out_rx) = outbox(shared.config.outbound_queue_bytes);
-    let mut writer = tokio::spawn(write_loop(sink, out_rx));
+    let writer = tokio::spawn(write_loop(sink, out_rx));
+    serve(shared, stream, writer, outbox, peer, identity, parent, slot)
+}
+
+/// The connection task: reads frames, runs commands, keeps time.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    shared: Arc<Shared>,
+    mut stream: SplitStream<WebSocket>,
+    mut writer: tokio::task::JoinHandle<()>,
+    outbox: Outbox,
+    peer: SocketAddr,
+    identity: Option<Identity>,
+    parent: opentelemetry::Context,
+    slot: crate::admission::Slot,
+) {
+    // Given back when the connection ends.
+    let _slot = slot;
+    let _alive = shared.conns_alive.clone();
     // A finished JoinHandle must not be polled again.
     let mut writer_done = false;
     let key = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
@@ -529,14 +550,18 @@ async fn close(
 mod tests {
     use super::*;
 
+    #[allow(clippy::type_complexity)]
     fn future_size<F, Fut>(_: F) -> usize
     where
         F: FnOnce(
             Arc<Shared>,
-            WebSocket,
+            SplitStream<WebSocket>,
+            tokio::task::JoinHandle<()>,
+            Outbox,
             SocketAddr,
             Option<Identity>,
             opentelemetry::Context,
+            crate::admission::Slot,
         ) -> Fut,
     {
         std::mem::size_of::<Fut>()
@@ -546,7 +571,7 @@ mod tests {
     /// handling is boxed while it runs (unboxed, this was over 4 KiB).
     #[test]
     fn an_idle_connection_task_is_small() {
-        let size = future_size(run);
+        let size = future_size(serve);
         assert!(size < 3 * 1024, "connection task future is {size} bytes");
     }
 

@@ -265,12 +265,9 @@ async fn upgrade(
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(max.saturating_mul(2).max(64 * 1024))
-        .on_upgrade(move |socket| async move {
-            // The slot is given back when the connection ends (or the
-            // upgrade never completes and this closure is dropped).
-            let _slot = slot;
-            conn::run(shared, socket, peer, identity, parent).await
-        })
+        // The slot is given back when the connection ends (or the upgrade
+        // never completes and this closure is dropped).
+        .on_upgrade(move |socket| conn::run(shared, socket, peer, identity, parent, slot))
 }
 
 /// The new-connection rate of the address, then a concurrency slot; a
