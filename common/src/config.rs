@@ -53,6 +53,13 @@ pub struct EdgeConfig {
     pub allowed_origins: Vec<String>,
     /// Whether requests without an `Origin` header (non-browser clients) may connect.
     pub allow_missing_origin: bool,
+    /// Proxies (IP addresses or CIDR ranges) whose `X-Forwarded-For` is
+    /// believed: a connection from one of them counts as coming from the
+    /// right-most address in that header that is not itself a trusted
+    /// proxy. Empty: the TCP peer is the client (every per-address limit,
+    /// block and log uses it).
+    #[serde(deserialize_with = "string_or_list")]
+    pub trusted_proxies: Vec<String>,
     /// Time a connection has to authenticate before it is closed with 4001.
     pub auth_timeout_ms: u64,
     /// Interval of WebSocket pings.
@@ -150,6 +157,7 @@ impl Default for EdgeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             allow_missing_origin: true,
             auth_timeout_ms: 10_000,
             heartbeat_ms: 25_000,
@@ -566,6 +574,11 @@ impl Config {
                 )));
             }
         }
+        for proxy in &self.edge.trusted_proxies {
+            if let Err(e) = proxy.parse::<crate::cidr::Cidr>() {
+                return Err(ConfigError(format!("key `edge.trusted_proxies`: {e}")));
+            }
+        }
         self.ai.validate()?;
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
             return Err(ConfigError(format!("key `log.level`: {e}")));
@@ -645,6 +658,7 @@ fn is_string_key(key: &str) -> bool {
                 | "redis_prefix"
                 | "level"
                 | "allowed_origins"
+                | "trusted_proxies"
                 | "models"
         )
 }
@@ -852,6 +866,11 @@ mod tests {
         assert!(e.to_string().contains("presence.call_ring_ms"), "{e}");
         let e = load(&[("PARLEY_EDGE_ALLOWED_ORIGINS", "*")]).expect_err("wildcard");
         assert!(e.to_string().contains("edge.allowed_origins"), "{e}");
+        let e =
+            load(&[("PARLEY_EDGE_TRUSTED_PROXIES", "10.0.0.0/8, 10.1/16")]).expect_err("bad range");
+        assert!(e.to_string().contains("edge.trusted_proxies"), "{e}");
+        let c = load(&[("PARLEY_EDGE_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]).expect("valid");
+        assert_eq!(c.edge.trusted_proxies, ["10.0.0.0/8", "127.0.0.1"]);
     }
 
     #[test]

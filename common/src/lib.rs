@@ -3,6 +3,7 @@
 //! error-code table, ids and shutdown.
 
 pub mod bus;
+pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     pub ai_enabled: AtomicBool,
     /// The cached answer of `/readyz`.
     pub readiness: ready::Readiness,
+    /// `edge.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<common::cidr::Cidr>,
     /// Authenticated connections, for revocations announced on the bus.
     pub sessions: Arc<control::Sessions>,
     /// Addresses auth-service blocked after failed attempts.
@@ -143,6 +145,13 @@ impl EdgeApp {
             limiter: limits::Limiter::new(),
             ai_enabled: AtomicBool::new(true),
             readiness: ready::Readiness::new(),
+            // Validated with the config; an entry that does not parse is
+            // not trusted.
+            trusted_proxies: config
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
             sessions,
             blocks,
         });
@@ -222,6 +231,8 @@ async fn upgrade(
     uri: axum::http::Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // From here on "peer" is the client, also behind a trusted proxy.
+    let peer = client_addr(&shared.trusted_proxies, peer, &headers);
     if shared.config.maintenance {
         return (StatusCode::SERVICE_UNAVAILABLE, "maintenance").into_response();
     }
@@ -304,6 +315,42 @@ async fn admit_connection(
 /// a command usually fits, and a larger message is read in more steps.
 const READ_BUFFER_BYTES: usize = 1024;
 
+/// The client's address: the TCP peer, unless the peer is a trusted proxy;
+/// then the right-most `X-Forwarded-For` address that is not a trusted
+/// proxy itself (addresses further left were written by the client and
+/// prove nothing). An entry that is not an address ends the walk.
+fn client_addr(
+    trusted: &[common::cidr::Cidr],
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> SocketAddr {
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|range| range.contains(ip));
+    if !is_trusted(peer.ip()) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer.ip();
+    for hop in hops.iter().rev() {
+        let parsed = hop
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| hop.parse::<SocketAddr>().map(|a| a.ip()));
+        let Ok(ip) = parsed else {
+            break;
+        };
+        client = common::cidr::canonical(ip);
+        if !is_trusted(client) {
+            break;
+        }
+    }
+    SocketAddr::new(client, peer.port())
+}
+
 /// Exact-match Origin allowlist; requests without Origin are non-browser
 /// clients and pass unless configured otherwise.
 fn check_origin(config: &EdgeConfig, headers: &HeaderMap) -> Result<(), StatusCode> {
@@ -377,6 +424,61 @@ mod tests {
         assert!(check_origin(&c, &headers(Some("http://app.example.com"))).is_err());
         assert!(check_origin(&c, &headers(None)).is_ok());
         assert!(check_origin(&config(&[], false), &headers(None)).is_err());
+    }
+
+    #[test]
+    fn behind_a_trusted_proxy_the_client_is_the_last_untrusted_hop() {
+        let trusted: Vec<common::cidr::Cidr> = ["10.0.0.0/8", "192.0.2.1"]
+            .iter()
+            .map(|s| s.parse().expect("range"))
+            .collect();
+        let xff = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("x-forwarded-for", v.parse().expect("header"));
+            }
+            h
+        };
+        let proxy: SocketAddr = "10.1.2.3:4000".parse().expect("addr");
+        let stranger: SocketAddr = "198.51.100.4:4000".parse().expect("addr");
+        let ip = |a: SocketAddr| a.ip().to_string();
+
+        // A client that is not a proxy cannot choose its address.
+        assert_eq!(
+            ip(client_addr(&trusted, stranger, &xff(&["203.0.113.9"]))),
+            "198.51.100.4"
+        );
+        // Behind the proxy: the right-most untrusted hop, not what the client wrote.
+        assert_eq!(
+            ip(client_addr(
+                &trusted,
+                proxy,
+                &xff(&["6.6.6.6, 203.0.113.9, 192.0.2.1"])
+            )),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            ip(client_addr(
+                &trusted,
+                proxy,
+                &xff(&["6.6.6.6", "203.0.113.9:5555"])
+            )),
+            "203.0.113.9",
+            "several headers are one list; a port is ignored"
+        );
+        assert_eq!(
+            ip(client_addr(&trusted, proxy, &HeaderMap::new())),
+            "10.1.2.3"
+        );
+        assert_eq!(
+            ip(client_addr(&trusted, proxy, &xff(&["203.0.113.9, junk"]))),
+            "10.1.2.3",
+            "garbage ends the walk at the proxy"
+        );
+        assert_eq!(
+            ip(client_addr(&[], proxy, &xff(&["203.0.113.9"]))),
+            "10.1.2.3"
+        );
     }
 
     #[test]

@@ -138,6 +138,37 @@ async fn concurrent_connections_per_address_get_429_and_slots_come_back() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_limits_count_the_forwarded_client() {
+    let app = spawn_app_with(|c| {
+        c.edge.max_conns_per_ip = 1;
+        c.edge.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let from = |client: &'static str| [("x-forwarded-for", client)];
+    let _first = Client::connect(&app.ws_url(), &from("203.0.113.9"))
+        .await
+        .expect("first client");
+    // The same client again is over its limit; another client is not.
+    match Client::connect(&app.ws_url(), &from("203.0.113.9")).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 429),
+        other => panic!("expected 429, got {:?}", other.map(|_| "an upgrade")),
+    }
+    let _other = Client::connect(&app.ws_url(), &from("203.0.113.10"))
+        .await
+        .expect("another client behind the same proxy");
+
+    // Without trusting the proxy, its header is ignored: one address, one slot.
+    let untrusted = spawn_app_with(|c| c.edge.max_conns_per_ip = 1).await;
+    let _only = Client::connect(&untrusted.ws_url(), &from("203.0.113.9"))
+        .await
+        .expect("first");
+    match Client::connect(&untrusted.ws_url(), &from("203.0.113.10")).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 429),
+        other => panic!("expected 429, got {:?}", other.map(|_| "an upgrade")),
+    }
+}
+
+#[tokio::test]
 async fn the_global_connection_cap_gets_429() {
     let app = spawn_app_with(|c| c.edge.max_conns = 1).await;
     let _only = app.connect().await;
