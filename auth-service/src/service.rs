@@ -10,8 +10,9 @@ use common::bus::{Bus, EDGE_CONTROL_CHANNEL};
 use common::security::{self, SecurityEvent};
 use proto::auth::v1::auth_service_server::AuthService;
 use proto::auth::v1::{
-    DevLoginRequest, IssueTokensRequest, RefreshTokensRequest, RevokeRequest, RevokeResponse,
-    SignInAnonymousRequest, SignInResponse, TokenPair, VerifyTokenRequest, VerifyTokenResponse,
+    CheckRevokedRequest, CheckRevokedResponse, DevLoginRequest, IssueTokensRequest,
+    RefreshTokensRequest, RevokeRequest, RevokeResponse, SignInAnonymousRequest, SignInResponse,
+    TokenPair, VerifyTokenRequest, VerifyTokenResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -23,6 +24,8 @@ use crate::tokens::{self, ANONYMOUS_ROLE, Grant, Tokens, Verified};
 pub const REVOKED_KIND: &str = "auth.revoked";
 /// Kind of the bus envelope announcing a blocked address to the edges.
 pub const BLOCKED_KIND: &str = "auth.blocked";
+/// Most tokens one `CheckRevoked` call may ask about.
+const MAX_CHECKED_TOKENS: usize = 10_000;
 
 /// When failed attempts block an address.
 #[derive(Debug, Clone, Copy)]
@@ -391,5 +394,34 @@ impl AuthService for AuthHandler {
             .await
             .map_err(to_status)?;
         Ok(Response::new(RevokeResponse {}))
+    }
+
+    async fn check_revoked(
+        &self,
+        request: Request<CheckRevokedRequest>,
+    ) -> Result<Response<CheckRevokedResponse>, Status> {
+        let tokens = request.into_inner().tokens;
+        if tokens.len() > MAX_CHECKED_TOKENS {
+            return Err(to_status(AuthError::BadRequest(
+                "at most 10,000 tokens per call",
+            )));
+        }
+        let mut revoked = Vec::new();
+        for (index, token) in (0u32..).zip(&tokens) {
+            let covered = self
+                .store
+                .is_revoked(TokenRef {
+                    jti: &token.token_id,
+                    session: &token.session_id,
+                    user: &token.user_id,
+                    issued_at_s: token.issued_at,
+                })
+                .await
+                .map_err(|e| to_status(e.into()))?;
+            if covered {
+                revoked.push(index);
+            }
+        }
+        Ok(Response::new(CheckRevokedResponse { revoked }))
     }
 }

@@ -283,6 +283,7 @@ impl Tokens {
                 expires_at: (exp * 1000.0) as i64,
                 token_id,
                 scopes,
+                issued_at: claims.iat.unwrap_or(0.0) as i64,
             },
             issued_at_s: claims.iat.unwrap_or(0.0) as i64,
         })
@@ -352,6 +353,7 @@ impl Tokens {
             expires_at: exp.saturating_mul(1000),
             token_id: jti,
             scopes: Vec::new(),
+            issued_at: now_s,
         };
         Ok((token, identity))
     }

@@ -156,7 +156,7 @@ async fn a_valid_token_yields_its_identity() {
     let exp = now() + 600;
     let token = sign(&json!({
         "sub": "u_alice", "iss": "parley", "exp": exp, "name": "Alice",
-        "roles": ["member", "admin"], "sid": "sess_1", "jti": "jti_1",
+        "roles": ["member", "admin"], "sid": "sess_1", "jti": "jti_1", "iat": exp - 600,
     }));
     let identity = app.verify(&token).await.expect("valid");
     assert_eq!(
@@ -170,6 +170,7 @@ async fn a_valid_token_yields_its_identity() {
             expires_at: exp as i64 * 1000,
             token_id: "jti_1".into(),
             scopes: vec![],
+            issued_at: exp as i64 - 600,
         }
     );
 
@@ -946,4 +947,43 @@ async fn replicas_on_redis_share_revocations_families_and_blocks() {
         .await
         .expect_err("blocked on the other replica");
     assert_eq!(reason_of(&status), "blocked");
+}
+
+#[tokio::test]
+async fn check_revoked_names_the_revoked_tokens_and_refuses_huge_batches() {
+    let app = spawn_app(config()).await;
+    app.client
+        .clone()
+        .revoke(proto::auth::v1::RevokeRequest {
+            token_id: "t_gone".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("revoke");
+    let token = |id: &str| proto::auth::v1::TokenRef {
+        token_id: id.into(),
+        session_id: format!("s_{id}"),
+        user_id: "u".into(),
+        issued_at: now() as i64,
+    };
+    let reply = app
+        .client
+        .clone()
+        .check_revoked(proto::auth::v1::CheckRevokedRequest {
+            tokens: vec![token("t_ok"), token("t_gone"), token("t_fine")],
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(reply.revoked, [1]);
+
+    let status = app
+        .client
+        .clone()
+        .check_revoked(proto::auth::v1::CheckRevokedRequest {
+            tokens: vec![token("t"); 10_001],
+        })
+        .await
+        .expect_err("too many");
+    assert_eq!(status.code(), Code::InvalidArgument);
 }

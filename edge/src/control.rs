@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use common::bus::{Bus, BusError, BusEvent, EDGE_CONTROL_CHANNEL, Subscriber};
-use proto::auth::v1::Identity;
+use common::grpc::ServiceChannel;
+use proto::auth::v1::auth_service_client::AuthServiceClient;
+use proto::auth::v1::{CheckRevokedRequest, Identity, TokenRef};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -19,12 +21,19 @@ const REVOKED_KIND: &str = "auth.revoked";
 const BLOCKED_KIND: &str = "auth.blocked";
 /// Blocked addresses past this many trigger a sweep of the expired ones.
 const SWEEP_AT: usize = 10_000;
+/// Tokens asked about per `CheckRevoked` call after a bus reconnect.
+const RECHECK_BATCH: usize = 1_000;
+
+type AuthClient = AuthServiceClient<ServiceChannel>;
 
 /// One authenticated connection, as revocations see it.
 struct Live {
     user: String,
     session: String,
     token: String,
+    /// The token's `iat` (Unix seconds): a user's revocation covers tokens
+    /// issued up to its second.
+    issued_at: i64,
     outbox: Outbox,
 }
 
@@ -53,6 +62,7 @@ impl Sessions {
                 user: identity.user_id.clone(),
                 session: identity.session_id.clone(),
                 token: identity.token_id.clone(),
+                issued_at: identity.issued_at,
                 outbox: outbox.clone(),
             },
         );
@@ -81,6 +91,46 @@ impl Sessions {
             }
         }
         keys.len()
+    }
+
+    /// Asks auth-service which live connections' tokens are revoked and
+    /// closes those with 4003: after the bus was lost, announcements made
+    /// meanwhile may never have arrived. Returns how many it closed.
+    async fn recheck(&self, mut auth: AuthClient) -> Result<usize, tonic::Status> {
+        let snapshot: Vec<(u64, TokenRef)> = lock(&self.live)
+            .iter()
+            .map(|(key, live)| {
+                let token = TokenRef {
+                    token_id: live.token.clone(),
+                    session_id: live.session.clone(),
+                    user_id: live.user.clone(),
+                    issued_at: live.issued_at,
+                };
+                (*key, token)
+            })
+            .collect();
+        let mut closed = 0;
+        for chunk in snapshot.chunks(RECHECK_BATCH) {
+            let request = CheckRevokedRequest {
+                tokens: chunk.iter().map(|(_, token)| token.clone()).collect(),
+            };
+            let revoked = auth.check_revoked(request).await?.into_inner().revoked;
+            let mut live = lock(&self.live);
+            for index in revoked {
+                let Some((key, token)) = usize::try_from(index).ok().and_then(|i| chunk.get(i))
+                else {
+                    continue;
+                };
+                // Unless it refreshed to another token meanwhile.
+                if live.get(key).is_some_and(|l| l.token == token.token_id)
+                    && let Some(conn) = live.remove(key)
+                {
+                    conn.outbox.close(4003, "token revoked");
+                    closed += 1;
+                }
+            }
+        }
+        Ok(closed)
     }
 }
 
@@ -117,17 +167,19 @@ struct Blocked {
 }
 
 /// Subscribes the control channel and applies what arrives until the bus
-/// closes. Announcements missed while the bus is away are not replayed:
-/// auth-service refuses revoked tokens and blocked addresses anyway, so a
-/// loss only delays closing connections that are already open.
+/// closes. Revocations announced while the bus was away are caught up by
+/// asking `auth` about every live connection when the bus is back; missed
+/// address blocks are not (auth-service refuses those addresses anyway,
+/// and the edge learns the block from the next refusal).
 pub(crate) async fn start(
     bus: &dyn Bus,
     sessions: Arc<Sessions>,
     blocks: Arc<Blocks>,
+    auth: AuthClient,
 ) -> Result<(), BusError> {
     let (subscriber, events) = bus.subscriber().await?;
     subscriber.subscribe(EDGE_CONTROL_CHANNEL).await?;
-    tokio::spawn(listen(subscriber, events, sessions, blocks));
+    tokio::spawn(listen(subscriber, events, sessions, blocks, auth));
     Ok(())
 }
 
@@ -137,10 +189,28 @@ async fn listen(
     mut events: mpsc::UnboundedReceiver<BusEvent>,
     sessions: Arc<Sessions>,
     blocks: Arc<Blocks>,
+    auth: AuthClient,
 ) {
     while let Some(event) = events.recv().await {
-        let BusEvent::Message { envelope, .. } = event else {
-            continue;
+        let envelope = match event {
+            BusEvent::Message { envelope, .. } => envelope,
+            BusEvent::Resubscribed => {
+                // Revocations announced while the bus was away are lost:
+                // ask auth-service about every live connection instead.
+                let (sessions, auth) = (sessions.clone(), auth.clone());
+                tokio::spawn(async move {
+                    match sessions.recheck(auth).await {
+                        Ok(closed) => tracing::info!(
+                            closed,
+                            "live connections rechecked for revocations after a bus reconnect"
+                        ),
+                        Err(status) => {
+                            tracing::warn!(code = ?status.code(), message = status.message(), "revocation recheck after a bus reconnect failed")
+                        }
+                    }
+                });
+                continue;
+            }
         };
         match envelope.kind.as_str() {
             REVOKED_KIND => match serde_json::from_str::<Revoked>(&envelope.json) {
@@ -175,6 +245,92 @@ mod tests {
         }
     }
 
+    fn settings(credential: &common::Secret) -> common::grpc::ClientSettings {
+        common::grpc::ClientSettings {
+            credential: credential.clone(),
+            connect_timeout: std::time::Duration::from_secs(2),
+            timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    /// A client of an auth-service the test never asks.
+    fn unused_auth() -> AuthClient {
+        let credential = common::Secret::new(common::ids::random_secret(32));
+        AuthServiceClient::new(
+            common::grpc::channel("http://127.0.0.1:9", &settings(&credential)).expect("channel"),
+        )
+    }
+
+    /// A real auth-service (memory store, its own bus) and a client of it.
+    async fn auth() -> (AuthClient, common::shutdown::Shutdown) {
+        let credential = common::Secret::new(common::ids::random_secret(32));
+        let config = common::config::AuthConfig {
+            hs256_secret: common::Secret::new(common::ids::random_secret(32)),
+            ..Default::default()
+        };
+        let app = auth_service::AuthApp::connect(&config, &credential, Arc::new(MemoryBus::new()))
+            .await
+            .expect("auth app");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let shutdown = common::shutdown::Shutdown::new();
+        tokio::spawn(app.serve(listener, shutdown.signal()));
+        let client = AuthServiceClient::new(
+            common::grpc::channel(&url, &settings(&credential)).expect("channel"),
+        );
+        (client, shutdown)
+    }
+
+    #[tokio::test]
+    async fn after_a_bus_reconnect_revocations_it_missed_still_close_connections() {
+        let (mut auth_client, _auth) = auth().await;
+        let bus = MemoryBus::new();
+        let (subscriber, _unused) = bus.subscriber().await.expect("subscriber");
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let sessions = Arc::new(Sessions::default());
+        tokio::spawn(listen(
+            subscriber,
+            events,
+            sessions.clone(),
+            Arc::new(Blocks::default()),
+            auth_client.clone(),
+        ));
+        let now_s = common::ids::now_ms() / 1000;
+        let issued = |user: &str, session: &str, token: &str, iat: i64| Identity {
+            issued_at: iat,
+            ..identity(user, session, token)
+        };
+        let (a, a_rx) = outbox(1 << 16);
+        let (b, _b_rx) = outbox(1 << 16);
+        let (c, c_rx) = outbox(1 << 16);
+        sessions.set(1, &issued("u1", "s1", "t1", now_s), &a);
+        sessions.set(2, &issued("u2", "s2", "t2", now_s), &b);
+        sessions.set(3, &issued("u3", "s3", "t3", now_s - 100), &c);
+
+        // Revoked while this edge was not listening: nothing reached it.
+        for request in [
+            proto::auth::v1::RevokeRequest {
+                session_id: "s1".into(),
+                ..Default::default()
+            },
+            proto::auth::v1::RevokeRequest {
+                user_id: "u3".into(),
+                ..Default::default()
+            },
+        ] {
+            auth_client.revoke(request).await.expect("revoke");
+        }
+        assert_eq!(lock(&sessions.live).len(), 3);
+
+        events_tx.send(BusEvent::Resubscribed).expect("listening");
+        assert_eq!(closed_with(&a_rx).await, Some(4003), "revoked session");
+        assert_eq!(closed_with(&c_rx).await, Some(4003), "revoked user");
+        let live: Vec<u64> = lock(&sessions.live).keys().copied().collect();
+        assert_eq!(live, [2], "the connection nobody revoked stays");
+    }
+
     async fn closed_with(rx: &crate::outbox::OutboxReceiver) -> Option<u16> {
         let batch = tokio::time::timeout(std::time::Duration::from_secs(5), rx.next_batch())
             .await
@@ -190,7 +346,7 @@ mod tests {
         let bus = MemoryBus::new();
         let sessions = Arc::new(Sessions::default());
         let blocks = Arc::new(Blocks::default());
-        start(&bus, sessions.clone(), blocks.clone())
+        start(&bus, sessions.clone(), blocks.clone(), unused_auth())
             .await
             .expect("start");
         let (a, a_rx) = outbox(1 << 16);
@@ -247,7 +403,9 @@ mod tests {
         let bus = MemoryBus::new();
         let sessions = Arc::new(Sessions::default());
         let blocks = Arc::new(Blocks::default());
-        start(&bus, sessions, blocks.clone()).await.expect("start");
+        start(&bus, sessions, blocks.clone(), unused_auth())
+            .await
+            .expect("start");
         let ip: IpAddr = "192.0.2.7".parse().expect("ip");
         let until = common::ids::now_ms() + 60_000;
         let json = format!(r#"{{"ip":"192.0.2.7","until":{until}}}"#);

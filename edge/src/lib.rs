@@ -126,7 +126,13 @@ impl EdgeApp {
         let (conns_alive, conns_done) = mpsc::channel(1);
         let sessions = Arc::new(control::Sessions::default());
         let blocks = Arc::new(control::Blocks::default());
-        control::start(bus.as_ref(), sessions.clone(), blocks.clone()).await?;
+        control::start(
+            bus.as_ref(),
+            sessions.clone(),
+            blocks.clone(),
+            backends.auth.clone(),
+        )
+        .await?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             backends,
