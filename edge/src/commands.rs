@@ -4,7 +4,7 @@
 use common::ErrorCode;
 use common::grpc::Actor;
 use proto::ai::v1::AskRequest;
-use proto::auth::v1::{DevLoginRequest, SignInAnonymousRequest};
+use proto::auth::v1::{DevLoginRequest, Identity, SignInAnonymousRequest, SignInResponse};
 use proto::chat::v1::{
     CreateRoomRequest, DeleteMessageRequest, EditMessageRequest, GetHistoryRequest,
     InviteMemberRequest, JoinRoomRequest, LeaveRoomRequest, ListNotificationsRequest,
@@ -185,37 +185,20 @@ async fn auth(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandErro
             name,
             client_ip: conn.peer.ip().to_string(),
         };
-        let response = conn
-            .shared
-            .backends
-            .auth
-            .clone()
-            .sign_in_anonymous(request)
-            .await
-            .map_err(|s| CommandError::from_status("auth", &s))?
-            .into_inner();
-        let identity = response.identity.ok_or_else(|| {
-            CommandError::new(ErrorCode::Internal, "auth service returned no identity")
-        })?;
-        (identity, Some(response.access_token))
+        signed_in(
+            conn.shared
+                .backends
+                .auth
+                .clone()
+                .sign_in_anonymous(request)
+                .await,
+        )?
     } else if let Some(user) = optional_string(body, "dev_user", 256)? {
         let request = DevLoginRequest {
             user,
             client_ip: conn.peer.ip().to_string(),
         };
-        let response = conn
-            .shared
-            .backends
-            .auth
-            .clone()
-            .dev_login(request)
-            .await
-            .map_err(|s| CommandError::from_status("auth", &s))?
-            .into_inner();
-        let identity = response.identity.ok_or_else(|| {
-            CommandError::new(ErrorCode::Internal, "auth service returned no identity")
-        })?;
-        (identity, Some(response.access_token))
+        signed_in(conn.shared.backends.auth.clone().dev_login(request).await)?
     } else {
         let max = 64 * 1024;
         let token = string(body, "token", max).map_err(|mut e| {
@@ -239,6 +222,19 @@ async fn auth(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandErro
         fields["frame_secret"] = json!(signed.secret());
     }
     Ok(reply(fields))
+}
+
+/// The identity and token of an anonymous or development sign-in.
+fn signed_in(
+    response: Result<tonic::Response<SignInResponse>, tonic::Status>,
+) -> Result<(Identity, Option<String>), CommandError> {
+    let response = response
+        .map_err(|s| CommandError::from_status("auth", &s))?
+        .into_inner();
+    let identity = response.identity.ok_or_else(|| {
+        CommandError::new(ErrorCode::Internal, "auth service returned no identity")
+    })?;
+    Ok((identity, Some(response.access_token)))
 }
 
 async fn room_create(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
