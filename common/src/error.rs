@@ -106,6 +106,26 @@ const TABLE: &[(ErrorCode, &str, tonic::Code, u16, bool)] = &[
 ];
 
 impl ErrorCode {
+    /// Every code, in the table's order.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::RateLimited,
+        ErrorCode::TooLarge,
+        ErrorCode::Unavailable,
+        ErrorCode::Timeout,
+        ErrorCode::Disabled,
+        ErrorCode::Internal,
+    ];
+
+    /// The code of a protocol name (`rate_limited` → `RateLimited`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        TABLE.iter().find(|row| row.1 == name).map(|row| row.0)
+    }
+
     fn row(self) -> &'static (ErrorCode, &'static str, tonic::Code, u16, bool) {
         TABLE
             .iter()

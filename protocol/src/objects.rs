@@ -1,0 +1,397 @@
+//! The objects inside frames — a message, a room, a user, a notification, a
+//! presence state, an error — and how each is made from its gRPC contract
+//! type, so every producer shows the same shape.
+
+use std::collections::BTreeMap;
+
+use common::ErrorCode;
+use proto::chat::v1 as chat;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A user as frames name them: `{id, name}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UserRef {
+    pub id: String,
+    pub name: String,
+}
+
+impl UserRef {
+    pub fn new(id: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// The signed-in user of `hello` and the `auth` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub anonymous: bool,
+}
+
+impl From<&proto::auth::v1::Identity> for User {
+    fn from(identity: &proto::auth::v1::Identity) -> Self {
+        Self {
+            id: identity.user_id.clone(),
+            name: identity.name.clone(),
+            anonymous: identity.anonymous,
+        }
+    }
+}
+
+/// Who may see and join a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    Public,
+    Private,
+    Direct,
+    /// Only in a room a newer server made.
+    Unspecified,
+}
+
+impl Visibility {
+    /// A visibility a client may ask for.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "public" => Some(Visibility::Public),
+            "private" => Some(Visibility::Private),
+            "direct" => Some(Visibility::Direct),
+            _ => None,
+        }
+    }
+
+    /// The gRPC contract's value.
+    pub fn to_proto(self) -> chat::Visibility {
+        match self {
+            Visibility::Public => chat::Visibility::Public,
+            Visibility::Private => chat::Visibility::Private,
+            Visibility::Direct => chat::Visibility::Direct,
+            Visibility::Unspecified => chat::Visibility::Unspecified,
+        }
+    }
+
+    /// From the gRPC contract's value.
+    pub fn from_proto(value: i32) -> Self {
+        match chat::Visibility::try_from(value).unwrap_or(chat::Visibility::Unspecified) {
+            chat::Visibility::Public => Visibility::Public,
+            chat::Visibility::Private => Visibility::Private,
+            chat::Visibility::Direct => Visibility::Direct,
+            chat::Visibility::Unspecified => Visibility::Unspecified,
+        }
+    }
+}
+
+/// A message: `{id, room, seq, sender{id,name}, text, thread?, created_at,
+/// edited_at?, deleted, client_msg_id, reactions{}, metadata?}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Message {
+    pub id: String,
+    pub room: String,
+    pub seq: i64,
+    pub sender: UserRef,
+    pub text: String,
+    /// The thread's root message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<i64>,
+    pub deleted: bool,
+    pub client_msg_id: String,
+    /// Emoji → ids of the users who reacted with it.
+    pub reactions: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+impl From<&chat::Message> for Message {
+    fn from(m: &chat::Message) -> Self {
+        let sender = m.sender.as_ref();
+        Self {
+            id: m.id.clone(),
+            room: m.room_id.clone(),
+            seq: m.seq,
+            sender: UserRef {
+                id: sender.map(|s| s.id.clone()).unwrap_or_default(),
+                name: sender.map(|s| s.name.clone()).unwrap_or_default(),
+            },
+            text: m.text.clone(),
+            thread: m.thread_id.clone(),
+            created_at: m.created_at,
+            edited_at: m.edited_at,
+            deleted: m.deleted,
+            client_msg_id: m.client_msg_id.clone(),
+            reactions: m
+                .reactions
+                .iter()
+                .map(|r| (r.emoji.clone(), r.user_ids.clone()))
+                .collect(),
+            metadata: match m.metadata_json.as_str() {
+                "" => None,
+                json => serde_json::from_str(json).ok(),
+            },
+        }
+    }
+}
+
+/// A room: `{id, name, visibility, owner, last_seq, created_at, unread}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Room {
+    pub id: String,
+    pub name: String,
+    pub visibility: Visibility,
+    pub owner: String,
+    pub last_seq: i64,
+    pub created_at: i64,
+    /// Messages from others after your read mark.
+    pub unread: i64,
+}
+
+impl From<&chat::Room> for Room {
+    fn from(r: &chat::Room) -> Self {
+        Self {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            visibility: Visibility::from_proto(r.visibility),
+            owner: r.owner_id.clone(),
+            last_seq: r.last_seq,
+            created_at: r.created_at,
+            unread: r.unread,
+        }
+    }
+}
+
+/// What kind of notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    /// `@id` or `@name` of yours in a message.
+    Mention,
+    /// A call to you rang out.
+    MissedCall,
+    /// A kind a backend chose (`[a-z0-9_]+`).
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl NotificationKind {
+    pub fn as_str(&self) -> &str {
+        match self {
+            NotificationKind::Mention => "mention",
+            NotificationKind::MissedCall => "missed_call",
+            NotificationKind::Other(kind) => kind,
+        }
+    }
+}
+
+/// A stored notification: `{id, kind, room?, created_at, read, …}` plus the
+/// kind's own fields (a mention's `message_id`, `from`, `text`; a missed
+/// call's `call_id`, `from`; a backend's `data` fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Notification {
+    pub id: String,
+    pub kind: NotificationKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    pub created_at: i64,
+    /// Set when listed or announced; not stored in the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<bool>,
+    /// The kind's own fields.
+    #[serde(flatten)]
+    pub details: Map<String, Value>,
+}
+
+impl Notification {
+    /// A new notification's body (without `read`), as it is stored.
+    pub fn new(
+        id: impl Into<String>,
+        kind: NotificationKind,
+        room: Option<String>,
+        created_at: i64,
+        details: Map<String, Value>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            kind,
+            room: room.filter(|r| !r.is_empty()),
+            created_at,
+            read: None,
+            details,
+        }
+    }
+
+    /// The stored body.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl From<&chat::Notification> for Notification {
+    /// The stored body plus `read`.
+    fn from(n: &chat::Notification) -> Self {
+        let mut notification: Notification =
+            serde_json::from_str(&n.json).unwrap_or_else(|_| Notification {
+                id: n.id.clone(),
+                kind: NotificationKind::Other(n.kind.clone()),
+                room: Some(n.room_id.clone()).filter(|r| !r.is_empty()),
+                created_at: n.created_at,
+                read: None,
+                details: Map::new(),
+            });
+        notification.read = Some(n.read);
+        notification
+    }
+}
+
+/// A presence status as others see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    Online,
+    Away,
+    Busy,
+    /// Set by its user; everyone else sees `offline`.
+    Invisible,
+    Offline,
+}
+
+impl PresenceStatus {
+    /// The statuses `presence.set` accepts.
+    pub const SETTABLE: &'static [&'static str] = &["online", "away", "busy", "invisible"];
+}
+
+/// A user's presence: `{user, status, text, last_seen}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PresenceState {
+    /// The user's id.
+    pub user: String,
+    #[schemars(with = "PresenceStatus")]
+    pub status: String,
+    pub text: String,
+    /// When the user was last online (ms since the epoch); 0 while online.
+    pub last_seen: i64,
+}
+
+/// An assistant reply in progress, as `room.join` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StreamInProgress {
+    pub stream_id: String,
+    pub text_so_far: String,
+    /// The index of the next delta.
+    pub index: u64,
+}
+
+/// An error: `{code, message, temporary, reason?, retry_after_ms?, trace_id?}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorObject {
+    #[schemars(with = "ErrorCodeName")]
+    #[serde(with = "error_code")]
+    pub code: ErrorCode,
+    pub message: String,
+    /// Whether the same command may succeed later.
+    pub temporary: bool,
+    /// A machine-readable refinement of `code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the same command fits again (`rate_limited`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// The server-side trace (when tracing is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+impl ErrorObject {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            temporary: code.temporary(),
+            reason: None,
+            retry_after_ms: None,
+            trace_id: None,
+        }
+    }
+}
+
+/// The protocol's error codes, for the schema (`cancelled` only in `ai.error`).
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum ErrorCodeName {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+    Timeout,
+    Disabled,
+    Internal,
+    Cancelled,
+}
+
+/// An [`ErrorCode`] as its protocol name.
+mod error_code {
+    use common::ErrorCode;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(code: &ErrorCode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(code.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
+        let name = String::deserialize(d)?;
+        ErrorCode::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code `{name}`")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_have_their_protocol_names_in_the_schema() {
+        let schema = schemars::schema_for!(ErrorCodeName);
+        let names = schema.as_value()["enum"].clone();
+        for code in ErrorCode::ALL {
+            assert!(
+                names
+                    .as_array()
+                    .expect("enum")
+                    .contains(&Value::from(code.as_str())),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_notification_keeps_its_kinds_fields() {
+        let json = r#"{"id":"n_1","kind":"mention","room":"r_1","message_id":"m_1","from":{"id":"u","name":"U"},"text":"hi","created_at":5}"#;
+        let stored = chat::Notification {
+            id: "n_1".into(),
+            json: json.into(),
+            read: true,
+            ..Default::default()
+        };
+        let n = Notification::from(&stored);
+        assert_eq!(n.kind, NotificationKind::Mention);
+        let value = serde_json::to_value(&n).expect("json");
+        assert_eq!(value["message_id"], "m_1");
+        assert_eq!(value["read"], true);
+        let custom: Notification =
+            serde_json::from_str(r#"{"id":"n","kind":"build_failed","created_at":1,"x":2}"#)
+                .expect("json");
+        assert_eq!(custom.kind.as_str(), "build_failed");
+    }
+}
