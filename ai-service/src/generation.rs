@@ -15,6 +15,7 @@ use proto::ai::v1::generate_event::Event;
 use proto::ai::v1::{Delta, Done, GenerateEvent, StreamError};
 use proto::chat::v1::chat_service_client::ChatServiceClient;
 use proto::chat::v1::{Message, SendMessageRequest};
+use protocol::{AiDelta, AiDone, ServerFrame};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -96,10 +97,14 @@ impl Generator {
                     chars = finished.text.chars().count(),
                     "assistant reply complete"
                 );
-                let event = json!({
-                    "type": "ai.done",
-                    "stream_id": job.stream.id,
-                    "message": finished.message.as_ref().map(proto::json::message),
+                let message = finished.message.as_ref().map(protocol::Message::from);
+                let stream_id = job.stream.id.clone();
+                let event: Frame = Box::new(move |room| {
+                    ServerFrame::AiDone(AiDone {
+                        room,
+                        stream_id,
+                        message,
+                    })
                 });
                 let done = Event::Done(Done {
                     text: finished.text,
@@ -113,14 +118,15 @@ impl Generator {
                     "assistant reply cancelled"
                 );
                 let message = "the reply was cancelled";
-                let mut event = json!({
-                    "type": "ai.error",
-                    "stream_id": job.stream.id,
-                    "error": {"code": CANCELLED, "message": message, "temporary": false},
-                });
-                if let Some(stored) = &finished.message {
-                    event["message"] = proto::json::message(stored);
-                }
+                let event = ai_error(
+                    &job,
+                    protocol::StreamError {
+                        code: CANCELLED.into(),
+                        message: message.into(),
+                        temporary: false,
+                    },
+                    finished.message.as_ref().map(protocol::Message::from),
+                );
                 let error = Event::Error(StreamError {
                     code: CANCELLED.into(),
                     message: message.into(),
@@ -136,11 +142,15 @@ impl Generator {
                     tracing::info!(%error, %code, "assistant reply refused");
                 }
                 let message = error.client_message();
-                let event = json!({
-                    "type": "ai.error",
-                    "stream_id": job.stream.id,
-                    "error": {"code": code.as_str(), "message": message, "temporary": code.temporary()},
-                });
+                let event = ai_error(
+                    &job,
+                    protocol::StreamError {
+                        code: code.as_str().into(),
+                        message: message.clone(),
+                        temporary: code.temporary(),
+                    },
+                    None,
+                );
                 let error = Event::Error(StreamError {
                     code: code.as_str().into(),
                     message,
@@ -149,9 +159,8 @@ impl Generator {
                 (event, error)
             }
         };
-        let kind = event["type"].as_str().unwrap_or_default().to_string();
-        if let Err(error) = self.publish(&job, &kind, event).await {
-            tracing::error!(%error, kind, "cannot publish the end of a reply");
+        if let Err(error) = self.publish(&job, event).await {
+            tracing::error!(%error, "cannot publish the end of a reply");
         }
         if let Some(tap) = &job.tap {
             let _ = tap.send(Ok(job_event(&job, tap_event))).await;
@@ -266,15 +275,19 @@ impl Generator {
 
     /// Hands one chunk to the room and the direct caller.
     async fn delta(&self, job: &Job, index: u64, text: String) {
-        let event = json!({
-            "type": "ai.delta",
-            "stream_id": job.stream.id,
-            "index": index,
-            "text": text,
+        let stream_id = job.stream.id.clone();
+        let delta = text.clone();
+        let event: Frame = Box::new(move |room| {
+            ServerFrame::AiDelta(AiDelta {
+                room,
+                stream_id,
+                index,
+                text: delta,
+            })
         });
         // Deltas are at-most-once: a lost one costs a client the live
         // preview, not the reply, which ai.done carries in full.
-        if let Err(error) = self.publish(job, "ai.delta", event).await {
+        if let Err(error) = self.publish(job, event).await {
             tracing::warn!(%error, index, "cannot publish ai.delta");
         }
         if let Some(tap) = &job.tap {
@@ -315,18 +328,34 @@ impl Generator {
     }
 
     /// Publishes a stream event to the room (if the reply has one).
-    async fn publish(&self, job: &Job, kind: &str, mut event: Value) -> Result<(), BusError> {
+    async fn publish(&self, job: &Job, event: Frame) -> Result<(), BusError> {
         let Some(room) = &job.stream.room_id else {
             return Ok(());
         };
-        event["room"] = json!(room);
+        let event = event(room.clone());
         self.bus
             .publish(
                 &room_channel(room),
-                &envelope(room, 0, kind, event.to_string()),
+                &envelope(room, 0, event.kind(), event.to_json()),
             )
             .await
     }
+}
+
+/// A stream event for the room it goes to.
+type Frame = Box<dyn FnOnce(String) -> ServerFrame + Send>;
+
+/// The `ai.error` of a reply that ended without `ai.done`.
+fn ai_error(job: &Job, error: protocol::StreamError, message: Option<protocol::Message>) -> Frame {
+    let stream_id = job.stream.id.clone();
+    Box::new(move |room| {
+        ServerFrame::AiError(protocol::AiError {
+            room,
+            stream_id,
+            error,
+            message,
+        })
+    })
 }
 
 fn job_event(job: &Job, event: Event) -> GenerateEvent {

@@ -3,13 +3,8 @@
 use std::time::Duration;
 
 use common::ErrorCode;
+use common::auth_reason::AuthReason;
 use tonic::Status;
-use tonic::metadata::AsciiMetadataValue;
-
-/// Response metadata key saying why a token was refused (`expired`,
-/// `revoked`, `bad_signature`, `blocked`…); the edge picks its close code
-/// (4003 for `expired` / `revoked`, else 4002) from it.
-pub const REASON_METADATA: &str = "x-parley-reason";
 
 /// Everything that can go wrong in the auth service.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +21,7 @@ pub enum AuthError {
     /// The token cannot be accepted; `reason` is a short word callers see
     /// (`bad_signature`, `unknown_key`, …), never part of the token.
     #[error("invalid token ({reason})")]
-    Invalid { reason: &'static str },
+    Invalid { reason: AuthReason },
     /// Too many failed attempts from the caller's address.
     #[error("too many failed attempts; try again later")]
     Blocked { retry_after: Duration },
@@ -45,7 +40,7 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub(crate) fn invalid(reason: &'static str) -> Self {
+    pub(crate) fn invalid(reason: AuthReason) -> Self {
         AuthError::Invalid { reason }
     }
 
@@ -63,13 +58,13 @@ impl AuthError {
         }
     }
 
-    /// The value of [`REASON_METADATA`] for refused tokens.
-    pub fn reason(&self) -> Option<&'static str> {
+    /// Why a token was refused (sent to callers with the status).
+    pub fn reason(&self) -> Option<AuthReason> {
         match self {
-            AuthError::Expired => Some("expired"),
-            AuthError::Revoked => Some("revoked"),
-            AuthError::Invalid { reason } => Some(reason),
-            AuthError::Blocked { .. } => Some("blocked"),
+            AuthError::Expired => Some(AuthReason::Expired),
+            AuthError::Revoked => Some(AuthReason::Revoked),
+            AuthError::Invalid { reason } => Some(*reason),
+            AuthError::Blocked { .. } => Some(AuthReason::Blocked),
             _ => None,
         }
     }
@@ -89,9 +84,7 @@ impl From<AuthError> for Status {
             _ => error.code().status(message),
         };
         if let Some(reason) = error.reason() {
-            status
-                .metadata_mut()
-                .insert(REASON_METADATA, AsciiMetadataValue::from_static(reason));
+            reason.encode(&mut status);
         }
         status
     }
@@ -102,10 +95,7 @@ mod tests {
     use super::*;
 
     fn reason(status: &Status) -> Option<&str> {
-        status
-            .metadata()
-            .get(REASON_METADATA)
-            .and_then(|v| v.to_str().ok())
+        AuthReason::decode(status).map(AuthReason::as_str)
     }
 
     #[test]
@@ -114,7 +104,7 @@ mod tests {
         assert_eq!(expired.code(), tonic::Code::Unauthenticated);
         assert_eq!(expired.message(), "token expired");
         assert_eq!(reason(&expired), Some("expired"));
-        let invalid = Status::from(AuthError::invalid("bad_signature"));
+        let invalid = Status::from(AuthError::invalid(AuthReason::BadSignature));
         assert_eq!(invalid.code(), tonic::Code::Unauthenticated);
         assert_eq!(invalid.message(), "invalid token (bad_signature)");
         assert_eq!(reason(&invalid), Some("bad_signature"));

@@ -25,7 +25,7 @@ use proto::auth::v1::auth_service_server::{AuthServiceServer, SERVICE_NAME};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-pub use crate::error::{AuthError, REASON_METADATA};
+pub use crate::error::AuthError;
 use crate::service::{AuthHandler, FailurePolicy};
 pub use crate::service::{BLOCKED_KIND, REVOKED_KIND};
 use crate::store::{AuthStore, MemoryStore, RedisStore};

@@ -106,7 +106,7 @@ impl AuthHandler {
             return;
         };
         let addr = ip.parse::<IpAddr>().ok();
-        security::log(SecurityEvent::AuthFailed, addr, None, reason);
+        security::log(SecurityEvent::AuthFailed, addr, None, reason.as_str());
         if ip.is_empty() || matches!(error, AuthError::Expired) {
             return;
         }
@@ -366,7 +366,7 @@ impl AuthService for AuthHandler {
             Ok(pair) => Ok(Response::new(pair)),
             Err(error) => {
                 if let Some(reason) = error.reason() {
-                    security::log(SecurityEvent::AuthFailed, None, None, reason);
+                    security::log(SecurityEvent::AuthFailed, None, None, reason.as_str());
                 }
                 Err(to_status(error))
             }

@@ -6,6 +6,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::Secret;
+use common::auth_reason::AuthReason;
 use common::config::AuthConfig;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
@@ -231,15 +232,16 @@ impl Tokens {
     /// Size cap, header, key lookup and signature + claims, in that order.
     async fn decode(&self, token: &str) -> Result<(Claims, bool), AuthError> {
         if token.len() > self.max_token_bytes {
-            return Err(AuthError::invalid("too_large"));
+            return Err(AuthError::invalid(AuthReason::TooLarge));
         }
         let header = jose_header(token)?;
-        let alg = keys::algorithm(&header.alg).ok_or(AuthError::invalid("alg_not_allowed"))?;
+        let alg =
+            keys::algorithm(&header.alg).ok_or(AuthError::invalid(AuthReason::AlgNotAllowed))?;
         let key = self
             .keys
             .find(header.kid.as_deref())
             .await
-            .ok_or(AuthError::invalid("unknown_key"))?;
+            .ok_or(AuthError::invalid(AuthReason::UnknownKey))?;
         let claims = decode_with(token, &key, alg, &self.validation(alg, &key))?;
         let first_party = header.kid.is_none();
         Ok((claims, first_party))
@@ -249,10 +251,10 @@ impl Tokens {
     pub(crate) async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let (claims, _) = self.decode(token).await?;
         if claims.token_use.as_deref() == Some(REFRESH_USE) {
-            return Err(AuthError::invalid("wrong_token_type"));
+            return Err(AuthError::invalid(AuthReason::WrongTokenType));
         }
         let (Some(sub), Some(exp)) = (claims.sub, claims.exp) else {
-            return Err(AuthError::invalid("missing_claim"));
+            return Err(AuthError::invalid(AuthReason::MissingClaim));
         };
         check_subject(&sub)?;
         let roles = claims.roles.map(StringList::into_vec).unwrap_or_default();
@@ -293,11 +295,11 @@ impl Tokens {
     /// refresh`, with a session and an id.
     pub(crate) fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, AuthError> {
         if token.len() > self.max_token_bytes {
-            return Err(AuthError::invalid("too_large"));
+            return Err(AuthError::invalid(AuthReason::TooLarge));
         }
         let header = jose_header(token)?;
         if header.kid.is_some() || header.alg != "HS256" {
-            return Err(AuthError::invalid("wrong_token_type"));
+            return Err(AuthError::invalid(AuthReason::WrongTokenType));
         }
         let key = self.keys.first_party();
         let claims = decode_with(
@@ -307,10 +309,10 @@ impl Tokens {
             &self.validation(Algorithm::HS256, key),
         )?;
         if claims.token_use.as_deref() != Some(REFRESH_USE) {
-            return Err(AuthError::invalid("wrong_token_type"));
+            return Err(AuthError::invalid(AuthReason::WrongTokenType));
         }
         let (Some(subject), Some(session), Some(jti)) = (claims.sub, claims.sid, claims.jti) else {
-            return Err(AuthError::invalid("missing_claim"));
+            return Err(AuthError::invalid(AuthReason::MissingClaim));
         };
         Ok(RefreshClaims {
             subject,
@@ -390,7 +392,7 @@ impl Tokens {
 
 /// Reads `alg` and `kid` of a compact JWS; anything unreadable is `malformed`.
 fn jose_header(token: &str) -> Result<JoseHeader, AuthError> {
-    let malformed = || AuthError::invalid("malformed");
+    let malformed = || AuthError::invalid(AuthReason::Malformed);
     if token.is_empty() {
         return Err(malformed());
     }
@@ -405,7 +407,7 @@ fn jose_header(token: &str) -> Result<JoseHeader, AuthError> {
     let object = value.as_object().ok_or_else(malformed)?;
     if object.contains_key("crit") {
         // Extensions we would have to understand (RFC 7515 §4.1.11).
-        return Err(AuthError::invalid("unsupported_header"));
+        return Err(AuthError::invalid(AuthReason::UnsupportedHeader));
     }
     let alg = match object.get("alg") {
         Some(serde_json::Value::String(alg)) => alg.clone(),
@@ -426,7 +428,7 @@ fn decode_with(
     validation: &Validation,
 ) -> Result<Claims, AuthError> {
     if !key.allows(alg) {
-        return Err(AuthError::invalid("alg_not_allowed"));
+        return Err(AuthError::invalid(AuthReason::AlgNotAllowed));
     }
     jsonwebtoken::decode::<Claims>(token, &key.decoding, validation)
         .map(|data| data.claims)
@@ -437,22 +439,22 @@ fn decode_with(
 }
 
 /// The caller-visible cause of a refused token.
-fn rejection_reason(kind: &ErrorKind) -> &'static str {
+fn rejection_reason(kind: &ErrorKind) -> AuthReason {
     match kind {
-        ErrorKind::InvalidSignature => "bad_signature",
+        ErrorKind::InvalidSignature => AuthReason::BadSignature,
         ErrorKind::InvalidAlgorithm
         | ErrorKind::InvalidAlgorithmName
-        | ErrorKind::MissingAlgorithm => "alg_not_allowed",
-        ErrorKind::MissingRequiredClaim(_) => "missing_claim",
-        ErrorKind::ImmatureSignature => "not_yet_valid",
-        ErrorKind::InvalidIssuer => "wrong_issuer",
-        ErrorKind::InvalidAudience => "wrong_audience",
-        ErrorKind::InvalidSubject => "bad_subject",
+        | ErrorKind::MissingAlgorithm => AuthReason::AlgNotAllowed,
+        ErrorKind::MissingRequiredClaim(_) => AuthReason::MissingClaim,
+        ErrorKind::ImmatureSignature => AuthReason::NotYetValid,
+        ErrorKind::InvalidIssuer => AuthReason::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthReason::WrongAudience,
+        ErrorKind::InvalidSubject => AuthReason::BadSubject,
         ErrorKind::Json(_)
         | ErrorKind::Base64(_)
         | ErrorKind::Utf8(_)
-        | ErrorKind::InvalidToken => "malformed",
-        _ => "rejected",
+        | ErrorKind::InvalidToken => AuthReason::Malformed,
+        _ => AuthReason::Rejected,
     }
 }
 
@@ -460,10 +462,10 @@ fn rejection_reason(kind: &ErrorKind) -> &'static str {
 pub(crate) fn check_subject(subject: &str) -> Result<(), AuthError> {
     let chars = subject.chars().count();
     if chars == 0 || chars > MAX_SUBJECT_CHARS || subject.chars().any(char::is_control) {
-        return Err(AuthError::invalid("bad_subject"));
+        return Err(AuthError::invalid(AuthReason::BadSubject));
     }
     if subject == RESERVED_SUBJECT {
-        return Err(AuthError::invalid("reserved_subject"));
+        return Err(AuthError::invalid(AuthReason::ReservedSubject));
     }
     Ok(())
 }

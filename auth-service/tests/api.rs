@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth_service::{AuthApp, REASON_METADATA};
+use auth_service::AuthApp;
 use common::Secret;
+use common::auth_reason::METADATA as REASON_METADATA;
 use common::bus::MemoryBus;
 use common::config::AuthConfig;
 use common::grpc::{ClientSettings, ServiceChannel, channel};

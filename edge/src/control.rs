@@ -11,6 +11,7 @@ use common::bus::{Bus, BusError, BusEvent, EDGE_CONTROL_CHANNEL, Subscriber};
 use common::grpc::ServiceChannel;
 use proto::auth::v1::auth_service_client::AuthServiceClient;
 use proto::auth::v1::{CheckRevokedRequest, Identity, TokenRef};
+use protocol::CloseCode;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -87,7 +88,7 @@ impl Sessions {
             .collect();
         for key in &keys {
             if let Some(conn) = live.remove(key) {
-                conn.outbox.close(4003, "token revoked");
+                conn.outbox.close(CloseCode::TokenRevoked);
             }
         }
         keys.len()
@@ -125,7 +126,7 @@ impl Sessions {
                 if live.get(key).is_some_and(|l| l.token == token.token_id)
                     && let Some(conn) = live.remove(key)
                 {
-                    conn.outbox.close(4003, "token revoked");
+                    conn.outbox.close(CloseCode::TokenRevoked);
                     closed += 1;
                 }
             }
@@ -336,7 +337,7 @@ mod tests {
             .await
             .ok()??;
         batch.into_iter().find_map(|item| match item {
-            Outbound::Close(code, _) => Some(code),
+            Outbound::Close(close) => Some(close.code()),
             _ => None,
         })
     }

@@ -1,15 +1,24 @@
-//! Frame shapes of protocol v1: parsing commands, building replies, errors
-//! and server frames.
+//! Frames on the wire: reading a text frame's envelope (`type`, `id`,
+//! `traceparent` and the arguments), and writing replies, errors and
+//! `hello` with the protocol's types.
 
 use axum::extract::ws::Utf8Bytes;
 use common::ErrorCode;
-use serde_json::{Map, Value, json};
+use protocol::{
+    CloseCode, DecodeError, ErrorFrame, ErrorObject, Hello, Limits, PROTOCOL, ReplyFrame,
+    ReplyResult, ServerFrame, User,
+};
+use serde_json::{Map, Value};
 
-/// A parsed command frame.
+/// A text frame's envelope; the arguments are decoded once the command is admitted.
 #[derive(Debug)]
-pub struct Command {
+pub struct Envelope {
+    /// The frame's `type`, as sent.
     pub kind: String,
     pub id: Option<u64>,
+    /// W3C trace context making the command part of the client's trace.
+    pub traceparent: Option<String>,
+    /// The remaining fields: the command's arguments.
     pub body: Map<String, Value>,
 }
 
@@ -19,8 +28,8 @@ pub struct CommandError {
     pub code: ErrorCode,
     pub message: String,
     pub retry_after_ms: Option<u64>,
-    /// Close code and reason when the failure ends the connection (bad token).
-    pub close: Option<(u16, &'static str)>,
+    /// The close that follows when the failure ends the connection.
+    pub close: Option<CloseCode>,
     /// A machine-readable refinement of `code` (the error's `reason`).
     pub reason: Option<Reason>,
 }
@@ -71,10 +80,26 @@ impl CommandError {
         error.retry_after_ms = ErrorCode::retry_after(status).map(|d| d.as_millis() as u64);
         error
     }
+
+    /// The error object of the protocol.
+    fn object(&self, trace_id: Option<String>) -> ErrorObject {
+        let mut object = ErrorObject::new(self.code, self.message.clone());
+        object.reason = self.reason.map(|r| r.as_str().to_string());
+        object.retry_after_ms = self.retry_after_ms;
+        object.trace_id = trace_id;
+        object
+    }
 }
 
-/// Parses a text frame into a command, or says why it is not one.
-pub fn parse(text: &str) -> Result<Command, (Option<String>, Option<u64>, CommandError)> {
+impl From<DecodeError> for CommandError {
+    fn from(error: DecodeError) -> Self {
+        Self::new(error.code, error.message)
+    }
+}
+
+/// Reads a text frame's envelope, or says why it is not a command (with
+/// the `type` and `id` when they could be read).
+pub fn parse(text: &str) -> Result<Envelope, (Option<String>, Option<u64>, CommandError)> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         (
             None,
@@ -112,34 +137,27 @@ pub fn parse(text: &str) -> Result<Command, (Option<String>, Option<u64>, Comman
             }
         },
     };
-    Ok(Command { kind, id, body })
+    let traceparent = match body.remove("traceparent") {
+        Some(Value::String(tp)) => Some(tp),
+        _ => None,
+    };
+    Ok(Envelope {
+        kind,
+        id,
+        traceparent,
+        body,
+    })
 }
 
-/// `{"type":"reply","id":..,"ok":true, ..fields}`
-pub fn reply_ok(id: u64, fields: Map<String, Value>) -> Utf8Bytes {
-    let mut o = Map::with_capacity(fields.len() + 3);
-    o.insert("type".into(), json!("reply"));
-    o.insert("id".into(), json!(id));
-    o.insert("ok".into(), json!(true));
-    o.extend(fields);
-    Utf8Bytes::from(Value::Object(o).to_string())
-}
-
-fn error_object(error: &CommandError, trace_id: Option<String>) -> Value {
-    let mut e = Map::new();
-    e.insert("code".into(), json!(error.code.as_str()));
-    e.insert("message".into(), json!(error.message));
-    e.insert("temporary".into(), json!(error.code.temporary()));
-    if let Some(reason) = error.reason {
-        e.insert("reason".into(), json!(reason.as_str()));
-    }
-    if let Some(ms) = error.retry_after_ms {
-        e.insert("retry_after_ms".into(), json!(ms));
-    }
-    if let Some(trace_id) = trace_id {
-        e.insert("trace_id".into(), json!(trace_id));
-    }
-    Value::Object(e)
+/// `{"type":"reply","id":..,"ok":true, ..result}`
+pub fn reply_ok(id: u64, result: ReplyResult) -> Utf8Bytes {
+    let frame = ServerFrame::Reply(ReplyFrame {
+        id,
+        ok: true,
+        error: None,
+        result: Some(result),
+    });
+    Utf8Bytes::from(frame.to_json())
 }
 
 /// A failed command's frame: a reply when it had an id, an `error` otherwise.
@@ -149,13 +167,20 @@ pub fn failure(
     error: &CommandError,
     trace_id: Option<String>,
 ) -> Utf8Bytes {
+    let error = error.object(trace_id);
     let frame = match id {
-        Some(id) => {
-            json!({"type": "reply", "id": id, "ok": false, "error": error_object(error, trace_id)})
-        }
-        None => json!({"type": "error", "re": kind, "error": error_object(error, trace_id)}),
+        Some(id) => ServerFrame::Reply(ReplyFrame {
+            id,
+            ok: false,
+            error: Some(error),
+            result: None,
+        }),
+        None => ServerFrame::Error(ErrorFrame {
+            re: kind.map(str::to_string),
+            error,
+        }),
     };
-    Utf8Bytes::from(frame.to_string())
+    Utf8Bytes::from(frame.to_json())
 }
 
 /// The first server frame.
@@ -164,33 +189,33 @@ pub fn hello(
     auth_timeout_ms: u64,
     heartbeat_ms: u64,
     max_message_bytes: usize,
-    user: Option<Value>,
+    user: Option<User>,
     frame_secret: Option<&str>,
 ) -> Utf8Bytes {
-    let mut hello = json!({
-            "type": "hello",
-            "conn_id": conn_id,
-            "protocol": "parley.v1",
-            "server_time": common::ids::now_ms(),
-            "auth_timeout_ms": auth_timeout_ms,
-            "heartbeat_ms": heartbeat_ms,
-            "limits": {"max_message_bytes": max_message_bytes},
-            "user": user,
+    let frame = ServerFrame::Hello(Hello {
+        conn_id: conn_id.to_string(),
+        protocol: PROTOCOL.to_string(),
+        server_time: common::ids::now_ms(),
+        auth_timeout_ms,
+        heartbeat_ms,
+        limits: Limits { max_message_bytes },
+        user,
+        frame_secret: frame_secret.map(str::to_string),
     });
-    if let Some(secret) = frame_secret {
-        hello["frame_secret"] = json!(secret);
-    }
-    Utf8Bytes::from(hello.to_string())
+    Utf8Bytes::from(frame.to_json())
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
-    fn parses_commands_and_rejects_malformed_frames() {
-        let c = parse(r#"{"type":"ping","id":7,"x":1}"#).expect("valid");
+    fn parses_envelopes_and_rejects_malformed_frames() {
+        let c = parse(r#"{"type":"ping","id":7,"x":1,"traceparent":"00-ab"}"#).expect("valid");
         assert_eq!((c.kind.as_str(), c.id), ("ping", Some(7)));
+        assert_eq!(c.traceparent.as_deref(), Some("00-ab"));
         assert_eq!(c.body.get("x"), Some(&json!(1)));
         assert!(parse("not json").is_err());
         assert!(parse("[1]").is_err());
@@ -215,5 +240,9 @@ mod tests {
         assert_eq!(without["type"], "error");
         assert_eq!(without["re"], "message.send");
         assert_eq!(without["error"]["trace_id"], "abc");
+        let hello: Value =
+            serde_json::from_str(&hello("c_1", 10, 20, 30, None, None)).expect("json");
+        assert_eq!(hello["user"], Value::Null, "hello always names its user");
+        assert_eq!(hello["protocol"], "parley.v1");
     }
 }

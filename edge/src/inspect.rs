@@ -10,6 +10,7 @@
 //! The patterns aim at attack syntax, not at words, so ordinary chat about
 //! tables, scripts or folders passes.
 
+use std::net::IpAddr;
 use std::sync::LazyLock;
 
 use common::ErrorCode;
@@ -18,7 +19,6 @@ use common::security::{SecurityEvent, log};
 use regex::bytes::Regex;
 use serde_json::{Map, Value, json};
 
-use crate::conn::Conn;
 use crate::frames::CommandError;
 
 /// A detector: its name (as it appears in `metadata.flags`) and pattern.
@@ -104,8 +104,12 @@ pub(crate) fn detect(text: &str) -> Vec<&'static str> {
 
 /// Inspects a message's text. Returns the flags to store (empty when the
 /// text is clean or inspection is off), or the refusal in `block` mode.
-pub(crate) fn check(conn: &Conn, text: &str) -> Result<Vec<&'static str>, CommandError> {
-    let mode = conn.shared.config.content_inspection;
+pub(crate) fn check(
+    mode: InspectionMode,
+    ip: IpAddr,
+    user: Option<&str>,
+    text: &str,
+) -> Result<Vec<&'static str>, CommandError> {
     if mode == InspectionMode::Off {
         return Ok(Vec::new());
     }
@@ -113,10 +117,9 @@ pub(crate) fn check(conn: &Conn, text: &str) -> Result<Vec<&'static str>, Comman
     if flags.is_empty() {
         return Ok(flags);
     }
-    let user = conn.identity.as_ref().map(|i| i.user_id.as_str());
     log(
         SecurityEvent::ContentFlagged,
-        Some(conn.peer.ip()),
+        Some(ip),
         user,
         &flags.join(","),
     );

@@ -3,21 +3,23 @@
 //! fans room events from the bus out to the connections that joined.
 
 mod admission;
-mod ai_commands;
 mod commands;
 mod conn;
 mod control;
+mod follows;
 mod frames;
 mod hub;
 mod inspect;
 mod limits;
+mod link;
 mod outbox;
 mod presence;
-mod presence_commands;
 mod ready;
+mod session;
 mod signed;
 mod status;
 mod token_life;
+mod typing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -265,7 +267,7 @@ async fn upgrade(
     let token = upgrade_token(&shared.config, &headers, &uri);
     let parent = common::trace::extract_headers(&headers);
     let identity = match token {
-        Some(token) => match conn::verify(&shared, &token, peer).await {
+        Some(token) => match session::verify(&shared, &token, peer).await {
             Ok(identity) => Some(identity),
             Err(e) => {
                 let status =

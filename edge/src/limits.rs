@@ -18,9 +18,10 @@ use std::time::Duration;
 use common::ErrorCode;
 use common::config::EdgeConfig;
 use common::security::{SecurityEvent, log};
+use protocol::{CloseCode, RateFamily, Spec};
 use tokio::time::Instant;
 
-use crate::conn::Conn;
+use crate::Shared;
 use crate::frames::CommandError;
 
 /// `count` events per `period`, with bursts of up to `count`; a count of 0
@@ -180,31 +181,22 @@ fn ip_key(ip: IpAddr) -> String {
     }
 }
 
-/// Commands counted as messages (they write message text).
-pub(crate) fn is_message(kind: &str) -> bool {
-    matches!(kind, "message.send" | "message.edit")
-}
-
-/// The per-user window of a command family, if `kind` has one.
-fn family(config: &EdgeConfig, kind: &str) -> Option<(&'static str, Rate)> {
+/// The per-user window of a rate family.
+fn family_rate(config: &EdgeConfig, family: RateFamily) -> Rate {
     let min = Rate::per_min;
-    Some(match kind {
-        "typing.start" | "typing.stop" => (
-            "typing",
-            Rate::new(config.rate_typing_per_10s, Duration::from_secs(10)),
-        ),
-        "receipt.read" | "receipt.delivered" => ("receipts", min(config.rate_receipts_per_min)),
-        "presence.set" => ("presence_set", min(config.rate_presence_set_per_min)),
-        "call.invite" => ("call_invite", min(config.rate_call_invite_per_min)),
-        "reaction.add" | "reaction.remove" => ("reactions", min(config.rate_reactions_per_min)),
-        _ => return None,
-    })
+    match family {
+        RateFamily::Typing => Rate::new(config.rate_typing_per_10s, Duration::from_secs(10)),
+        RateFamily::Receipts => min(config.rate_receipts_per_min),
+        RateFamily::PresenceSet => min(config.rate_presence_set_per_min),
+        RateFamily::CallInvite => min(config.rate_call_invite_per_min),
+        RateFamily::Reactions => min(config.rate_reactions_per_min),
+    }
 }
 
 /// The shared windows a command of `kind` counts against.
 pub(crate) fn command_checks(
     config: &EdgeConfig,
-    kind: &str,
+    spec: Option<&Spec>,
     user: Option<(&str, bool)>,
     ip: IpAddr,
 ) -> Vec<Check> {
@@ -212,7 +204,7 @@ pub(crate) fn command_checks(
     let Some((user, anonymous)) = user else {
         return checks;
     };
-    if is_message(kind) {
+    if spec.is_some_and(|s| s.message) {
         let (per_min, per_hour, tier) = if anonymous {
             (
                 config.rate_anonymous_per_min,
@@ -243,10 +235,11 @@ pub(crate) fn command_checks(
             tier: "global_messages",
         });
     }
-    if let Some((name, rate)) = family(config, kind) {
+    if let Some(family) = spec.and_then(|s| s.family) {
+        let name = family.as_str();
         checks.push(Check {
             key: format!("u:{user}:{name}"),
-            rate,
+            rate: family_rate(config, family),
             tier: name,
         });
     }
@@ -315,27 +308,29 @@ impl ConnLimits {
     }
 }
 
-/// Runs before every command: `Err` is the command's answer instead.
-pub(crate) async fn admit(conn: &mut Conn, kind: &str) -> Result<(), CommandError> {
-    let config = &conn.shared.config;
+/// Runs before every command (`spec` is `None` for an unknown `type`):
+/// `Err` is the command's answer instead.
+pub(crate) async fn admit(
+    shared: &Shared,
+    limits: &mut ConnLimits,
+    user: Option<(&str, bool)>,
+    ip: IpAddr,
+    spec: Option<&Spec>,
+) -> Result<(), CommandError> {
+    let config = &shared.config;
     let rate = Rate::per_min(config.rate_conn_commands_per_min);
-    let mut outcome = conn.limits.command(rate, Instant::now());
+    let mut outcome = limits.command(rate, Instant::now());
     if outcome.is_ok() {
-        let user = conn
-            .identity
-            .as_ref()
-            .map(|i| (i.user_id.as_str(), i.anonymous));
-        let checks = command_checks(config, kind, user, conn.peer.ip());
-        outcome = conn.shared.limiter.check(&checks).await;
+        let checks = command_checks(config, spec, user, ip);
+        outcome = shared.limiter.check(&checks).await;
     }
     let Err(limited) = outcome else {
         return Ok(());
     };
-    let user = conn.identity.as_ref().map(|i| i.user_id.as_str());
     log(
         SecurityEvent::RateLimited,
-        Some(conn.peer.ip()),
-        user,
+        Some(ip),
+        user.map(|(id, _)| id),
         limited.tier,
     );
     let mut error = CommandError::new(
@@ -343,9 +338,8 @@ pub(crate) async fn admit(conn: &mut Conn, kind: &str) -> Result<(), CommandErro
         format!("too many requests ({})", limited.tier),
     );
     error.retry_after_ms = Some((limited.retry_after.as_millis() as u64).max(1));
-    let max = conn.shared.config.rate_violations_close;
-    if conn.limits.violation(max, Instant::now()) {
-        error.close = Some((4029, "too many rate-limit violations"));
+    if limits.violation(config.rate_violations_close, Instant::now()) {
+        error.close = Some(CloseCode::RateViolations);
     }
     Err(error)
 }
@@ -500,7 +494,13 @@ return {0}
 
 #[cfg(test)]
 mod tests {
+    use protocol::CommandKind;
+
     use super::*;
+
+    fn spec(name: &str) -> Option<&'static Spec> {
+        CommandKind::from_name(name).map(CommandKind::spec)
+    }
 
     fn check(key: &str, count: u32, period_s: u64) -> Check {
         Check {
@@ -562,7 +562,7 @@ mod tests {
     async fn typing_is_ten_per_ten_seconds() {
         let config = EdgeConfig::default();
         let ip: IpAddr = "203.0.113.9".parse().expect("ip");
-        let checks = command_checks(&config, "typing.start", Some(("u1", false)), ip);
+        let checks = command_checks(&config, spec("typing.start"), Some(("u1", false)), ip);
         let limiter = Limiter::new();
         for _ in 0..10 {
             limiter.check(&checks).await.expect("ten");
@@ -579,7 +579,7 @@ mod tests {
         let config = EdgeConfig::default();
         let ip: IpAddr = "2001:db8:1:2:3:4:5:6".parse().expect("ip");
         let tiers = |kind: &str, user: Option<(&str, bool)>| -> Vec<(&'static str, u32)> {
-            command_checks(&config, kind, user, ip)
+            command_checks(&config, spec(kind), user, ip)
                 .into_iter()
                 .map(|c| (c.tier, c.rate.count))
                 .collect()
@@ -615,7 +615,7 @@ mod tests {
         );
         assert!(tiers("room.list", Some(("u", false))).is_empty());
         assert!(tiers("message.send", None).is_empty(), "not signed in yet");
-        let ip_key = &command_checks(&config, "message.send", Some(("u", false)), ip)[2].key;
+        let ip_key = &command_checks(&config, spec("message.send"), Some(("u", false)), ip)[2].key;
         assert_eq!(ip_key, "ip:2001:db8:1:2:::m", "IPv6 counts by /64");
         let c = connect_checks(&config, "198.51.100.4".parse().expect("ip"));
         assert_eq!((c[0].tier, c[0].rate.count), ("ip_connects", 20));

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
+use protocol::CloseCode;
 use tokio::sync::Notify;
 
 /// What the writer task sends.
@@ -17,7 +18,7 @@ use tokio::sync::Notify;
 pub enum Outbound {
     Text(Utf8Bytes),
     Ping,
-    Close(u16, &'static str),
+    Close(CloseCode),
 }
 
 struct Shared {
@@ -90,8 +91,8 @@ impl Outbox {
     }
 
     /// Asks the writer to close the connection after what is queued.
-    pub fn close(&self, code: u16, reason: &'static str) {
-        self.enqueue(Outbound::Close(code, reason));
+    pub fn close(&self, close: CloseCode) {
+        self.enqueue(Outbound::Close(close));
     }
 
     fn enqueue(&self, item: Outbound) -> bool {
@@ -212,7 +213,7 @@ mod tests {
         outbox.push(Utf8Bytes::from_static("a"));
         outbox.ping();
         outbox.push(Utf8Bytes::from_static("b"));
-        outbox.close(1000, "bye");
+        outbox.close(CloseCode::Idle);
         let batch = rx.next_batch().await.expect("batch");
         assert_eq!(texts(&batch), ["a", "<ping>", "b", "<close>"]);
         // Then it waits for more.

@@ -5,13 +5,8 @@
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use common::ErrorCode;
-use serde_json::json;
+use protocol::{ServerFrame, TokenExpiring};
 use tokio::time::Instant;
-
-use crate::commands::{self, Outcome};
-use crate::conn::{self, Conn};
-use crate::frames::{Command, CommandError};
 
 /// What is due next for a connection's token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,14 +61,11 @@ impl Life {
                 let left = self.expire_at.map_or(0, |at| {
                     at.saturating_duration_since(Instant::now()).as_millis()
                 });
-                Some(Utf8Bytes::from(
-                    json!({
-                        "type": "token.expiring",
-                        "expires_in_ms": left,
-                        "expires_at": self.expires_at,
-                    })
-                    .to_string(),
-                ))
+                let frame = ServerFrame::TokenExpiring(TokenExpiring {
+                    expires_in_ms: u64::try_from(left).unwrap_or(u64::MAX),
+                    expires_at: self.expires_at,
+                });
+                Some(Utf8Bytes::from(frame.to_json()))
             }
             Step::Expire => {
                 self.expire_at = None;
@@ -81,37 +73,6 @@ impl Life {
             }
         }
     }
-}
-
-/// `refresh{token}`: verifies the new token and swaps it in place. It must
-/// be the same user's; a refused token leaves the connection on its old one.
-pub(crate) async fn refresh(conn: &mut Conn, command: &Command) -> Result<Outcome, CommandError> {
-    let token = commands::string(&command.body, "token", 64 * 1024)?;
-    let current = conn
-        .identity
-        .as_ref()
-        .map(|i| i.user_id.clone())
-        .unwrap_or_default();
-    let identity = conn::verify(&conn.shared, &token, conn.peer)
-        .await
-        .map_err(|mut e| {
-            e.close = None;
-            e
-        })?;
-    if identity.user_id != current {
-        return Err(CommandError::new(
-            ErrorCode::Forbidden,
-            "the token is for another user; reconnect to switch users",
-        ));
-    }
-    let expires_at = identity.expires_at;
-    conn.shared.sessions.set(conn.key, &identity, &conn.outbox);
-    conn.life.set(
-        expires_at,
-        Duration::from_millis(conn.shared.config.token_expiring_lead_ms),
-    );
-    conn.identity = Some(identity);
-    Ok(commands::reply(json!({"expires_at": expires_at})))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use common::shutdown::ShutdownSignal;
 use proto::chat::v1::CreateNotificationRequest;
 use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use proto::presence::v1::watch_event::Kind;
+use protocol::{CallEvent, CallIncoming, PresenceState, ServerFrame, UserRef};
 use serde_json::{Value, json};
 
 use crate::error::PresenceError;
@@ -60,13 +61,12 @@ pub fn visible_status(status: &str) -> &str {
 }
 
 /// A `presence` event as clients receive it.
-pub fn presence_event(user_id: &str, status: &str, text: &str, last_seen: i64) -> Value {
-    json!({
-        "type": "presence",
-        "user": user_id,
-        "status": status,
-        "text": text,
-        "last_seen": last_seen,
+pub fn presence_event(user_id: &str, status: &str, text: &str, last_seen: i64) -> ServerFrame {
+    ServerFrame::Presence(PresenceState {
+        user: user_id.to_string(),
+        status: status.to_string(),
+        text: text.to_string(),
+        last_seen,
     })
 }
 
@@ -130,7 +130,7 @@ impl Engine {
 
     async fn announce(&self, user_id: &str, status: &str, text: &str, last_seen: i64) {
         let event = presence_event(user_id, status, text, last_seen);
-        self.publish(&presence_channel(user_id), "presence", event.to_string())
+        self.publish(&presence_channel(user_id), event.kind(), event.to_json())
             .await;
     }
 
@@ -255,12 +255,13 @@ impl Engine {
     /// A call rang out: both parties hear `call.end`, the callee gets a
     /// missed-call notification.
     async fn missed(&self, call: &Call) {
-        let event = json!({
-            "type": "call.end",
-            "call_id": call.id,
-            "reason": "missed",
+        let event = ServerFrame::CallEnd(CallEvent {
+            call_id: call.id.clone(),
+            from: None,
+            payload: None,
+            reason: Some("missed".into()),
         })
-        .to_string();
+        .to_json();
         for user in [&call.caller, &call.callee] {
             self.publish(&user_channel(user), "call.end", event.clone())
                 .await;
@@ -303,17 +304,14 @@ impl Engine {
         self.store
             .create_call(&call, self.timings.call_ring)
             .await?;
-        let mut event = json!({
-            "type": "call.incoming",
-            "call_id": call.id,
-            "from": {"id": call.caller, "name": call.caller_name},
-            "payload": payload,
-            "expires_in_ms": self.timings.call_ring.as_millis() as u64,
+        let event = ServerFrame::CallIncoming(CallIncoming {
+            call_id: call.id.clone(),
+            from: UserRef::new(&call.caller, &call.caller_name),
+            room: Some(room_id.to_string()).filter(|r| !r.is_empty()),
+            payload,
+            expires_in_ms: self.timings.call_ring.as_millis() as u64,
         });
-        if !room_id.is_empty() {
-            event["room"] = json!(room_id);
-        }
-        self.publish(&user_channel(callee), "call.incoming", event.to_string())
+        self.publish(&user_channel(callee), event.kind(), event.to_json())
             .await;
         Ok(call.id)
     }
@@ -330,19 +328,22 @@ impl Engine {
             .store
             .act_on_call(call_id, &actor.user_id, action)
             .await?;
-        let kind = format!("call.{}", action.as_str());
-        let mut event = json!({
-            "type": kind,
-            "call_id": call.id,
-            "from": {"id": actor.user_id, "name": actor.name},
-        });
-        if let Some(payload) = payload {
-            event["payload"] = payload;
-        }
+        let relayed = CallEvent {
+            call_id: call.id.clone(),
+            from: Some(UserRef::new(&actor.user_id, &actor.name)),
+            payload,
+            reason: None,
+        };
+        let event = match action {
+            CallAction::Answer => ServerFrame::CallAnswer(relayed),
+            CallAction::Reject => ServerFrame::CallReject(relayed),
+            CallAction::End => ServerFrame::CallEnd(relayed),
+            CallAction::Ice => ServerFrame::CallIce(relayed),
+        };
         self.publish(
             &user_channel(call.other_party(&actor.user_id)),
-            &kind,
-            event.to_string(),
+            event.kind(),
+            event.to_json(),
         )
         .await;
         Ok(())

@@ -108,7 +108,7 @@ fn with_raw_header(raw_header: &Value, claims: &Value, secret: &[u8]) -> String 
 async fn reason(tokens: &Tokens, token: &str) -> &'static str {
     match tokens.verify(token).await {
         Ok(v) => panic!("token must be refused, got {:?}", v.identity),
-        Err(e) => e.reason().expect("a token refusal has a reason"),
+        Err(e) => e.reason().expect("a token refusal has a reason").as_str(),
     }
 }
 
@@ -430,7 +430,7 @@ async fn refresh_tokens_are_not_access_tokens_and_vice_versa() {
     assert!(matches!(
         tokens.verify_refresh(&access),
         Err(AuthError::Invalid {
-            reason: "wrong_token_type"
+            reason: common::auth_reason::AuthReason::WrongTokenType
         })
     ));
     assert_eq!(

@@ -1,0 +1,210 @@
+//! Message commands: send, history, edit, delete, reactions, receipts and
+//! notifications.
+
+use proto::chat::v1::{
+    DeleteMessageRequest, EditMessageRequest, GetHistoryRequest, ListNotificationsRequest,
+    MarkReceiptRequest, ReactionRequest, ReadNotificationsRequest, ReceiptKind, SendMessageRequest,
+};
+use protocol::{
+    HistoryReply, Message, MessageDelete, MessageEdit, MessageHistory, MessageReply, MessageSend,
+    Notification, NotificationList, NotificationListReply, NotificationRead, ReactionArgs,
+    ReceiptArgs, ReceiptReply, ReplyResult,
+};
+use serde_json::Value;
+
+use super::{Outcome, done, failed, missing};
+use crate::frames::CommandError;
+use crate::session::Session;
+
+/// `flags` are content inspection's findings, stored in the metadata.
+pub(super) async fn send(
+    s: &mut Session,
+    args: MessageSend,
+    flags: &[&'static str],
+) -> Result<Outcome, CommandError> {
+    let metadata_json = match args.metadata {
+        _ if !flags.is_empty() => crate::inspect::flag_metadata(args.metadata, flags).to_string(),
+        Some(m) => Value::Object(m).to_string(),
+        None => String::new(),
+    };
+    let request = s.actor()?.request(SendMessageRequest {
+        room_id: args.room,
+        text: args.text,
+        client_msg_id: args.client_msg_id,
+        thread_id: args.thread,
+        metadata_json,
+    });
+    let message = s
+        .shared()
+        .backends
+        .chat
+        .clone()
+        .send_message(request)
+        .await
+        .map_err(failed("chat"))?
+        .into_inner()
+        .message
+        .ok_or_else(|| missing("message"))?;
+    Ok(message_reply(&message))
+}
+
+fn message_reply(message: &proto::chat::v1::Message) -> Outcome {
+    Outcome::Reply(ReplyResult::Message(MessageReply {
+        message: Message::from(message),
+    }))
+}
+
+pub(super) async fn history(
+    s: &mut Session,
+    args: MessageHistory,
+) -> Result<Outcome, CommandError> {
+    let limit = args.limit();
+    let seq = |v: Option<u64>| v.and_then(|v| i64::try_from(v).ok());
+    let request = s.actor()?.request(GetHistoryRequest {
+        room_id: args.room,
+        before: seq(args.before),
+        after: seq(args.after),
+        limit,
+        thread_id: args.thread,
+    });
+    let response = s
+        .shared()
+        .backends
+        .chat
+        .clone()
+        .get_history(request)
+        .await
+        .map_err(failed("chat"))?
+        .into_inner();
+    Ok(Outcome::Reply(ReplyResult::History(HistoryReply {
+        messages: response.messages.iter().map(Message::from).collect(),
+        has_more: response.has_more,
+    })))
+}
+
+/// An edit cannot carry metadata: in `flag` mode inspection only logs it.
+pub(super) async fn edit(s: &mut Session, args: MessageEdit) -> Result<Outcome, CommandError> {
+    let request = s.actor()?.request(EditMessageRequest {
+        room_id: args.room,
+        message_id: args.message_id,
+        text: args.text,
+    });
+    let message = s
+        .shared()
+        .backends
+        .chat
+        .clone()
+        .edit_message(request)
+        .await
+        .map_err(failed("chat"))?
+        .into_inner()
+        .message
+        .ok_or_else(|| missing("message"))?;
+    Ok(message_reply(&message))
+}
+
+pub(super) async fn delete(s: &mut Session, args: MessageDelete) -> Result<Outcome, CommandError> {
+    let request = s.actor()?.request(DeleteMessageRequest {
+        room_id: args.room,
+        message_id: args.message_id,
+    });
+    s.shared()
+        .backends
+        .chat
+        .clone()
+        .delete_message(request)
+        .await
+        .map_err(failed("chat"))?;
+    Ok(done())
+}
+
+pub(super) async fn reaction(
+    s: &mut Session,
+    args: ReactionArgs,
+    add: bool,
+) -> Result<Outcome, CommandError> {
+    let request = s.actor()?.request(ReactionRequest {
+        room_id: args.room,
+        message_id: args.message_id,
+        emoji: args.emoji,
+    });
+    let mut chat = s.shared().backends.chat.clone();
+    if add {
+        chat.add_reaction(request).await.map_err(failed("chat"))?;
+    } else {
+        chat.remove_reaction(request)
+            .await
+            .map_err(failed("chat"))?;
+    }
+    Ok(done())
+}
+
+pub(super) async fn receipt(
+    s: &mut Session,
+    args: ReceiptArgs,
+    read: bool,
+) -> Result<Outcome, CommandError> {
+    let kind = if read {
+        ReceiptKind::Read
+    } else {
+        ReceiptKind::Delivered
+    };
+    let request = s.actor()?.request(MarkReceiptRequest {
+        room_id: args.room,
+        kind: kind as i32,
+        seq: i64::try_from(args.seq).unwrap_or(i64::MAX),
+    });
+    let seq = s
+        .shared()
+        .backends
+        .chat
+        .clone()
+        .mark_receipt(request)
+        .await
+        .map_err(failed("chat"))?
+        .into_inner()
+        .seq;
+    Ok(Outcome::Reply(ReplyResult::Receipt(ReceiptReply { seq })))
+}
+
+pub(super) async fn notification_list(
+    s: &mut Session,
+    args: NotificationList,
+) -> Result<Outcome, CommandError> {
+    let request = s.actor()?.request(ListNotificationsRequest {
+        unread_only: args.unread_only.unwrap_or(false),
+        limit: 0,
+    });
+    let notifications = s
+        .shared()
+        .backends
+        .chat
+        .clone()
+        .list_notifications(request)
+        .await
+        .map_err(failed("chat"))?
+        .into_inner()
+        .notifications;
+    Ok(Outcome::Reply(ReplyResult::Notifications(
+        NotificationListReply {
+            notifications: notifications.iter().map(Notification::from).collect(),
+        },
+    )))
+}
+
+pub(super) async fn notification_read(
+    s: &mut Session,
+    args: NotificationRead,
+) -> Result<Outcome, CommandError> {
+    let request = s
+        .actor()?
+        .request(ReadNotificationsRequest { ids: args.ids });
+    s.shared()
+        .backends
+        .chat
+        .clone()
+        .read_notifications(request)
+        .await
+        .map_err(failed("chat"))?;
+    Ok(done())
+}

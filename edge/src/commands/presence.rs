@@ -1,0 +1,150 @@
+//! Presence, typing and call signalling: `presence.*`, `typing.*`, `call.*`.
+
+use common::ErrorCode;
+use proto::presence::v1::{
+    ActOnCallRequest, GetPresenceRequest, InviteCallRequest, SetStatusRequest,
+};
+use protocol::{
+    CallAct, CallInvite, CallInviteReply, PresenceReply, PresenceSet, PresenceState, PresenceUsers,
+    ReplyResult, Typing,
+};
+use serde_json::Value;
+
+use super::{Outcome, done, failed};
+use crate::frames::CommandError;
+use crate::session::Session;
+
+/// Most users one GetPresence call may name (presence-service's limit).
+const PRESENCE_BATCH: usize = 1_000;
+
+pub(super) async fn set(s: &mut Session, args: PresenceSet) -> Result<Outcome, CommandError> {
+    let request = s.actor()?.request(SetStatusRequest {
+        status: args.status,
+        text: args.text.unwrap_or_default(),
+    });
+    s.shared()
+        .backends
+        .presence
+        .clone()
+        .set_status(request)
+        .await
+        .map_err(failed("presence"))?;
+    Ok(done())
+}
+
+/// Subscribes first, then reads: a change in between is not missed.
+pub(super) async fn subscribe(
+    s: &mut Session,
+    args: PresenceUsers,
+) -> Result<Outcome, CommandError> {
+    let users = args.users;
+    let max = s.shared().config.presence_subscribe_max;
+    let new = users.iter().filter(|u| !s.follows.is_subscribed(u)).count();
+    if s.follows.subscribed() + new > max {
+        return Err(CommandError::new(
+            ErrorCode::TooLarge,
+            format!("a connection may follow at most {max} users"),
+        ));
+    }
+    let me = s.actor()?.user_id;
+    s.follows.subscribe(&s.link, &me, &users).await?;
+    let mut presence = Vec::with_capacity(users.len());
+    for batch in users.chunks(PRESENCE_BATCH) {
+        let request = GetPresenceRequest {
+            user_ids: batch.to_vec(),
+        };
+        let response = s
+            .shared()
+            .backends
+            .presence
+            .clone()
+            .get_presence(request)
+            .await
+            .map_err(failed("presence"))?;
+        presence.extend(
+            response
+                .into_inner()
+                .presence
+                .into_iter()
+                .map(|p| PresenceState {
+                    user: p.user_id,
+                    status: p.status,
+                    text: p.text,
+                    last_seen: p.last_seen,
+                }),
+        );
+    }
+    Ok(Outcome::Reply(ReplyResult::Presence(PresenceReply {
+        presence,
+    })))
+}
+
+pub(super) async fn unsubscribe(
+    s: &mut Session,
+    args: PresenceUsers,
+) -> Result<Outcome, CommandError> {
+    s.follows.unsubscribe(&s.link, &args.users).await;
+    Ok(done())
+}
+
+/// `typing.*` on a room not joined on this connection is `forbidden`.
+pub(super) fn typing(s: &mut Session, args: Typing, start: bool) -> Result<Outcome, CommandError> {
+    if !s.rooms.contains(&args.room) {
+        return Err(CommandError::new(
+            ErrorCode::Forbidden,
+            "join the room on this connection first",
+        ));
+    }
+    s.typing(args.room, start)?;
+    Ok(done())
+}
+
+/// A call payload as JSON text; empty when absent.
+fn payload_json(payload: Option<Value>) -> String {
+    payload.map(|p| p.to_string()).unwrap_or_default()
+}
+
+pub(super) async fn call_invite(
+    s: &mut Session,
+    args: CallInvite,
+) -> Result<Outcome, CommandError> {
+    let request = s.actor()?.request(InviteCallRequest {
+        to: args.to,
+        room_id: args.room.unwrap_or_default(),
+        payload_json: payload_json(args.payload),
+    });
+    let call_id = s
+        .shared()
+        .backends
+        .presence
+        .clone()
+        .invite_call(request)
+        .await
+        .map_err(failed("presence"))?
+        .into_inner()
+        .call_id;
+    Ok(Outcome::Reply(ReplyResult::CallInvite(CallInviteReply {
+        call_id,
+    })))
+}
+
+/// `call.answer`, `call.reject`, `call.end`, `call.ice`: `action` is the part after `call.`.
+pub(super) async fn call_act(
+    s: &mut Session,
+    action: &str,
+    args: CallAct,
+) -> Result<Outcome, CommandError> {
+    let request = s.actor()?.request(ActOnCallRequest {
+        action: action.to_string(),
+        call_id: args.call_id,
+        payload_json: payload_json(args.payload),
+    });
+    s.shared()
+        .backends
+        .presence
+        .clone()
+        .act_on_call(request)
+        .await
+        .map_err(failed("presence"))?;
+    Ok(done())
+}
