@@ -68,17 +68,15 @@ fn hex(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_send_is_one_trace_across_edge_chat_and_sql() {
     let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let otlp = listener.local_addr().expect("addr");
-    tokio::spawn(
+    // The receiver ignores the shutdown signal: it serves until the test ends.
+    let otlp = common::testing::serve_grpc(|listener, _| {
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+    })
+    .await;
     let settings = common::telemetry::OtelSettings {
-        endpoint: Some(format!("http://{otlp}")),
+        endpoint: Some(otlp.url.clone()),
         service_name: None,
     };
     let telemetry = common::telemetry::init(

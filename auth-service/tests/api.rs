@@ -11,6 +11,7 @@ use common::bus::MemoryBus;
 use common::config::AuthConfig;
 use common::grpc::{ClientSettings, ServiceChannel, channel};
 use common::shutdown::Shutdown;
+use common::testing::serve_grpc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use proto::auth::v1::auth_service_client::AuthServiceClient;
 use proto::auth::v1::{
@@ -54,18 +55,13 @@ async fn spawn_app(config: AuthConfig) -> TestApp {
     let app = AuthApp::connect(&config, &credential, bus.clone())
         .await
         .expect("auth app");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let shutdown = Shutdown::new();
-    tokio::spawn(app.serve(listener, shutdown.signal()));
-    let client = AuthServiceClient::new(channel(&url, &settings(&credential)).expect("channel"));
+    let server = serve_grpc(|listener, signal| app.serve(listener, signal)).await;
+    let client = AuthServiceClient::new(server.channel(&settings(&credential)));
     TestApp {
-        url,
+        url: server.url,
         client,
         bus,
-        _shutdown: shutdown,
+        _shutdown: server.shutdown,
     }
 }
 

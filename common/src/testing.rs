@@ -1,7 +1,7 @@
 //! Test helpers shared by every crate's tests (feature `testing`): a fresh
-//! database per test, the Redis URL to test against, and an
-//! OpenAI-compatible model server ([`FakeOpenAi`]), and log capture
-//! ([`logs`]).
+//! database per test, the Redis URL to test against, an
+//! OpenAI-compatible model server ([`FakeOpenAi`]), log capture
+//! ([`logs`]), and a gRPC service served on `127.0.0.1:0` ([`serve_grpc`]).
 //!
 //! Without environment variables a test gets a new SQLite file and no Redis,
 //! so `cargo test` passes on a fresh machine. With
@@ -11,6 +11,7 @@
 //! fails the test loudly: CI never skips them silently.
 
 mod fake_openai;
+mod grpc;
 pub mod logs;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use sqlx::Connection;
 
 pub use self::fake_openai::{FakeOpenAi, Reply};
+pub use self::grpc::{TestServer, serve_grpc};
 
 /// Names the Postgres server tests run against (e.g. `postgres://postgres@127.0.0.1:5432/test`).
 pub const DATABASE_URL_VAR: &str = "PARLEY_TEST_DATABASE_URL";

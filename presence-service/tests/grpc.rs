@@ -11,6 +11,7 @@ use common::bus::MemoryBus;
 use common::config::PresenceConfig;
 use common::grpc::{Actor, ClientSettings, ServiceChannel, channel};
 use common::shutdown::Shutdown;
+use common::testing::serve_grpc;
 use presence_service::{MAX_CONNS_PER_CALL, MAX_USERS_PER_CALL, PresenceApp};
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use proto::presence::v1::watch_event::Kind;
@@ -46,18 +47,12 @@ async fn spawn_app_with(config: PresenceConfig) -> TestApp {
     let app = PresenceApp::connect(&config, Arc::new(MemoryBus::new()), None, &credential)
         .await
         .expect("presence app");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let shutdown = Shutdown::new();
-    tokio::spawn(app.serve(listener, shutdown.signal()));
-    let client =
-        PresenceServiceClient::new(channel(&url, &settings(&credential)).expect("channel"));
+    let server = serve_grpc(|listener, signal| app.serve(listener, signal)).await;
+    let client = PresenceServiceClient::new(server.channel(&settings(&credential)));
     TestApp {
-        url,
+        url: server.url,
         client,
-        _shutdown: shutdown,
+        _shutdown: server.shutdown,
     }
 }
 

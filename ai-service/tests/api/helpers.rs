@@ -12,7 +12,7 @@ use common::bus::{Bus, BusEvent, MemoryBus, Subscriber, room_channel};
 use common::config::{AiConfig, AiProvider, ChatConfig};
 use common::grpc::{Actor, ClientSettings, ServiceChannel, channel};
 use common::shutdown::Shutdown;
-use common::testing::{FakeOpenAi, Reply, TestDatabase};
+use common::testing::{FakeOpenAi, Reply, TestDatabase, serve_grpc};
 use proto::ai::v1::ai_service_client::AiServiceClient;
 use proto::ai::v1::{AskRequest, AskResponse};
 use proto::chat::v1::chat_service_client::ChatServiceClient;
@@ -107,18 +107,13 @@ pub async fn spawn_app(reply: Reply, adjust: impl FnOnce(&mut AiConfig)) -> Test
     let chat_app = ChatApp::connect(&chat_config, bus.clone(), None, &credential)
         .await
         .expect("chat app");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let chat_url = format!("http://{}", listener.local_addr().expect("addr"));
-    let chat_shutdown = Shutdown::new();
-    tokio::spawn(chat_app.serve(listener, chat_shutdown.signal()));
+    let chat = serve_grpc(|listener, signal| chat_app.serve(listener, signal)).await;
 
     let model = FakeOpenAi::start(reply).await;
     let mut config = config(&model);
     adjust(&mut config);
-    let mut app = start_ai(config, &chat_url, bus.clone(), &credential, model).await;
-    app._chat_shutdown = chat_shutdown;
+    let mut app = start_ai(config, &chat.url, bus.clone(), &credential, model).await;
+    app._chat_shutdown = chat.shutdown;
     app._db = Some(db);
     app
 }
@@ -133,21 +128,16 @@ pub async fn start_ai(
 ) -> TestApp {
     let chat_channel = channel(chat_url, &settings(credential)).expect("chat channel");
     let app = AiApp::new(&config, bus.clone(), chat_channel.clone(), credential).expect("ai app");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let shutdown = Shutdown::new();
-    let server = tokio::spawn(app.serve(listener, shutdown.signal()));
-    let client = AiServiceClient::new(channel(&url, &settings(credential)).expect("channel"));
+    let server = serve_grpc(|listener, signal| app.serve(listener, signal)).await;
+    let client = AiServiceClient::new(server.channel(&settings(credential)));
     TestApp {
-        url,
+        url: server.url,
         client,
         chat: ChatServiceClient::new(chat_channel),
         bus,
         model,
-        shutdown,
-        server,
+        shutdown: server.shutdown,
+        server: server.task,
         _chat_shutdown: Shutdown::new(),
         _db: None,
     }

@@ -9,9 +9,9 @@ use chat_service::ChatApp;
 use common::Secret;
 use common::bus::{Bus, BusEvent, Envelope, MemoryBus, Subscriber};
 use common::config::ChatConfig;
-use common::grpc::{Actor, ClientSettings, ServiceChannel, channel};
+use common::grpc::{Actor, ClientSettings, ServiceChannel};
 use common::shutdown::Shutdown;
-use common::testing::TestDatabase;
+use common::testing::{TestDatabase, serve_grpc};
 use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use proto::chat::v1::chat_service_client::ChatServiceClient;
 use proto::chat::v1::{
@@ -72,21 +72,16 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ChatConfig)) -> TestApp 
     let app = ChatApp::connect(&config, bus.clone(), None, &credential)
         .await
         .expect("chat app");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let shutdown = Shutdown::new();
-    tokio::spawn(app.serve(listener, shutdown.signal()));
-    let channel = channel(&url, &settings(&credential)).expect("channel");
+    let server = serve_grpc(|listener, signal| app.serve(listener, signal)).await;
+    let channel = server.channel(&settings(&credential));
     let client = ChatServiceClient::new(channel.clone());
     let backend = ChatBackendServiceClient::new(channel);
     TestApp {
-        url,
+        url: server.url,
         client,
         backend,
         bus,
-        _shutdown: shutdown,
+        _shutdown: server.shutdown,
         _db: db,
     }
 }

@@ -1,0 +1,86 @@
+//! Notifications: the mention notifications a new message makes.
+
+use std::collections::HashSet;
+
+use proto::chat::v1::{Message, Notification};
+
+use super::ChatHandler;
+use crate::error::ChatError;
+
+impl ChatHandler {
+    /// A `mention` notification for every member named as `@id` or `@name`
+    /// in the text (not the sender, each once).
+    pub(super) async fn mentions(&self, message: &Message) -> Result<Vec<Notification>, ChatError> {
+        let handles = mention_handles(&message.text);
+        if handles.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sender = message.sender.clone().unwrap_or_default();
+        let members = self
+            .store
+            .members(&message.room_id, MAX_MENTION_LOOKUP)
+            .await?;
+        let mut notified = HashSet::new();
+        let mut notifications = Vec::new();
+        for member in members {
+            let named = handles
+                .iter()
+                .any(|h| h == &member.id.to_lowercase() || h == &member.name.to_lowercase());
+            if !named || member.id == sender.id || !notified.insert(member.id.clone()) {
+                continue;
+            }
+            let id = common::ids::new_id("n");
+            let excerpt: String = message.text.chars().take(MENTION_EXCERPT_CHARS).collect();
+            let json = serde_json::json!({
+                "id": id,
+                "kind": "mention",
+                "room": message.room_id,
+                "message_id": message.id,
+                "from": {"id": sender.id, "name": sender.name},
+                "text": excerpt,
+                "created_at": message.created_at,
+            });
+            notifications.push(Notification {
+                id,
+                kind: "mention".into(),
+                room_id: message.room_id.clone(),
+                message_id: Some(message.id.clone()),
+                json: json.to_string(),
+                created_at: message.created_at,
+                read: false,
+                user_id: member.id,
+            });
+        }
+        Ok(notifications)
+    }
+}
+
+/// Most members a mention is matched against.
+const MAX_MENTION_LOOKUP: u32 = 1_000;
+
+/// Characters of the message kept in a mention notification.
+const MENTION_EXCERPT_CHARS: usize = 200;
+
+/// The lower-cased handles named as `@handle` in a text.
+fn mention_handles(text: &str) -> Vec<String> {
+    let mut handles: Vec<String> = Vec::new();
+    for (at, _) in text.match_indices('@') {
+        // A mention starts a word: `a@b.c` is an address, not a mention.
+        if text[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric())
+        {
+            continue;
+        }
+        let handle: String = text[at + 1..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+            .collect();
+        let handle = handle.trim_end_matches(['.', ':']).to_lowercase();
+        if !handle.is_empty() && !handles.contains(&handle) {
+            handles.push(handle);
+        }
+    }
+    handles
+}

@@ -1,0 +1,331 @@
+//! Room calls: creating, joining (with who is online) and leaving rooms,
+//! inviting and removing members, and the visibility and membership checks
+//! the other calls share.
+
+use std::collections::HashSet;
+
+use common::config::InvitePolicy;
+use common::grpc::Actor;
+use proto::chat::v1::{
+    CreateRoomRequest, InviteMemberRequest, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest,
+    RemoveMemberRequest, Room, User, Visibility,
+};
+use proto::presence::v1::GetPresenceRequest;
+
+use super::{ChatHandler, MAX_ROOM_NAME_CHARS, OWNER, check_id, check_no_nul, page, user_of};
+use crate::error::ChatError;
+use crate::store::NewRoom;
+use crate::writer::Op;
+
+impl ChatHandler {
+    /// The room if `actor` may see it: public rooms to everyone, others to
+    /// members only; otherwise `NotFound`, whether it exists or not.
+    pub(super) async fn visible_room(
+        &self,
+        room_id: &str,
+        actor: &Actor,
+    ) -> Result<(Room, Option<String>), ChatError> {
+        check_id("room_id", room_id)?;
+        let (room, role) = self
+            .store
+            .room_and_role(room_id, &actor.user_id)
+            .await?
+            .ok_or(ChatError::NotFound("room"))?;
+        if role.is_none() && room.visibility != Visibility::Public as i32 {
+            return Err(ChatError::NotFound("room"));
+        }
+        Ok((room, role))
+    }
+
+    /// The room's member ids (the first [`MAX_PRESENCE_LOOKUP`]) and who
+    /// of them is online now; nobody online when presence is unreachable
+    /// (a join does not fail for it).
+    async fn members_online(&self, room_id: &str) -> (Vec<String>, Vec<String>) {
+        let user_ids: Vec<String> = match self.store.members(room_id, MAX_PRESENCE_LOOKUP).await {
+            Ok(members) => members.into_iter().map(|m| m.id).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot list members for presence");
+                return (Vec::new(), Vec::new());
+            }
+        };
+        let Some(presence) = self.presence.clone() else {
+            return (user_ids, Vec::new());
+        };
+        if user_ids.is_empty() {
+            return (user_ids, Vec::new());
+        }
+        let request = GetPresenceRequest {
+            user_ids: user_ids.clone(),
+        };
+        let online = match presence.clone().get_presence(request).await {
+            Ok(response) => response
+                .into_inner()
+                .presence
+                .into_iter()
+                .filter(|p| p.online)
+                .map(|p| p.user_id)
+                .collect(),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "presence lookup failed");
+                Vec::new()
+            }
+        };
+        (user_ids, online)
+    }
+
+    pub(super) async fn create_room(
+        &self,
+        actor: &Actor,
+        request: CreateRoomRequest,
+    ) -> Result<Room, ChatError> {
+        let visibility =
+            Visibility::try_from(request.visibility).unwrap_or(Visibility::Unspecified);
+        let name = request.name.trim().to_string();
+        check_no_nul("name", &name)?;
+        if name.chars().count() > MAX_ROOM_NAME_CHARS {
+            return Err(ChatError::TooLarge(format!(
+                "name is longer than {MAX_ROOM_NAME_CHARS} characters"
+            )));
+        }
+        if request.members.len() > MAX_INITIAL_MEMBERS {
+            return Err(ChatError::TooLarge(format!(
+                "at most {MAX_INITIAL_MEMBERS} members"
+            )));
+        }
+        let mut seen = HashSet::from([actor.user_id.clone()]);
+        let mut members = Vec::new();
+        for id in request.members {
+            check_id("members", &id)?;
+            if seen.insert(id.clone()) {
+                members.push(User {
+                    name: id.clone(),
+                    id,
+                });
+            }
+        }
+        let owner = user_of(actor)?;
+        let direct_key = match visibility {
+            Visibility::Unspecified => {
+                return Err(ChatError::BadRequest(
+                    "visibility must be public, private or direct".into(),
+                ));
+            }
+            Visibility::Public | Visibility::Private => {
+                if name.is_empty() {
+                    return Err(ChatError::BadRequest("name is required".into()));
+                }
+                None
+            }
+            Visibility::Direct => {
+                let [other] = members.as_slice() else {
+                    return Err(ChatError::BadRequest(
+                        "a direct room needs exactly one other member".into(),
+                    ));
+                };
+                let mut pair = [actor.user_id.as_str(), other.id.as_str()];
+                pair.sort_unstable();
+                let key = pair.join("\n");
+                if let Some(room) = self.store.direct_room(&key).await? {
+                    // One of the pair who left gets back in.
+                    self.writer
+                        .submit(Op::AddMember {
+                            room_id: room.id.clone(),
+                            user: owner,
+                        })
+                        .await?;
+                    return Ok(room);
+                }
+                Some(key)
+            }
+        };
+        let new = NewRoom {
+            id: common::ids::new_id("r"),
+            name,
+            visibility,
+            owner,
+            direct_key: direct_key.clone(),
+            members,
+            created_at: common::ids::now_ms(),
+        };
+        match self.writer.submit(Op::CreateRoom(new)).await {
+            Ok(applied) => applied
+                .room
+                .ok_or_else(|| ChatError::Commit("no room created".into())),
+            // Two creates of the same direct pair raced: the other one won.
+            Err(e) if e.is_unique_violation() && direct_key.is_some() => {
+                let key = direct_key.unwrap_or_default();
+                self.store.direct_room(&key).await?.ok_or(e)
+            }
+            Err(e) if e.is_unique_violation() => {
+                Err(ChatError::Conflict("room name is taken".into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn join_room(
+        &self,
+        actor: &Actor,
+        request: JoinRoomRequest,
+    ) -> Result<JoinRoomResponse, ChatError> {
+        if request.since.is_some_and(|since| since < 0) {
+            return Err(ChatError::BadRequest("since must not be negative".into()));
+        }
+        let (mut room, role) = self.visible_room(&request.room_id, actor).await?;
+        if role.is_none() {
+            // Visible without membership means public: joining makes a member.
+            let user = user_of(actor)?;
+            let applied = self
+                .writer
+                .submit(Op::AddMember {
+                    room_id: room.id.clone(),
+                    user,
+                })
+                .await?;
+            if let Some(event) = applied.events.last() {
+                room.last_seq = event.seq;
+            }
+        }
+        // Everything up to this seq is answered from the log; later events
+        // reach the caller live (it subscribed before calling).
+        let last_seq = self
+            .store
+            .room(&room.id)
+            .await?
+            .map(|r| r.last_seq)
+            .unwrap_or(room.last_seq);
+        room.last_seq = last_seq;
+        let (events, has_more) = match request.since {
+            Some(since) if since < 0 => {
+                return Err(ChatError::BadRequest("since must not be negative".into()));
+            }
+            Some(since) => {
+                let limit = page(request.limit, self.limits.page_limit);
+                self.store.events(&room.id, since, last_seq, limit).await?
+            }
+            None => (Vec::new(), false),
+        };
+        let (members, online) = self.members_online(&room.id).await;
+        Ok(JoinRoomResponse {
+            room: Some(room),
+            last_seq,
+            events,
+            has_more,
+            recovered: request.since.is_some() && !has_more,
+            online,
+            members,
+        })
+    }
+
+    pub(super) async fn leave_room(
+        &self,
+        actor: &Actor,
+        request: LeaveRoomRequest,
+    ) -> Result<(), ChatError> {
+        let (room, role) = self.visible_room(&request.room_id, actor).await?;
+        if role.is_none() {
+            return Ok(());
+        }
+        let user = user_of(actor)?;
+        self.writer
+            .submit(Op::RemoveMember {
+                room_id: room.id,
+                user,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A room that exists, whoever may see it (service-side callers).
+    pub(crate) async fn existing_room(&self, room_id: &str) -> Result<Room, ChatError> {
+        check_id("room_id", room_id)?;
+        self.store
+            .room(room_id)
+            .await?
+            .ok_or(ChatError::NotFound("room"))
+    }
+
+    /// The room and the caller's role; `Forbidden` unless a member.
+    pub(super) async fn member_room(
+        &self,
+        room_id: &str,
+        actor: &Actor,
+    ) -> Result<(Room, String), ChatError> {
+        let (room, role) = self.visible_room(room_id, actor).await?;
+        let role = role.ok_or_else(|| ChatError::Forbidden("join the room first".into()))?;
+        Ok((room, role))
+    }
+
+    pub(super) async fn invite(
+        &self,
+        actor: &Actor,
+        request: InviteMemberRequest,
+    ) -> Result<(), ChatError> {
+        let (room, role) = self.member_room(&request.room_id, actor).await?;
+        check_id("user_id", &request.user_id)?;
+        match Visibility::try_from(room.visibility) {
+            Ok(Visibility::Direct) => {
+                return Err(ChatError::Forbidden(
+                    "a direct room has exactly two members".into(),
+                ));
+            }
+            Ok(Visibility::Private)
+                if self.limits.invite_policy == InvitePolicy::Owner && role != OWNER =>
+            {
+                return Err(ChatError::Forbidden("only the owner may invite".into()));
+            }
+            _ => {}
+        }
+        let invitee = User {
+            id: request.user_id.clone(),
+            name: request.user_id,
+        };
+        self.writer
+            .submit(Op::AddMember {
+                room_id: room.id,
+                user: invitee,
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn remove(
+        &self,
+        actor: &Actor,
+        request: RemoveMemberRequest,
+    ) -> Result<(), ChatError> {
+        let (room, role) = self.member_room(&request.room_id, actor).await?;
+        check_id("user_id", &request.user_id)?;
+        if role != OWNER {
+            return Err(ChatError::Forbidden(
+                "only the owner may remove members".into(),
+            ));
+        }
+        if request.user_id == actor.user_id {
+            return Err(ChatError::BadRequest(
+                "the owner leaves with LeaveRoom".into(),
+            ));
+        }
+        let member = User {
+            name: request.user_id.clone(),
+            id: request.user_id,
+        };
+        let applied = self
+            .writer
+            .submit(Op::RemoveMember {
+                room_id: room.id,
+                user: member,
+            })
+            .await?;
+        if applied.events.is_empty() {
+            return Err(ChatError::NotFound("member"));
+        }
+        Ok(())
+    }
+}
+
+/// Most members named when creating a room.
+const MAX_INITIAL_MEMBERS: usize = 1_000;
+
+/// Most members whose presence `JoinRoom` looks up for `online`.
+const MAX_PRESENCE_LOOKUP: u32 = 1_000;

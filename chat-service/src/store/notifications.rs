@@ -1,0 +1,113 @@
+//! A user's notifications (mentions): listing, adding and marking read.
+
+use proto::chat::v1::Notification;
+use sqlx::{Any, Row, Transaction};
+use tracing::Instrument;
+
+use super::Store;
+use crate::error::ChatError;
+
+impl Store {
+    /// A user's notifications, newest first.
+    pub(crate) async fn notifications(
+        &self,
+        user_id: &str,
+        unread_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Notification>, ChatError> {
+        async {
+            let filter = if unread_only {
+                " AND read_at IS NULL"
+            } else {
+                ""
+            };
+            let rows = sqlx::query(&format!(
+                "SELECT id, user_id, kind, room_id, message_id, body, created_at, read_at \
+                 FROM notifications WHERE user_id = $1{filter} \
+                 ORDER BY created_at DESC, id DESC LIMIT $2"
+            ))
+            .bind(user_id.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Notification {
+                        id: r.try_get("id")?,
+                        kind: r.try_get("kind")?,
+                        room_id: r.try_get("room_id")?,
+                        message_id: r.try_get("message_id")?,
+                        json: r.try_get("body")?,
+                        created_at: r.try_get("created_at")?,
+                        read: r.try_get::<Option<i64>, _>("read_at")?.is_some(),
+                        user_id: r.try_get("user_id")?,
+                    })
+                })
+                .collect()
+        }
+        .instrument(self.span("sql SELECT notifications"))
+        .await
+    }
+
+    /// Stores one notification on its own (not caused by a message).
+    pub(crate) async fn add_notification(
+        &self,
+        notification: &Notification,
+    ) -> Result<(), ChatError> {
+        async {
+            let mut tx = self.reader.begin().await?;
+            insert_notification(&mut tx, notification).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .instrument(self.span("sql INSERT notifications"))
+        .await
+    }
+
+    /// Marks some of a user's notifications read (others' ids are ignored).
+    pub(crate) async fn read_notifications(
+        &self,
+        user_id: &str,
+        ids: &[String],
+    ) -> Result<(), ChatError> {
+        async {
+            let mut tx = self.reader.begin().await?;
+            let now = common::ids::now_ms();
+            for id in ids {
+                sqlx::query(
+                    "UPDATE notifications SET read_at = $1 \
+                     WHERE id = $2 AND user_id = $3 AND read_at IS NULL",
+                )
+                .bind(now)
+                .bind(id.clone())
+                .bind(user_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .instrument(self.span("sql UPDATE notifications"))
+        .await
+    }
+}
+
+pub(super) async fn insert_notification(
+    tx: &mut Transaction<'_, Any>,
+    n: &Notification,
+) -> Result<(), ChatError> {
+    sqlx::query(
+        "INSERT INTO notifications (id, user_id, kind, room_id, message_id, body, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(n.id.clone())
+    .bind(n.user_id.clone())
+    .bind(n.kind.clone())
+    .bind(n.room_id.clone())
+    .bind(n.message_id.clone())
+    .bind(n.json.clone())
+    .bind(n.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

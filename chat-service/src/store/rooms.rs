@@ -1,0 +1,306 @@
+//! Rooms and their members: reading, creating, joining and leaving rooms,
+//! and the `member.joined` / `member.left` log events.
+
+use proto::chat::v1::{Room, RoomEvent, User};
+use serde_json::json;
+use sqlx::{Any, AnyConnection, Connection, Row, Transaction};
+use tracing::Instrument;
+
+use super::rows::{ROOM_COLUMNS, room_from};
+use super::{Bind, NewRoom, Store, bind_all, insert_event, next_seq};
+use crate::error::ChatError;
+
+impl Store {
+    /// A room by id.
+    pub(crate) async fn room(&self, room_id: &str) -> Result<Option<Room>, ChatError> {
+        async {
+            let sql = format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE id = $1");
+            let row = sqlx::query(&sql)
+                .bind(room_id.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+            row.as_ref().map(room_from).transpose()
+        }
+        .instrument(self.span("sql SELECT rooms"))
+        .await
+    }
+
+    /// A room and the role `user_id` has in it (if a member), in one query.
+    pub(crate) async fn room_and_role(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Option<(Room, Option<String>)>, ChatError> {
+        async {
+            let row = sqlx::query(
+                "SELECT r.id, r.name, r.visibility, r.owner_id, r.last_seq, r.created_at, m.role \
+                 FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.user_id = $2 \
+                 WHERE r.id = $1",
+            )
+            .bind(room_id.to_string())
+            .bind(user_id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+            row.map(|row| Ok((room_from(&row)?, row.try_get::<Option<String>, _>("role")?)))
+                .transpose()
+        }
+        .instrument(self.span("sql SELECT rooms"))
+        .await
+    }
+
+    /// The direct room of a sorted user pair.
+    pub(crate) async fn direct_room(&self, key: &str) -> Result<Option<Room>, ChatError> {
+        async {
+            let sql = format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE direct_key = $1");
+            let row = sqlx::query(&sql)
+                .bind(key.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+            row.as_ref().map(room_from).transpose()
+        }
+        .instrument(self.span("sql SELECT rooms"))
+        .await
+    }
+
+    /// Creates a room with its owner and members, logging `member.joined`
+    /// for each. A taken public name or direct pair is a `Conflict`.
+    pub(crate) async fn create_room(
+        &self,
+        conn: &mut AnyConnection,
+        new: NewRoom,
+    ) -> Result<(Room, Vec<RoomEvent>), ChatError> {
+        async {
+            let mut members = vec![new.owner.clone()];
+            members.extend(new.members.iter().cloned());
+            let mut tx = conn.begin().await?;
+            let room = Room {
+                id: new.id.clone(),
+                name: new.name.clone(),
+                visibility: new.visibility as i32,
+                owner_id: new.owner.id.clone(),
+                last_seq: members.len() as i64,
+                created_at: new.created_at,
+                unread: 0,
+            };
+            sqlx::query(
+                "INSERT INTO rooms (id, name, visibility, owner_id, last_seq, direct_key, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(room.id.clone())
+            .bind(room.name.clone())
+            .bind(proto::json::visibility_name(room.visibility).to_string())
+            .bind(room.owner_id.clone())
+            .bind(room.last_seq)
+            .bind(new.direct_key.clone())
+            .bind(room.created_at)
+            .execute(&mut *tx)
+            .await?;
+            let mut events = Vec::with_capacity(members.len());
+            for (index, user) in members.iter().enumerate() {
+                let role = if index == 0 { "owner" } else { "member" };
+                insert_member(&mut tx, &room.id, user, role, new.created_at).await?;
+                let event = member_event("member.joined", &room.id, index as i64 + 1, user);
+                insert_event(&mut tx, &event, None, new.created_at).await?;
+                events.push(event);
+            }
+            tx.commit().await?;
+            Ok((room, events))
+        }
+        .instrument(self.span("sql INSERT rooms"))
+        .await
+    }
+
+    /// Adds `user` to the room and logs `member.joined`; `None` when already a member.
+    pub(crate) async fn add_member(
+        &self,
+        conn: &mut AnyConnection,
+        room_id: &str,
+        user: &User,
+    ) -> Result<Option<RoomEvent>, ChatError> {
+        async {
+            let mut tx = conn.begin().await?;
+            let seq = next_seq(&mut tx, room_id).await?;
+            if member_exists(&mut tx, room_id, &user.id).await? {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let now = common::ids::now_ms();
+            insert_member(&mut tx, room_id, user, "member", now).await?;
+            let event = member_event("member.joined", room_id, seq, user);
+            insert_event(&mut tx, &event, None, now).await?;
+            tx.commit().await?;
+            Ok(Some(event))
+        }
+        .instrument(self.span("sql INSERT members"))
+        .await
+    }
+
+    /// Removes `user` from the room and logs `member.left`; `None` when not a member.
+    pub(crate) async fn remove_member(
+        &self,
+        conn: &mut AnyConnection,
+        room_id: &str,
+        user: &User,
+    ) -> Result<Option<RoomEvent>, ChatError> {
+        async {
+            let mut tx = conn.begin().await?;
+            let seq = next_seq(&mut tx, room_id).await?;
+            let removed = sqlx::query(
+                "DELETE FROM members WHERE room_id = $1 AND user_id = $2 RETURNING user_name",
+            )
+            .bind(room_id.to_string())
+            .bind(user.id.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(removed) = removed else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            // Named as they joined, whoever removes them.
+            let user = User {
+                id: user.id.clone(),
+                name: removed.try_get("user_name")?,
+            };
+            let event = member_event("member.left", room_id, seq, &user);
+            insert_event(&mut tx, &event, None, common::ids::now_ms()).await?;
+            tx.commit().await?;
+            Ok(Some(event))
+        }
+        .instrument(self.span("sql DELETE members"))
+        .await
+    }
+
+    /// The rooms `user_id` is a member of, with the messages from others
+    /// after their read mark as `unread`.
+    pub(crate) async fn rooms_of(&self, user_id: &str, limit: u32) -> Result<Vec<Room>, ChatError> {
+        async {
+            let rows = sqlx::query(
+                "SELECT r.id, r.name, r.visibility, r.owner_id, r.last_seq, r.created_at, \
+                   (SELECT COUNT(*) FROM messages m \
+                     WHERE m.room_id = r.id AND m.seq > mem.read_seq \
+                       AND m.sender_id <> mem.user_id AND m.deleted_at IS NULL) AS unread \
+                 FROM members mem JOIN rooms r ON r.id = mem.room_id \
+                 WHERE mem.user_id = $1 ORDER BY r.created_at, r.id LIMIT $2",
+            )
+            .bind(user_id.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let mut room = room_from(row)?;
+                    room.unread = row.try_get::<i64, _>("unread")?;
+                    Ok(room)
+                })
+                .collect()
+        }
+        .instrument(self.span("sql SELECT rooms"))
+        .await
+    }
+
+    /// Up to `limit` members of a room, with the names they joined under.
+    pub(crate) async fn members(&self, room_id: &str, limit: u32) -> Result<Vec<User>, ChatError> {
+        async {
+            let rows = sqlx::query(
+                "SELECT user_id, user_name FROM members WHERE room_id = $1 \
+                 ORDER BY joined_at, user_id LIMIT $2",
+            )
+            .bind(room_id.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(User {
+                        id: r.try_get("user_id")?,
+                        name: r.try_get("user_name")?,
+                    })
+                })
+                .collect()
+        }
+        .instrument(self.span("sql SELECT members"))
+        .await
+    }
+
+    /// Rooms newest first, optionally only `user_id`'s, before the room id
+    /// `before` (ids are time-ordered).
+    pub(crate) async fn all_rooms(
+        &self,
+        user_id: Option<&str>,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Room>, ChatError> {
+        async {
+            let mut sql = format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE 1 = 1");
+            let mut binds = Vec::new();
+            if let Some(user) = user_id {
+                binds.push(Bind::Text(user.to_string()));
+                sql.push_str(&format!(
+                    " AND id IN (SELECT room_id FROM members WHERE user_id = ${})",
+                    binds.len()
+                ));
+            }
+            if let Some(before) = before {
+                binds.push(Bind::Text(before.to_string()));
+                sql.push_str(&format!(" AND id < ${}", binds.len()));
+            }
+            binds.push(Bind::Int(i64::from(limit)));
+            sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", binds.len()));
+            let rows = bind_all(sqlx::query(&sql), binds)
+                .fetch_all(&self.reader)
+                .await?;
+            rows.iter().map(room_from).collect()
+        }
+        .instrument(self.span("sql SELECT rooms"))
+        .await
+    }
+}
+
+async fn member_exists(
+    tx: &mut Transaction<'_, Any>,
+    room_id: &str,
+    user_id: &str,
+) -> Result<bool, ChatError> {
+    let row = sqlx::query("SELECT user_id FROM members WHERE room_id = $1 AND user_id = $2")
+        .bind(room_id.to_string())
+        .bind(user_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.is_some())
+}
+
+async fn insert_member(
+    tx: &mut Transaction<'_, Any>,
+    room_id: &str,
+    user: &User,
+    role: &str,
+    now: i64,
+) -> Result<(), ChatError> {
+    sqlx::query(
+        "INSERT INTO members (room_id, user_id, user_name, role, joined_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(room_id.to_string())
+    .bind(user.id.clone())
+    .bind(user.name.clone())
+    .bind(role.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A `member.joined` / `member.left` log event.
+fn member_event(kind: &str, room_id: &str, seq: i64, user: &User) -> RoomEvent {
+    RoomEvent {
+        room_id: room_id.to_string(),
+        seq,
+        kind: kind.to_string(),
+        json: json!({
+            "type": kind,
+            "room": room_id,
+            "seq": seq,
+            "user": {"id": user.id, "name": user.name},
+        })
+        .to_string(),
+    }
+}

@@ -1,0 +1,58 @@
+//! Row mapping: the columns selected for rooms and messages, and building
+//! a `Room` or `Message` from a row.
+
+use proto::chat::v1::{Message, Room, User, Visibility};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::error::ChatError;
+
+pub(super) const ROOM_COLUMNS: &str = "id, name, visibility, owner_id, last_seq, created_at";
+
+pub(super) const MESSAGE_COLUMNS: &str = "id, room_id, seq, sender_id, sender_name, text, thread_id, \
+                               metadata, client_msg_id, created_at, edited_at, deleted_at";
+
+pub(super) fn room_from(row: &AnyRow) -> Result<Room, ChatError> {
+    let visibility: String = row.try_get("visibility")?;
+    Ok(Room {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        visibility: proto::json::parse_visibility(&visibility).unwrap_or(Visibility::Unspecified)
+            as i32,
+        owner_id: row.try_get("owner_id")?,
+        last_seq: row.try_get("last_seq")?,
+        created_at: row.try_get("created_at")?,
+        unread: 0,
+    })
+}
+
+pub(super) fn message_from(row: &AnyRow) -> Result<Message, ChatError> {
+    let deleted_at: Option<i64> = row.try_get("deleted_at")?;
+    let deleted = deleted_at.is_some();
+    Ok(Message {
+        id: row.try_get("id")?,
+        room_id: row.try_get("room_id")?,
+        seq: row.try_get("seq")?,
+        sender: Some(User {
+            id: row.try_get("sender_id")?,
+            name: row.try_get("sender_name")?,
+        }),
+        // A deleted message is a tombstone: its content is gone.
+        text: if deleted {
+            String::new()
+        } else {
+            row.try_get("text")?
+        },
+        thread_id: row.try_get("thread_id")?,
+        created_at: row.try_get("created_at")?,
+        edited_at: row.try_get("edited_at")?,
+        deleted,
+        client_msg_id: row.try_get("client_msg_id")?,
+        metadata_json: if deleted {
+            String::new()
+        } else {
+            row.try_get("metadata")?
+        },
+        reactions: Vec::new(),
+    })
+}
