@@ -13,7 +13,8 @@ use proto::chat::v1::{
     GetRoomResponse, ListRoomsResponse, Notification, PostMessageRequest, PublishEventRequest,
     PublishEventResponse, SendMessageRequest, SendMessageResponse, User,
 };
-use serde_json::{Value, json};
+use protocol::{CustomEvent, NotificationKind, NotificationNew, ServerFrame};
+use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use crate::error::ChatError;
@@ -87,11 +88,12 @@ fn custom_event(room: Option<&str>, event: &str, data_json: &str) -> Result<Stri
         serde_json::from_str(data_json)
             .map_err(|_| ChatError::BadRequest("data_json is not JSON".into()))?
     };
-    let mut event = json!({"type": "custom", "event": event, "data": data});
-    if let Some(room) = room {
-        event["room"] = json!(room);
-    }
-    Ok(event.to_string())
+    let event = ServerFrame::Custom(CustomEvent {
+        room: room.map(str::to_string),
+        event: event.to_string(),
+        data,
+    });
+    Ok(event.to_json())
 }
 
 /// A notification a backend asked for: its client JSON is `data` plus the
@@ -117,10 +119,10 @@ fn backend_notification(request: CreateNotificationRequest) -> Result<Notificati
             "data is larger than {MAX_CUSTOM_DATA_BYTES} bytes"
         )));
     }
-    let mut body = match request.data_json.as_str() {
-        "" => json!({}),
+    let mut details = match request.data_json.as_str() {
+        "" => serde_json::Map::new(),
         data => match serde_json::from_str(data) {
-            Ok(value @ Value::Object(_)) => value,
+            Ok(Value::Object(map)) => map,
             _ => {
                 return Err(ChatError::BadRequest(
                     "data_json must be a JSON object".into(),
@@ -130,18 +132,24 @@ fn backend_notification(request: CreateNotificationRequest) -> Result<Notificati
     };
     let id = common::ids::new_id("n");
     let created_at = common::ids::now_ms();
-    body["id"] = json!(id);
-    body["kind"] = json!(request.kind);
-    body["created_at"] = json!(created_at);
-    if !request.room_id.is_empty() {
-        body["room"] = json!(request.room_id);
+    // The service's own fields win over same-named ones in `data`.
+    for owned in ["id", "kind", "room", "created_at", "read"] {
+        details.remove(owned);
     }
+    let json = protocol::Notification::new(
+        id.clone(),
+        NotificationKind::Other(request.kind.clone()),
+        Some(request.room_id.clone()),
+        created_at,
+        details,
+    )
+    .to_json();
     Ok(Notification {
         id,
         kind: request.kind,
         room_id: request.room_id,
         message_id: None,
-        json: body.to_string(),
+        json,
         created_at,
         read: false,
         user_id: request.user_id,
@@ -156,11 +164,8 @@ impl ChatBackendService for BackendHandler {
     ) -> Result<Response<CreateNotificationResponse>, Status> {
         let notification = backend_notification(request.into_inner())?;
         self.chat.store.add_notification(&notification).await?;
-        let event = json!({
-            "type": "notification.new",
-            "notification": proto::json::notification(&notification),
-        });
-        let envelope = envelope("", 0, "notification.new", event.to_string());
+        let event = NotificationNew::frame(&notification);
+        let envelope = envelope("", 0, event.kind(), event.to_json());
         // Stored is what counts; a lost event is found by notification.list.
         if let Err(error) = self
             .chat
@@ -274,6 +279,8 @@ impl ChatBackendService for BackendHandler {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

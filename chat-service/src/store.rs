@@ -17,7 +17,8 @@ mod rows;
 
 use std::time::Duration;
 
-use proto::chat::v1::{RoomEvent, User, Visibility};
+use proto::chat::v1::{Message, RoomEvent, User, Visibility};
+use protocol::{MessageEvent, ServerFrame};
 use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Row, Transaction};
@@ -222,6 +223,32 @@ async fn insert_event(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// A room-log event: the frame clients get, stored as its JSON.
+fn log_event(frame: ServerFrame) -> RoomEvent {
+    let (room_id, seq) = match &frame {
+        ServerFrame::MessageNew(e) | ServerFrame::MessageUpdated(e) => (e.room.clone(), e.seq),
+        ServerFrame::MessageDeleted(e) => (e.room.clone(), e.seq),
+        ServerFrame::ReactionAdded(e) | ServerFrame::ReactionRemoved(e) => (e.room.clone(), e.seq),
+        ServerFrame::MemberJoined(e) | ServerFrame::MemberLeft(e) => (e.room.clone(), e.seq),
+        _ => (String::new(), 0),
+    };
+    RoomEvent {
+        room_id,
+        seq,
+        kind: frame.kind().to_string(),
+        json: frame.to_json(),
+    }
+}
+
+/// The `message.new` event of a stored message.
+fn message_new(message: &Message) -> RoomEvent {
+    log_event(ServerFrame::MessageNew(MessageEvent {
+        room: message.room_id.clone(),
+        seq: message.seq,
+        message: protocol::Message::from(message),
+    }))
 }
 
 fn bind_all<'q>(

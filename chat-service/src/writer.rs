@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use common::bus::{Bus, envelope, room_channel, user_channel};
 use proto::chat::v1::{Message, Notification, Room, RoomEvent, User};
+use protocol::NotificationNew;
 use sqlx::{AnyConnection, Connection};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -331,11 +332,8 @@ async fn publish(bus: &dyn Bus, applied: &Applied) {
         }
     }
     for notification in &applied.notifications {
-        let event = serde_json::json!({
-            "type": "notification.new",
-            "notification": proto::json::notification(notification),
-        });
-        let envelope = envelope("", 0, "notification.new", event.to_string());
+        let event = NotificationNew::frame(notification);
+        let envelope = envelope("", 0, event.kind(), event.to_json());
         if let Err(error) = bus
             .publish(&user_channel(&notification.user_id), &envelope)
             .await

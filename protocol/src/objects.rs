@@ -66,6 +66,16 @@ impl Visibility {
         }
     }
 
+    /// The protocol's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Private => "private",
+            Visibility::Direct => "direct",
+            Visibility::Unspecified => "unspecified",
+        }
+    }
+
     /// The gRPC contract's value.
     pub fn to_proto(self) -> chat::Visibility {
         match self {

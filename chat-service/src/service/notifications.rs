@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use proto::chat::v1::{Message, Notification};
+use protocol::{NotificationKind, UserRef};
 
 use super::ChatHandler;
 use crate::error::ChatError;
@@ -31,21 +32,26 @@ impl ChatHandler {
             }
             let id = common::ids::new_id("n");
             let excerpt: String = message.text.chars().take(MENTION_EXCERPT_CHARS).collect();
-            let json = serde_json::json!({
-                "id": id,
-                "kind": "mention",
-                "room": message.room_id,
-                "message_id": message.id,
-                "from": {"id": sender.id, "name": sender.name},
-                "text": excerpt,
-                "created_at": message.created_at,
-            });
+            let mut details = serde_json::Map::new();
+            details.insert("message_id".into(), message.id.clone().into());
+            let from =
+                serde_json::to_value(UserRef::new(&sender.id, &sender.name)).unwrap_or_default();
+            details.insert("from".into(), from);
+            details.insert("text".into(), excerpt.into());
+            let json = protocol::Notification::new(
+                id.clone(),
+                NotificationKind::Mention,
+                Some(message.room_id.clone()),
+                message.created_at,
+                details,
+            )
+            .to_json();
             notifications.push(Notification {
                 id,
                 kind: "mention".into(),
                 room_id: message.room_id.clone(),
                 message_id: Some(message.id.clone()),
-                json: json.to_string(),
+                json,
                 created_at: message.created_at,
                 read: false,
                 user_id: member.id,

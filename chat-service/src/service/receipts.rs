@@ -3,6 +3,7 @@
 use common::bus::{envelope, room_channel, user_channel};
 use common::grpc::Actor;
 use proto::chat::v1::{MarkReceiptRequest, ReceiptKind};
+use protocol::{ReceiptEvent, ServerFrame};
 
 use super::ChatHandler;
 use crate::error::ChatError;
@@ -33,22 +34,19 @@ impl ChatHandler {
             .await?
             .ok_or_else(|| ChatError::Forbidden("join the room first".into()))?;
         if moved {
-            let kind_name = if kind == ReceiptKind::Read {
-                "read"
-            } else {
-                "delivered"
-            };
-            let event = serde_json::json!({
-                "type": "receipt",
-                "room": room.id,
-                "user": actor.user_id,
-                "kind": kind_name,
-                "seq": mark,
-            })
-            .to_string();
+            let event = ServerFrame::Receipt(ReceiptEvent {
+                room: room.id.clone(),
+                user: actor.user_id.clone(),
+                kind: if kind == ReceiptKind::Read {
+                    protocol::ReceiptKind::Read
+                } else {
+                    protocol::ReceiptKind::Delivered
+                },
+                seq: mark,
+            });
             // The room's members see it, and so do all of the user's own
             // devices (edges skip the copy for devices that joined the room).
-            let envelope = envelope(&room.id, 0, "receipt", event);
+            let envelope = envelope(&room.id, 0, event.kind(), event.to_json());
             for channel in [room_channel(&room.id), user_channel(&actor.user_id)] {
                 if let Err(error) = self.bus.publish(&channel, &envelope).await {
                     tracing::warn!(%error, "cannot publish receipt");

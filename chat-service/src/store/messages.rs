@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use proto::chat::v1::{Message, Notification, RoomEvent};
+use protocol::{MessageDeleted, MessageEvent, ServerFrame};
 use serde_json::json;
 use sqlx::{Any, AnyConnection, Connection, Row, Transaction};
 use tracing::Instrument;
@@ -11,7 +12,9 @@ use tracing::Instrument;
 use super::notifications::insert_notification;
 use super::reactions::reactions_of;
 use super::rows::{MESSAGE_COLUMNS, message_from};
-use super::{Bind, HistoryQuery, Params, Store, bind_all, insert_event, next_seq};
+use super::{
+    Bind, HistoryQuery, Params, Store, bind_all, insert_event, log_event, message_new, next_seq,
+};
 use crate::error::ChatError;
 
 impl Store {
@@ -96,12 +99,7 @@ impl Store {
             .bind(message.created_at)
             .execute(&mut *tx)
             .await?;
-            let event = RoomEvent {
-                room_id: message.room_id.clone(),
-                seq: message.seq,
-                kind: "message.new".into(),
-                json: proto::json::message_new_event(&message).to_string(),
-            };
+            let event = message_new(&message);
             insert_event(&mut tx, &event, Some(&message.id), message.created_at).await?;
             for notification in notifications {
                 insert_notification(&mut tx, notification).await?;
@@ -152,12 +150,7 @@ impl Store {
                     .ok_or(ChatError::NotFound("room"))?;
                 message.seq = *seq;
                 *seq += 1;
-                let event = RoomEvent {
-                    room_id: message.room_id.clone(),
-                    seq: message.seq,
-                    kind: "message.new".into(),
-                    json: proto::json::message_new_event(&message).to_string(),
-                };
+                let event = message_new(&message);
                 stored.push((message, event));
             }
             for chunk in stored.chunks(BULK_ROWS) {
@@ -267,18 +260,11 @@ impl Store {
                 .await?
                 .remove(&message.id)
                 .unwrap_or_default();
-            let event = RoomEvent {
-                room_id: room_id.to_string(),
+            let event = log_event(ServerFrame::MessageUpdated(MessageEvent {
+                room: room_id.to_string(),
                 seq,
-                kind: "message.updated".into(),
-                json: json!({
-                    "type": "message.updated",
-                    "room": room_id,
-                    "seq": seq,
-                    "message": proto::json::message(&message),
-                })
-                .to_string(),
-            };
+                message: protocol::Message::from(&message),
+            }));
             insert_event(&mut tx, &event, Some(message_id), now).await?;
             tx.commit().await?;
             Ok((message, event))
@@ -318,18 +304,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             redact(&mut tx, room_id, message_id).await?;
-            let event = RoomEvent {
-                room_id: room_id.to_string(),
+            let event = log_event(ServerFrame::MessageDeleted(MessageDeleted {
+                room: room_id.to_string(),
                 seq,
-                kind: "message.deleted".into(),
-                json: json!({
-                    "type": "message.deleted",
-                    "room": room_id,
-                    "seq": seq,
-                    "message_id": message_id,
-                })
-                .to_string(),
-            };
+                message_id: message_id.to_string(),
+            }));
             insert_event(&mut tx, &event, Some(message_id), now).await?;
             tx.commit().await?;
             Ok(Some(event))
@@ -456,7 +435,7 @@ async fn redact(
     room_id: &str,
     message_id: &str,
 ) -> Result<(), ChatError> {
-    let tombstone = proto::json::message(&message_in(tx, room_id, message_id).await?);
+    let tombstone = protocol::Message::from(&message_in(tx, room_id, message_id).await?);
     let rows = sqlx::query(
         "SELECT seq, kind FROM room_events WHERE room_id = $1 AND message_id = $2 \
          AND kind IN ('message.new', 'message.updated')",
@@ -468,9 +447,18 @@ async fn redact(
     for row in &rows {
         let seq: i64 = row.try_get("seq")?;
         let kind: String = row.try_get("kind")?;
-        let body = json!({"type": kind, "room": room_id, "seq": seq, "message": tombstone});
+        let event = MessageEvent {
+            room: room_id.to_string(),
+            seq,
+            message: tombstone.clone(),
+        };
+        let body = if kind == "message.updated" {
+            ServerFrame::MessageUpdated(event)
+        } else {
+            ServerFrame::MessageNew(event)
+        };
         sqlx::query("UPDATE room_events SET body = $1 WHERE room_id = $2 AND seq = $3")
-            .bind(body.to_string())
+            .bind(body.to_json())
             .bind(room_id.to_string())
             .bind(seq)
             .execute(&mut **tx)

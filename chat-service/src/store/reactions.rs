@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 
 use proto::chat::v1::{Reaction, RoomEvent, User};
-use serde_json::json;
+use protocol::{ReactionEvent, ServerFrame, UserRef};
 use sqlx::{Any, AnyConnection, Connection, Row};
 use tracing::Instrument;
 
-use super::{Bind, Store, bind_all, insert_event, next_seq};
+use super::{Bind, Store, bind_all, insert_event, log_event, next_seq};
 use crate::error::ChatError;
 
 impl Store {
@@ -67,7 +67,7 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(None);
             }
-            let event = reaction_event("reaction.added", room_id, seq, message_id, emoji, user);
+            let event = reaction_event(true, room_id, seq, message_id, emoji, user);
             insert_event(&mut tx, &event, Some(message_id), now).await?;
             tx.commit().await?;
             Ok(Some(event))
@@ -104,7 +104,7 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(None);
             }
-            let event = reaction_event("reaction.removed", room_id, seq, message_id, emoji, user);
+            let event = reaction_event(false, room_id, seq, message_id, emoji, user);
             insert_event(&mut tx, &event, Some(message_id), common::ids::now_ms()).await?;
             tx.commit().await?;
             Ok(Some(event))
@@ -158,25 +158,23 @@ where
 
 /// A `reaction.added` / `reaction.removed` log event.
 fn reaction_event(
-    kind: &str,
+    added: bool,
     room_id: &str,
     seq: i64,
     message_id: &str,
     emoji: &str,
     user: &User,
 ) -> RoomEvent {
-    RoomEvent {
-        room_id: room_id.to_string(),
+    let event = ReactionEvent {
+        room: room_id.to_string(),
         seq,
-        kind: kind.to_string(),
-        json: json!({
-            "type": kind,
-            "room": room_id,
-            "seq": seq,
-            "message_id": message_id,
-            "emoji": emoji,
-            "user": {"id": user.id, "name": user.name},
-        })
-        .to_string(),
-    }
+        message_id: message_id.to_string(),
+        emoji: emoji.to_string(),
+        user: UserRef::new(&user.id, &user.name),
+    };
+    log_event(if added {
+        ServerFrame::ReactionAdded(event)
+    } else {
+        ServerFrame::ReactionRemoved(event)
+    })
 }

@@ -2,12 +2,12 @@
 //! and the `member.joined` / `member.left` log events.
 
 use proto::chat::v1::{Room, RoomEvent, User};
-use serde_json::json;
+use protocol::{MemberEvent, ServerFrame, UserRef};
 use sqlx::{Any, AnyConnection, Connection, Row, Transaction};
 use tracing::Instrument;
 
 use super::rows::{ROOM_COLUMNS, room_from};
-use super::{Bind, NewRoom, Store, bind_all, insert_event, next_seq};
+use super::{Bind, NewRoom, Store, bind_all, insert_event, log_event, next_seq};
 use crate::error::ChatError;
 
 impl Store {
@@ -88,7 +88,7 @@ impl Store {
             )
             .bind(room.id.clone())
             .bind(room.name.clone())
-            .bind(proto::json::visibility_name(room.visibility).to_string())
+            .bind(protocol::Visibility::from_proto(room.visibility).as_str())
             .bind(room.owner_id.clone())
             .bind(room.last_seq)
             .bind(new.direct_key.clone())
@@ -99,7 +99,7 @@ impl Store {
             for (index, user) in members.iter().enumerate() {
                 let role = if index == 0 { "owner" } else { "member" };
                 insert_member(&mut tx, &room.id, user, role, new.created_at).await?;
-                let event = member_event("member.joined", &room.id, index as i64 + 1, user);
+                let event = member_event(true, &room.id, index as i64 + 1, user);
                 insert_event(&mut tx, &event, None, new.created_at).await?;
                 events.push(event);
             }
@@ -126,7 +126,7 @@ impl Store {
             }
             let now = common::ids::now_ms();
             insert_member(&mut tx, room_id, user, "member", now).await?;
-            let event = member_event("member.joined", room_id, seq, user);
+            let event = member_event(true, room_id, seq, user);
             insert_event(&mut tx, &event, None, now).await?;
             tx.commit().await?;
             Ok(Some(event))
@@ -161,7 +161,7 @@ impl Store {
                 id: user.id.clone(),
                 name: removed.try_get("user_name")?,
             };
-            let event = member_event("member.left", room_id, seq, &user);
+            let event = member_event(false, room_id, seq, &user);
             insert_event(&mut tx, &event, None, common::ids::now_ms()).await?;
             tx.commit().await?;
             Ok(Some(event))
@@ -290,17 +290,15 @@ async fn insert_member(
 }
 
 /// A `member.joined` / `member.left` log event.
-fn member_event(kind: &str, room_id: &str, seq: i64, user: &User) -> RoomEvent {
-    RoomEvent {
-        room_id: room_id.to_string(),
+fn member_event(joined: bool, room_id: &str, seq: i64, user: &User) -> RoomEvent {
+    let event = MemberEvent {
+        room: room_id.to_string(),
         seq,
-        kind: kind.to_string(),
-        json: json!({
-            "type": kind,
-            "room": room_id,
-            "seq": seq,
-            "user": {"id": user.id, "name": user.name},
-        })
-        .to_string(),
-    }
+        user: UserRef::new(&user.id, &user.name),
+    };
+    log_event(if joined {
+        ServerFrame::MemberJoined(event)
+    } else {
+        ServerFrame::MemberLeft(event)
+    })
 }

@@ -17,7 +17,8 @@ pub(super) fn room_from(row: &AnyRow) -> Result<Room, ChatError> {
     Ok(Room {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
-        visibility: proto::json::parse_visibility(&visibility).unwrap_or(Visibility::Unspecified)
+        visibility: protocol::Visibility::parse(&visibility)
+            .map_or(Visibility::Unspecified, protocol::Visibility::to_proto)
             as i32,
         owner_id: row.try_get("owner_id")?,
         last_seq: row.try_get("last_seq")?,
