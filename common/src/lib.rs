@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod cidr;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod error;
 pub mod grpc;
