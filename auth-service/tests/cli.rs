@@ -6,15 +6,12 @@ use std::process::Command;
 
 #[test]
 fn an_unusable_verification_key_exits_64_naming_it() {
-    let dir = std::env::temp_dir().join(common::ids::new_id("parley-auth-cli"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("parley.toml");
-    std::fs::write(
-        &path,
-        "[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"RS256\"]\n\
-         public_key = \"-----BEGIN PUBLIC KEY-----\\nbm90IGEga2V5\\n-----END PUBLIC KEY-----\\n\"\n",
-    )
-    .expect("write");
+    // Passes config validation (one key, one algorithm); only parsing the
+    // key finds that it is not one.
+    let path = std::env::temp_dir().join(format!("{}.toml", common::ids::new_id("auth-cli")));
+    let toml =
+        "[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"ES256\"]\npublic_key = \"not a key\"\n";
+    std::fs::write(&path, toml).expect("write config");
     let output = Command::new(env!("CARGO_BIN_EXE_parley-auth"))
         .env_remove("PARLEY_CONFIG")
         .arg("--config")
@@ -25,7 +22,7 @@ fn an_unusable_verification_key_exits_64_naming_it() {
         .env("PARLEY_SERVICES_CREDENTIAL", "c".repeat(32))
         .output()
         .expect("run parley-auth");
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&path);
     assert_eq!(output.status.code(), Some(64), "{output:?}");
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(
