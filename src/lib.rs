@@ -352,7 +352,10 @@ mod tests {
         let config = one_process_config(Config::default(), &addrs());
         assert_eq!(config.services.chat_url, "http://127.0.0.1:3");
         assert_eq!(config.services.presence_url, "http://127.0.0.1:5");
-        assert_eq!(config.services.credential.expose().len(), 32);
+        assert!(
+            config.services.credential.expose().len() >= 32,
+            "a usable credential"
+        );
         let clients = Clients::from_config(&config).expect("valid");
         assert_eq!(
             clients.endpoint(Link::AiToChat).uri().to_string(),
