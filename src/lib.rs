@@ -10,15 +10,11 @@ use std::time::Duration;
 
 use common::Secret;
 use common::bus::Bus;
+use common::cli::{BindError, Failure};
+use common::clients::Clients;
 use common::config::Config;
-use common::grpc::{ClientSettings, channel};
 use common::shutdown::Shutdown;
-use edge::{Backends, EdgeApp};
-use proto::ai::v1::ai_service_client::AiServiceClient;
-use proto::auth::v1::auth_service_client::AuthServiceClient;
-use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
-use proto::chat::v1::chat_service_client::ChatServiceClient;
-use proto::presence::v1::presence_service_client::PresenceServiceClient;
+use edge::EdgeApp;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -39,11 +35,7 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the configured addresses; the error names the address.
     pub async fn bind(config: &Config) -> Result<Self, SuiteError> {
-        async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, SuiteError> {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| SuiteError::Bind { key, addr, source })
-        }
+        use common::cli::bind;
         Ok(Self {
             edge: bind("edge.listen", config.edge.listen).await?,
             auth: bind("auth.listen", config.auth.listen).await?,
@@ -78,12 +70,8 @@ pub struct Addrs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SuiteError {
-    #[error("cannot listen on {addr} (key `{key}`): {source}")]
-    Bind {
-        key: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     /// A configured value only a component could check (e.g. a PEM key).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -92,6 +80,17 @@ pub enum SuiteError {
         component: &'static str,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl SuiteError {
+    /// How the `parley` binary ends on this error: exit 64 for a
+    /// configuration only a component could check, 1 for the rest.
+    pub fn into_failure(self) -> Failure {
+        match self {
+            SuiteError::Config(message) => Failure::Config(message),
+            other => other.into(),
+        }
+    }
 }
 
 fn component<E: std::error::Error + Send + Sync + 'static>(
@@ -119,21 +118,14 @@ pub struct Suite {
 
 /// What it takes to (re)build chat-service.
 struct ChatParts {
-    config: common::config::ChatConfig,
+    config: Config,
+    clients: Clients,
     bus: Arc<dyn Bus>,
-    presence: PresenceServiceClient<common::grpc::ServiceChannel>,
-    credential: Secret,
 }
 
 impl ChatParts {
-    async fn connect(&self) -> Result<chat_service::ChatApp, chat_service::ChatError> {
-        chat_service::ChatApp::connect(
-            &self.config,
-            self.bus.clone(),
-            Some(self.presence.clone()),
-            &self.credential,
-        )
-        .await
+    async fn build(&self) -> Result<chat_service::ChatApp, chat_service::ChatError> {
+        chat_service::ChatApp::build(&self.config, &self.clients, self.bus.clone()).await
     }
 }
 
@@ -164,7 +156,7 @@ async fn supervise_chat(
         stop.trigger();
         let _ = serve.await;
         let Some(done) = restart else { return };
-        let (Some(addr), Ok(next)) = (addr, parts.connect().await) else {
+        let (Some(addr), Ok(next)) = (addr, parts.build().await) else {
             tracing::error!("chat-service could not be restarted");
             return;
         };
@@ -180,9 +172,27 @@ async fn supervise_chat(
     }
 }
 
-/// Builds and starts every component on the given listeners.
+/// The configuration the one-process suite runs with: every
+/// `services.*_url` points at the listener the suite bound for that service
+/// (the separate binaries take them from the configuration instead), and an
+/// empty service credential is replaced by a random one. Everything else,
+/// clients and deadlines included, is built from it exactly as the separate
+/// binaries build it from theirs.
+pub fn one_process_config(mut config: Config, addrs: &Addrs) -> Config {
+    config.services.auth_url = format!("http://{}", addrs.auth);
+    config.services.chat_url = format!("http://{}", addrs.chat);
+    config.services.ai_url = format!("http://{}", addrs.ai);
+    config.services.presence_url = format!("http://{}", addrs.presence);
+    if config.services.credential.is_empty() {
+        config.services.credential = Secret::new(common::ids::random_secret(32));
+    }
+    config
+}
+
+/// Builds and starts every component on the given listeners, each through
+/// the same `build` its own binary uses.
 pub async fn start(
-    mut config: Config,
+    config: Config,
     listeners: Listeners,
     tracing: bool,
 ) -> Result<Suite, SuiteError> {
@@ -194,24 +204,13 @@ pub async fn start(
         ai: addr(&listeners.ai)?,
         presence: addr(&listeners.presence)?,
     };
-    // In one process the services are found where they were actually bound.
-    config.services.auth_url = format!("http://{}", addrs.auth);
-    config.services.chat_url = format!("http://{}", addrs.chat);
-    config.services.ai_url = format!("http://{}", addrs.ai);
-    config.services.presence_url = format!("http://{}", addrs.presence);
-    if config.services.credential.is_empty() {
-        config.services.credential = Secret::new(common::ids::random_secret(32));
-    }
+    let config = one_process_config(config, &addrs);
     let credential = config.services.credential.clone();
-    let settings = |timeout_ms: u64| ClientSettings {
-        credential: credential.clone(),
-        connect_timeout: Duration::from_millis(config.services.connect_timeout_ms),
-        timeout: Duration::from_millis(timeout_ms),
-    };
-    let call_timeout = config.edge.call_timeout_ms;
-    let chan = |url: &str, timeout_ms: u64| {
-        channel(url, &settings(timeout_ms)).map_err(component("grpc client"))
-    };
+    // Drift fixed: the suite used to build its own clients here, and gave
+    // ai→chat and presence→chat the edge's `edge.call_timeout_ms` where
+    // `parley-ai` and `parley-presence` used 10 s. Both modes now take every
+    // client and deadline from `Clients::from_config`.
+    let clients = Clients::from_config(&config).map_err(component("grpc client"))?;
 
     let bus = common::bus::connect(&config.bus)
         .await
@@ -219,49 +218,26 @@ pub async fn start(
     let shutdown = Shutdown::new();
     let mut tasks = JoinSet::new();
 
-    let auth = auth_service::AuthApp::connect(&config.auth, &credential, bus.clone())
+    let auth = auth_service::AuthApp::build(&config, bus.clone())
         .await
         .map_err(|e| match e {
             auth_service::AuthError::Config(message) => SuiteError::Config(message),
             other => component("auth")(other),
         })?;
-    let presence = presence_service::PresenceApp::connect(
-        &config.presence,
-        bus.clone(),
-        Some(ChatBackendServiceClient::new(chan(
-            &config.services.chat_url,
-            call_timeout,
-        )?)),
-        &credential,
-    )
-    .await
-    .map_err(component("presence"))?;
-    let chat_parts = ChatParts {
-        config: config.chat.clone(),
-        bus: bus.clone(),
-        presence: PresenceServiceClient::new(chan(&config.services.presence_url, 5_000)?),
-        credential: credential.clone(),
-    };
-    let chat = chat_parts.connect().await.map_err(component("chat"))?;
-    let ai = ai_service::AiApp::new(
-        &config.ai,
-        bus.clone(),
-        chan(&config.services.chat_url, call_timeout)?,
-        &credential,
-    )
-    .map_err(component("ai"))?;
-    let backends = Backends {
-        auth: AuthServiceClient::new(chan(&config.services.auth_url, call_timeout)?),
-        chat: ChatServiceClient::new(chan(&config.services.chat_url, call_timeout)?),
-        chat_backend: ChatBackendServiceClient::new(chan(&config.services.chat_url, call_timeout)?),
-        ai: AiServiceClient::new(chan(&config.services.ai_url, call_timeout)?),
-        presence: PresenceServiceClient::new(chan(&config.services.presence_url, call_timeout)?),
-    };
-    let suite_bus = bus.clone();
-    let edge = EdgeApp::new(&config.edge, backends, bus, tracing, shutdown.signal())
+    let presence = presence_service::PresenceApp::build(&config, &clients, bus.clone())
         .await
-        .map_err(component("edge"))?
-        .with_suite_config(&config);
+        .map_err(component("presence"))?;
+    let chat_parts = ChatParts {
+        config: config.clone(),
+        clients: clients.clone(),
+        bus: bus.clone(),
+    };
+    let chat = chat_parts.build().await.map_err(component("chat"))?;
+    let ai = ai_service::AiApp::build(&config, &clients, bus.clone()).map_err(component("ai"))?;
+    let suite_bus = bus.clone();
+    let edge = EdgeApp::build(&config, &clients, bus, tracing, shutdown.signal())
+        .await
+        .map_err(component("edge"))?;
 
     let Listeners {
         edge: edge_l,
@@ -334,5 +310,56 @@ impl Suite {
     /// Resolves when any component stops on its own (an error).
     pub async fn stopped(&mut self) {
         let _ = self.tasks.join_next().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use common::clients::{AI_TO_CHAT, Link};
+
+    use super::*;
+
+    fn addrs() -> Addrs {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Addrs {
+            edge: at(1),
+            auth: at(2),
+            chat: at(3),
+            ai: at(4),
+            presence: at(5),
+        }
+    }
+
+    #[test]
+    fn both_modes_give_every_link_the_same_deadline() {
+        let mut separate = Config::default();
+        separate.edge.call_timeout_ms = 250;
+        let one_process = one_process_config(separate.clone(), &addrs());
+        let separate = Clients::from_config(&separate).expect("valid");
+        let one_process = Clients::from_config(&one_process).expect("valid");
+        for link in Link::ALL {
+            assert_eq!(
+                separate.deadline(link),
+                one_process.deadline(link),
+                "{link:?}"
+            );
+        }
+        assert_eq!(one_process.deadline(Link::AiToChat), AI_TO_CHAT);
+    }
+
+    #[test]
+    fn in_one_process_the_services_are_reached_where_the_suite_bound_them() {
+        let config = one_process_config(Config::default(), &addrs());
+        assert_eq!(config.services.chat_url, "http://127.0.0.1:3");
+        assert_eq!(config.services.presence_url, "http://127.0.0.1:5");
+        assert!(
+            config.services.credential.expose().len() >= 32,
+            "a usable credential"
+        );
+        let clients = Clients::from_config(&config).expect("valid");
+        assert_eq!(
+            clients.endpoint(Link::AiToChat).uri().to_string(),
+            "http://127.0.0.1:3/"
+        );
     }
 }

@@ -31,16 +31,9 @@ async fn main() -> ExitCode {
         Ok::<(), parley::SuiteError>(())
     }
     .await;
-    telemetry.shutdown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("parley: {e}");
-            if matches!(e, parley::SuiteError::Config(_)) {
-                ExitCode::from(common::cli::EXIT_CONFIG as u8)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
+    common::cli::finish(
+        "parley",
+        telemetry,
+        result.map_err(parley::SuiteError::into_failure),
+    )
 }

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use common::Secret;
 use common::bus::Bus;
-use common::config::{AiConfig, AiFallback, AiProvider};
+use common::clients::{Clients, Link};
+use common::config::{AiConfig, AiFallback, AiProvider, Config};
 use common::grpc::{CredentialCheck, ServiceChannel};
 use common::shutdown::ShutdownSignal;
 use proto::ai::v1::ai_service_server::{AiServiceServer, SERVICE_NAME};
@@ -70,6 +71,19 @@ impl std::fmt::Debug for AiApp {
 }
 
 impl AiApp {
+    /// Builds the service as both the `parley-ai` binary and the
+    /// one-process suite run it: the `[ai]` section, the service
+    /// credential, `bus` for streamed replies, and chat-service through
+    /// `clients`.
+    pub fn build(config: &Config, clients: &Clients, bus: Arc<dyn Bus>) -> Result<AiApp, AiError> {
+        Self::new(
+            &config.ai,
+            bus,
+            clients.channel(Link::AiToChat),
+            &config.services.credential,
+        )
+    }
+
     /// Builds the service: the provider `config` names (with its fallback,
     /// retries and breakers), the bus replies are streamed on, and a channel
     /// to chat-service for storing messages and reading history.

@@ -6,6 +6,17 @@ use common::ErrorCode;
 use common::auth_reason::AuthReason;
 use tonic::Status;
 
+impl AuthError {
+    /// How a binary ends on this error: a key only this service can parse
+    /// is a configuration error (exit 64), like a bad config file.
+    pub fn into_failure(self) -> common::cli::Failure {
+        match self {
+            AuthError::Config(message) => common::cli::Failure::Config(message),
+            other => other.into(),
+        }
+    }
+}
+
 /// Everything that can go wrong in the auth service.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::Secret;
 use common::bus::Bus;
-use common::config::{AuthConfig, Backend};
+use common::config::{AuthConfig, Backend, Config};
 use common::grpc::CredentialCheck;
 use common::shutdown::ShutdownSignal;
 use proto::auth::v1::auth_service_server::{AuthServiceServer, SERVICE_NAME};
@@ -48,6 +48,13 @@ impl std::fmt::Debug for AuthApp {
 }
 
 impl AuthApp {
+    /// Builds the service as both the `parley-auth` binary and the
+    /// one-process suite run it: the `[auth]` section, the service
+    /// credential, and `bus` for revocations and blocks.
+    pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> Result<AuthApp, AuthError> {
+        Self::connect(&config.auth, &config.services.credential, bus).await
+    }
+
     /// Builds the service from its configuration: parses every key (an
     /// unusable one names its config key), connects the store, and
     /// announces revocations and blocks on `bus`. An empty `hs256_secret`

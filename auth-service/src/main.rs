@@ -2,27 +2,25 @@
 
 use std::process::ExitCode;
 
-use auth_service::AuthApp;
+use auth_service::{AuthApp, AuthError};
+use common::cli::Failure;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["auth"], true);
     let result = async {
         let bus = common::bus::connect(&config.bus).await?;
-        let app = match AuthApp::connect(&config.auth, &config.services.credential, bus).await {
-            Ok(app) => app,
-            Err(auth_service::AuthError::Config(message)) => {
-                // A key only this service can parse: a configuration error.
-                eprintln!("invalid configuration: {message}");
-                std::process::exit(common::cli::EXIT_CONFIG);
-            }
-            Err(other) => return Err(other.into()),
-        };
-        let listener = tokio::net::TcpListener::bind(config.auth.listen).await?;
+        // Drift fixed: a key only this service can parse used to end the
+        // process with `std::process::exit(64)` here, before telemetry was
+        // flushed; it now goes through `finish` like every other error.
+        let app = AuthApp::build(&config, bus)
+            .await
+            .map_err(AuthError::into_failure)?;
+        let listener = common::cli::bind("auth.listen", config.auth.listen).await?;
         println!("parley-auth listening on grpc {}", listener.local_addr()?);
         app.serve(listener, common::shutdown::on_os_signal())
             .await?;
-        Ok::<(), Box<dyn std::error::Error>>(())
+        Ok::<(), Failure>(())
     }
     .await;
     common::cli::finish("parley-auth", telemetry, result)

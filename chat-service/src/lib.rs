@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use common::Secret;
 use common::bus::Bus;
-use common::config::ChatConfig;
+use common::clients::{Clients, Link};
+use common::config::{ChatConfig, Config};
 use common::grpc::{CredentialCheck, ServiceChannel};
 use common::shutdown::ShutdownSignal;
 use proto::chat::v1::chat_backend_service_server::{
@@ -51,6 +52,24 @@ impl std::fmt::Debug for ChatApp {
 }
 
 impl ChatApp {
+    /// Builds the service as both the `parley-chat` binary and the
+    /// one-process suite run it: the `[chat]` section, the service
+    /// credential, `bus` for room events, and presence through `clients`.
+    pub async fn build(
+        config: &Config,
+        clients: &Clients,
+        bus: Arc<dyn Bus>,
+    ) -> Result<ChatApp, ChatError> {
+        let presence = PresenceServiceClient::new(clients.channel(Link::ChatToPresence));
+        Self::connect(
+            &config.chat,
+            bus,
+            Some(presence),
+            &config.services.credential,
+        )
+        .await
+    }
+
     /// Connects to the database (running the migrations), and keeps the bus
     /// events are published on and, if given, the presence client that
     /// answers `online` on join.

@@ -57,21 +57,60 @@ pub fn bootstrap(components: &[&str], split_mode: bool) -> (Config, Telemetry) {
     (config, telemetry)
 }
 
-/// Ends a binary: flushes telemetry, reports an error under the binary's
-/// name, and turns the outcome into the exit status.
+/// Why a binary stopped with an error.
+#[derive(Debug)]
+pub enum Failure {
+    /// A value only the component itself could check (e.g. a PEM key):
+    /// exits with [`EXIT_CONFIG`], like an invalid config file.
+    Config(String),
+    /// Anything else: exits with status 1.
+    Other(Box<dyn std::error::Error>),
+}
+
+impl<E: std::error::Error + 'static> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Self::Other(Box::new(error))
+    }
+}
+
+/// Ends a binary on every path: flushes telemetry, reports an error under
+/// the binary's name, and turns the outcome into the exit status.
 pub fn finish(
     binary: &str,
     telemetry: Telemetry,
-    result: Result<(), Box<dyn std::error::Error>>,
+    result: Result<(), Failure>,
 ) -> std::process::ExitCode {
     telemetry.shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Config(message)) => {
+            eprintln!("{binary}: invalid configuration: {message}");
+            std::process::ExitCode::from(EXIT_CONFIG as u8)
+        }
+        Err(Failure::Other(e)) => {
             eprintln!("{binary}: {e}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Binds a component's listener; the error names the config key.
+pub async fn bind(
+    key: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { key, addr, source })
+}
+
+/// A listen address that cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (key `{key}`): {source}")]
+pub struct BindError {
+    pub key: &'static str,
+    pub addr: std::net::SocketAddr,
+    pub source: std::io::Error,
 }
 
 fn exit_config(message: &str) -> ! {

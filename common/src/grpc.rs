@@ -195,17 +195,21 @@ pub fn channel(
     url: &str,
     settings: &ClientSettings,
 ) -> Result<ServiceChannel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(url.to_string())?
+    let endpoint = Endpoint::from_shared(url.to_string())?;
+    Ok(channel_to(&endpoint, settings))
+}
+
+/// Like [`channel`], on an already parsed endpoint (which cannot fail).
+pub fn channel_to(endpoint: &Endpoint, settings: &ClientSettings) -> ServiceChannel {
+    let endpoint = endpoint
+        .clone()
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.timeout)
         .tcp_nodelay(true);
     let authorization =
         AsciiMetadataValue::try_from(format!("Bearer {}", settings.credential.expose()))
             .unwrap_or_else(|_| AsciiMetadataValue::from_static(""));
-    Ok(InterceptedService::new(
-        endpoint.connect_lazy(),
-        ClientInterceptor { authorization },
-    ))
+    InterceptedService::new(endpoint.connect_lazy(), ClientInterceptor { authorization })
 }
 
 /// Serves `routes` plus the standard health and reflection services on an

@@ -6,6 +6,7 @@ pub mod auth_reason;
 pub mod bus;
 pub mod cidr;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod error;
 pub mod grpc;

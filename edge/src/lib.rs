@@ -32,6 +32,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use common::bus::Bus;
+use common::clients::{Clients, Link};
 use common::config::EdgeConfig;
 use common::grpc::ServiceChannel;
 use common::shutdown::ShutdownSignal;
@@ -110,6 +111,27 @@ pub struct EdgeApp {
 }
 
 impl EdgeApp {
+    /// Builds the edge as both the `parley-edge` binary and the one-process
+    /// suite run it: the four services through `clients`, then
+    /// [`EdgeApp::with_suite_config`]. `shutdown` starts the drain.
+    pub async fn build(
+        config: &common::config::Config,
+        clients: &Clients,
+        bus: Arc<dyn Bus>,
+        tracing: bool,
+        shutdown: ShutdownSignal,
+    ) -> Result<Self, EdgeError> {
+        let backends = Backends {
+            auth: AuthServiceClient::new(clients.channel(Link::EdgeToAuth)),
+            chat: ChatServiceClient::new(clients.channel(Link::EdgeToChat)),
+            chat_backend: ChatBackendServiceClient::new(clients.channel(Link::EdgeToChat)),
+            ai: AiServiceClient::new(clients.channel(Link::EdgeToAi)),
+            presence: PresenceServiceClient::new(clients.channel(Link::EdgeToPresence)),
+        };
+        let app = Self::new(&config.edge, backends, bus, tracing, shutdown).await?;
+        Ok(app.with_suite_config(config))
+    }
+
     /// Builds the edge; `shutdown` is the signal that starts the drain.
     pub async fn new(
         config: &EdgeConfig,

@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use common::Secret;
 use common::bus::Bus;
-use common::config::{Backend, PresenceConfig};
+use common::clients::{Clients, Link};
+use common::config::{Backend, Config, PresenceConfig};
 use common::grpc::{CredentialCheck, ServiceChannel};
 use common::shutdown::ShutdownSignal;
 use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
@@ -55,6 +56,25 @@ impl std::fmt::Debug for PresenceApp {
 }
 
 impl PresenceApp {
+    /// Builds the service as both the `parley-presence` binary and the
+    /// one-process suite run it: the `[presence]` section, the service
+    /// credential, `bus` for announcements, and chat-service (missed-call
+    /// notifications) through `clients`.
+    pub async fn build(
+        config: &Config,
+        clients: &Clients,
+        bus: Arc<dyn Bus>,
+    ) -> Result<PresenceApp, PresenceError> {
+        let chat = ChatBackendServiceClient::new(clients.channel(Link::PresenceToChat));
+        Self::connect(
+            &config.presence,
+            bus,
+            Some(chat),
+            &config.services.credential,
+        )
+        .await
+    }
+
     /// Builds the service on the store `config.backend` names (Redis keys
     /// under `config.redis_prefix`); fails when Redis is unreachable.
     /// Changes are announced on `bus`; missed-call notifications go to

@@ -209,16 +209,8 @@ fn http_url(key: &str, url: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, ConfigError};
-
     use super::*;
-
-    fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        Config::load(
-            None,
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-    }
+    use crate::config::tests::load;
 
     #[test]
     fn defaults_use_the_offline_provider_with_the_documented_limits() {

@@ -254,3 +254,46 @@ fn check_algorithms(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn auth_keys_are_checked_at_start_up() {
+        let dir = std::env::temp_dir().join(format!("parley-config-{}", crate::ids::new_id("t")));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("parley.toml");
+        let check = |toml: &str| {
+            std::fs::write(&path, toml).expect("write");
+            Config::load(Some(&path), Vec::<(String, String)>::new())
+        };
+        let ok = check(
+            "[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"HS256\"]\nsecret = \"0123456789abcdef0123456789abcdef\"\n\
+             [[auth.jwks]]\nurl = \"https://idp.example/.well-known/jwks.json\"\nalgorithms = [\"RS256\"]\n",
+        )
+        .expect("valid keys");
+        assert_eq!(ok.auth.keys[0].kid, "k1");
+        assert_eq!(ok.auth.jwks[0].algorithms, ["RS256"]);
+        let e =
+            check("[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"HS256\"]\nsecret = \"short\"\n")
+                .expect_err("short secret");
+        assert!(e.to_string().contains("auth.keys[0].secret"), "{e}");
+        assert!(!e.to_string().contains("short\""), "secret leaked: {e}");
+        let e = check("[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"none\"]\nsecret = \"0123456789abcdef0123456789abcdef\"\n")
+            .expect_err("none");
+        assert!(e.to_string().contains("auth.keys[0].algorithms"), "{e}");
+        let e = check("[[auth.keys]]\nkid = \"k1\"\nalgorithms = [\"HS256\"]\npublic_key = \"-----BEGIN PUBLIC KEY-----\"\n")
+            .expect_err("HS256 with a public key");
+        assert!(e.to_string().contains("auth.keys[0].algorithms"), "{e}");
+        let e = check("[[auth.keys]]\nkid = \"k1\"\nalgorithms = []\nsecret = \"0123456789abcdef0123456789abcdef\"\n")
+            .expect_err("no algorithms");
+        assert!(e.to_string().contains("auth.keys[0].algorithms"), "{e}");
+        let e = check("[[auth.jwks]]\nurl = \"file:///etc/passwd\"\nalgorithms = [\"RS256\"]\n")
+            .expect_err("not http");
+        assert!(e.to_string().contains("auth.jwks[0].url"), "{e}");
+        let e = check("[auth]\nrefresh_ttl_s = 10\n").expect_err("refresh shorter than access");
+        assert!(e.to_string().contains("auth.refresh_ttl_s"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,67 @@
+//! The `[chat]` section: the chat service's listener, database and the
+//! limits of rooms and messages.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, at_least};
+
+/// The chat service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    pub listen: SocketAddr,
+    /// `sqlite://path?mode=rwc` or `postgres://…`; the migrations run at start.
+    pub database_url: String,
+    /// Database connection pool size (SQLite always uses one writer).
+    pub max_connections: u32,
+    /// Longest message text, in characters.
+    pub max_text_chars: usize,
+    /// Most events or messages returned by one page.
+    pub page_limit: u32,
+    /// Who may invite to a private room: `members` or only the `owner`.
+    pub invite_policy: InvitePolicy,
+}
+
+/// Who may add people to a private room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvitePolicy {
+    /// Any member.
+    Members,
+    /// The owner only.
+    Owner,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            database_url: "sqlite://data/parley.db?mode=rwc".into(),
+            max_connections: 10,
+            max_text_chars: 4000,
+            page_limit: 100,
+            invite_policy: InvitePolicy::Members,
+        }
+    }
+}
+
+impl ChatConfig {
+    /// Checks what types alone cannot; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        at_least("chat.max_connections", u64::from(self.max_connections), 1)?;
+        at_least("chat.max_text_chars", self.max_text_chars as u64, 1)?;
+        at_least("chat.page_limit", u64::from(self.page_limit), 1)?;
+        let db = &self.database_url;
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(ConfigError(
+                "key `chat.database_url`: must start with sqlite: or postgres://".into(),
+            ));
+        }
+        Ok(())
+    }
+}

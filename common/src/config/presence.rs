@@ -1,0 +1,77 @@
+//! The `[presence]` section: where leases live, their lifetime, the grace
+//! period before anyone is announced offline, and call ringing.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, ConfigError, at_least, redis_url};
+
+/// The presence service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    pub listen: SocketAddr,
+    pub backend: Backend,
+    pub redis_url: String,
+    /// Prefix of every Redis key, so several deployments can share a Redis.
+    pub redis_prefix: String,
+    /// Lease lifetime; an edge that stops renewing loses its users after this.
+    pub lease_ttl_ms: u64,
+    /// A user whose last lease ended is announced offline only after this
+    /// long without a new one (no offline/online pair on a reconnect).
+    pub grace_ms: u64,
+    /// How often expired leases, passed grace periods and unanswered calls
+    /// are looked for.
+    pub sweep_ms: u64,
+    /// An unanswered call ends after this long and leaves a missed-call
+    /// notification.
+    pub call_ring_ms: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
+            backend: Backend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "presence:".into(),
+            lease_ttl_ms: 30_000,
+            grace_ms: 5_000,
+            sweep_ms: 1_000,
+            call_ring_ms: 45_000,
+        }
+    }
+}
+
+impl PresenceConfig {
+    /// Checks what types alone cannot; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        at_least("presence.lease_ttl_ms", self.lease_ttl_ms, 1_000)?;
+        at_least("presence.sweep_ms", self.sweep_ms, 10)?;
+        if self.redis_prefix.is_empty() {
+            return Err(ConfigError::new(
+                "key `presence.redis_prefix`: must not be empty",
+            ));
+        }
+        at_least("presence.call_ring_ms", self.call_ring_ms, 100)?;
+        redis_url("presence.redis_url", &self.redis_url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::load;
+
+    #[test]
+    fn invalid_presence_values_name_the_key() {
+        let e = load(&[("PARLEY_PRESENCE_GRACE_MS", "soon")]).expect_err("not a number");
+        assert!(e.to_string().contains("presence.grace_ms"), "{e}");
+        let e = load(&[("PARLEY_PRESENCE_REDIS_PREFIX", "")]).expect_err("empty prefix");
+        assert!(e.to_string().contains("presence.redis_prefix"), "{e}");
+        let e = load(&[("PARLEY_PRESENCE_SWEEP_MS", "0")]).expect_err("zero");
+        assert!(e.to_string().contains("presence.sweep_ms"), "{e}");
+        let e = load(&[("PARLEY_PRESENCE_CALL_RING_MS", "1")]).expect_err("too short");
+        assert!(e.to_string().contains("presence.call_ring_ms"), "{e}");
+    }
+}
