@@ -5,8 +5,6 @@
 
 #![allow(clippy::all, missing_docs)]
 
-pub mod json;
-
 /// Encoded `FileDescriptorSet` of every Parley proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/parley_descriptor.bin"));
