@@ -141,7 +141,7 @@ async fn supervise_chat(
     loop {
         let addr = listener.local_addr().ok();
         let stop = Shutdown::new();
-        let serve = app.serve(listener, stop.signal());
+        let serve = app.run_until_stopped(listener, stop.signal());
         tokio::pin!(serve);
         let restart = tokio::select! {
             result = &mut serve => {
@@ -247,10 +247,13 @@ pub async fn start(
         presence: presence_l,
     } = listeners;
     let signal = shutdown.signal();
-    tasks.spawn(report("auth", auth.serve(auth_l, signal.clone())));
+    tasks.spawn(report(
+        "auth",
+        auth.run_until_stopped(auth_l, signal.clone()),
+    ));
     tasks.spawn(report(
         "presence",
-        presence.serve(presence_l, signal.clone()),
+        presence.run_until_stopped(presence_l, signal.clone()),
     ));
     let (chat_restarts, restarts) = mpsc::channel(1);
     tasks.spawn(supervise_chat(
@@ -260,8 +263,8 @@ pub async fn start(
         signal.clone(),
         restarts,
     ));
-    tasks.spawn(report("ai", ai.serve(ai_l, signal.clone())));
-    tasks.spawn(report("edge", edge.serve(edge_l)));
+    tasks.spawn(report("ai", ai.run_until_stopped(ai_l, signal.clone())));
+    tasks.spawn(report("edge", edge.run_until_stopped(edge_l)));
 
     Ok(Suite {
         addrs,

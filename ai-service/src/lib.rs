@@ -157,7 +157,7 @@ impl AiApp {
 
     /// Serves the AI service (plus health and reflection) on `listener` until
     /// `shutdown` fires; replies in progress then end with `ai.error`.
-    pub async fn serve(
+    pub async fn run_until_stopped(
         self,
         listener: TcpListener,
         shutdown: ShutdownSignal,

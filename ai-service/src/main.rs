@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
         let app = AiApp::build(&config, &clients, bus)?;
         let listener = common::cli::bind("ai.listen", config.ai.listen).await?;
         println!("parley-ai listening on grpc {}", listener.local_addr()?);
-        app.serve(listener, common::shutdown::on_os_signal())
+        app.run_until_stopped(listener, common::shutdown::on_os_signal())
             .await?;
         Ok::<(), Failure>(())
     }

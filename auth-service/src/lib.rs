@@ -96,7 +96,7 @@ impl AuthApp {
 
     /// Serves auth calls (plus health and reflection) on `listener` until
     /// `shutdown` fires.
-    pub async fn serve(
+    pub async fn run_until_stopped(
         self,
         listener: TcpListener,
         shutdown: ShutdownSignal,

@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
             .map_err(AuthError::into_failure)?;
         let listener = common::cli::bind("auth.listen", config.auth.listen).await?;
         println!("parley-auth listening on grpc {}", listener.local_addr()?);
-        app.serve(listener, common::shutdown::on_os_signal())
+        app.run_until_stopped(listener, common::shutdown::on_os_signal())
             .await?;
         Ok::<(), Failure>(())
     }

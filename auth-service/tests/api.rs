@@ -55,7 +55,7 @@ async fn spawn_app(config: AuthConfig) -> TestApp {
     let app = AuthApp::connect(&config, &credential, bus.clone())
         .await
         .expect("auth app");
-    let server = serve_grpc(|listener, signal| app.serve(listener, signal)).await;
+    let server = serve_grpc(|listener, signal| app.run_until_stopped(listener, signal)).await;
     let client = AuthServiceClient::new(server.channel(&settings(&credential)));
     TestApp {
         url: server.url,

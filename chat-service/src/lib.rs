@@ -93,7 +93,7 @@ impl ChatApp {
 
     /// Serves chat calls (plus health and reflection) on `listener` until
     /// `shutdown` fires.
-    pub async fn serve(
+    pub async fn run_until_stopped(
         self,
         listener: TcpListener,
         shutdown: ShutdownSignal,

@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
         let app = ChatApp::build(&config, &clients, bus).await?;
         let listener = common::cli::bind("chat.listen", config.chat.listen).await?;
         println!("parley-chat listening on grpc {}", listener.local_addr()?);
-        app.serve(listener, common::shutdown::on_os_signal())
+        app.run_until_stopped(listener, common::shutdown::on_os_signal())
             .await?;
         Ok::<(), Failure>(())
     }

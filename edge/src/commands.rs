@@ -21,15 +21,21 @@ use crate::session::Session;
 
 /// What a successful command produced.
 pub(crate) enum Outcome {
-    /// The reply's result (sent when the command carried an `id`).
-    Reply(ReplyResult),
+    /// The reply's result (sent when the command carried an `id`); boxed,
+    /// as results differ widely in size.
+    Reply(Box<ReplyResult>),
     /// The handler already queued its reply (ordering with live events).
     Sent,
 }
 
+/// A reply with `result`'s fields.
+fn reply(result: ReplyResult) -> Outcome {
+    Outcome::Reply(Box::new(result))
+}
+
 /// A reply with no result fields.
 fn done() -> Outcome {
-    Outcome::Reply(ReplyResult::Empty(protocol::Empty {}))
+    reply(ReplyResult::Empty(protocol::Empty {}))
 }
 
 /// Whether the read loop goes on.
@@ -99,7 +105,7 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
     match result {
         Ok(Outcome::Reply(result)) => {
             if let Some(id) = id {
-                session.outbox().push(frames::reply_ok(id, result));
+                session.outbox().push(frames::reply_ok(id, *result));
             }
             Flow::Continue
         }
@@ -190,7 +196,7 @@ async fn dispatch(
 ) -> Result<Outcome, CommandError> {
     use ClientCommand as C;
     match command {
-        C::Ping(_) => Ok(Outcome::Reply(ReplyResult::Ping(PingReply {
+        C::Ping(_) => Ok(reply(ReplyResult::Ping(PingReply {
             server_time: common::ids::now_ms(),
         }))),
         C::Auth(args) => auth::auth(s, args).await,

@@ -272,12 +272,10 @@ mod tests {
         let app = auth_service::AuthApp::connect(&config, &credential, Arc::new(MemoryBus::new()))
             .await
             .expect("auth app");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let shutdown = common::shutdown::Shutdown::new();
-        tokio::spawn(app.serve(listener, shutdown.signal()));
+        let server =
+            common::testing::serve_grpc(|listener, signal| app.run_until_stopped(listener, signal))
+                .await;
+        let (url, shutdown) = (server.url, server.shutdown);
         let client = AuthServiceClient::new(
             common::grpc::channel(&url, &settings(&credential)).expect("channel"),
         );

@@ -582,12 +582,10 @@ mod tests {
             chat_service::ChatApp::connect(&config, Arc::new(MemoryBus::new()), None, &credential)
                 .await
                 .expect("chat app");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let shutdown = Shutdown::new();
-        tokio::spawn(app.serve(listener, shutdown.signal()));
+        let server =
+            common::testing::serve_grpc(|listener, signal| app.run_until_stopped(listener, signal))
+                .await;
+        let (url, shutdown) = (server.url, server.shutdown);
         let settings = ClientSettings {
             credential,
             connect_timeout: Duration::from_secs(2),

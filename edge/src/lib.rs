@@ -213,7 +213,7 @@ impl EdgeApp {
     /// Serves HTTP + WebSocket on `listener` until the shutdown signal, then
     /// drains: `/readyz` fails, new upgrades get 503, connections close with
     /// 1001, and the call returns once they are gone or the grace period ends.
-    pub async fn serve(self, listener: TcpListener) -> Result<(), EdgeError> {
+    pub async fn run_until_stopped(self, listener: TcpListener) -> Result<(), EdgeError> {
         let Self {
             shared,
             mut conns_done,

@@ -23,7 +23,7 @@ async fn main() -> ExitCode {
         .await?;
         let listener = common::cli::bind("edge.listen", config.edge.listen).await?;
         tracing::info!(addr = %listener.local_addr()?, "edge listening (ws://…/ws, /healthz, /readyz)");
-        app.serve(listener).await?;
+        app.run_until_stopped(listener).await?;
         Ok::<(), Failure>(())
     }
     .await;

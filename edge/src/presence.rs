@@ -111,7 +111,6 @@ mod tests {
     use common::bus::MemoryBus;
     use common::config::PresenceConfig;
     use common::grpc::{ClientSettings, channel};
-    use common::shutdown::Shutdown;
     use presence_service::{
         Call, CallAction, Ended, MemoryStore, Presence, PresenceApp, PresenceError, PresenceStore,
         Sweep, Timings,
@@ -189,12 +188,10 @@ mod tests {
             None,
             &credential,
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let shutdown = Shutdown::new();
-        tokio::spawn(app.serve(listener, shutdown.signal()));
+        let server =
+            common::testing::serve_grpc(|listener, signal| app.run_until_stopped(listener, signal))
+                .await;
+        let (url, shutdown) = (server.url, server.shutdown);
         let settings = ClientSettings {
             credential,
             connect_timeout: Duration::from_secs(2),

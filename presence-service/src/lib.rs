@@ -122,7 +122,7 @@ impl PresenceApp {
 
     /// Serves presence calls (plus health and reflection) on `listener`
     /// and runs the sweep until `shutdown` fires.
-    pub async fn serve(
+    pub async fn run_until_stopped(
         self,
         listener: TcpListener,
         shutdown: ShutdownSignal,

@@ -47,7 +47,7 @@ async fn spawn_app_with(config: PresenceConfig) -> TestApp {
     let app = PresenceApp::connect(&config, Arc::new(MemoryBus::new()), None, &credential)
         .await
         .expect("presence app");
-    let server = serve_grpc(|listener, signal| app.serve(listener, signal)).await;
+    let server = serve_grpc(|listener, signal| app.run_until_stopped(listener, signal)).await;
     let client = PresenceServiceClient::new(server.channel(&settings(&credential)));
     TestApp {
         url: server.url,

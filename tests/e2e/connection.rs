@@ -149,7 +149,7 @@ async fn a_backend_that_is_down_is_unavailable_not_a_hang() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(edge.serve(listener));
+    tokio::spawn(edge.run_until_stopped(listener));
 
     let mut client = crate::helpers::Client::connect(&format!("ws://{addr}/ws"), &[])
         .await

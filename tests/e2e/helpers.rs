@@ -206,7 +206,7 @@ impl TestApp {
             .await
             .expect("bind");
         let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
-        tokio::spawn(edge.serve(listener));
+        tokio::spawn(edge.run_until_stopped(listener));
         url
     }
 

@@ -548,7 +548,7 @@ async fn edge_process_for_the_kill_test() {
         .await
         .expect("bind");
     println!("EDGE_URL=ws://{}/ws", listener.local_addr().expect("addr"));
-    edge.serve(listener).await.expect("serve");
+    edge.run_until_stopped(listener).await.expect("serve");
 }
 
 #[tokio::test]

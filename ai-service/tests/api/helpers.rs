@@ -107,7 +107,7 @@ pub async fn spawn_app(reply: Reply, adjust: impl FnOnce(&mut AiConfig)) -> Test
     let chat_app = ChatApp::connect(&chat_config, bus.clone(), None, &credential)
         .await
         .expect("chat app");
-    let chat = serve_grpc(|listener, signal| chat_app.serve(listener, signal)).await;
+    let chat = serve_grpc(|listener, signal| chat_app.run_until_stopped(listener, signal)).await;
 
     let model = FakeOpenAi::start(reply).await;
     let mut config = config(&model);
@@ -128,7 +128,7 @@ pub async fn start_ai(
 ) -> TestApp {
     let chat_channel = channel(chat_url, &settings(credential)).expect("chat channel");
     let app = AiApp::new(&config, bus.clone(), chat_channel.clone(), credential).expect("ai app");
-    let server = serve_grpc(|listener, signal| app.serve(listener, signal)).await;
+    let server = serve_grpc(|listener, signal| app.run_until_stopped(listener, signal)).await;
     let client = AiServiceClient::new(server.channel(&settings(credential)));
     TestApp {
         url: server.url,

@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let shutdown = Shutdown::new();
-    tokio::spawn(app.serve(listener, shutdown.signal()));
+    tokio::spawn(app.run_until_stopped(listener, shutdown.signal()));
 
     let settings = ClientSettings {
         credential,

@@ -72,7 +72,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ChatConfig)) -> TestApp 
     let app = ChatApp::connect(&config, bus.clone(), None, &credential)
         .await
         .expect("chat app");
-    let server = serve_grpc(|listener, signal| app.serve(listener, signal)).await;
+    let server = serve_grpc(|listener, signal| app.run_until_stopped(listener, signal)).await;
     let channel = server.channel(&settings(&credential));
     let client = ChatServiceClient::new(channel.clone());
     let backend = ChatBackendServiceClient::new(channel);

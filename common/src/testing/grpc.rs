@@ -22,7 +22,7 @@ pub struct TestServer {
 }
 
 /// Binds `127.0.0.1:0` and spawns `serve` on the listener with a shutdown
-/// signal of its own, e.g. `serve_grpc(|l, s| app.serve(l, s))`.
+/// signal of its own, e.g. `serve_grpc(|l, s| app.run_until_stopped(l, s))`.
 pub async fn serve_grpc<S, F>(serve: S) -> TestServer
 where
     S: FnOnce(TcpListener, ShutdownSignal) -> F,

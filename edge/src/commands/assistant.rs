@@ -4,7 +4,7 @@
 use proto::ai::v1::{AskRequest, CancelRequest, ListStreamsRequest};
 use protocol::{AiAsk, AiAskReply, AiCancel, Message, ReplyResult, StreamInProgress};
 
-use super::{Outcome, done, failed};
+use super::{Outcome, done, failed, reply};
 use crate::frames::CommandError;
 use crate::session::Session;
 
@@ -25,7 +25,7 @@ pub(super) async fn ask(s: &mut Session, args: AiAsk) -> Result<Outcome, Command
         .await
         .map_err(failed("ai"))?
         .into_inner();
-    Ok(Outcome::Reply(ReplyResult::AiAsk(AiAskReply {
+    Ok(reply(ReplyResult::AiAsk(AiAskReply {
         stream_id: response.stream_id,
         message: response.message.as_ref().map(Message::from),
     })))

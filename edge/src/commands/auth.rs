@@ -4,7 +4,7 @@ use common::ErrorCode;
 use proto::auth::v1::{DevLoginRequest, Identity, SignInAnonymousRequest, SignInResponse};
 use protocol::{Auth, AuthReply, Refresh, RefreshReply, ReplyResult, SignIn, User};
 
-use super::{Outcome, failed, missing};
+use super::{Outcome, failed, missing, reply};
 use crate::frames::CommandError;
 use crate::session::{Session, verify};
 
@@ -31,7 +31,7 @@ pub(super) async fn auth(s: &mut Session, args: Auth) -> Result<Outcome, Command
         }
         SignIn::Token(token) => (verify(s.shared(), token, s.link.peer).await?, None),
     };
-    let mut reply = AuthReply {
+    let mut answer = AuthReply {
         user: User::from(&identity),
         session_id: identity.session_id.clone(),
         expires_at: identity.expires_at,
@@ -39,8 +39,8 @@ pub(super) async fn auth(s: &mut Session, args: Auth) -> Result<Outcome, Command
         frame_secret: None,
     };
     s.authenticated(identity).await?;
-    reply.frame_secret = s.signed.as_ref().map(|signed| signed.secret().to_string());
-    Ok(Outcome::Reply(ReplyResult::Auth(reply)))
+    answer.frame_secret = s.signed.as_ref().map(|signed| signed.secret().to_string());
+    Ok(reply(ReplyResult::Auth(answer)))
 }
 
 /// The identity and token of an anonymous or development sign-in.
@@ -70,7 +70,5 @@ pub(super) async fn refresh(s: &mut Session, args: Refresh) -> Result<Outcome, C
     }
     let expires_at = identity.expires_at;
     s.refreshed(identity);
-    Ok(Outcome::Reply(ReplyResult::Refresh(RefreshReply {
-        expires_at,
-    })))
+    Ok(reply(ReplyResult::Refresh(RefreshReply { expires_at })))
 }

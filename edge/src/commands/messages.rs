@@ -12,7 +12,7 @@ use protocol::{
 };
 use serde_json::Value;
 
-use super::{Outcome, done, failed, missing};
+use super::{Outcome, done, failed, missing, reply};
 use crate::frames::CommandError;
 use crate::session::Session;
 
@@ -49,7 +49,7 @@ pub(super) async fn send(
 }
 
 fn message_reply(message: &proto::chat::v1::Message) -> Outcome {
-    Outcome::Reply(ReplyResult::Message(MessageReply {
+    reply(ReplyResult::Message(MessageReply {
         message: Message::from(message),
     }))
 }
@@ -76,7 +76,7 @@ pub(super) async fn history(
         .await
         .map_err(failed("chat"))?
         .into_inner();
-    Ok(Outcome::Reply(ReplyResult::History(HistoryReply {
+    Ok(reply(ReplyResult::History(HistoryReply {
         messages: response.messages.iter().map(Message::from).collect(),
         has_more: response.has_more,
     })))
@@ -164,7 +164,7 @@ pub(super) async fn receipt(
         .map_err(failed("chat"))?
         .into_inner()
         .seq;
-    Ok(Outcome::Reply(ReplyResult::Receipt(ReceiptReply { seq })))
+    Ok(reply(ReplyResult::Receipt(ReceiptReply { seq })))
 }
 
 pub(super) async fn notification_list(
@@ -185,11 +185,9 @@ pub(super) async fn notification_list(
         .map_err(failed("chat"))?
         .into_inner()
         .notifications;
-    Ok(Outcome::Reply(ReplyResult::Notifications(
-        NotificationListReply {
-            notifications: notifications.iter().map(Notification::from).collect(),
-        },
-    )))
+    Ok(reply(ReplyResult::Notifications(NotificationListReply {
+        notifications: notifications.iter().map(Notification::from).collect(),
+    })))
 }
 
 pub(super) async fn notification_read(

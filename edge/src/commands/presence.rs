@@ -10,7 +10,7 @@ use protocol::{
 };
 use serde_json::Value;
 
-use super::{Outcome, done, failed};
+use super::{Outcome, done, failed, reply};
 use crate::frames::CommandError;
 use crate::session::Session;
 
@@ -74,9 +74,7 @@ pub(super) async fn subscribe(
                 }),
         );
     }
-    Ok(Outcome::Reply(ReplyResult::Presence(PresenceReply {
-        presence,
-    })))
+    Ok(reply(ReplyResult::Presence(PresenceReply { presence })))
 }
 
 pub(super) async fn unsubscribe(
@@ -123,9 +121,7 @@ pub(super) async fn call_invite(
         .map_err(failed("presence"))?
         .into_inner()
         .call_id;
-    Ok(Outcome::Reply(ReplyResult::CallInvite(CallInviteReply {
-        call_id,
-    })))
+    Ok(reply(ReplyResult::CallInvite(CallInviteReply { call_id })))
 }
 
 /// `call.answer`, `call.reject`, `call.end`, `call.ice`: `action` is the part after `call.`.

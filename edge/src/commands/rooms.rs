@@ -12,7 +12,7 @@ use protocol::{
 };
 use serde_json::value::RawValue;
 
-use super::{Outcome, assistant, done, failed, missing};
+use super::{Outcome, assistant, done, failed, missing, reply};
 use crate::frames::{self, CommandError};
 use crate::session::Session;
 
@@ -34,7 +34,7 @@ pub(super) async fn create(s: &mut Session, args: RoomCreate) -> Result<Outcome,
         .into_inner()
         .room
         .ok_or_else(|| missing("room"))?;
-    Ok(Outcome::Reply(ReplyResult::Room(RoomReply {
+    Ok(reply(ReplyResult::Room(RoomReply {
         room: Room::from(&room),
     })))
 }
@@ -144,7 +144,7 @@ pub(super) async fn list(s: &mut Session) -> Result<Outcome, CommandError> {
         .map_err(failed("chat"))?
         .into_inner()
         .rooms;
-    Ok(Outcome::Reply(ReplyResult::RoomList(RoomListReply {
+    Ok(reply(ReplyResult::RoomList(RoomListReply {
         rooms: rooms.iter().map(RoomSummary::from).collect(),
     })))
 }
