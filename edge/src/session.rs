@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use common::ErrorCode;
 use common::auth_reason::AuthReason;
-use common::grpc::Actor;
+use common::grpc::{Actor, ServiceChannel};
+use proto::ai::v1::ai_service_client::AiServiceClient;
 use proto::auth::v1::{Identity, VerifyTokenRequest};
+use proto::chat::v1::chat_service_client::ChatServiceClient;
+use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use protocol::CloseCode;
 use tokio::sync::mpsc;
 
@@ -163,17 +166,38 @@ impl Session {
         Ok(())
     }
 
-    /// `refresh`: swaps in a newer token's identity and reschedules its expiry.
+    /// `refresh`: swaps in a newer token's identity.
     pub(crate) fn refreshed(&mut self, identity: Identity) {
+        self.follow_token(&identity);
+        self.identity = Some(identity);
+    }
+
+    /// Watches the token: revocations close the connection, and its expiry
+    /// is scheduled (`token.expiring`, then 4003).
+    fn follow_token(&mut self, identity: &Identity) {
         let shared = &self.link.shared;
         shared
             .sessions
-            .set(self.link.key, &identity, &self.link.outbox);
+            .set(self.link.key, identity, &self.link.outbox);
         self.life.set(
             identity.expires_at,
             Duration::from_millis(shared.config.token_expiring_lead_ms),
         );
-        self.identity = Some(identity);
+    }
+
+    /// A client of chat-service.
+    pub(crate) fn chat(&self) -> ChatServiceClient<ServiceChannel> {
+        self.link.shared.backends.chat.clone()
+    }
+
+    /// A client of presence-service.
+    pub(crate) fn presence(&self) -> PresenceServiceClient<ServiceChannel> {
+        self.link.shared.backends.presence.clone()
+    }
+
+    /// A client of ai-service.
+    pub(crate) fn ai(&self) -> AiServiceClient<ServiceChannel> {
+        self.link.shared.backends.ai.clone()
     }
 
     /// Starts or renews (`start`) or stops a typing indicator in `room`.

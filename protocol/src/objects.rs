@@ -331,23 +331,20 @@ impl ErrorObject {
     }
 }
 
-/// The protocol's error codes, for the schema (`cancelled` only in `ai.error`).
-#[derive(JsonSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)]
-enum ErrorCodeName {
-    BadRequest,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    Conflict,
-    RateLimited,
-    TooLarge,
-    Unavailable,
-    Timeout,
-    Disabled,
-    Internal,
-    Cancelled,
+/// The protocol's error codes, for the schema: every [`ErrorCode`] and
+/// `cancelled` (only in `ai.error`).
+struct ErrorCodeName;
+
+impl JsonSchema for ErrorCodeName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ErrorCode".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.push("cancelled");
+        schemars::json_schema!({"type": "string", "enum": names})
+    }
 }
 
 /// An [`ErrorCode`] as its protocol name.

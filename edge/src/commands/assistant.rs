@@ -17,10 +17,7 @@ pub(super) async fn ask(s: &mut Session, args: AiAsk) -> Result<Outcome, Command
         thread_id: args.thread,
     });
     let response = s
-        .shared()
-        .backends
-        .ai
-        .clone()
+        .ai()
         .ask(request)
         .await
         .map_err(failed("ai"))?
@@ -37,13 +34,7 @@ pub(super) async fn cancel(s: &mut Session, args: AiCancel) -> Result<Outcome, C
     let request = s.actor()?.request(CancelRequest {
         stream_id: args.stream_id,
     });
-    s.shared()
-        .backends
-        .ai
-        .clone()
-        .cancel(request)
-        .await
-        .map_err(failed("ai"))?;
+    s.ai().cancel(request).await.map_err(failed("ai"))?;
     Ok(done())
 }
 
@@ -55,7 +46,7 @@ pub(super) async fn streams(s: &Session, room: &str) -> Vec<StreamInProgress> {
     let request = ListStreamsRequest {
         room_id: room.to_string(),
     };
-    match s.shared().backends.ai.clone().list_streams(request).await {
+    match s.ai().list_streams(request).await {
         Ok(response) => response
             .into_inner()
             .streams

@@ -35,10 +35,7 @@ pub(super) async fn send(
         metadata_json,
     });
     let message = s
-        .shared()
-        .backends
-        .chat
-        .clone()
+        .chat()
         .send_message(request)
         .await
         .map_err(failed("chat"))?
@@ -68,10 +65,7 @@ pub(super) async fn history(
         thread_id: args.thread,
     });
     let response = s
-        .shared()
-        .backends
-        .chat
-        .clone()
+        .chat()
         .get_history(request)
         .await
         .map_err(failed("chat"))?
@@ -90,10 +84,7 @@ pub(super) async fn edit(s: &mut Session, args: MessageEdit) -> Result<Outcome, 
         text: args.text,
     });
     let message = s
-        .shared()
-        .backends
-        .chat
-        .clone()
+        .chat()
         .edit_message(request)
         .await
         .map_err(failed("chat"))?
@@ -108,10 +99,7 @@ pub(super) async fn delete(s: &mut Session, args: MessageDelete) -> Result<Outco
         room_id: args.room,
         message_id: args.message_id,
     });
-    s.shared()
-        .backends
-        .chat
-        .clone()
+    s.chat()
         .delete_message(request)
         .await
         .map_err(failed("chat"))?;
@@ -128,7 +116,7 @@ pub(super) async fn reaction(
         message_id: args.message_id,
         emoji: args.emoji,
     });
-    let mut chat = s.shared().backends.chat.clone();
+    let mut chat = s.chat();
     if add {
         chat.add_reaction(request).await.map_err(failed("chat"))?;
     } else {
@@ -155,10 +143,7 @@ pub(super) async fn receipt(
         seq: i64::try_from(args.seq).unwrap_or(i64::MAX),
     });
     let seq = s
-        .shared()
-        .backends
-        .chat
-        .clone()
+        .chat()
         .mark_receipt(request)
         .await
         .map_err(failed("chat"))?
@@ -176,10 +161,7 @@ pub(super) async fn notification_list(
         limit: 0,
     });
     let notifications = s
-        .shared()
-        .backends
-        .chat
-        .clone()
+        .chat()
         .list_notifications(request)
         .await
         .map_err(failed("chat"))?
@@ -197,10 +179,7 @@ pub(super) async fn notification_read(
     let request = s
         .actor()?
         .request(ReadNotificationsRequest { ids: args.ids });
-    s.shared()
-        .backends
-        .chat
-        .clone()
+    s.chat()
         .read_notifications(request)
         .await
         .map_err(failed("chat"))?;

@@ -22,10 +22,7 @@ pub(super) async fn set(s: &mut Session, args: PresenceSet) -> Result<Outcome, C
         status: args.status,
         text: args.text.unwrap_or_default(),
     });
-    s.shared()
-        .backends
-        .presence
-        .clone()
+    s.presence()
         .set_status(request)
         .await
         .map_err(failed("presence"))?;
@@ -112,10 +109,7 @@ pub(super) async fn call_invite(
         payload_json: payload_json(args.payload),
     });
     let call_id = s
-        .shared()
-        .backends
-        .presence
-        .clone()
+        .presence()
         .invite_call(request)
         .await
         .map_err(failed("presence"))?
@@ -135,10 +129,7 @@ pub(super) async fn call_act(
         call_id: args.call_id,
         payload_json: payload_json(args.payload),
     });
-    s.shared()
-        .backends
-        .presence
-        .clone()
+    s.presence()
         .act_on_call(request)
         .await
         .map_err(failed("presence"))?;

@@ -24,10 +24,7 @@ pub(super) async fn create(s: &mut Session, args: RoomCreate) -> Result<Outcome,
         members: args.members.unwrap_or_default(),
     });
     let room = s
-        .shared()
-        .backends
-        .chat
-        .clone()
+        .chat()
         .create_room(request)
         .await
         .map_err(failed("chat"))?
@@ -135,10 +132,7 @@ pub(super) async fn leave(s: &mut Session, args: RoomLeave) -> Result<Outcome, C
 pub(super) async fn list(s: &mut Session) -> Result<Outcome, CommandError> {
     let request = s.actor()?.request(ListRoomsRequest {});
     let rooms = s
-        .shared()
-        .backends
-        .chat
-        .clone()
+        .chat()
         .list_rooms(request)
         .await
         .map_err(failed("chat"))?
@@ -154,10 +148,7 @@ pub(super) async fn invite(s: &mut Session, args: RoomUser) -> Result<Outcome, C
         room_id: args.room,
         user_id: args.user,
     });
-    s.shared()
-        .backends
-        .chat
-        .clone()
+    s.chat()
         .invite_member(request)
         .await
         .map_err(failed("chat"))?;
@@ -172,10 +163,7 @@ pub(super) async fn remove_member(
         room_id: args.room,
         user_id: args.user,
     });
-    s.shared()
-        .backends
-        .chat
-        .clone()
+    s.chat()
         .remove_member(request)
         .await
         .map_err(failed("chat"))?;
