@@ -84,6 +84,7 @@ impl ChatApp {
             max_text_chars: config.max_text_chars,
             page_limit: config.page_limit,
             invite_policy: config.invite_policy,
+            max_mentions: config.max_mentions_per_message,
         };
         Ok(ChatApp {
             handler: ChatHandler::new(store, bus, presence, limits),

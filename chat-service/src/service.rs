@@ -49,6 +49,8 @@ pub(crate) struct Limits {
     pub max_text_chars: usize,
     pub page_limit: u32,
     pub invite_policy: InvitePolicy,
+    /// Most members one message notifies (`chat.max_mentions_per_message`).
+    pub max_mentions: usize,
 }
 
 /// Handles chat calls; cheap to clone.

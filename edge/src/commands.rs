@@ -63,11 +63,7 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
                         user,
                         refusal.as_str(),
                     );
-                    let error = refusal.error();
-                    session
-                        .outbox()
-                        .push(frames::failure(None, id, &error, None));
-                    return Flow::Continue;
+                    return refuse(session, None, id, refusal.error()).await;
                 }
             }
         }
@@ -75,12 +71,7 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
     };
     let envelope = match frames::parse(text) {
         Ok(envelope) => envelope,
-        Err((kind, id, error)) => {
-            session
-                .outbox()
-                .push(frames::failure(kind.as_deref(), id, &error, None));
-            return Flow::Continue;
-        }
+        Err((kind, id, error)) => return refuse(session, kind.as_deref(), id, error).await,
     };
     let span = tracing::info_span!(
         "ws.frame",
@@ -130,6 +121,38 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
                 None => Flow::Continue,
             }
         }
+    }
+}
+
+/// Answers a frame that is not a command (unreadable, or a bad signature).
+/// It still counts against the connection's command window, so a flood of
+/// garbage is limited and closed (4029) like a flood of commands.
+async fn refuse(
+    session: &mut Session,
+    kind: Option<&str>,
+    id: Option<u64>,
+    error: CommandError,
+) -> Flow {
+    let user = session
+        .identity
+        .as_ref()
+        .map(|i| (i.user_id.as_str(), i.anonymous));
+    let ip = session.link.peer.ip();
+    let error =
+        match crate::limits::admit(&session.link.shared, &mut session.limits, user, ip, None).await
+        {
+            Ok(()) => error,
+            Err(limited) => limited,
+        };
+    session
+        .outbox()
+        .push(frames::failure(kind, id, &error, None));
+    match error.close {
+        Some(close) => {
+            session.outbox().close(close);
+            Flow::Close
+        }
+        None => Flow::Continue,
     }
 }
 
@@ -183,6 +206,7 @@ fn inspected_text(command: &ClientCommand) -> Option<&str> {
     match command {
         ClientCommand::MessageSend(args) => Some(&args.text),
         ClientCommand::MessageEdit(args) => Some(&args.text),
+        ClientCommand::AiAsk(args) => Some(&args.prompt),
         _ => None,
     }
 }

@@ -149,8 +149,8 @@ async fn serve(
             frame = stream.next() => match frame {
                 None | Some(Ok(Message::Close(_))) => break,
                 Some(Err(e)) => {
-                    if is_too_large(&e) {
-                        outbox.close(CloseCode::TooLarge);
+                    if let Some(close) = close_for(&e) {
+                        outbox.close(close);
                     }
                     break;
                 }
@@ -237,15 +237,20 @@ fn drain_delay(key: u64, drain: Duration) -> Duration {
     drain.mul_f64(slot as f64 / SLOTS as f64)
 }
 
-fn is_too_large(error: &axum::Error) -> bool {
+/// The close a read error deserves: 1009 for a frame over the size
+/// limit, 1007 for a text frame that is not UTF-8; none when the socket
+/// itself failed.
+fn close_for(error: &axum::Error) -> Option<CloseCode> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
-            return true;
+        match e.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(_)) => return Some(CloseCode::TooLarge),
+            Some(tungstenite::Error::Utf8(_)) => return Some(CloseCode::InvalidUtf8),
+            _ => {}
         }
         source = e.source();
     }
-    false
+    None
 }
 
 async fn write_loop(mut sink: SplitSink<WebSocket, Message>, out: OutboxReceiver) {

@@ -70,14 +70,14 @@ impl Follows {
         }
     }
 
-    /// How many users `presence.subscribe` named.
-    pub(crate) fn subscribed(&self) -> usize {
-        self.follows.values().filter(|r| r.subscribed).count()
+    /// How many users this connection follows, for any reason.
+    pub(crate) fn len(&self) -> usize {
+        self.follows.len()
     }
 
-    /// Whether `presence.subscribe` already named `user`.
-    pub(crate) fn is_subscribed(&self, user: &str) -> bool {
-        self.follows.get(user).is_some_and(|r| r.subscribed)
+    /// Whether this connection follows `user`, for any reason.
+    pub(crate) fn follows(&self, user: &str) -> bool {
+        self.follows.contains_key(user)
     }
 
     /// `presence.subscribe`: follows `users` for their own sake.
@@ -110,6 +110,13 @@ impl Follows {
     async fn follow(&mut self, link: &Link, me: &str, user: &str) -> Result<(), CommandError> {
         if self.follows.contains_key(user) {
             return Ok(());
+        }
+        let max = link.shared.config.presence_subscribe_max;
+        if self.follows.len() >= max {
+            return Err(CommandError::new(
+                ErrorCode::TooLarge,
+                format!("a connection may follow at most {max} users"),
+            ));
         }
         link.shared
             .hub
@@ -164,6 +171,10 @@ impl Follows {
         self.rooms.insert(room.to_string());
         for member in members.iter().filter(|m| *m != me) {
             if let Err(e) = self.follow(link, me, member).await {
+                if e.code == ErrorCode::TooLarge {
+                    // At `edge.presence_subscribe_max`: the rest go unfollowed.
+                    break;
+                }
                 tracing::warn!(conn_id = %link.id, room, error = %e.message, "cannot follow a member's presence");
                 continue;
             }

@@ -12,6 +12,8 @@ pub enum CloseCode {
     Draining,
     /// Repeated binary frames.
     BinaryFrames,
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
     /// A frame or message over `max_message_bytes`.
     TooLarge,
     /// No `auth` within `auth_timeout_ms`.
@@ -91,6 +93,13 @@ pub const CLOSE_CODES: &[CloseRow] = &[
         code: 1003,
         reason: "binary frames are not supported",
         when: "repeated binary frames",
+        reconnect: Reconnect::No,
+    },
+    CloseRow {
+        close: CloseCode::InvalidUtf8,
+        code: 1007,
+        reason: "invalid UTF-8",
+        when: "a text frame that is not valid UTF-8",
         reconnect: Reconnect::No,
     },
     CloseRow {

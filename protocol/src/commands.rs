@@ -46,6 +46,10 @@ const STATUS_MAX: usize = 32;
 const STATUS_TEXT_MAX_CHARS: usize = 100;
 /// Largest call payload, in bytes of JSON.
 const CALL_PAYLOAD_MAX: usize = 16 * 1024;
+/// Metadata keys only the server sets: content inspection's `flags` and
+/// the assistant's markers.
+pub const RESERVED_METADATA: &[&str] =
+    &["flags", "stream_id", "ai_prompt", "truncated", "cancelled"];
 
 /// Why a command's arguments were refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -453,6 +457,16 @@ impl Validate for MessageSend {
     fn validate(&mut self) -> Result<(), DecodeError> {
         required("room", &self.room, ID_MAX)?;
         required("client_msg_id", &self.client_msg_id, CLIENT_MSG_ID_MAX)?;
+        if let Some(key) = self
+            .metadata
+            .iter()
+            .flat_map(|m| m.keys())
+            .find(|k| RESERVED_METADATA.contains(&k.as_str()))
+        {
+            return Err(DecodeError::bad(format!(
+                "`metadata.{key}` is set by the server only"
+            )));
+        }
         optional("thread", &self.thread, ID_MAX)
     }
 }
@@ -742,7 +756,7 @@ commands! {
     /// A page of a room's messages.
     "message.history" => MessageHistory(MessageHistory) {},
     /// Ask the assistant; the reply streams as `ai.delta`.
-    "ai.ask" => AiAsk(AiAsk) { assistant: true },
+    "ai.ask" => AiAsk(AiAsk) { assistant: true, inspects_text: true },
     /// Stop an assistant reply.
     "ai.cancel" => AiCancel(AiCancel) { assistant: true },
     /// Add a member to a room.
@@ -863,6 +877,14 @@ mod tests {
             ErrorCode::TooLarge
         );
         assert_eq!(code(json!({"type": "auth"})), ErrorCode::BadRequest);
+        assert_eq!(
+            code(
+                json!({"type": "message.send", "room": "r", "text": "t", "client_msg_id": "1",
+                        "metadata": {"flags": ["xss"]}})
+            ),
+            ErrorCode::BadRequest,
+            "clients cannot set reserved metadata"
+        );
         let message = decode(json!({"type": "room.join", "room": 5}))
             .expect_err("bad")
             .message;

@@ -13,6 +13,7 @@ mod cli;
 mod connection;
 mod delivery;
 mod faults;
+mod hardening;
 mod messages;
 mod presence;
 mod protection;

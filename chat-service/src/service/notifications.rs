@@ -10,7 +10,8 @@ use crate::error::ChatError;
 
 impl ChatHandler {
     /// A `mention` notification for every member named as `@id` or `@name`
-    /// in the text (not the sender, each once).
+    /// in the text (not the sender, each once), at most
+    /// `chat.max_mentions_per_message` of them.
     pub(super) async fn mentions(&self, message: &Message) -> Result<Vec<Notification>, ChatError> {
         let handles = mention_handles(&message.text);
         if handles.is_empty() {
@@ -29,6 +30,9 @@ impl ChatHandler {
                 .any(|h| h == &member.id.to_lowercase() || h == &member.name.to_lowercase());
             if !named || member.id == sender.id || !notified.insert(member.id.clone()) {
                 continue;
+            }
+            if notifications.len() >= self.limits.max_mentions {
+                break;
             }
             let id = common::ids::new_id("n");
             let excerpt: String = message.text.chars().take(MENTION_EXCERPT_CHARS).collect();

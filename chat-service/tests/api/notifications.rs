@@ -97,6 +97,20 @@ async fn mentions_notify_the_named_members_once() {
     assert_eq!(listed[0].message_id.as_deref(), Some(to_dave.id.as_str()));
 }
 
+#[tokio::test]
+async fn one_message_notifies_at_most_max_mentions_per_message() {
+    let app = spawn_app_with(|c| c.max_mentions_per_message = 1).await;
+    let room = app.public_room(BOB, "crowd", &[ALICE, CAROL]).await;
+    app.send(BOB, &room.id, "@alice @carol")
+        .await
+        .expect("send");
+    let mut notified = 0;
+    for user in [ALICE, CAROL] {
+        notified += app.notifications(user, false).await.len();
+    }
+    assert_eq!(notified, 1, "one mention notifies, the second none");
+}
+
 fn notification_ids(list: &[Notification]) -> Vec<&str> {
     list.iter().map(|n| n.id.as_str()).collect()
 }

@@ -22,6 +22,9 @@ pub struct ChatConfig {
     pub page_limit: u32,
     /// Who may invite to a private room: `members` or only the `owner`.
     pub invite_policy: InvitePolicy,
+    /// Most members one message notifies by mentioning them; further
+    /// mentions in the same message notify no one.
+    pub max_mentions_per_message: usize,
 }
 
 /// Who may add people to a private room.
@@ -43,6 +46,7 @@ impl Default for ChatConfig {
             max_text_chars: 4000,
             page_limit: 100,
             invite_policy: InvitePolicy::Members,
+            max_mentions_per_message: 20,
         }
     }
 }
@@ -53,6 +57,12 @@ impl ChatConfig {
         at_least("chat.max_connections", u64::from(self.max_connections), 1)?;
         at_least("chat.max_text_chars", self.max_text_chars as u64, 1)?;
         at_least("chat.page_limit", u64::from(self.page_limit), 1)?;
+        if self.max_mentions_per_message > 1_000 {
+            return Err(ConfigError(format!(
+                "key `chat.max_mentions_per_message`: must be at most 1000, got {}",
+                self.max_mentions_per_message
+            )));
+        }
         let db = &self.database_url;
         if !(db.starts_with("sqlite:")
             || db.starts_with("postgres://")

@@ -44,8 +44,11 @@ pub struct EdgeConfig {
     pub outbound_queue_bytes: usize,
     /// How often the edge renews its connections' presence leases (one batched call).
     pub presence_renew_ms: u64,
-    /// Most users one connection may follow with `presence.subscribe`.
+    /// Most users one connection follows: those `presence.subscribe` named
+    /// and the members of small joined rooms together.
     pub presence_subscribe_max: usize,
+    /// Most rooms one connection may have joined at once.
+    pub max_rooms_per_conn: usize,
     /// Rooms with at most this many members send their members' `presence`
     /// events to everyone who joined (cost grows with members × churn).
     /// 0 turns room-wide presence off; at most 1000.
@@ -136,6 +139,7 @@ impl Default for EdgeConfig {
             outbound_queue_bytes: 1024 * 1024,
             presence_renew_ms: 10_000,
             presence_subscribe_max: 500,
+            max_rooms_per_conn: 100,
             room_presence_max_members: 100,
             typing_timeout_ms: 6_000,
             token_expiring_lead_ms: 60_000,
@@ -223,6 +227,7 @@ impl EdgeConfig {
             1,
         )?;
         at_least("edge.typing_timeout_ms", self.typing_timeout_ms, 100)?;
+        at_least("edge.max_rooms_per_conn", self.max_rooms_per_conn as u64, 1)?;
         if self.room_presence_max_members > 1_000 {
             return Err(ConfigError(format!(
                 "key `edge.room_presence_max_members`: must be at most 1000, got {}",

@@ -36,8 +36,8 @@ pub(super) async fn subscribe(
 ) -> Result<Outcome, CommandError> {
     let users = args.users;
     let max = s.shared().config.presence_subscribe_max;
-    let new = users.iter().filter(|u| !s.follows.is_subscribed(u)).count();
-    if s.follows.subscribed() + new > max {
+    let new = users.iter().filter(|u| !s.follows.follows(u)).count();
+    if s.follows.len() + new > max {
         return Err(CommandError::new(
             ErrorCode::TooLarge,
             format!("a connection may follow at most {max} users"),

@@ -47,6 +47,13 @@ pub(super) async fn join(
     let channel = room_channel(&room);
     let actor = s.actor()?;
     let shared = s.link.shared.clone();
+    let max = shared.config.max_rooms_per_conn;
+    if !s.rooms.contains(&room) && s.rooms.len() >= max {
+        return Err(CommandError::new(
+            common::ErrorCode::TooLarge,
+            format!("a connection may join at most {max} rooms; leave one first"),
+        ));
+    }
     if s.rooms.remove(&room) {
         shared.hub.leave(&channel, s.link.key).await;
     }
