@@ -30,6 +30,9 @@ const MAX_AHEAD: usize = 4096;
 /// First pause before a failed backfill is retried; doubles up to the max.
 const REPAIR_BACKOFF_START: Duration = Duration::from_millis(100);
 const REPAIR_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Backfills in a row that end before the held events: then those are
+/// beyond the room's log — no real event is — and are dropped.
+const FRUITLESS_REPAIRS_MAX: u32 = 3;
 
 /// Per (connection, channel) delivery state.
 #[derive(Default)]
@@ -71,6 +74,9 @@ struct Channel {
     ahead: BTreeMap<i64, RoomEvent>,
     /// Whether a backfill from chat-service is running.
     repairing: bool,
+    /// Backfills in a row that read the log to its end and still left the
+    /// held events ahead of it; the next one waits longer.
+    fruitless: u32,
 }
 
 type Channels = HashMap<String, Channel>;
@@ -81,6 +87,8 @@ struct Backfill {
     events: Vec<(i64, RoomEvent)>,
     /// The last page: the log has nothing after it (for now).
     done: bool,
+    /// The log's last seq as this backfill read it.
+    log_end: i64,
 }
 
 /// The edge's subscriptions and their local members.
@@ -103,7 +111,11 @@ impl Hub {
         let (subscriber, events) = bus.subscriber().await?;
         let channels: Arc<Mutex<Channels>> = Arc::default();
         let (backfills, filled) = mpsc::unbounded_channel();
-        let repairer = Repairer { chat, backfills };
+        let repairer = Repairer {
+            chat,
+            backfills,
+            dropped: Arc::default(),
+        };
         tokio::spawn(fan_out(events, filled, channels.clone(), repairer.clone()));
         Ok(Self {
             subscriber,
@@ -111,6 +123,13 @@ impl Hub {
             repairer,
             changes: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Held room events dropped because their room's log never reached them.
+    pub fn dropped_beyond_log(&self) -> u64 {
+        self.repairer
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Adds a member to `channel` with its gate closed (events are buffered
@@ -374,6 +393,32 @@ fn room_event(entry: &mut Channel, name: &str, seq: i64, event: RoomEvent, repai
     }
 }
 
+/// After a backfill read the log to its end: held events still ahead of it
+/// are counted as a fruitless repair (the next waits longer), and after
+/// [`FRUITLESS_REPAIRS_MAX`] in a row they are dropped as events no log
+/// has — a forged or corrupt envelope must not keep the edge reading.
+fn beyond_the_log(entry: &mut Channel, name: &str, log_end: i64, repairer: &Repairer) {
+    let held_beyond = entry.ahead.range(log_end + 1..).count();
+    if held_beyond == 0 {
+        entry.fruitless = 0;
+        return;
+    }
+    entry.fruitless += 1;
+    if entry.fruitless >= FRUITLESS_REPAIRS_MAX {
+        entry.ahead.retain(|seq, _| *seq <= log_end);
+        entry.fruitless = 0;
+        repairer
+            .dropped
+            .fetch_add(held_beyond as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            channel = name,
+            log_end,
+            dropped = held_beyond,
+            "dropped events beyond the room's log"
+        );
+    }
+}
+
 /// Hands on the held events that are now next; starts a backfill when some
 /// are still ahead of a gap.
 fn advance(entry: &mut Channel, name: &str, repairer: &Repairer) {
@@ -394,7 +439,11 @@ fn advance(entry: &mut Channel, name: &str, repairer: &Repairer) {
     entry.seq = Some(current);
     if !entry.ahead.is_empty() && !entry.repairing {
         entry.repairing = true;
-        repairer.start(name, current);
+        let wait = match entry.fruitless {
+            0 => Duration::ZERO,
+            n => (REPAIR_BACKOFF_START * 2u32.pow(n - 1)).min(REPAIR_BACKOFF_MAX),
+        };
+        repairer.start(name, current, wait);
     }
 }
 
@@ -454,7 +503,7 @@ async fn fan_out(
                             && !entry.repairing
                         {
                             entry.repairing = true;
-                            repairer.start(name, seq);
+                            repairer.start(name, seq, Duration::ZERO);
                             repairs += 1;
                         }
                     }
@@ -472,6 +521,7 @@ async fn fan_out(
                 }
                 if backfill.done {
                     entry.repairing = false;
+                    beyond_the_log(entry, &backfill.channel, backfill.log_end, &repairer);
                     advance(entry, &backfill.channel, &repairer);
                 }
             }
@@ -484,12 +534,14 @@ async fn fan_out(
 struct Repairer {
     chat: ChatBackendServiceClient<ServiceChannel>,
     backfills: mpsc::UnboundedSender<Backfill>,
+    /// Held events dropped as beyond their room's log.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Repairer {
-    /// Reads `channel`'s room log after `after`, page by page, retrying with
-    /// backoff while chat-service is unreachable.
-    fn start(&self, channel: &str, after: i64) {
+    /// After `wait`, reads `channel`'s room log after `after`, page by page,
+    /// retrying with backoff while chat-service is unreachable.
+    fn start(&self, channel: &str, after: i64, wait: Duration) {
         let Some(room_id) = channel.strip_prefix(ROOM_PREFIX) else {
             return;
         };
@@ -504,6 +556,7 @@ impl Repairer {
             channel.to_string(),
         );
         tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
             let mut request = request;
             let mut backoff = REPAIR_BACKOFF_START;
             while !backfills.is_closed() {
@@ -524,6 +577,7 @@ impl Repairer {
                             channel: channel.clone(),
                             events,
                             done,
+                            log_end: request.after,
                         };
                         if backfills.send(backfill).is_err() || done {
                             return;
@@ -805,6 +859,39 @@ mod tests {
             .await
             .expect("publish");
         assert_eq!(next_seq(&mut rx).await, 7, "live again, no duplicate");
+    }
+
+    #[tokio::test]
+    async fn an_event_far_beyond_the_log_is_dropped_after_a_few_repairs() {
+        let chat = chat().await;
+        let room = chat.room_with(0).await; // seq 1
+        let channel = room_channel(&room);
+        let bus = MemoryBus::new();
+        let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
+        let (out, rx) = outbox(1 << 20);
+        let mut rx = frames(rx);
+        let gate = hub
+            .join(&channel, 1, "u", out.clone(), true)
+            .await
+            .expect("join");
+        hub.open_gate(&channel, &gate, &out, None, 1);
+        // A forged envelope far ahead of the log.
+        bus.publish(&channel, &event(&room, 100_001))
+            .await
+            .expect("publish");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while hub.dropped_beyond_log() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("dropped after a few fruitless repairs");
+        assert_eq!(hub.dropped_beyond_log(), 1);
+        // The room goes on: the next real event is handed on at once.
+        bus.publish(&channel, &event(&room, 2))
+            .await
+            .expect("publish");
+        assert_eq!(next_seq(&mut rx).await, 2);
     }
 
     #[tokio::test]

@@ -48,6 +48,7 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap
             .iter()
             .map(|(room, n)| json!({"room": room, "subscribers": n}))
             .collect::<Vec<_>>(),
+        "events_dropped_beyond_log": shared.hub.dropped_beyond_log(),
         "uptime_s": snapshot.uptime_s,
         "draining": shared.draining.load(std::sync::atomic::Ordering::Relaxed),
     });
