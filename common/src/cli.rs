@@ -43,11 +43,8 @@ pub fn bootstrap(components: &[&str], split_mode: bool) -> (Config, Telemetry) {
         Ok(config) => config,
         Err(e) => exit_config(&e.to_string()),
     };
-    if split_mode && config.services.credential.is_empty() {
-        exit_config(
-            "invalid configuration: key `services.credential` must be set (32+ bytes, the same in every \
-             component) when services run as separate processes",
-        );
+    if let Err(e) = config.check_components(components, split_mode) {
+        exit_config(&e.to_string());
     }
     let otel = OtelSettings::from_env(std::env::vars());
     let telemetry = match telemetry::init(&config.log, &otel, components) {

@@ -17,6 +17,7 @@ mod ai;
 mod auth;
 mod bus;
 mod chat;
+mod deployment;
 mod edge;
 mod log;
 mod presence;

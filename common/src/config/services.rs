@@ -20,6 +20,9 @@ pub struct ServicesConfig {
     pub credential: Secret,
     /// Timeout for establishing a gRPC connection.
     pub connect_timeout_ms: u64,
+    /// Every Postgres and Redis URL a component uses must be TLS (managed
+    /// backends reached over networks you do not control).
+    pub require_backend_tls: bool,
 }
 
 impl Default for ServicesConfig {
@@ -31,6 +34,7 @@ impl Default for ServicesConfig {
             presence_url: "http://127.0.0.1:50054".into(),
             credential: Secret::default(),
             connect_timeout_ms: 2_000,
+            require_backend_tls: false,
         }
     }
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates the dev overlay's `parley-secrets` with fresh random values
+# (nothing secret is checked in). Run once before `kubectl apply -k`.
+set -euo pipefail
+ns="${1:-parley-dev}"
+rand() { openssl rand -hex 32; }
+pg_password="$(rand)"
+redis_password="$(rand)"
+kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n "$ns" create secret generic parley-secrets \
+    --from-literal=services-credential="$(rand)" \
+    --from-literal=auth-hs256-secret="$(rand)" \
+    --from-literal=postgres-password="$pg_password" \
+    --from-literal=redis-password="$redis_password" \
+    --from-literal=database-url="postgres://parley:${pg_password}@postgres:5432/parley" \
+    --from-literal=redis-url="redis://:${redis_password}@redis:6379" \
+    --dry-run=client -o yaml | kubectl apply -f -
+echo "secret parley-secrets ready in namespace $ns"
