@@ -15,6 +15,23 @@ fn k8s_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s")
 }
 
+/// Whether these tests run: where `kubectl` is installed, or always when
+/// `PARLEY_TEST_DEPLOY` is set (CI sets it; then a missing kubectl fails).
+fn enabled() -> bool {
+    if std::env::var_os("PARLEY_TEST_DEPLOY").is_some() {
+        return true;
+    }
+    let found = Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok();
+    if !found {
+        eprintln!("note: kubectl is not installed; skipping the manifest tests");
+    }
+    found
+}
+
 /// The documents `kubectl kustomize` renders for `overlay`.
 fn render(overlay: &str) -> Vec<Value> {
     let output = Command::new("kubectl")
@@ -197,16 +214,25 @@ fn check_overlay(overlay: &str) {
 
 #[test]
 fn the_dev_overlay_configures_every_component_validly() {
+    if !enabled() {
+        return;
+    }
     check_overlay("dev");
 }
 
 #[test]
 fn the_production_overlay_configures_every_component_validly() {
+    if !enabled() {
+        return;
+    }
     check_overlay("production");
 }
 
 #[test]
 fn the_production_overlay_refuses_a_database_without_tls() {
+    if !enabled() {
+        return;
+    }
     let docs = render("production");
     let file = config_file("production-plain", &docs);
     let chat = components("production", &docs)
