@@ -71,6 +71,12 @@ impl AuthApp {
                 Arc::new(RedisStore::connect(&config.redis_url, &config.redis_prefix).await?)
             }
         };
+        if config.dev_login {
+            tracing::warn!(
+                "DEVELOPMENT LOGIN IS ON: `auth{{dev_user}}` signs anyone in as any user; \
+                 never run this way where others can connect"
+            );
+        }
         let longest_s = config
             .refresh_ttl_s
             .max(config.access_ttl_s)

@@ -16,8 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::AuthError;
 use crate::keys::{self, Key, KeyRing};
 
-/// User id of the AI assistant; no token may claim it.
-const RESERVED_SUBJECT: &str = "assistant";
 /// Longest accepted `sub`, in characters.
 const MAX_SUBJECT_CHARS: usize = 128;
 /// Longest display name, in characters.
@@ -458,13 +456,15 @@ fn rejection_reason(kind: &ErrorKind) -> AuthReason {
     }
 }
 
-/// A `sub` this service accepts: 1–128 characters, not the assistant's.
+/// A `sub` this service accepts: 1–128 characters without control or
+/// text-direction characters, and none of the server's own identities
+/// (`assistant`, `system`, `bot:…`).
 pub(crate) fn check_subject(subject: &str) -> Result<(), AuthError> {
     let chars = subject.chars().count();
-    if chars == 0 || chars > MAX_SUBJECT_CHARS || subject.chars().any(char::is_control) {
+    if chars == 0 || chars > MAX_SUBJECT_CHARS || common::ids::has_disguising_chars(subject) {
         return Err(AuthError::invalid(AuthReason::BadSubject));
     }
-    if subject == RESERVED_SUBJECT {
+    if common::ids::is_reserved_user_id(subject) {
         return Err(AuthError::invalid(AuthReason::ReservedSubject));
     }
     Ok(())
@@ -483,9 +483,9 @@ pub(crate) fn display_name(
     if name.chars().count() > MAX_NAME_CHARS {
         return Err(AuthError::BadRequest("name must be at most 64 characters"));
     }
-    if name.chars().any(char::is_control) {
+    if common::ids::has_disguising_chars(name) {
         return Err(AuthError::BadRequest(
-            "name must not contain control characters",
+            "name must not contain control or text-direction characters",
         ));
     }
     Ok(name.to_string())

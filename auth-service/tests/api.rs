@@ -328,7 +328,11 @@ async fn the_audience_is_required_and_checked_when_configured() {
 #[tokio::test]
 async fn the_subject_is_required_bounded_and_not_the_assistant() {
     let app = spawn_app(config()).await;
-    app.rejected(&sign(&claims("assistant")), "reserved_subject")
+    for reserved in ["assistant", "system", "bot:weather"] {
+        app.rejected(&sign(&claims(reserved)), "reserved_subject")
+            .await;
+    }
+    app.rejected(&sign(&claims("evil\u{202e}gpj")), "bad_subject")
         .await;
     app.rejected(&sign(&without(claims("u_1"), "sub")), "missing_claim")
         .await;
@@ -372,6 +376,10 @@ async fn anonymous_sign_in_issues_a_token_that_verifies() {
         .await
         .expect_err("name too long");
     assert_eq!(status.code(), Code::InvalidArgument);
+    for disguised in ["admin\u{202e}nimda", "a\u{2066}b", "line\nbreak"] {
+        let status = app.sign_in(disguised).await.expect_err("disguised name");
+        assert_eq!(status.code(), Code::InvalidArgument, "{disguised:?}");
+    }
 }
 
 #[tokio::test]
@@ -591,6 +599,8 @@ async fn issuing_checks_its_input() {
     for request in [
         pair_request(""),
         pair_request("assistant"),
+        pair_request("system"),
+        pair_request("bot:x"),
         pair_request(&"u".repeat(129)),
         IssueTokensRequest {
             roles: vec![String::new()],
@@ -782,7 +792,7 @@ async fn dev_login_works_only_when_enabled() {
         on.verify(&response.access_token).await.expect("verifies"),
         identity
     );
-    for user in ["", "assistant", &"a".repeat(65)] {
+    for user in ["", "assistant", "system", "bot:x", &"a".repeat(65)] {
         let status = on
             .client
             .clone()

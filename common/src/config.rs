@@ -144,6 +144,14 @@ impl Config {
             )));
         }
         self.auth.validate()?;
+        if self.auth.dev_login && !self.edge.listen.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "key `auth.dev_login`: development login signs anyone in as anyone; it is only \
+                 allowed while `edge.listen` is a loopback address (it is {}); set \
+                 auth.dev_login = false",
+                self.edge.listen
+            )));
+        }
         self.services.validate()?;
         self.bus.validate()?;
         self.ai.validate()?;
@@ -314,6 +322,27 @@ mod tests {
         assert_eq!(c.auth.failed_window_s, 300);
         assert_eq!(c.auth.block_s, 900);
         assert_eq!(c.auth.jwks_refetch_s, 60);
+    }
+
+    #[test]
+    fn dev_login_is_refused_unless_the_edge_listens_on_loopback() {
+        let e = Config::load_over(
+            Config::one_process_defaults(),
+            None,
+            [("PARLEY_EDGE_LISTEN", "0.0.0.0:8080")],
+        )
+        .expect_err("dev login on a public address");
+        assert!(e.to_string().contains("auth.dev_login"), "{e}");
+        let c = Config::load_over(
+            Config::one_process_defaults(),
+            None,
+            [
+                ("PARLEY_EDGE_LISTEN", "0.0.0.0:8080"),
+                ("PARLEY_AUTH_DEV_LOGIN", "false"),
+            ],
+        )
+        .expect("without dev login");
+        assert!(!c.auth.dev_login);
     }
 
     #[test]

@@ -45,10 +45,10 @@ impl Actor {
 
     /// Puts the actor into outgoing metadata.
     pub fn apply(&self, metadata: &mut MetadataMap) {
-        if let Ok(v) = AsciiMetadataValue::try_from(self.user_id.as_str()) {
+        // Ids and names may be any UTF-8 (`zoë`): both travel percent-encoded.
+        if let Ok(v) = AsciiMetadataValue::try_from(percent_encode(&self.user_id)) {
             metadata.insert(USER_ID, v);
         }
-        // Names may be any UTF-8: send them percent-encoded.
         if let Ok(v) = AsciiMetadataValue::try_from(percent_encode(&self.name)) {
             metadata.insert(USER_NAME, v);
         }
@@ -67,7 +67,7 @@ impl Actor {
 
     /// Reads the actor from incoming metadata.
     pub fn from_metadata(metadata: &MetadataMap) -> Option<Self> {
-        let user_id = metadata.get(USER_ID)?.to_str().ok()?.to_string();
+        let user_id = percent_decode(metadata.get(USER_ID)?.to_str().ok()?);
         if user_id.is_empty() {
             return None;
         }
@@ -266,15 +266,17 @@ mod tests {
     use tonic::service::Interceptor;
 
     #[test]
-    fn actor_round_trips_with_unicode_names() {
-        let actor = Actor {
-            user_id: "u_1".into(),
-            name: "Zoë 100%".into(),
-            anonymous: true,
-        };
-        let mut md = MetadataMap::new();
-        actor.apply(&mut md);
-        assert_eq!(Actor::from_metadata(&md), Some(actor));
+    fn actor_round_trips_with_unicode_ids_and_names() {
+        for (user_id, name) in [("u_1", "Zoë 100%"), ("zoë", "Zoë"), ("bot:x/y", "b")] {
+            let actor = Actor {
+                user_id: user_id.into(),
+                name: name.into(),
+                anonymous: true,
+            };
+            let mut md = MetadataMap::new();
+            actor.apply(&mut md);
+            assert_eq!(Actor::from_metadata(&md), Some(actor));
+        }
     }
 
     #[test]

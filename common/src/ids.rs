@@ -36,3 +36,41 @@ mod tests {
         assert!(a < b);
     }
 }
+
+/// User ids that belong to the server: the assistant, `system` and bots
+/// (`bot:…`). No token, development login or sign-in may claim one.
+pub fn is_reserved_user_id(id: &str) -> bool {
+    id == "assistant" || id == "system" || id.starts_with("bot:")
+}
+
+/// Whether `text` holds a character that must not appear in a name: a
+/// control character, or one that reorders text (bidirectional overrides,
+/// embeddings and isolates), which can disguise a name or a room.
+pub fn has_disguising_chars(text: &str) -> bool {
+    text.chars().any(|c| {
+        c.is_control() || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
+#[cfg(test)]
+mod reserved_tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_identities_are_reserved() {
+        for id in ["assistant", "system", "bot:weather", "bot:"] {
+            assert!(is_reserved_user_id(id), "{id}");
+        }
+        for id in ["alice", "zoë", "systems", "robot:x", "Assistant"] {
+            assert!(!is_reserved_user_id(id), "{id}");
+        }
+    }
+
+    #[test]
+    fn names_cannot_hide_reordering_or_control_characters() {
+        assert!(has_disguising_chars("evil\u{202E}gpj.exe"));
+        assert!(has_disguising_chars("a\u{2066}b"));
+        assert!(has_disguising_chars("tab\there"));
+        assert!(!has_disguising_chars("Zoë — 東京 🎉"));
+    }
+}

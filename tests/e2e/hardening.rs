@@ -130,3 +130,35 @@ async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
     client.send_raw_text(vec![b'{', 0xff, 0xfe, b'}']).await;
     assert_eq!(client.close_code().await, Some(1007));
 }
+
+#[tokio::test]
+async fn nobody_signs_in_as_the_servers_own_identities() {
+    let app = spawn_app_with(|c| c.auth.dev_login = true).await;
+    for reserved in ["system", "assistant", "bot:weather"] {
+        let mut client = app.connect().await;
+        client
+            .err("auth", json!({"dev_user": reserved}), "bad_request")
+            .await;
+        assert!(
+            app.user_at(&app.ws_url(), reserved).await.is_none(),
+            "a token for {reserved} is refused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_non_ascii_user_id_works_end_to_end() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut zoe = app.user("zoë", "Zoë").await;
+    let room = zoe.public_room("café").await;
+    zoe.ok("room.join", json!({"room": room})).await;
+    let sent = zoe
+        .ok(
+            "message.send",
+            json!({"room": room, "text": "bonjour", "client_msg_id": "z1"}),
+        )
+        .await;
+    assert_eq!(sent["message"]["sender"]["id"], "zoë");
+    let history = zoe.ok("message.history", json!({"room": room})).await;
+    assert_eq!(history["messages"][0]["sender"]["id"], "zoë");
+}

@@ -82,6 +82,11 @@ impl ChatHandler {
             Visibility::try_from(request.visibility).unwrap_or(Visibility::Unspecified);
         let name = request.name.trim().to_string();
         check_no_nul("name", &name)?;
+        if common::ids::has_disguising_chars(&name) {
+            return Err(ChatError::BadRequest(
+                "name must not contain control or text-direction characters".into(),
+            ));
+        }
         if name.chars().count() > MAX_ROOM_NAME_CHARS {
             return Err(ChatError::TooLarge(format!(
                 "name is longer than {MAX_ROOM_NAME_CHARS} characters"

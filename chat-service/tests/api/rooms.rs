@@ -303,3 +303,18 @@ async fn list_rooms_counts_unread_messages_from_others() {
     assert_eq!(unread(app.list_rooms(BOB).await), [(room.id.clone(), 2)]);
     assert!(app.list_rooms(CAROL).await.is_empty());
 }
+
+#[tokio::test]
+async fn room_names_cannot_hide_text_direction_or_control_characters() {
+    let app = spawn_app().await;
+    for name in ["evil\u{202e}moor", "a\u{2067}b", "tab\there"] {
+        let status = app
+            .create_room(ALICE, name, Visibility::Public, &[])
+            .await
+            .expect_err("disguised name");
+        assert_eq!(status.code(), Code::InvalidArgument, "{name:?}");
+    }
+    app.create_room(ALICE, "Zoë's 東京 room 🎉", Visibility::Public, &[])
+        .await
+        .expect("any other script is fine");
+}
