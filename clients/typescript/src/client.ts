@@ -277,7 +277,7 @@ export class ParleyClient extends Emitter<ClientEvents> {
   /** Drops the socket now and reconnects (as after a network change). */
   reconnect(): void {
     if (this.stopped) return;
-    this.ws?.close(4000, "client reconnect");
+    this.drop(this.ws, "client reconnect");
   }
 
   private stop(code: number | undefined, reason: string): void {
@@ -312,10 +312,17 @@ export class ParleyClient extends Emitter<ClientEvents> {
     const visible = () => {
       if (g.document?.visibilityState === "visible") wake();
     };
+    // The browser knows the network is gone before TCP does: drop the socket
+    // now, so sends queue and the reconnect starts at once on `online`.
+    const offline = () => {
+      if (!this.stopped) this.drop(this.ws, "network offline");
+    };
     g.addEventListener("online", wake);
+    g.addEventListener("offline", offline);
     g.document?.addEventListener?.("visibilitychange", visible);
     this.detachHints = () => {
       g.removeEventListener("online", wake);
+      g.removeEventListener("offline", offline);
       g.document?.removeEventListener?.("visibilitychange", visible);
       this.detachHints = undefined;
     };
@@ -362,6 +369,11 @@ export class ParleyClient extends Emitter<ClientEvents> {
         /* already closed */
       }
     }
+  }
+
+  /** Gives up on `ws` now (without waiting for a closing handshake) and reconnects. */
+  private drop(ws: WebSocketLike | undefined, reason: string): void {
+    if (ws && this.ws === ws) this.onSocketClosed(4000, reason);
   }
 
   private onSocketClosed(code: number, reason: string): void {
@@ -515,12 +527,12 @@ export class ParleyClient extends Emitter<ClientEvents> {
         this.stop(4002, err.message);
       } else if (err.code === "unauthorized" && (this.options.anonymous || this.options.devUser) && this.token) {
         this.token = undefined; // the issued token is gone (server restarted with a new key): sign in afresh
-        ws?.close(4000, "sign in again");
+        this.drop(ws, "sign in again");
       } else if (err.code === "unauthorized" && this.options.getToken) {
         this.token = undefined;
-        ws?.close(4000, "sign in again");
+        this.drop(ws, "sign in again");
       } else {
-        ws?.close(4000, "sign-in failed");
+        this.drop(ws, "sign-in failed");
       }
     }
   }
@@ -653,7 +665,7 @@ export class ParleyClient extends Emitter<ClientEvents> {
       p.timer = setTimeout(() => {
         this.forget(p);
         reject(new ParleyError("timeout", `no reply to ${type} within ${this.options.requestTimeoutMs} ms`, true));
-        this.ws?.close(4000, "request timeout");
+        this.drop(this.ws, "request timeout");
       }, this.options.requestTimeoutMs);
       this.transmit(p);
     });
@@ -714,7 +726,7 @@ export class ParleyClient extends Emitter<ClientEvents> {
     const ws = this.ws;
     this.pingTimer = setInterval(() => {
       this.request("ping", {}, { timeoutMs: Math.min(every, 10_000) }).catch((e: ParleyError) => {
-        if (e.code === "timeout" && this.ws === ws) ws?.close(4000, "no ping reply");
+        if (e.code === "timeout") this.drop(ws, "no ping reply");
       });
     }, every);
   }
