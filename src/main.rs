@@ -6,11 +6,15 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(parley::COMPONENTS, false);
+    let web_app = config.edge.web_app;
     let result = async {
         let listeners = parley::Listeners::bind(&config).await?;
         let mut suite = parley::start(config, listeners, telemetry.tracing_enabled()).await?;
         let a = suite.addrs;
         println!("parley is running (one process; Ctrl-C to stop)");
+        if web_app {
+            println!("  web app   http://{}/", a.edge);
+        }
         println!("  edge      ws://{}/ws   http://{}/healthz", a.edge, a.edge);
         println!("  auth      grpc {}", a.auth);
         println!("  chat      grpc {}", a.chat);

@@ -72,10 +72,11 @@ impl ConfigError {
 
 impl Config {
     /// The defaults of the one-process `parley` binary: the built-in ones
-    /// plus development conveniences (`auth.dev_login`).
+    /// plus development conveniences (`auth.dev_login`, `edge.web_app`).
     pub fn one_process_defaults() -> Self {
         let mut config = Self::default();
         config.auth.dev_login = true;
+        config.edge.web_app = true;
         config
     }
 
@@ -316,6 +317,10 @@ mod tests {
         assert!(c.edge.admin_token.is_empty() && !c.edge.maintenance);
         assert_eq!(c.edge.token_expiring_lead_ms, 60_000);
         assert!(!c.auth.dev_login, "dev login is off unless asked for");
+        assert!(
+            !c.edge.web_app,
+            "the split edge serves no web app unless asked"
+        );
         assert_eq!(c.auth.access_ttl_s, 900);
         assert_eq!(c.auth.refresh_ttl_s, 30 * 24 * 3600);
         assert_eq!(c.auth.failed_attempts_max, 10);
@@ -354,6 +359,7 @@ mod tests {
         )
         .expect("valid");
         assert!(c.auth.dev_login);
+        assert!(c.edge.web_app);
         let c = Config::load_over(
             Config::one_process_defaults(),
             None,

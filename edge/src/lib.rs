@@ -20,6 +20,7 @@ mod signed;
 mod status;
 mod token_life;
 mod typing;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -218,12 +219,15 @@ impl EdgeApp {
             shared,
             mut conns_done,
         } = self;
-        let router = Router::new()
+        let mut router = Router::new()
             .route("/ws", get(upgrade))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .route("/status", get(status::status))
-            .with_state(shared.clone());
+            .route("/status", get(status::status));
+        if shared.config.web_app {
+            router = router.merge(web::routes());
+        }
+        let router = router.with_state(shared.clone());
         let signal = shared.shutdown.clone();
         let drain_flag = shared.clone();
         let server = axum::serve(
@@ -273,7 +277,10 @@ async fn upgrade(
     if shared.blocks.is_blocked(peer.ip()) {
         return (StatusCode::TOO_MANY_REQUESTS, "too many failed attempts").into_response();
     }
-    if let Err(status) = check_origin(&shared.config, &headers) {
+    let same_origin_app = shared.config.web_app && web::same_origin(&headers);
+    if let Err(status) = check_origin(&shared.config, &headers)
+        .or_else(|status| if same_origin_app { Ok(()) } else { Err(status) })
+    {
         common::security::log(
             common::security::SecurityEvent::OriginRejected,
             Some(peer.ip()),

@@ -109,6 +109,8 @@ pub struct EdgeConfig {
     /// After authentication every command must be an HMAC-signed envelope
     /// (see docs/security.md); off by default.
     pub signed_frames: bool,
+    /// Serve the web app (clients/web) at `/`; on in the one-process binary.
+    pub web_app: bool,
 }
 
 /// What content inspection does with a message that matches a detector.
@@ -169,6 +171,7 @@ impl Default for EdgeConfig {
             content_inspection: InspectionMode::Flag,
             admin_token: Secret::default(),
             signed_frames: false,
+            web_app: false,
         }
     }
 }

@@ -1,0 +1,144 @@
+// The web app in real Chromium (Debian's, driven by playwright-core) against
+// a real `parley`: two people chat, HTML in messages and names stays text,
+// one goes offline and sees what it missed, the assistant's reply streams.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createServer, connect } from "node:net";
+import { chromium } from "playwright-core";
+import { Server } from "../../typescript/build/test/server.js";
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
+const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const server = new Server();
+let browser;
+let base;
+
+before(async () => {
+  assert.ok(existsSync(executablePath), `${executablePath} missing: apt-get install -y chromium`);
+  await server.start();
+  base = server.url.replace(/^ws:/, "http:").replace(/\/ws$/, "/");
+  browser = await chromium.launch({
+    executablePath,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+after(async () => {
+  await browser?.close();
+  await server.stop();
+});
+
+/** A TCP proxy to the server that can cut its connections: Bob's network. */
+async function cable(target) {
+  const sockets = new Set();
+  let up = true;
+  const proxy = createServer((inbound) => {
+    if (!up) return inbound.destroy();
+    const outbound = connect(target.port, target.hostname);
+    for (const s of [inbound, outbound]) {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+      s.on("error", () => {});
+    }
+    inbound.pipe(outbound).pipe(inbound);
+  });
+  await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${proxy.address().port}/`,
+    unplug() {
+      up = false;
+      for (const s of sockets) s.destroy();
+    },
+    plug() {
+      up = true;
+    },
+    close: () => proxy.close(),
+  };
+}
+
+async function signIn(context, name, how, hash = "", origin = base) {
+  const page = await context.newPage();
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(String(e)));
+  page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+  await page.goto(origin + hash);
+  await page.fill("#name", name);
+  await page.check(`input[name="how"][value="${how}"]`);
+  await page.click("#signin-button");
+  await page.waitForSelector("#chat:not([hidden])");
+  return { page, problems };
+}
+
+const texts = (page) => page.$$eval("#messages li:not(.streaming) .text", (els) => els.map((e) => e.textContent));
+const pwned = (page) => page.evaluate(() => window.__pwned ?? null);
+
+test("two browsers chat; HTML stays text; offline catches up; the assistant streams", async () => {
+  const hostile = `<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>`;
+  const ctxA = await browser.newContext({ viewport: { width: 1100, height: 640 } });
+  const ctxB = await browser.newContext({ viewport: { width: 1100, height: 640 } });
+  const a = await signIn(ctxA, "ada", "dev");
+  await a.page.fill("#room-name", `general ${hostile}`);
+  await a.page.click("#create-form button");
+  await a.page.waitForSelector("#room:not([hidden])");
+  const link = await a.page.textContent("#room-link");
+  const roomId = new URL(link).hash.replace("#room=", "");
+
+  const bobName = "<img src=x onerror=window.__pwned=3>";
+  const bobNet = await cable(new URL(base));
+  const b = await signIn(ctxB, bobName, "anonymous", `#room=${roomId}`, bobNet.url);
+  await b.page.waitForSelector("#room:not([hidden])");
+  assert.equal(await b.page.textContent("#room-title"), `general ${hostile}`);
+
+  await a.page.fill("#text", "hello bob");
+  await a.page.press("#text", "Enter");
+  await b.page.waitForFunction(() => [...document.querySelectorAll("#messages .text")].some((e) => e.textContent === "hello bob"));
+
+  await b.page.fill("#text", hostile);
+  await b.page.press("#text", "Enter");
+  await a.page.waitForFunction((h) => [...document.querySelectorAll("#messages .text")].some((e) => e.textContent === h), hostile);
+  assert.equal(await a.page.$$eval("#messages img, #messages script", (e) => e.length), 0, "no element made from a message");
+  assert.equal(await a.page.textContent("#messages li:last-child .who"), bobName);
+
+  // Bob goes offline; Ada talks; Bob comes back and sees what he missed.
+  bobNet.unplug();
+  await b.page.waitForSelector('#conn:not([data-state="connected"])');
+  for (const t of ["while you were out 1", "while you were out 2"]) {
+    await a.page.fill("#text", t);
+    await a.page.press("#text", "Enter");
+  }
+  await a.page.waitForFunction(() => [...document.querySelectorAll("#messages .text")].some((e) => e.textContent === "while you were out 2"));
+  assert.equal((await texts(b.page)).includes("while you were out 1"), false, "bob is really cut off");
+  bobNet.plug();
+  await b.page.evaluate(() => window.dispatchEvent(new Event("online")));
+  await b.page.waitForSelector('#conn[data-state="connected"]', { timeout: 30_000 });
+  await b.page.waitForFunction(() => [...document.querySelectorAll("#messages .text")].some((e) => e.textContent === "while you were out 2"));
+  assert.deepEqual(await texts(b.page), ["hello bob", hostile, "while you were out 1", "while you were out 2"]);
+  assert.match(await b.page.textContent("#conn"), /recovered/);
+
+  // The assistant: deltas render as they come, then the stored reply replaces them.
+  await b.page.evaluate(() => {
+    window.__streamed = false;
+    new MutationObserver(() => {
+      if (document.querySelector("#messages li.streaming")) window.__streamed = true;
+    }).observe(document.getElementById("messages"), { childList: true, subtree: true });
+  });
+  await a.page.fill("#text", "/ask tell me a story about streams");
+  await a.page.press("#text", "Enter");
+  await b.page.waitForSelector("#messages li.assistant:not(.streaming)", { timeout: 30_000 });
+  assert.equal(await b.page.evaluate(() => window.__streamed), true, "the reply streamed in");
+  await a.page.waitForSelector("#messages li.assistant:not(.streaming)");
+  assert.equal(await a.page.$$eval("#messages li.streaming", (e) => e.length), 0);
+
+  assert.equal(await pwned(a.page), null);
+  assert.equal(await pwned(b.page), null);
+  assert.deepEqual([...a.problems, ...b.problems].filter((p) => !/ERR_INTERNET_DISCONNECTED|WebSocket/.test(p)), []);
+
+  if (process.env.PARLEY_SCREENSHOT !== "0") {
+    await a.page.screenshot({ path: join(repo, "docs/web-app.png") });
+  }
+  await ctxA.close();
+  await ctxB.close();
+  bobNet.close();
+});
