@@ -5,6 +5,7 @@
 
 mod memory;
 mod redis;
+mod seal;
 
 use async_trait::async_trait;
 use prost::Message;
@@ -12,6 +13,7 @@ use tokio::sync::mpsc;
 
 pub use self::memory::MemoryBus;
 pub use self::redis::RedisBus;
+pub use self::seal::{BusKeys, Refused};
 pub use proto::bus::v1::Envelope;
 
 /// Channel of one room's events.
@@ -101,8 +103,16 @@ pub async fn connect(
 ) -> Result<std::sync::Arc<dyn Bus>, BusError> {
     Ok(match config.backend {
         crate::config::Backend::Memory => std::sync::Arc::new(MemoryBus::new()),
-        crate::config::Backend::Redis => {
-            std::sync::Arc::new(RedisBus::connect(&config.redis_url, &config.channel_prefix).await?)
-        }
+        crate::config::Backend::Redis => std::sync::Arc::new(
+            RedisBus::connect(
+                &config.redis_url,
+                &config.channel_prefix,
+                BusKeys::new(
+                    config.signing_key.clone(),
+                    config.previous_signing_key.clone(),
+                ),
+            )
+            .await?,
+        ),
     })
 }

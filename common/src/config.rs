@@ -250,6 +250,8 @@ fn is_string_key(key: &str) -> bool {
                 | "audience"
                 | "channel_prefix"
                 | "redis_prefix"
+                | "signing_key"
+                | "previous_signing_key"
                 | "level"
                 | "allowed_origins"
                 | "trusted_proxies"
@@ -330,6 +332,24 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_bus_needs_a_signing_key() {
+        let e = load(&[("PARLEY_BUS_BACKEND", "redis")]).expect_err("no key");
+        assert!(e.to_string().contains("bus.signing_key"), "{e}");
+        let e = load(&[
+            ("PARLEY_BUS_BACKEND", "redis"),
+            ("PARLEY_BUS_SIGNING_KEY", "short"),
+        ])
+        .expect_err("short key");
+        assert!(e.to_string().contains("bus.signing_key"), "{e}");
+        assert!(
+            !e.to_string().contains("short"),
+            "the key is not echoed: {e}"
+        );
+        let e = load(&[("PARLEY_BUS_PREVIOUS_SIGNING_KEY", "short")]).expect_err("short");
+        assert!(e.to_string().contains("bus.previous_signing_key"), "{e}");
+    }
+
+    #[test]
     fn dev_login_is_refused_unless_the_edge_listens_on_loopback() {
         let e = Config::load_over(
             Config::one_process_defaults(),
@@ -379,6 +399,7 @@ mod tests {
                 "https://a.example, https://b.example",
             ),
             ("PARLEY_BUS_BACKEND", "redis"),
+            ("PARLEY_BUS_SIGNING_KEY", &"k".repeat(32)),
             ("PARLEY_TEST_DATABASE_URL", "ignored"),
         ])
         .expect("valid");

@@ -54,9 +54,11 @@ fn render(overlay: &str) -> Vec<Value> {
 fn sample_secret(overlay: &str, key: &str) -> String {
     let production = overlay == "production";
     match key {
-        "services-credential" | "auth-hs256-secret" | "postgres-password" | "redis-password" => {
-            "0123456789abcdef0123456789abcdef".into()
-        }
+        "services-credential"
+        | "bus-signing-key"
+        | "auth-hs256-secret"
+        | "postgres-password"
+        | "redis-password" => "0123456789abcdef0123456789abcdef".into(),
         "ai-api-key" => "sk-sample".into(),
         "database-url" if production => "postgres://parley:pw@db.example:5432/parley\
              ?sslmode=verify-full&sslrootcert=/etc/parley/tls/ca.crt"

@@ -1,5 +1,7 @@
 //! The Redis bus against a real Redis: ordering, channel filtering,
-//! unsubscribe, fan-out, resubscription after the connection is killed.
+//! unsubscribe, fan-out, resubscription after the connection is killed,
+//! and signed payloads: a raw `PUBLISH` or one signed with another key is
+//! dropped and counted.
 //!
 //! Runs when `PARLEY_TEST_REDIS_URL` is set (skipped with a note otherwise);
 //! when it is set, an unreachable Redis fails the tests. Every test uses its
@@ -7,8 +9,9 @@
 
 use std::time::Duration;
 
+use common::Secret;
 use common::bus::{
-    Bus, BusError, BusEvent, Envelope, RedisBus, Subscriber, envelope, room_channel,
+    Bus, BusError, BusEvent, BusKeys, Envelope, RedisBus, Subscriber, envelope, room_channel,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -23,10 +26,18 @@ async fn test_bus() -> Option<TestBus> {
         return None;
     };
     let prefix = common::ids::new_id("bustest");
-    let bus = RedisBus::connect(&url, &prefix)
+    let bus = RedisBus::connect(&url, &prefix, keys("k", ""))
         .await
         .unwrap_or_else(|e| panic!("PARLEY_TEST_REDIS_URL is set but Redis is unusable: {e}"));
     Some(TestBus { url, prefix, bus })
+}
+
+/// Bus keys made of repeated characters (32+ bytes each).
+fn keys(current: &str, previous: &str) -> BusKeys {
+    BusKeys::new(
+        Secret::new(current.repeat(32)),
+        Secret::new(previous.repeat(32)),
+    )
 }
 
 struct TestBus {
@@ -220,6 +231,55 @@ async fn dropping_the_subscriber_ends_it() {
 #[tokio::test]
 async fn connect_reports_an_unreachable_redis_as_unavailable() {
     // Port 1 (tcpmux) is closed on any test machine: the connection is refused.
-    let result = RedisBus::connect("redis://127.0.0.1:1", "unreachable").await;
+    let result = RedisBus::connect("redis://127.0.0.1:1", "unreachable", keys("k", "")).await;
     assert!(matches!(result, Err(BusError::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn forged_payloads_are_dropped_and_counted_and_a_rotated_key_still_verifies() {
+    let Some(test) = test_bus().await else {
+        return;
+    };
+    let (subscriber, mut events) = test.subscriber().await;
+    subscriber
+        .subscribe(&room_channel("r"))
+        .await
+        .expect("subscribe");
+    let redis_channel = format!("{}:{}", test.prefix, room_channel("r"));
+    let mut admin = test.admin().await;
+    // Someone on the Redis network publishes a raw envelope, then one
+    // signed with a key of their own.
+    let raw = prost::Message::encode_to_vec(&message("r", 1));
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&redis_channel)
+        .arg(raw)
+        .query_async(&mut admin)
+        .await
+        .expect("publish");
+    let forger = RedisBus::connect(&test.url, &test.prefix, keys("x", ""))
+        .await
+        .expect("forger");
+    forger
+        .publish(&room_channel("r"), &message("r", 2))
+        .await
+        .expect("publish");
+    // A component already on the next key, with ours as the previous one.
+    let rotated = RedisBus::connect(&test.url, &test.prefix, keys("n", "k"))
+        .await
+        .expect("rotated");
+    let old_keys_seen_by_rotated = rotated.subscriber().await.expect("subscriber");
+    old_keys_seen_by_rotated
+        .0
+        .subscribe(&room_channel("r"))
+        .await
+        .expect("subscribe");
+    test.publish("r", 3).await;
+    assert_eq!(next_message(&mut events).await.2, 3, "only the genuine one");
+    let mut rotated_events = old_keys_seen_by_rotated.1;
+    assert_eq!(
+        next_message(&mut rotated_events).await.2,
+        3,
+        "the previous key verifies"
+    );
+    assert_eq!(test.bus.refused_payloads(), 2, "the raw and the forged one");
 }

@@ -130,6 +130,7 @@ pub async fn spawn_app_traced(adjust: impl FnOnce(&mut Config), tracing: bool) -
         config.bus.backend = Backend::Redis;
         config.bus.redis_url = redis.clone();
         config.bus.channel_prefix = common::ids::new_id("e2e");
+        config.bus.signing_key = common::Secret::new(common::ids::random_secret(32));
         config.presence.backend = Backend::Redis;
         config.presence.redis_url = redis;
         config.presence.redis_prefix = format!("{}:", common::ids::new_id("e2e-presence"));
@@ -286,6 +287,10 @@ impl TestApp {
             (
                 "PARLEY_BUS_CHANNEL_PREFIX".into(),
                 c.bus.channel_prefix.clone(),
+            ),
+            (
+                "PARLEY_BUS_SIGNING_KEY".into(),
+                c.bus.signing_key.expose().to_string(),
             ),
             (
                 "PARLEY_PRESENCE_REDIS_PREFIX".into(),

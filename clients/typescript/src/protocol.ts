@@ -125,8 +125,7 @@ export interface CustomEvent {
 /** No result fields. */
 export type Empty = Record<string, unknown>;
 
-/** The protocol's error codes, for the schema (`cancelled` only in `ai.error`). */
-export type ErrorCodeName = "bad_request" | "unauthorized" | "forbidden" | "not_found" | "conflict" | "rate_limited" | "too_large" | "unavailable" | "timeout" | "disabled" | "internal" | "cancelled";
+export type ErrorCode = "bad_request" | "unauthorized" | "forbidden" | "not_found" | "conflict" | "rate_limited" | "too_large" | "unavailable" | "timeout" | "disabled" | "internal" | "cancelled";
 
 /** `error`: a failure without a reply to carry it. */
 export interface ErrorFrame {
@@ -137,7 +136,7 @@ export interface ErrorFrame {
 
 /** An error: `{code, message, temporary, reason?, retry_after_ms?, trace_id?}`. */
 export interface ErrorObject {
-  code: ErrorCodeName;
+  code: ErrorCode;
   message: string;
   /** A machine-readable refinement of `code`. */
   reason?: string | null;

@@ -7,8 +7,13 @@
 //! subscriber name itself with `CLIENT SETNAME` (visible in `CLIENT LIST` as
 //! `parley-sub-<prefix>-<n>`) and health-check itself with `PING` while
 //! subscribed. Publishing uses whatever protocol the URL asks for.
+//!
+//! Every payload is signed with the bus key ([`BusKeys`]); subscribers drop
+//! and count what does not verify, so publishing on Redis is not enough to
+//! forge an event.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -18,7 +23,7 @@ use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, 
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::{Bus, BusError, BusEvent, Envelope, Subscriber};
+use super::{Bus, BusError, BusEvent, BusKeys, Envelope, Subscriber};
 
 /// Longest wait for a TCP connection and handshake to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -46,12 +51,16 @@ pub struct RedisBus {
     /// Opens subscriber connections (the configured URL, forced to RESP3).
     subscriber_client: Client,
     prefix: String,
+    /// Signs what this bus publishes and checks what it receives.
+    keys: Arc<BusKeys>,
+    /// Payloads dropped because they did not verify.
+    refused: Arc<AtomicU64>,
 }
 
 impl RedisBus {
     /// Connects to `url` and checks the connection with `PING`;
     /// [`BusError::Unavailable`] when Redis cannot be reached.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, BusError> {
+    pub async fn connect(url: &str, prefix: &str, keys: BusKeys) -> Result<Self, BusError> {
         let client = Client::open(url).map_err(unavailable)?;
         // One connection attempt per reconnect: while Redis is down a publish
         // fails within the connect timeout instead of waiting out the
@@ -76,7 +85,15 @@ impl RedisBus {
             publisher,
             subscriber_client,
             prefix: prefix.to_string(),
+            keys: Arc::new(keys),
+            refused: Arc::default(),
         })
+    }
+
+    /// Payloads this bus's subscribers dropped because they were unsigned,
+    /// signed with another key, for another channel, or too old.
+    pub fn refused_payloads(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// The Redis channel of a logical channel.
@@ -98,7 +115,7 @@ impl Bus for RedisBus {
         let mut publisher = self.publisher.clone();
         redis::cmd("PUBLISH")
             .arg(&redis_channel)
-            .arg(super::encode(envelope))
+            .arg(self.keys.seal(channel, envelope, crate::ids::now_ms()))
             .exec_async(&mut publisher)
             .instrument(span)
             .await
@@ -124,6 +141,8 @@ impl Bus for RedisBus {
             held: HashSet::new(),
             commands,
             events,
+            keys: self.keys.clone(),
+            refused: self.refused.clone(),
         };
         tokio::spawn(driver.run(link));
         Ok((
@@ -268,6 +287,10 @@ struct Driver {
     held: HashSet<String>,
     commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<BusEvent>,
+    /// Checks each payload's signature.
+    keys: Arc<BusKeys>,
+    /// Counts payloads that did not verify.
+    refused: Arc<AtomicU64>,
 }
 
 impl Driver {
@@ -378,7 +401,10 @@ impl Driver {
         else {
             return true;
         };
-        match super::decode(message.get_payload_bytes()) {
+        match self
+            .keys
+            .open(channel, message.get_payload_bytes(), crate::ids::now_ms())
+        {
             Ok(envelope) => self
                 .events
                 .send(BusEvent::Message {
@@ -386,8 +412,12 @@ impl Driver {
                     envelope,
                 })
                 .is_ok(),
-            Err(error) => {
-                tracing::warn!(connection = %self.name, channel, %error, "undecodable bus payload skipped");
+            Err(refused) => {
+                let n = self.refused.fetch_add(1, Ordering::Relaxed);
+                // The first, then one in a thousand: a flood must not flood the log.
+                if n.is_multiple_of(1000) {
+                    tracing::warn!(connection = %self.name, channel, reason = ?refused, refused_so_far = n + 1, "bus payload refused");
+                }
                 true
             }
         }

@@ -102,6 +102,7 @@ mod tests {
             ("PARLEY_SERVICES_CREDENTIAL", CREDENTIAL),
             ("PARLEY_SERVICES_REQUIRE_BACKEND_TLS", "true"),
             ("PARLEY_BUS_BACKEND", "redis"),
+            ("PARLEY_BUS_SIGNING_KEY", CREDENTIAL),
             (
                 "PARLEY_BUS_REDIS_URL",
                 "rediss://u:hunter2@redis.example:6380",

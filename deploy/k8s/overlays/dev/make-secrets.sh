@@ -9,6 +9,7 @@ redis_password="$(rand)"
 kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n "$ns" create secret generic parley-secrets \
     --from-literal=services-credential="$(rand)" \
+    --from-literal=bus-signing-key="$(rand)" \
     --from-literal=auth-hs256-secret="$(rand)" \
     --from-literal=postgres-password="$pg_password" \
     --from-literal=redis-password="$redis_password" \
