@@ -15,6 +15,7 @@ mod link;
 mod outbox;
 mod presence;
 mod ready;
+mod server;
 mod session;
 mod signed;
 mod status;
@@ -230,15 +231,16 @@ impl EdgeApp {
         let router = router.with_state(shared.clone());
         let signal = shared.shutdown.clone();
         let drain_flag = shared.clone();
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let limits = server::HttpLimits {
+            header_timeout: Duration::from_millis(shared.config.http_header_timeout_ms),
+            max_per_ip: shared.config.max_http_conns_per_ip,
+            exempt: shared.trusted_proxies.clone(),
+        };
+        server::serve(listener, router, limits, async move {
             signal.wait().await;
             drain_flag.draining.store(true, Ordering::SeqCst);
-        });
-        server.await?;
+        })
+        .await;
         let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
         drop(shared);
         let _ = tokio::time::timeout(grace, conns_done.recv()).await;

@@ -162,3 +162,68 @@ async fn a_non_ascii_user_id_works_end_to_end() {
     let history = zoe.ok("message.history", json!({"room": room})).await;
     assert_eq!(history["messages"][0]["sender"]["id"], "zoë");
 }
+
+/// Whether the server closed `stream` (EOF or reset) within 10 s.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_http_connections_from_one_address_are_capped_at_accept() {
+    let app = spawn_app_with(|c| {
+        c.edge.max_http_conns_per_ip = 3;
+        c.edge.http_header_timeout_ms = 60_000;
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(
+            tokio::net::TcpStream::connect(app.addrs.edge)
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut fourth = tokio::net::TcpStream::connect(app.addrs.edge)
+        .await
+        .expect("the kernel accepts");
+    assert!(
+        closed_by_server(&mut fourth).await,
+        "the fourth is closed at accept"
+    );
+    drop(idle);
+    // Their places come back: a WebSocket client gets in.
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok(c) = crate::helpers::Client::connect(&app.ws_url(), &[]).await {
+            client = Some(c);
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(client.is_some(), "places are given back");
+}
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_headers_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|c| c.edge.http_header_timeout_ms = 200).await;
+    let mut slow = tokio::net::TcpStream::connect(app.addrs.edge)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    assert!(
+        closed_by_server(&mut slow).await,
+        "closed after the header timeout"
+    );
+}

@@ -75,6 +75,13 @@ pub struct EdgeConfig {
     pub max_conns_per_ip: usize,
     /// Concurrent connections of one user on this edge; more close with 4009.
     pub max_conns_per_user: usize,
+    /// Open TCP connections from one address that are not (yet) WebSockets
+    /// (requests in progress, idle keep-alives); more are closed at accept.
+    /// Trusted proxies are exempt. 0 turns the cap off.
+    pub max_http_conns_per_ip: usize,
+    /// Time a connection has to send a request's headers, and the longest a
+    /// keep-alive connection may sit idle between requests.
+    pub http_header_timeout_ms: u64,
     /// Messages (`message.send`, `message.edit`) per signed-in user.
     pub rate_user_per_min: u32,
     pub rate_user_per_hour: u32,
@@ -151,6 +158,8 @@ impl Default for EdgeConfig {
             idle_timeout_ms: 30 * 60 * 1000,
             max_conns: 100_000,
             max_conns_per_ip: 100,
+            max_http_conns_per_ip: 50,
+            http_header_timeout_ms: 10_000,
             max_conns_per_user: 20,
             rate_user_per_min: 60,
             rate_user_per_hour: 1_000,
@@ -207,6 +216,11 @@ impl EdgeConfig {
         at_least("edge.idle_timeout_ms", self.idle_timeout_ms, 100)?;
         at_least("edge.max_conns", self.max_conns as u64, 1)?;
         at_least("edge.max_conns_per_ip", self.max_conns_per_ip as u64, 1)?;
+        at_least(
+            "edge.http_header_timeout_ms",
+            self.http_header_timeout_ms,
+            100,
+        )?;
         at_least("edge.max_conns_per_user", self.max_conns_per_user as u64, 1)?;
         at_least(
             "edge.rate_violations_close",
