@@ -52,9 +52,14 @@ fn settings(credential: &Secret) -> ClientSettings {
 async fn spawn_app(config: AuthConfig) -> TestApp {
     let credential = Secret::new(common::ids::random_secret(32));
     let bus = Arc::new(MemoryBus::new());
-    let app = AuthApp::connect(&config, &credential, bus.clone())
-        .await
-        .expect("auth app");
+    let app = AuthApp::connect(
+        &config,
+        &credential,
+        bus.clone(),
+        &common::metrics::Metrics::new(&["auth"]),
+    )
+    .await
+    .expect("auth app");
     let server = serve_grpc(|listener, signal| app.serve(listener, signal)).await;
     let client = AuthServiceClient::new(server.channel(&settings(&credential)));
     TestApp {
@@ -425,9 +430,14 @@ async fn the_secrets_never_appear_in_debug_output() {
         }],
         ..config()
     };
-    let app = AuthApp::connect(&config, &credential, Arc::new(MemoryBus::new()))
-        .await
-        .expect("auth app");
+    let app = AuthApp::connect(
+        &config,
+        &credential,
+        Arc::new(MemoryBus::new()),
+        &common::metrics::Metrics::new(&["auth"]),
+    )
+    .await
+    .expect("auth app");
     for debug in [
         format!("{app:?}"),
         format!("{app:#?}"),

@@ -112,6 +112,15 @@ impl Store {
         })
     }
 
+    /// Whether the database answers a read of the room table (which, on
+    /// SQLite, reads the file itself).
+    pub(crate) async fn ping(&self) -> bool {
+        sqlx::query("SELECT COUNT(*) FROM rooms")
+            .fetch_one(&self.reader)
+            .await
+            .is_ok()
+    }
+
     pub(crate) fn span(&self, name: &'static str) -> tracing::Span {
         tracing::info_span!(
             "sql",

@@ -160,6 +160,21 @@ pub(crate) fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// `<section>.metrics_listen` is not the section's gRPC address (port 0,
+/// "any free port", may appear in both).
+pub(crate) fn metrics_listen(
+    section: &str,
+    listen: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+) -> Result<(), ConfigError> {
+    if metrics.port() != 0 && metrics == listen {
+        return Err(ConfigError(format!(
+            "key `{section}.metrics_listen`: must differ from {section}.listen ({listen})"
+        )));
+    }
+    Ok(())
+}
+
 /// `url` is a Redis URL; the error names `key`.
 pub(crate) fn redis_url(key: &str, url: &str) -> Result<(), ConfigError> {
     if url.starts_with("redis://") || url.starts_with("rediss://") {

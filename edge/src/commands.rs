@@ -40,7 +40,31 @@ pub(crate) enum Flow {
 }
 
 /// Runs one text frame; `Flow::Close` when its failure ends the connection.
+/// Every frame is counted once in `parley_edge_commands_total` and timed in
+/// `parley_edge_command_duration_seconds`, under its command kind (or
+/// `unknown`) and outcome (`ok` or the error code).
 pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
+    let started = std::time::Instant::now();
+    let metrics = session.shared().metrics.clone();
+    let (kind, outcome, flow) = pipeline(session, text).await;
+    let command = kind
+        .as_deref()
+        .and_then(CommandKind::from_name)
+        .map_or("unknown", CommandKind::name);
+    metrics
+        .commands
+        .get_or_create(&[("command", command), ("outcome", outcome)])
+        .inc();
+    metrics
+        .command_duration
+        .get_or_create(&[("command", command)])
+        .observe(started.elapsed().as_secs_f64());
+    flow
+}
+
+/// [`handle`] without the metrics: the frame's type (if it had one), the
+/// outcome label and whether the read loop goes on.
+async fn pipeline(session: &mut Session, text: &str) -> (Option<String>, &'static str, Flow) {
     let opened;
     let text = match session.signed.as_mut() {
         Some(signed) if session.identity.is_some() => {
@@ -61,7 +85,7 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
                     session
                         .outbox()
                         .push(frames::failure(None, id, &error, None));
-                    return Flow::Continue;
+                    return (None, error.code.as_str(), Flow::Continue);
                 }
             }
         }
@@ -73,7 +97,7 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
             session
                 .outbox()
                 .push(frames::failure(kind.as_deref(), id, &error, None));
-            return Flow::Continue;
+            return (kind, error.code.as_str(), Flow::Continue);
         }
     };
     let span = tracing::info_span!(
@@ -96,7 +120,11 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
     }
     let Envelope { kind, id, body, .. } = envelope;
     let result = run(session, &kind, id, body).instrument(span.clone()).await;
-    match result {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(error) => error.code.as_str(),
+    };
+    let flow = match result {
         Ok(Outcome::Reply(result)) => {
             if let Some(id) = id {
                 session.outbox().push(frames::reply_ok(id, result));
@@ -124,7 +152,8 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
                 None => Flow::Continue,
             }
         }
-    }
+    };
+    (Some(kind), outcome, flow)
 }
 
 /// Admits, decodes and runs one command.

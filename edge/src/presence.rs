@@ -176,6 +176,10 @@ mod tests {
         ) -> Result<Call, PresenceError> {
             self.inner.act_on_call(call_id, user_id, action).await
         }
+
+        async fn counts(&self) -> Result<presence_service::Counts, PresenceError> {
+            self.inner.counts().await
+        }
     }
 
     #[tokio::test]
@@ -188,6 +192,7 @@ mod tests {
             Arc::new(MemoryBus::new()),
             None,
             &credential,
+            &common::metrics::Metrics::new(&["presence"]),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

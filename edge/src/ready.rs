@@ -221,6 +221,7 @@ mod tests {
             bus,
             false,
             Shutdown::new().signal(),
+            &common::metrics::Metrics::new(&["edge"]),
         )
         .await
         .expect("edge")

@@ -44,9 +44,15 @@ async fn spawn_app() -> TestApp {
 
 async fn spawn_app_with(config: PresenceConfig) -> TestApp {
     let credential = Secret::new(common::ids::random_secret(32));
-    let app = PresenceApp::connect(&config, Arc::new(MemoryBus::new()), None, &credential)
-        .await
-        .expect("presence app");
+    let app = PresenceApp::connect(
+        &config,
+        Arc::new(MemoryBus::new()),
+        None,
+        &credential,
+        &common::metrics::Metrics::new(&["presence"]),
+    )
+    .await
+    .expect("presence app");
     let server = serve_grpc(|listener, signal| app.serve(listener, signal)).await;
     let client = PresenceServiceClient::new(server.channel(&settings(&credential)));
     TestApp {

@@ -198,6 +198,7 @@ impl TestApp {
             bus,
             false,
             self.extra_edges.signal(),
+            &common::metrics::Metrics::new(&["edge"]),
         )
         .await
         .expect("second edge")

@@ -69,9 +69,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ChatConfig)) -> TestApp 
     configure(&mut config);
     let bus = Arc::new(MemoryBus::new());
     let credential = Secret::new(common::ids::random_secret(32));
-    let app = ChatApp::connect(&config, bus.clone(), None, &credential)
-        .await
-        .expect("chat app");
+    let app = ChatApp::connect(
+        &config,
+        bus.clone(),
+        None,
+        &credential,
+        &common::metrics::Metrics::new(&["chat"]),
+    )
+    .await
+    .expect("chat app");
     let server = serve_grpc(|listener, signal| app.serve(listener, signal)).await;
     let channel = server.channel(&settings(&credential));
     let client = ChatServiceClient::new(channel.clone());
