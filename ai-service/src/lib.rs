@@ -220,7 +220,7 @@ impl AiApp {
             listener,
             Routes::new(server),
             Health::new(&[SERVICE_NAME]),
-            &self.metrics.grpc,
+            self.metrics.grpc.clone(),
             shutdown,
         )
         .await?;

@@ -135,7 +135,7 @@ impl AuthApp {
             listener,
             Routes::new(server),
             self.health,
-            &self.metrics.grpc,
+            self.metrics.grpc.clone(),
             shutdown,
         )
         .await

@@ -135,7 +135,7 @@ impl ChatApp {
             listener,
             routes,
             self.health,
-            &self.metrics.grpc,
+            self.metrics.grpc.clone(),
             shutdown,
         )
         .await

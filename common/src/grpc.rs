@@ -323,7 +323,7 @@ pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     health: Health,
-    metrics: &GrpcMetrics,
+    metrics: GrpcMetrics,
     shutdown: ShutdownSignal,
 ) -> Result<(), tonic::transport::Error> {
     health.set(health.is_serving()).await;

@@ -170,7 +170,7 @@ impl PresenceApp {
             listener,
             Routes::new(server),
             self.health,
-            &self.metrics.grpc,
+            self.metrics.grpc.clone(),
             shutdown,
         )
         .await

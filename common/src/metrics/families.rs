@@ -52,6 +52,11 @@ pub struct EdgeMetrics {
     /// `tier`: the rate-limit window that refused.
     pub rate_limited: Family<Label1, Counter>,
     pub room_subscriptions: Gauge,
+    /// `service`: 1 while the service answered the edge's last health
+    /// check as serving.
+    pub service_up: Family<Label1, Gauge>,
+    /// 1 while `/readyz` last answered ready.
+    pub ready: Gauge,
 }
 
 impl Default for EdgeMetrics {
@@ -76,6 +81,8 @@ impl Default for EdgeMetrics {
             events_replayed: Counter::default(),
             rate_limited: Family::default(),
             room_subscriptions: Gauge::default(),
+            service_up: Family::default(),
+            ready: Gauge::default(),
         }
     }
 }
@@ -177,6 +184,16 @@ impl EdgeMetrics {
             "parley_edge_room_subscriptions",
             "Rooms this edge is subscribed to on the bus",
             m.room_subscriptions,
+        );
+        r.register(
+            "parley_edge_service_up",
+            "1 while the service answered the edge's last health check as serving",
+            m.service_up,
+        );
+        r.register(
+            "parley_edge_ready",
+            "1 while the last readiness probe passed",
+            m.ready,
         );
     }
 }
