@@ -218,26 +218,23 @@ mod tests {
     #[tokio::test]
     async fn the_endpoint_negotiates_the_format() {
         let metrics = Metrics::new(&["auth"]);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = crate::shutdown::Shutdown::new();
-        tokio::spawn(serve(metrics, listener, shutdown.signal()));
-        let get = |accept: &'static str| async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            let request = format!(
-                "GET /metrics HTTP/1.1\r\nhost: x\r\naccept: {accept}\r\nconnection: close\r\n\r\n"
-            );
-            stream.write_all(request.as_bytes()).await.expect("write");
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.expect("read");
-            response
+        let get = |accept: &'static str| {
+            let metrics = metrics.clone();
+            async move {
+                let mut headers = HeaderMap::new();
+                headers.insert(header::ACCEPT, accept.parse().expect("header"));
+                let response = scrape(State(metrics), headers).await;
+                let content_type = response.headers()[header::CONTENT_TYPE].clone();
+                let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .expect("body");
+                (content_type, String::from_utf8_lossy(&body).into_owned())
+            }
         };
-        let plain = get("text/plain").await;
-        assert!(plain.contains("text/plain; version=0.0.4"), "{plain}");
-        assert!(plain.contains("parley_auth_tokens_issued_total"), "{plain}");
-        let open = get("application/openmetrics-text; version=1.0.0").await;
-        assert!(open.contains("application/openmetrics-text"), "{open}");
-        shutdown.trigger();
+        let (plain, body) = get("text/plain").await;
+        assert_eq!(plain, PROMETHEUS_TEXT);
+        assert!(body.contains("parley_auth_tokens_issued_total 0"), "{body}");
+        let (open, _) = get("application/openmetrics-text; version=1.0.0").await;
+        assert_eq!(open, OPENMETRICS);
     }
 }

@@ -14,5 +14,6 @@ mod connection;
 mod delivery;
 mod faults;
 mod messages;
+mod metrics;
 mod presence;
 mod protection;
