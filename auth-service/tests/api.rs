@@ -994,3 +994,27 @@ async fn check_revoked_names_the_revoked_tokens_and_refuses_huge_batches() {
         .expect_err("too many");
     assert_eq!(status.code(), Code::InvalidArgument);
 }
+
+/// With Redis as the store, health is NOT_SERVING while Redis is
+/// unreachable and SERVING again once it is back.
+#[tokio::test]
+async fn health_follows_redis() {
+    use common::testing::{TcpProxy, health_becomes};
+    let Some(redis) = common::testing::test_redis_url() else {
+        return;
+    };
+    let (proxy, redis_url) = TcpProxy::in_front_of(&redis).await;
+    let app = spawn_app(AuthConfig {
+        backend: common::config::Backend::Redis,
+        redis_url,
+        redis_prefix: format!("{}:", common::ids::new_id("health")),
+        ..config()
+    })
+    .await;
+    let service = proto::auth::v1::auth_service_server::SERVICE_NAME;
+    health_becomes(&app.url, service, true).await;
+    proxy.cut();
+    health_becomes(&app.url, service, false).await;
+    proxy.restore();
+    health_becomes(&app.url, service, true).await;
+}

@@ -475,3 +475,27 @@ async fn only_the_two_parties_act_on_a_call() {
         .expect_err("calling yourself");
     assert_eq!(status.code(), Code::InvalidArgument);
 }
+
+/// With Redis as the store, health is NOT_SERVING while Redis is
+/// unreachable and SERVING again once it is back.
+#[tokio::test]
+async fn health_follows_redis() {
+    use common::testing::{TcpProxy, health_becomes};
+    let Some(redis) = common::testing::test_redis_url() else {
+        return;
+    };
+    let (proxy, redis_url) = TcpProxy::in_front_of(&redis).await;
+    let app = spawn_app_with(PresenceConfig {
+        backend: common::config::Backend::Redis,
+        redis_url,
+        redis_prefix: format!("{}:", common::ids::new_id("health")),
+        ..PresenceConfig::default()
+    })
+    .await;
+    let service = proto::presence::v1::presence_service_server::SERVICE_NAME;
+    health_becomes(&app.url, service, true).await;
+    proxy.cut();
+    health_becomes(&app.url, service, false).await;
+    proxy.restore();
+    health_becomes(&app.url, service, true).await;
+}

@@ -40,6 +40,8 @@ pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// order: the server stops before its database is removed.
 pub struct TestApp {
     pub url: String,
+    /// The database the service uses.
+    pub database_url: String,
     pub client: ChatServiceClient<ServiceChannel>,
     pub backend: ChatBackendServiceClient<ServiceChannel>,
     pub bus: Arc<MemoryBus>,
@@ -84,6 +86,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ChatConfig)) -> TestApp 
     let backend = ChatBackendServiceClient::new(channel);
     TestApp {
         url: server.url,
+        database_url: config.database_url.clone(),
         client,
         backend,
         bus,
