@@ -20,6 +20,8 @@ use crate::frames::{self, CommandError, Envelope};
 use crate::session::Session;
 
 /// What a successful command produced.
+// Lives on the stack of one command for a moment; boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outcome {
     /// The reply's result (sent when the command carried an `id`).
     Reply(ReplyResult),
