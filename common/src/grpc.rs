@@ -354,6 +354,8 @@ pub async fn serve(
                 otel.kind = "server",
                 rpc.system = "grpc",
                 parley.component = component,
+                rpc.grpc.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
             );
             let _ = span.set_parent(trace::extract_headers(req.headers()));
             span

@@ -23,7 +23,10 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-pub use families::{AiMetrics, AuthMetrics, ChatMetrics, EdgeMetrics, PresenceMetrics};
+pub use families::{
+    AiMetrics, AuthMetrics, ChatMetrics, EdgeMetrics, PresenceMetrics, TraceExemplar,
+    trace_exemplar,
+};
 pub use grpc::GrpcMetrics;
 
 use crate::shutdown::ShutdownSignal;
@@ -130,6 +133,17 @@ pub fn find_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f6
         })
 }
 
+/// The text without OpenMetrics exemplars (` # {trace_id="…"} value` after
+/// a bucket's value), which the classic Prometheus text format lacks.
+fn without_exemplars(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        out.push_str(line.split_once(" # {").map_or(line, |(sample, _)| sample));
+        out.push('\n');
+    }
+    out
+}
+
 /// The `/metrics` route over `metrics`, for any axum router.
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
@@ -142,17 +156,13 @@ async fn scrape(State(metrics): State<Arc<Metrics>>, headers: HeaderMap) -> Resp
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("application/openmetrics-text"));
-    let content_type = if wants_openmetrics {
-        OPENMETRICS
+    let text = metrics.encode();
+    let (content_type, body) = if wants_openmetrics {
+        (OPENMETRICS, text)
     } else {
-        PROMETHEUS_TEXT
+        (PROMETHEUS_TEXT, without_exemplars(&text))
     };
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, content_type)],
-        metrics.encode(),
-    )
-        .into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// Serves `/metrics` on an already-bound listener until `shutdown` fires
@@ -203,6 +213,31 @@ mod tests {
         assert_eq!(
             metrics.sample("parley_chat_writer_queue_depth", &[]),
             Some(3.0)
+        );
+    }
+
+    #[test]
+    fn exemplars_carry_the_trace_id_in_openmetrics_only() {
+        let metrics = Metrics::new(&["edge"]);
+        metrics
+            .edge
+            .command_duration
+            .get_or_create(&[("command", "ping")])
+            .observe(
+                0.003,
+                Some([("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736".into())]),
+                None,
+            );
+        let text = metrics.encode();
+        assert!(
+            text.contains("# {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.003"),
+            "{text}"
+        );
+        let plain = without_exemplars(&text);
+        assert!(!plain.contains("trace_id"), "{plain}");
+        assert!(
+            plain.contains("parley_edge_command_duration_seconds_count{command=\"ping\"} 1"),
+            "{plain}"
         );
     }
 

@@ -48,7 +48,7 @@ pub(crate) enum Flow {
 pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
     let started = std::time::Instant::now();
     let metrics = session.shared().metrics.clone();
-    let (kind, outcome, flow) = pipeline(session, text).await;
+    let (kind, outcome, flow, trace) = pipeline(session, text).await;
     let command = kind
         .as_deref()
         .and_then(CommandKind::from_name)
@@ -60,13 +60,22 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
     metrics
         .command_duration
         .get_or_create(&[("command", command)])
-        .observe(started.elapsed().as_secs_f64());
+        .observe(started.elapsed().as_secs_f64(), trace, None);
     flow
 }
 
-/// [`handle`] without the metrics: the frame's type (if it had one), the
-/// outcome label and whether the read loop goes on.
-async fn pipeline(session: &mut Session, text: &str) -> (Option<String>, &'static str, Flow) {
+/// What [`pipeline`] tells the metrics: the frame's type (if it had one),
+/// the outcome label, whether the read loop goes on, and the trace of the
+/// command's span (when spans are exported) as an exemplar.
+type Handled = (
+    Option<String>,
+    &'static str,
+    Flow,
+    Option<common::metrics::TraceExemplar>,
+);
+
+/// [`handle`] without the metrics.
+async fn pipeline(session: &mut Session, text: &str) -> Handled {
     let opened;
     let text = match session.signed.as_mut() {
         Some(signed) if session.identity.is_some() => {
@@ -87,7 +96,7 @@ async fn pipeline(session: &mut Session, text: &str) -> (Option<String>, &'stati
                     session
                         .outbox()
                         .push(frames::failure(None, id, &error, None));
-                    return (None, error.code.as_str(), Flow::Continue);
+                    return (None, error.code.as_str(), Flow::Continue, None);
                 }
             }
         }
@@ -99,7 +108,7 @@ async fn pipeline(session: &mut Session, text: &str) -> (Option<String>, &'stati
             session
                 .outbox()
                 .push(frames::failure(kind.as_deref(), id, &error, None));
-            return (kind, error.code.as_str(), Flow::Continue);
+            return (kind, error.code.as_str(), Flow::Continue, None);
         }
     };
     let span = tracing::info_span!(
@@ -109,6 +118,8 @@ async fn pipeline(session: &mut Session, text: &str) -> (Option<String>, &'stati
         parley.command = %envelope.kind,
         parley.conn_id = %session.link.id,
         enduser.id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        parley.error_code = tracing::field::Empty,
     );
     if let Some((user, _)) = session.user() {
         span.record("enduser.id", user);
@@ -124,7 +135,16 @@ async fn pipeline(session: &mut Session, text: &str) -> (Option<String>, &'stati
     let result = run(session, &kind, id, body).instrument(span.clone()).await;
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(error) => error.code.as_str(),
+        Err(error) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("parley.error_code", error.code.as_str());
+            error.code.as_str()
+        }
+    };
+    let trace = if session.shared().tracing {
+        span.in_scope(common::metrics::trace_exemplar)
+    } else {
+        None
     };
     let flow = match result {
         Ok(Outcome::Reply(result)) => {
@@ -155,7 +175,7 @@ async fn pipeline(session: &mut Session, text: &str) -> (Option<String>, &'stati
             }
         }
     };
-    (Some(kind), outcome, flow)
+    (Some(kind), outcome, flow, trace)
 }
 
 /// Admits, decodes and runs one command.

@@ -3,6 +3,7 @@
 //! user, room or connection id.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -15,14 +16,31 @@ pub type Label1 = [(&'static str, &'static str); 1];
 /// Two labels with values from closed sets.
 pub type Label2 = [(&'static str, &'static str); 2];
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+/// The exemplar of a latency observation: the trace it belongs to, so a
+/// dashboard jumps from a latency spike to the trace.
+pub type TraceExemplar = [(&'static str, String); 1];
+
+/// The current span's trace as an exemplar; `None` when spans are not
+/// exported (no valid trace id).
+pub fn trace_exemplar() -> Option<TraceExemplar> {
+    crate::trace::current_trace_id().map(|id| [("trace_id", id)])
+}
+
+/// A latency histogram family whose buckets keep the trace id of their
+/// latest observation.
+pub type ExemplarHistogramFamily<L> =
+    Family<L, HistogramWithExemplars<TraceExemplar>, fn() -> HistogramWithExemplars<TraceExemplar>>;
+
+fn exemplar_histogram() -> HistogramWithExemplars<TraceExemplar> {
+    HistogramWithExemplars::new(LATENCY_BUCKETS.into_iter())
+}
+
+pub(super) fn exemplar_family<L: Clone + std::hash::Hash + Eq>() -> ExemplarHistogramFamily<L> {
+    Family::new_with_constructor(exemplar_histogram)
+}
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
-}
-
-fn latency_family<L: Clone + std::hash::Hash + Eq>() -> HistogramFamily<L> {
-    Family::new_with_constructor(latency_histogram)
 }
 
 /// The WebSocket edge.
@@ -37,7 +55,8 @@ pub struct EdgeMetrics {
     /// `command` (a protocol command kind or `unknown`), `outcome` (`ok` or
     /// an error code).
     pub commands: Family<Label2, Counter>,
-    pub command_duration: HistogramFamily<Label1>,
+    /// With the trace id of a recent observation as an exemplar.
+    pub command_duration: ExemplarHistogramFamily<Label1>,
     pub frames_received: Counter,
     pub frames_sent: Counter,
     pub deliveries: Counter,
@@ -67,7 +86,7 @@ impl Default for EdgeMetrics {
             upgrades_refused: Family::default(),
             disconnects: Family::default(),
             commands: Family::default(),
-            command_duration: latency_family(),
+            command_duration: exemplar_family(),
             frames_received: Counter::default(),
             frames_sent: Counter::default(),
             deliveries: Counter::default(),

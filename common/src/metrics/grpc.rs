@@ -20,11 +20,10 @@ use http_body::{Body, Frame};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tonic::Code;
 
-use super::LATENCY_BUCKETS;
+use super::families::{ExemplarHistogramFamily, TraceExemplar, exemplar_family, trace_exemplar};
 
 /// Which end of an RPC a layer measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,14 +48,13 @@ pub struct HandledLabels {
     pub grpc_code: &'static str,
 }
 
-type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
-
 /// The counters and histograms of one side.
 #[derive(Debug, Clone)]
 struct SideMetrics {
     started: Family<MethodLabels, Counter>,
     handled: Family<HandledLabels, Counter>,
-    handling: HistogramFamily,
+    /// With the trace id of a recent call as an exemplar.
+    handling: ExemplarHistogramFamily<MethodLabels>,
 }
 
 impl Default for SideMetrics {
@@ -64,7 +62,7 @@ impl Default for SideMetrics {
         Self {
             started: Family::default(),
             handled: Family::default(),
-            handling: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+            handling: exemplar_family(),
         }
     }
 }
@@ -164,13 +162,19 @@ where
         let labels = method_labels(request.uri().path());
         let side = self.layer.metrics.side(self.layer.side);
         side.started.get_or_create(&labels).inc();
-        let mut call = Call {
-            metrics: side.clone(),
-            labels: Some(labels),
-            started: Instant::now(),
-        };
+        let metrics = side.clone();
+        let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
+            // Read when first polled: a server polls its handler inside the
+            // request span, which the call's status is recorded on.
+            let mut call = Call {
+                metrics,
+                labels: Some(labels),
+                started,
+                exemplar: trace_exemplar(),
+                span: tracing::Span::current(),
+            };
             match future.await {
                 Ok(response) => {
                     if let Some(code) = status_in(response.headers()) {
@@ -195,6 +199,11 @@ struct Call {
     /// `None` once recorded.
     labels: Option<MethodLabels>,
     started: Instant,
+    /// The trace the call belongs to.
+    exemplar: Option<TraceExemplar>,
+    /// The span current when the call started (on a server, the request
+    /// span), which gets the call's status.
+    span: tracing::Span,
 }
 
 impl Call {
@@ -202,10 +211,15 @@ impl Call {
         let Some(labels) = self.labels.take() else {
             return;
         };
-        self.metrics
-            .handling
-            .get_or_create(&labels)
-            .observe(self.started.elapsed().as_secs_f64());
+        self.metrics.handling.get_or_create(&labels).observe(
+            self.started.elapsed().as_secs_f64(),
+            self.exemplar.take(),
+            None,
+        );
+        self.span.record("rpc.grpc.status_code", code as i32);
+        if is_server_error(code) {
+            self.span.record("otel.status_code", "ERROR");
+        }
         self.metrics
             .handled
             .get_or_create(&HandledLabels {
@@ -262,6 +276,20 @@ impl<B: Body<Data = Bytes>> Body for ObservedBody<B> {
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
     }
+}
+
+/// Whether a server span ends with error status for `code` (the
+/// OpenTelemetry RPC conventions: codes that say the server failed).
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 fn status_in(headers: &http::HeaderMap) -> Option<Code> {
