@@ -116,16 +116,10 @@ impl AuthApp {
         shutdown: ShutdownSignal,
     ) -> Result<(), tonic::transport::Error> {
         let store = self.handler.store.clone();
-        self.health.watch(
-            "store",
-            common::grpc::HEALTH_PROBE_INTERVAL,
-            move || {
-                let store = store.clone();
-                async move { store.ping().await }
-            },
-            self.metrics.auth.store_up.clone(),
-            shutdown.clone(),
-        );
+        let up = self.metrics.auth.store_up.clone();
+        let ping = |store: Arc<dyn AuthStore>| async move { store.ping().await };
+        self.health
+            .follow("store", store, ping, up, shutdown.clone());
         let server = AuthServiceServer::with_interceptor(
             self.handler,
             CredentialCheck::new(&self.credential),

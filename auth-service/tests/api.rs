@@ -999,7 +999,7 @@ async fn check_revoked_names_the_revoked_tokens_and_refuses_huge_batches() {
 /// unreachable and SERVING again once it is back.
 #[tokio::test]
 async fn health_follows_redis() {
-    use common::testing::{TcpProxy, health_becomes};
+    use common::testing::{TcpProxy, health_follows};
     let Some(redis) = common::testing::test_redis_url() else {
         return;
     };
@@ -1011,10 +1011,10 @@ async fn health_follows_redis() {
         ..config()
     })
     .await;
-    let service = proto::auth::v1::auth_service_server::SERVICE_NAME;
-    health_becomes(&app.url, service, true).await;
-    proxy.cut();
-    health_becomes(&app.url, service, false).await;
-    proxy.restore();
-    health_becomes(&app.url, service, true).await;
+    health_follows(
+        &app.url,
+        proto::auth::v1::auth_service_server::SERVICE_NAME,
+        &proxy,
+    )
+    .await;
 }

@@ -120,16 +120,10 @@ impl ChatApp {
             check.clone(),
         ))
         .add_service(ChatBackendServiceServer::with_interceptor(backend, check));
-        self.health.watch(
-            "database",
-            common::grpc::HEALTH_PROBE_INTERVAL,
-            move || {
-                let store = store.clone();
-                async move { store.ping().await }
-            },
-            self.metrics.chat.database_up.clone(),
-            shutdown.clone(),
-        );
+        let up = self.metrics.chat.database_up.clone();
+        let ping = |store: Store| async move { store.ping().await };
+        self.health
+            .follow("database", store, ping, up, shutdown.clone());
         common::grpc::serve(
             "chat",
             listener,

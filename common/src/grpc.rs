@@ -272,6 +272,29 @@ impl Health {
         }
     }
 
+    /// Follows `dependency` with [`Health::watch`] at the usual interval
+    /// ([`HEALTH_PROBE_INTERVAL`]): `probe` is asked about `target`.
+    pub fn follow<T, F>(
+        &self,
+        dependency: &'static str,
+        target: T,
+        probe: fn(T) -> F,
+        up: prometheus_client::metrics::gauge::Gauge,
+        shutdown: ShutdownSignal,
+    ) where
+        T: Clone + Send + 'static,
+        F: std::future::Future<Output = bool> + Send + 'static,
+    {
+        let every = HEALTH_PROBE_INTERVAL;
+        self.watch(
+            dependency,
+            every,
+            move || probe(target.clone()),
+            up,
+            shutdown,
+        );
+    }
+
     /// Runs `probe` every `every` until `shutdown`; a probe that fails or
     /// takes longer than `every` makes the names NOT_SERVING, the next one
     /// that succeeds SERVING again. `up` mirrors the answer (1 or 0).

@@ -22,7 +22,7 @@ use sqlx::Connection;
 
 pub use self::fake_openai::{FakeOpenAi, Reply};
 pub use self::grpc::{TestServer, serve_grpc};
-pub use self::proxy::{TcpProxy, health_becomes};
+pub use self::proxy::{TcpProxy, health_becomes, health_follows};
 
 /// Names the Postgres server tests run against (e.g. `postgres://postgres@127.0.0.1:5432/test`).
 pub const DATABASE_URL_VAR: &str = "PARLEY_TEST_DATABASE_URL";

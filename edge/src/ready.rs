@@ -309,10 +309,10 @@ mod tests {
         (url, stop)
     }
 
-    #[tokio::test]
-    async fn ai_and_presence_down_leave_the_edge_ready_and_show_in_status_and_metrics() {
-        let (url, _stop) =
-            health_server(&["parley.auth.v1.AuthService", "parley.chat.v1.ChatService"]).await;
+    /// An edge whose auth and chat are one server answering health for
+    /// `names`, with ai and presence unreachable.
+    async fn edge_behind(names: &[&'static str]) -> (EdgeApp, Shutdown) {
+        let (url, stop) = health_server(names).await;
         let mut config = common::config::Config::default();
         config.services.auth_url = url.clone();
         config.services.chat_url = url;
@@ -322,6 +322,13 @@ mod tests {
         let app = edge(Arc::new(MemoryBus::new()))
             .await
             .with_suite_config(&config);
+        (app, stop)
+    }
+
+    #[tokio::test]
+    async fn ai_and_presence_down_leave_the_edge_ready_and_show_in_status_and_metrics() {
+        let (app, _stop) =
+            edge_behind(&["parley.auth.v1.AuthService", "parley.chat.v1.ChatService"]).await;
         check(&app.shared)
             .await
             .expect("ready without ai and presence");
@@ -344,16 +351,7 @@ mod tests {
     #[tokio::test]
     async fn a_chat_service_that_is_not_serving_makes_the_edge_unready() {
         // Answers for auth only: chat's health is unknown, as good as down.
-        let (url, _stop) = health_server(&["parley.auth.v1.AuthService"]).await;
-        let mut config = common::config::Config::default();
-        config.services.auth_url = url.clone();
-        config.services.chat_url = url;
-        config.services.ai_url = "http://127.0.0.1:9".into();
-        config.services.presence_url = "http://127.0.0.1:9".into();
-        config.services.connect_timeout_ms = 200;
-        let app = edge(Arc::new(MemoryBus::new()))
-            .await
-            .with_suite_config(&config);
+        let (app, _stop) = edge_behind(&["parley.auth.v1.AuthService"]).await;
         let answer = check(&app.shared).await;
         assert!(
             answer.as_ref().is_err_and(|e| e.contains("chat service")),

@@ -147,16 +147,10 @@ impl PresenceApp {
     ) -> Result<(), tonic::transport::Error> {
         tokio::spawn(self.engine.clone().run_sweeps(shutdown.clone()));
         let store = self.engine.store.clone();
-        self.health.watch(
-            "store",
-            common::grpc::HEALTH_PROBE_INTERVAL,
-            move || {
-                let store = store.clone();
-                async move { store.ping().await }
-            },
-            self.metrics.presence.store_up.clone(),
-            shutdown.clone(),
-        );
+        let up = self.metrics.presence.store_up.clone();
+        let ping = |store: Arc<dyn PresenceStore>| async move { store.ping().await };
+        self.health
+            .follow("store", store, ping, up, shutdown.clone());
         let handler = PresenceHandler {
             engine: self.engine,
             shutdown: shutdown.clone(),

@@ -480,7 +480,7 @@ async fn only_the_two_parties_act_on_a_call() {
 /// unreachable and SERVING again once it is back.
 #[tokio::test]
 async fn health_follows_redis() {
-    use common::testing::{TcpProxy, health_becomes};
+    use common::testing::{TcpProxy, health_follows};
     let Some(redis) = common::testing::test_redis_url() else {
         return;
     };
@@ -492,10 +492,10 @@ async fn health_follows_redis() {
         ..PresenceConfig::default()
     })
     .await;
-    let service = proto::presence::v1::presence_service_server::SERVICE_NAME;
-    health_becomes(&app.url, service, true).await;
-    proxy.cut();
-    health_becomes(&app.url, service, false).await;
-    proxy.restore();
-    health_becomes(&app.url, service, true).await;
+    health_follows(
+        &app.url,
+        proto::presence::v1::presence_service_server::SERVICE_NAME,
+        &proxy,
+    )
+    .await;
 }

@@ -1,7 +1,7 @@
 //! gRPC health follows the database: NOT_SERVING while it cannot be read,
 //! SERVING again once it can.
 
-use common::testing::{TcpProxy, health_becomes};
+use common::testing::{TcpProxy, health_becomes, health_follows};
 use proto::chat::v1::chat_service_server::SERVICE_NAME;
 
 use crate::helpers::spawn_app_with;
@@ -13,11 +13,7 @@ async fn health_follows_the_database() {
         let server = std::env::var(common::testing::DATABASE_URL_VAR).expect("postgres url");
         let (proxy, _) = TcpProxy::in_front_of(&server).await;
         let app = spawn_app_with(|c| c.database_url = proxy.reroute(&c.database_url)).await;
-        health_becomes(&app.url, SERVICE_NAME, true).await;
-        proxy.cut();
-        health_becomes(&app.url, SERVICE_NAME, false).await;
-        proxy.restore();
-        health_becomes(&app.url, SERVICE_NAME, true).await;
+        health_follows(&app.url, SERVICE_NAME, &proxy).await;
         return;
     }
     // SQLite: the file's header is destroyed, then put back.

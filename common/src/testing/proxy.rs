@@ -78,6 +78,17 @@ impl TcpProxy {
     }
 }
 
+/// The gRPC health of `service` at `url` is SERVING, turns NOT_SERVING
+/// once `proxy` (in front of the service's dependency) is cut, and SERVING
+/// again once it is restored.
+pub async fn health_follows(url: &str, service: &str, proxy: &TcpProxy) {
+    health_becomes(url, service, true).await;
+    proxy.cut();
+    health_becomes(url, service, false).await;
+    proxy.restore();
+    health_becomes(url, service, true).await;
+}
+
 /// Where the `host:port` of `url` starts, and what it is.
 fn authority(url: &str) -> (usize, &str) {
     let start = url.find("://").map_or(0, |i| i + 3);
