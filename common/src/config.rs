@@ -384,6 +384,20 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listeners_have_defaults_and_must_not_take_the_grpc_address() {
+        let c = load(&[]).expect("defaults");
+        assert_eq!(c.chat.metrics_listen.port(), 9452);
+        assert_eq!(c.presence.metrics_listen.port(), 9454);
+        let c = load(&[("PARLEY_AI_METRICS_LISTEN", "0.0.0.0:9999")]).expect("valid");
+        assert_eq!(c.ai.metrics_listen.port(), 9999);
+        let e = load(&[("PARLEY_AUTH_METRICS_LISTEN", "127.0.0.1:50051")])
+            .expect_err("same as auth.listen");
+        assert!(e.to_string().contains("auth.metrics_listen"), "{e}");
+        let e = load(&[("PARLEY_CHAT_METRICS_LISTEN", "nope")]).expect_err("bad address");
+        assert!(e.to_string().contains("chat.metrics_listen"), "{e}");
+    }
+
+    #[test]
     fn file_layer_sits_between_defaults_and_env() {
         let dir = std::env::temp_dir().join(format!("parley-config-{}", crate::ids::new_id("t")));
         std::fs::create_dir_all(&dir).expect("temp dir");
