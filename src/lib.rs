@@ -13,6 +13,7 @@ use common::bus::Bus;
 use common::cli::{BindError, Failure};
 use common::clients::Clients;
 use common::config::Config;
+use common::metrics::Metrics;
 use common::shutdown::Shutdown;
 use edge::EdgeApp;
 use tokio::net::TcpListener;
@@ -109,6 +110,8 @@ pub struct Suite {
     pub credential: Secret,
     /// The bus every component uses (so a test can add another edge to it).
     pub bus: Arc<dyn Bus>,
+    /// Every component's metrics, served on the edge's `/metrics`.
+    pub metrics: Arc<Metrics>,
     shutdown: Shutdown,
     tasks: JoinSet<()>,
     grace: Duration,
@@ -121,11 +124,13 @@ struct ChatParts {
     config: Config,
     clients: Clients,
     bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
 }
 
 impl ChatParts {
     async fn build(&self) -> Result<chat_service::ChatApp, chat_service::ChatError> {
-        chat_service::ChatApp::build(&self.config, &self.clients, self.bus.clone()).await
+        chat_service::ChatApp::build(&self.config, &self.clients, self.bus.clone(), &self.metrics)
+            .await
     }
 }
 
@@ -210,7 +215,9 @@ pub async fn start(
     // ai→chat and presence→chat the edge's `edge.call_timeout_ms` where
     // `parley-ai` and `parley-presence` used 10 s. Both modes now take every
     // client and deadline from `Clients::from_config`.
-    let clients = Clients::from_config(&config).map_err(component("grpc client"))?;
+    // One registry for every component: the edge's `/metrics` serves it all.
+    let metrics = Metrics::new(COMPONENTS);
+    let clients = Clients::from_config(&config, &metrics).map_err(component("grpc client"))?;
 
     let bus = common::bus::connect(&config.bus)
         .await
@@ -218,24 +225,26 @@ pub async fn start(
     let shutdown = Shutdown::new();
     let mut tasks = JoinSet::new();
 
-    let auth = auth_service::AuthApp::build(&config, bus.clone())
+    let auth = auth_service::AuthApp::build(&config, bus.clone(), &metrics)
         .await
         .map_err(|e| match e {
             auth_service::AuthError::Config(message) => SuiteError::Config(message),
             other => component("auth")(other),
         })?;
-    let presence = presence_service::PresenceApp::build(&config, &clients, bus.clone())
+    let presence = presence_service::PresenceApp::build(&config, &clients, bus.clone(), &metrics)
         .await
         .map_err(component("presence"))?;
     let chat_parts = ChatParts {
         config: config.clone(),
         clients: clients.clone(),
         bus: bus.clone(),
+        metrics: metrics.clone(),
     };
     let chat = chat_parts.build().await.map_err(component("chat"))?;
-    let ai = ai_service::AiApp::build(&config, &clients, bus.clone()).map_err(component("ai"))?;
+    let ai = ai_service::AiApp::build(&config, &clients, bus.clone(), &metrics)
+        .map_err(component("ai"))?;
     let suite_bus = bus.clone();
-    let edge = EdgeApp::build(&config, &clients, bus, tracing, shutdown.signal())
+    let edge = EdgeApp::build(&config, &clients, bus, tracing, shutdown.signal(), &metrics)
         .await
         .map_err(component("edge"))?;
 
@@ -270,6 +279,7 @@ pub async fn start(
         addrs,
         credential,
         bus: suite_bus,
+        metrics,
         shutdown,
         tasks,
         grace: Duration::from_millis(config.edge.shutdown_grace_ms),
@@ -338,8 +348,8 @@ mod tests {
         let mut separate = Config::default();
         separate.edge.call_timeout_ms = 250;
         let one_process = one_process_config(separate.clone(), &addrs());
-        let separate = Clients::from_config(&separate).expect("valid");
-        let one_process = Clients::from_config(&one_process).expect("valid");
+        let separate = Clients::from_config(&separate, &Metrics::new(&[])).expect("valid");
+        let one_process = Clients::from_config(&one_process, &Metrics::new(&[])).expect("valid");
         for link in Link::ALL {
             assert_eq!(
                 separate.deadline(link),
@@ -359,7 +369,7 @@ mod tests {
             config.services.credential.expose().len() >= 32,
             "a usable credential"
         );
-        let clients = Clients::from_config(&config).expect("valid");
+        let clients = Clients::from_config(&config, &Metrics::new(&[])).expect("valid");
         assert_eq!(
             clients.endpoint(Link::AiToChat).uri().to_string(),
             "http://127.0.0.1:3/"

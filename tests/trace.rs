@@ -177,4 +177,76 @@ async fn one_message_send_is_one_trace_across_edge_chat_and_sql() {
         }
     }
     assert!(reached, "sql span descends from the chat server span");
+
+    // A failing command: its frame span has error status, chat's server
+    // span the gRPC status code, and the command-duration histogram an
+    // exemplar pointing at the trace.
+    let failed_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    alice
+        .err(
+            "message.send",
+            json!({"room": "r_nowhere", "text": "x", "client_msg_id": "t2",
+                   "traceparent": format!("00-{failed_trace}-{client_span}-01")}),
+            "not_found",
+        )
+        .await;
+    let failed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let flushing = telemetry.clone();
+            tokio::task::spawn_blocking(move || flushing.flush())
+                .await
+                .expect("flush");
+            let spans: Vec<Span> = receiver
+                .spans
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|(_, s)| hex(&s.trace_id) == failed_trace)
+                .map(|(_, s)| s.clone())
+                .collect();
+            let names = |name: &str| spans.iter().any(|s| s.name == name);
+            if names("ws message.send") && names("/parley.chat.v1.ChatService/SendMessage") {
+                return spans;
+            }
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), receiver.arrived.notified()).await;
+        }
+    })
+    .await
+    .expect("spans of the failed command arrive");
+    let frame = failed
+        .iter()
+        .find(|s| s.name == "ws message.send")
+        .expect("frame span");
+    let status = frame.status.as_ref().map(|s| s.code);
+    assert_eq!(
+        status,
+        Some(2),
+        "the failed command's span has error status"
+    );
+    let server = failed
+        .iter()
+        .find(|s| s.name == "/parley.chat.v1.ChatService/SendMessage")
+        .expect("server span");
+    let grpc_code = server
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "rpc.grpc.status_code")
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(AnyValue::IntValue(code)) => Some(*code),
+            _ => None,
+        });
+    assert_eq!(grpc_code, Some(5), "NOT_FOUND on chat's server span");
+
+    let (_, scrape) = helpers::http_get(
+        app.addrs.edge,
+        "/metrics",
+        &[("accept", "application/openmetrics-text")],
+    )
+    .await;
+    assert!(
+        scrape.contains(&format!("trace_id=\"{failed_trace}\"")),
+        "the command histogram carries the trace as an exemplar: {scrape}"
+    );
 }

@@ -48,6 +48,7 @@ pub(crate) struct Generator {
     pub(crate) context: ContextReader,
     pub(crate) streams: Arc<Streams>,
     pub(crate) limits: ReplyLimits,
+    pub(crate) metrics: common::metrics::AiMetrics,
 }
 
 /// One reply to produce.
@@ -84,7 +85,9 @@ enum Interrupt {
 impl Generator {
     /// Produces the reply and announces its outcome; never fails silently.
     pub(crate) async fn run(&self, mut job: Job, shutdown: ShutdownSignal) {
+        self.metrics.streams_active.inc();
         let outcome = self.reply(&job, shutdown).await;
+        self.metrics.streams_active.dec();
         // The asker may ask again as soon as they learn this one ended.
         drop(job.slot.take());
         // Unlisted before the last event goes out: a late joiner either sees
@@ -169,6 +172,7 @@ impl Generator {
 
     async fn reply(&self, job: &Job, shutdown: ShutdownSignal) -> Result<Finished, AiError> {
         let stream = &job.stream;
+        let asked = Instant::now();
         let stopped = shutdown.wait();
         let cancelled = stream.cancel.cancelled();
         let deadline = tokio::time::sleep_until(Instant::now() + self.limits.total_timeout);
@@ -220,6 +224,12 @@ impl Generator {
             }
             if !chunk.is_empty() {
                 let index = stream.push(&chunk);
+                if index == 0 {
+                    self.metrics
+                        .time_to_first_delta
+                        .observe(asked.elapsed().as_secs_f64());
+                }
+                self.metrics.deltas.inc();
                 self.delta(job, index, chunk).await;
             }
             if truncated {

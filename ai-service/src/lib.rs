@@ -22,7 +22,8 @@ use common::Secret;
 use common::bus::Bus;
 use common::clients::{Clients, Link};
 use common::config::{AiConfig, AiFallback, AiProvider, Config};
-use common::grpc::{CredentialCheck, ServiceChannel};
+use common::grpc::{CredentialCheck, Health, ServiceChannel};
+use common::metrics::Metrics;
 use common::shutdown::ShutdownSignal;
 use proto::ai::v1::ai_service_server::{AiServiceServer, SERVICE_NAME};
 use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
@@ -56,6 +57,8 @@ pub struct AiApp {
     bus: Arc<dyn Bus>,
     /// Where prompts and replies are stored and history is read.
     chat: ServiceChannel,
+    /// Where the service's metrics go (the gRPC server's among them).
+    metrics: Arc<Metrics>,
     /// Credential callers must present (`authorization: Bearer …`).
     credential: Secret,
 }
@@ -74,13 +77,19 @@ impl AiApp {
     /// Builds the service as both the `parley-ai` binary and the
     /// one-process suite run it: the `[ai]` section, the service
     /// credential, `bus` for streamed replies, and chat-service through
-    /// `clients`.
-    pub fn build(config: &Config, clients: &Clients, bus: Arc<dyn Bus>) -> Result<AiApp, AiError> {
+    /// `clients`, and `metrics` to record into.
+    pub fn build(
+        config: &Config,
+        clients: &Clients,
+        bus: Arc<dyn Bus>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<AiApp, AiError> {
         Self::new(
             &config.ai,
             bus,
             clients.channel(Link::AiToChat),
             &config.services.credential,
+            metrics,
         )
     }
 
@@ -92,6 +101,7 @@ impl AiApp {
         bus: Arc<dyn Bus>,
         chat: ServiceChannel,
         credential: &Secret,
+        metrics: &Arc<Metrics>,
     ) -> Result<AiApp, AiError> {
         let main: Arc<dyn Provider> = match config.provider {
             AiProvider::Offline => {
@@ -135,7 +145,8 @@ impl AiApp {
                 Duration::from_millis(config.breaker_cooldown_ms),
             )
         };
-        let mut provider = Resilient::new(main, breaker(), policy(config));
+        let mut provider =
+            Resilient::new(main, breaker(), policy(config)).with_metrics(metrics.ai.clone());
         if let Some((fallback, model)) = fallback {
             provider = provider.with_fallback(fallback, breaker(), model);
         }
@@ -144,6 +155,7 @@ impl AiApp {
             provider: Arc::new(provider),
             bus,
             chat,
+            metrics: metrics.clone(),
             credential: credential.clone(),
         })
     }
@@ -185,6 +197,7 @@ impl AiApp {
                     total_timeout: Duration::from_millis(config.total_timeout_ms),
                     max_reply_chars: config.max_reply_chars,
                 },
+                metrics: self.metrics.ai.clone(),
             },
             quotas: Quotas::new(
                 Limit {
@@ -206,7 +219,8 @@ impl AiApp {
             "ai",
             listener,
             Routes::new(server),
-            &[SERVICE_NAME],
+            Health::new(&[SERVICE_NAME]),
+            self.metrics.grpc.clone(),
             shutdown,
         )
         .await?;

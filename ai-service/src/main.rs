@@ -5,18 +5,27 @@ use std::process::ExitCode;
 use ai_service::AiApp;
 use common::cli::Failure;
 use common::clients::Clients;
+use common::metrics::Metrics;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["ai"], true);
     let result = async {
         let bus = common::bus::connect(&config.bus).await?;
-        let clients = Clients::from_config(&config)?;
-        let app = AiApp::build(&config, &clients, bus)?;
+        let metrics = Metrics::new(&["ai"]);
+        let clients = Clients::from_config(&config, &metrics)?;
+        let app = AiApp::build(&config, &clients, bus, &metrics)?;
         let listener = common::cli::bind("ai.listen", config.ai.listen).await?;
         println!("parley-ai listening on grpc {}", listener.local_addr()?);
-        app.run_until_stopped(listener, common::shutdown::on_os_signal())
-            .await?;
+        let shutdown = common::shutdown::on_os_signal();
+        common::metrics::spawn_listener(
+            "ai.metrics_listen",
+            config.ai.metrics_listen,
+            metrics,
+            shutdown.clone(),
+        )
+        .await?;
+        app.run_until_stopped(listener, shutdown).await?;
         Ok::<(), Failure>(())
     }
     .await;

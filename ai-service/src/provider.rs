@@ -117,6 +117,20 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// The error's class, a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::Connect(_) => "connect",
+            ProviderError::Status { .. } => "status",
+            ProviderError::Protocol(_) => "protocol",
+            ProviderError::Failed(_) => "failed",
+            ProviderError::Timeout => "timeout",
+            ProviderError::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+impl ProviderError {
     /// The protocol error code clients see for this failure.
     pub fn code(&self) -> ErrorCode {
         match self {

@@ -19,7 +19,8 @@ use std::time::Duration;
 use common::Secret;
 use common::bus::Bus;
 use common::config::{AuthConfig, Backend, Config};
-use common::grpc::CredentialCheck;
+use common::grpc::{CredentialCheck, Health};
+use common::metrics::Metrics;
 use common::shutdown::ShutdownSignal;
 use proto::auth::v1::auth_service_server::{AuthServiceServer, SERVICE_NAME};
 use tokio::net::TcpListener;
@@ -34,6 +35,10 @@ use crate::tokens::Tokens;
 /// The auth service, ready to serve.
 pub struct AuthApp {
     handler: AuthHandler,
+    /// Where the service's metrics go (the gRPC server's among them).
+    metrics: Arc<Metrics>,
+    /// SERVING while the store (Redis, with `backend = "redis"`) answers.
+    health: Health,
     /// Credential callers must present (`authorization: Bearer …`).
     credential: Secret,
 }
@@ -50,9 +55,14 @@ impl std::fmt::Debug for AuthApp {
 impl AuthApp {
     /// Builds the service as both the `parley-auth` binary and the
     /// one-process suite run it: the `[auth]` section, the service
-    /// credential, and `bus` for revocations and blocks.
-    pub async fn build(config: &Config, bus: Arc<dyn Bus>) -> Result<AuthApp, AuthError> {
-        Self::connect(&config.auth, &config.services.credential, bus).await
+    /// credential, `bus` for revocations and blocks, and `metrics` to
+    /// record into.
+    pub async fn build(
+        config: &Config,
+        bus: Arc<dyn Bus>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<AuthApp, AuthError> {
+        Self::connect(&config.auth, &config.services.credential, bus, metrics).await
     }
 
     /// Builds the service from its configuration: parses every key (an
@@ -63,6 +73,7 @@ impl AuthApp {
         config: &AuthConfig,
         credential: &Secret,
         bus: Arc<dyn Bus>,
+        metrics: &Arc<Metrics>,
     ) -> Result<AuthApp, AuthError> {
         let tokens = Tokens::new(config)?;
         let store: Arc<dyn AuthStore> = match config.backend {
@@ -95,7 +106,10 @@ impl AuthApp {
                     block: Duration::from_secs(config.block_s),
                 },
                 keep_revocations: Duration::from_secs(longest_s),
+                metrics: metrics.auth.clone(),
             },
+            metrics: metrics.clone(),
+            health: Health::new(&[SERVICE_NAME]),
             credential: credential.clone(),
         })
     }
@@ -107,6 +121,11 @@ impl AuthApp {
         listener: TcpListener,
         shutdown: ShutdownSignal,
     ) -> Result<(), tonic::transport::Error> {
+        let store = self.handler.store.clone();
+        let up = self.metrics.auth.store_up.clone();
+        let ping = |store: Arc<dyn AuthStore>| async move { store.ping().await };
+        self.health
+            .follow("store", store, ping, up, shutdown.clone());
         let server = AuthServiceServer::with_interceptor(
             self.handler,
             CredentialCheck::new(&self.credential),
@@ -115,7 +134,8 @@ impl AuthApp {
             "auth",
             listener,
             Routes::new(server),
-            &[SERVICE_NAME],
+            self.health,
+            self.metrics.grpc.clone(),
             shutdown,
         )
         .await

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::auth_reason::AuthReason;
 use common::bus::{Bus, EDGE_CONTROL_CHANNEL};
 use common::security::{self, SecurityEvent};
 use proto::auth::v1::auth_service_server::AuthService;
@@ -49,6 +50,7 @@ pub(crate) struct AuthHandler {
     /// How long a revocation is kept: the longest any token it could
     /// cover lives, plus the leeway.
     pub(crate) keep_revocations: Duration,
+    pub(crate) metrics: common::metrics::AuthMetrics,
 }
 
 impl std::fmt::Debug for AuthHandler {
@@ -133,12 +135,23 @@ impl AuthHandler {
         }
     }
 
+    /// Issues an access token, counting it.
+    fn issue_access(
+        &self,
+        grant: &Grant,
+    ) -> Result<(String, proto::auth::v1::Identity), AuthError> {
+        let issued = self.tokens.issue_access(grant)?;
+        self.metrics.tokens_issued.inc();
+        Ok(issued)
+    }
+
     /// Stores a revocation and tells every edge.
     async fn revoke(&self, target: Target, why: &str) -> Result<(), AuthError> {
         let now = common::ids::now_ms();
         self.store
             .revoke(&target, now, now + millis(self.keep_revocations))
             .await?;
+        self.metrics.revocations.inc();
         let (field, id) = match &target {
             Target::Token(id) => ("token_id", id),
             Target::Session(id) => ("session_id", id),
@@ -164,7 +177,7 @@ impl AuthHandler {
     /// Issues a new session: an access token and the first refresh token of
     /// a new family.
     async fn issue_pair(&self, grant: Grant) -> Result<TokenPair, AuthError> {
-        let (access_token, identity) = self.tokens.issue_access(&grant)?;
+        let (access_token, identity) = self.issue_access(&grant)?;
         let refresh_jti = common::ids::new_id("rt");
         let refresh_expires_at = common::ids::now_ms()
             + i64::try_from(self.tokens.refresh_ttl_s)
@@ -224,7 +237,7 @@ impl AuthHandler {
                     session: family.session.clone(),
                     ttl_s: self.tokens.access_ttl_s,
                 };
-                let (access_token, identity) = self.tokens.issue_access(&grant)?;
+                let (access_token, identity) = self.issue_access(&grant)?;
                 let refresh_token = self.tokens.issue_refresh(
                     &family.user,
                     &family.session,
@@ -271,7 +284,16 @@ impl AuthService for AuthHandler {
         self.check_address(&request.client_ip)
             .await
             .map_err(to_status)?;
-        match self.check(&request.token).await {
+        let checked = self.check(&request.token).await;
+        let result = match &checked {
+            Ok(_) => "ok",
+            Err(error) => error.reason().map_or("error", AuthReason::as_str),
+        };
+        self.metrics
+            .verifications
+            .get_or_create(&[("result", result)])
+            .inc();
+        match checked {
             Ok(verified) => {
                 tracing::debug!(user_id = %verified.identity.user_id, "token verified");
                 Ok(Response::new(VerifyTokenResponse {
@@ -301,7 +323,7 @@ impl AuthService for AuthHandler {
             session: common::ids::new_id("sess"),
             ttl_s: self.tokens.anonymous_ttl_s,
         };
-        let (access_token, identity) = self.tokens.issue_access(&grant).map_err(to_status)?;
+        let (access_token, identity) = self.issue_access(&grant).map_err(to_status)?;
         tracing::info!(user_id = %identity.user_id, "anonymous user signed in");
         Ok(Response::new(SignInResponse {
             identity: Some(identity),
@@ -328,7 +350,7 @@ impl AuthService for AuthHandler {
             session: common::ids::new_id("sess"),
             ttl_s: self.tokens.anonymous_ttl_s,
         };
-        let (access_token, identity) = self.tokens.issue_access(&grant).map_err(to_status)?;
+        let (access_token, identity) = self.issue_access(&grant).map_err(to_status)?;
         tracing::info!(user_id = %identity.user_id, "development login");
         Ok(Response::new(SignInResponse {
             identity: Some(identity),

@@ -102,6 +102,12 @@ pub(crate) trait AuthStore: Send + Sync + 'static {
 
     /// When the block of `ip` ends, if it is blocked.
     async fn blocked_until(&self, ip: &str, now_ms: i64) -> Result<Option<i64>, StoreError>;
+
+    /// Whether the store answers (the service's health follows it); a store
+    /// in this process always does.
+    async fn ping(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -52,9 +52,14 @@ fn settings(credential: &Secret) -> ClientSettings {
 async fn spawn_app(config: AuthConfig) -> TestApp {
     let credential = Secret::new(common::ids::random_secret(32));
     let bus = Arc::new(MemoryBus::new());
-    let app = AuthApp::connect(&config, &credential, bus.clone())
-        .await
-        .expect("auth app");
+    let app = AuthApp::connect(
+        &config,
+        &credential,
+        bus.clone(),
+        &common::metrics::Metrics::new(&["auth"]),
+    )
+    .await
+    .expect("auth app");
     let server = serve_grpc(|listener, signal| app.run_until_stopped(listener, signal)).await;
     let client = AuthServiceClient::new(server.channel(&settings(&credential)));
     TestApp {
@@ -433,9 +438,14 @@ async fn the_secrets_never_appear_in_debug_output() {
         }],
         ..config()
     };
-    let app = AuthApp::connect(&config, &credential, Arc::new(MemoryBus::new()))
-        .await
-        .expect("auth app");
+    let app = AuthApp::connect(
+        &config,
+        &credential,
+        Arc::new(MemoryBus::new()),
+        &common::metrics::Metrics::new(&["auth"]),
+    )
+    .await
+    .expect("auth app");
     for debug in [
         format!("{app:?}"),
         format!("{app:#?}"),
@@ -993,4 +1003,28 @@ async fn check_revoked_names_the_revoked_tokens_and_refuses_huge_batches() {
         .await
         .expect_err("too many");
     assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+/// With Redis as the store, health is NOT_SERVING while Redis is
+/// unreachable and SERVING again once it is back.
+#[tokio::test]
+async fn health_follows_redis() {
+    use common::testing::{TcpProxy, health_follows};
+    let Some(redis) = common::testing::test_redis_url() else {
+        return;
+    };
+    let (proxy, redis_url) = TcpProxy::in_front_of(&redis).await;
+    let app = spawn_app(AuthConfig {
+        backend: common::config::Backend::Redis,
+        redis_url,
+        redis_prefix: format!("{}:", common::ids::new_id("health")),
+        ..config()
+    })
+    .await;
+    health_follows(
+        &app.url,
+        proto::auth::v1::auth_service_server::SERVICE_NAME,
+        &proxy,
+    )
+    .await;
 }

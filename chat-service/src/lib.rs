@@ -18,7 +18,8 @@ use common::Secret;
 use common::bus::Bus;
 use common::clients::{Clients, Link};
 use common::config::{ChatConfig, Config};
-use common::grpc::{CredentialCheck, ServiceChannel};
+use common::grpc::{CredentialCheck, Health, ServiceChannel};
+use common::metrics::Metrics;
 use common::shutdown::ShutdownSignal;
 use proto::chat::v1::chat_backend_service_server::{
     ChatBackendServiceServer, SERVICE_NAME as BACKEND_SERVICE_NAME,
@@ -38,6 +39,10 @@ use crate::store::Store;
 /// The chat service, ready to serve.
 pub struct ChatApp {
     handler: ChatHandler,
+    /// Where the service's metrics go (the gRPC server's among them).
+    metrics: Arc<Metrics>,
+    /// SERVING while the database answers.
+    health: Health,
     /// Credential callers must present (`authorization: Bearer …`).
     credential: Secret,
 }
@@ -54,11 +59,13 @@ impl std::fmt::Debug for ChatApp {
 impl ChatApp {
     /// Builds the service as both the `parley-chat` binary and the
     /// one-process suite run it: the `[chat]` section, the service
-    /// credential, `bus` for room events, and presence through `clients`.
+    /// credential, `bus` for room events, presence through `clients`, and
+    /// `metrics` to record into.
     pub async fn build(
         config: &Config,
         clients: &Clients,
         bus: Arc<dyn Bus>,
+        metrics: &Arc<Metrics>,
     ) -> Result<ChatApp, ChatError> {
         let presence = PresenceServiceClient::new(clients.channel(Link::ChatToPresence));
         Self::connect(
@@ -66,6 +73,7 @@ impl ChatApp {
             bus,
             Some(presence),
             &config.services.credential,
+            metrics,
         )
         .await
     }
@@ -78,6 +86,7 @@ impl ChatApp {
         bus: Arc<dyn Bus>,
         presence: Option<PresenceServiceClient<ServiceChannel>>,
         credential: &Secret,
+        metrics: &Arc<Metrics>,
     ) -> Result<ChatApp, ChatError> {
         let store = Store::connect(&config.database_url, config.max_connections).await?;
         let limits = Limits {
@@ -87,18 +96,22 @@ impl ChatApp {
             max_mentions: config.max_mentions_per_message,
         };
         Ok(ChatApp {
-            handler: ChatHandler::new(store, bus, presence, limits),
+            handler: ChatHandler::new(store, bus, presence, limits, metrics.chat.clone()),
+            metrics: metrics.clone(),
+            health: Health::new(&[SERVICE_NAME, BACKEND_SERVICE_NAME]),
             credential: credential.clone(),
         })
     }
 
     /// Serves chat calls (plus health and reflection) on `listener` until
-    /// `shutdown` fires.
+    /// `shutdown` fires; health follows the database (probed every
+    /// [`common::grpc::HEALTH_PROBE_INTERVAL`]).
     pub async fn run_until_stopped(
         self,
         listener: TcpListener,
         shutdown: ShutdownSignal,
     ) -> Result<(), tonic::transport::Error> {
+        let store = self.handler.store.clone();
         let check = CredentialCheck::new(&self.credential);
         let backend = BackendHandler {
             chat: self.handler.clone(),
@@ -108,11 +121,16 @@ impl ChatApp {
             check.clone(),
         ))
         .add_service(ChatBackendServiceServer::with_interceptor(backend, check));
+        let up = self.metrics.chat.database_up.clone();
+        let ping = |store: Store| async move { store.ping().await };
+        self.health
+            .follow("database", store, ping, up, shutdown.clone());
         common::grpc::serve(
             "chat",
             listener,
             routes,
-            &[SERVICE_NAME, BACKEND_SERVICE_NAME],
+            self.health,
+            self.metrics.grpc.clone(),
             shutdown,
         )
         .await

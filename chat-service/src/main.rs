@@ -5,18 +5,27 @@ use std::process::ExitCode;
 use chat_service::ChatApp;
 use common::cli::Failure;
 use common::clients::Clients;
+use common::metrics::Metrics;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["chat"], true);
     let result = async {
         let bus = common::bus::connect(&config.bus).await?;
-        let clients = Clients::from_config(&config)?;
-        let app = ChatApp::build(&config, &clients, bus).await?;
+        let metrics = Metrics::new(&["chat"]);
+        let clients = Clients::from_config(&config, &metrics)?;
+        let app = ChatApp::build(&config, &clients, bus, &metrics).await?;
         let listener = common::cli::bind("chat.listen", config.chat.listen).await?;
         println!("parley-chat listening on grpc {}", listener.local_addr()?);
-        app.run_until_stopped(listener, common::shutdown::on_os_signal())
-            .await?;
+        let shutdown = common::shutdown::on_os_signal();
+        common::metrics::spawn_listener(
+            "chat.metrics_listen",
+            config.chat.metrics_listen,
+            metrics,
+            shutdown.clone(),
+        )
+        .await?;
+        app.run_until_stopped(listener, shutdown).await?;
         Ok::<(), Failure>(())
     }
     .await;

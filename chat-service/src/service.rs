@@ -72,9 +72,10 @@ impl ChatHandler {
         bus: Arc<dyn Bus>,
         presence: Option<PresenceServiceClient<ServiceChannel>>,
         limits: Limits,
+        metrics: common::metrics::ChatMetrics,
     ) -> Self {
         Self {
-            writer: Writer::start(store.clone(), bus.clone()),
+            writer: Writer::start(store.clone(), bus.clone(), metrics),
             store,
             bus,
             presence,

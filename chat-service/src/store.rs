@@ -45,6 +45,10 @@ pub(crate) struct Store {
     positional: bool,
     /// `sqlite` or `postgresql`, for span attributes.
     system: &'static str,
+    /// The SQLite database file (`None` on Postgres and in memory): the
+    /// health probe checks it is still there and still a database, which
+    /// open connections reading from their cache would not notice.
+    sqlite_file: Option<std::path::PathBuf>,
 }
 
 /// A room to create.
@@ -82,8 +86,9 @@ impl Store {
     pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<Store, ChatError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
-        if sqlite {
-            create_sqlite_dir(url)?;
+        let sqlite_file = sqlite.then(|| sqlite_path(url)).flatten();
+        if let Some(file) = &sqlite_file {
+            create_sqlite_dir(file)?;
         }
         let setup = |e: sqlx::Error| ChatError::Setup(e.to_string());
         let pool = |max: u32| {
@@ -109,7 +114,22 @@ impl Store {
             appender,
             positional: sqlite,
             system: if sqlite { "sqlite" } else { "postgresql" },
+            sqlite_file,
         })
+    }
+
+    /// Whether the database answers a read of the room table (which, on
+    /// SQLite, reads the file itself).
+    pub(crate) async fn ping(&self) -> bool {
+        if let Some(file) = &self.sqlite_file
+            && !is_sqlite_file(file).await
+        {
+            return false;
+        }
+        sqlx::query("SELECT COUNT(*) FROM rooms")
+            .fetch_one(&self.reader)
+            .await
+            .is_ok()
     }
 
     pub(crate) fn span(&self, name: &'static str) -> tracing::Span {
@@ -266,15 +286,30 @@ fn bind_all<'q>(
 }
 
 /// Creates the directory of a `sqlite:` URL's file.
-fn create_sqlite_dir(url: &str) -> Result<(), ChatError> {
+/// The file of a `sqlite:` URL; `None` for an in-memory database.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
-        return Ok(());
-    }
-    if let Some(dir) = std::path::Path::new(path).parent()
+    (!path.is_empty() && path != ":memory:").then(|| path.into())
+}
+
+/// Whether `file` exists and starts with SQLite's header.
+async fn is_sqlite_file(file: &std::path::Path) -> bool {
+    let file = file.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut header = [0u8; 16];
+        std::fs::File::open(file)
+            .and_then(|mut f| f.read_exact(&mut header))
+            .map(|()| &header == b"SQLite format 3\0")
+    });
+    matches!(read.await, Ok(Ok(true)))
+}
+
+fn create_sqlite_dir(path: &std::path::Path) -> Result<(), ChatError> {
+    if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
         std::fs::create_dir_all(dir)

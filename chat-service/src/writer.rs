@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use common::bus::{Bus, envelope, room_channel, user_channel};
+use common::metrics::ChatMetrics;
 use proto::chat::v1::{Message, Notification, Room, RoomEvent, User};
 use protocol::NotificationNew;
 use sqlx::{AnyConnection, Connection};
@@ -95,9 +96,9 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Starts the writer task; it ends when every handle is dropped.
-    pub(crate) fn start(store: Store, bus: Arc<dyn Bus>) -> Writer {
+    pub(crate) fn start(store: Store, bus: Arc<dyn Bus>, metrics: ChatMetrics) -> Writer {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, bus, queue));
+        tokio::spawn(run(store, bus, queue, metrics));
         Writer { jobs }
     }
 
@@ -119,16 +120,33 @@ impl Writer {
     }
 }
 
-async fn run(store: Store, bus: Arc<dyn Bus>, mut queue: mpsc::Receiver<Job>) {
+async fn run(
+    store: Store,
+    bus: Arc<dyn Bus>,
+    mut queue: mpsc::Receiver<Job>,
+    metrics: ChatMetrics,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        metrics.writer_queue_depth.set(queue.len() as i64);
         let jobs = std::mem::take(&mut batch);
         let size = jobs.len();
+        metrics.commit_batch_size.observe(size as f64);
+        let started = std::time::Instant::now();
         let done = commit(&store, jobs)
             .instrument(tracing::debug_span!("chat.commit", jobs = size))
             .await;
+        metrics
+            .commit_duration
+            .observe(started.elapsed().as_secs_f64());
         for (reply, result, span) in done {
             if let Ok(applied) = &result {
+                for event in &applied.events {
+                    metrics
+                        .events_appended
+                        .get_or_create(&[("kind", event_kind_label(&event.kind))])
+                        .inc();
+                }
                 // In the caller's span, so envelopes carry its trace context.
                 publish(bus.as_ref(), applied).instrument(span).await;
             }
@@ -319,6 +337,15 @@ async fn apply(store: &Store, conn: &mut AnyConnection, op: Op) -> Result<Applie
                 .await?,
         ),
     })
+}
+
+/// A room-log event kind as a metric label: one of the protocol's frame
+/// types, or `other` (so the label set stays closed).
+fn event_kind_label(kind: &str) -> &'static str {
+    protocol::ServerFrame::ALL
+        .iter()
+        .find(|(name, _)| *name == kind)
+        .map_or("other", |(name, _)| name)
 }
 
 /// Publishes committed events on their rooms' channels and notifications

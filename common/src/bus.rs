@@ -94,7 +94,25 @@ pub fn envelope(room_id: &str, seq: i64, kind: &str, json: String) -> Envelope {
         json,
         trace_context: crate::trace::current_context_map(),
         except_user: String::new(),
+        published_at_us: now_us(),
     }
+}
+
+/// Unix time in microseconds.
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Seconds from the envelope's publication until now; `None` when the
+/// publisher did not say when, or the clocks disagree.
+pub fn lag_seconds(envelope: &Envelope) -> Option<f64> {
+    if envelope.published_at_us <= 0 {
+        return None;
+    }
+    let lag = now_us().checked_sub(envelope.published_at_us)?;
+    (lag >= 0).then(|| lag as f64 / 1e6)
 }
 
 /// The bus a [`crate::config::BusConfig`] asks for.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use tonic::transport::Endpoint;
 
 use crate::config::Config;
-use crate::grpc::{ClientSettings, ServiceChannel, channel_to};
+use crate::grpc::{ClientSettings, ServiceChannel, metered_channel_to};
+use crate::metrics::{GrpcMetrics, Metrics};
 use crate::secret::Secret;
 
 /// Deadline of each chat-service call the AI service makes (storing a
@@ -68,11 +69,14 @@ pub struct Clients {
     connect_timeout: Duration,
     /// `edge.call_timeout_ms`: the deadline of every call the edge makes.
     edge_deadline: Duration,
+    /// Where every channel records its `grpc_client_*` metrics.
+    metrics: GrpcMetrics,
 }
 
 impl Clients {
-    /// Parses `services.*_url`; the error names the key.
-    pub fn from_config(config: &Config) -> Result<Self, ClientError> {
+    /// Parses `services.*_url`; the error names the key. Calls are recorded
+    /// in `metrics`.
+    pub fn from_config(config: &Config, metrics: &Metrics) -> Result<Self, ClientError> {
         let endpoint = |key: &'static str, url: &str| {
             Endpoint::from_shared(url.to_string()).map_err(|source| ClientError { key, source })
         };
@@ -85,6 +89,7 @@ impl Clients {
             credential: services.credential.clone(),
             connect_timeout: Duration::from_millis(services.connect_timeout_ms),
             edge_deadline: Duration::from_millis(config.edge.call_timeout_ms),
+            metrics: metrics.grpc.clone(),
         })
     }
 
@@ -113,13 +118,14 @@ impl Clients {
     /// A new lazily connecting channel for `link`, with its deadline and
     /// the service credential.
     pub fn channel(&self, link: Link) -> ServiceChannel {
-        channel_to(
+        metered_channel_to(
             self.endpoint(link),
             &ClientSettings {
                 credential: self.credential.clone(),
                 connect_timeout: self.connect_timeout,
                 timeout: self.deadline(link),
             },
+            &self.metrics,
         )
     }
 }
@@ -132,7 +138,7 @@ mod tests {
     fn service_links_keep_their_deadlines_whatever_the_edge_is_configured_with() {
         let mut config = Config::default();
         config.edge.call_timeout_ms = 250;
-        let clients = Clients::from_config(&config).expect("valid urls");
+        let clients = Clients::from_config(&config, &Metrics::new(&[])).expect("valid urls");
         assert_eq!(
             clients.deadline(Link::EdgeToChat),
             Duration::from_millis(250)
@@ -146,7 +152,7 @@ mod tests {
     fn links_call_the_configured_services() {
         let mut config = Config::default();
         config.services.chat_url = "http://chat.internal:7000".into();
-        let clients = Clients::from_config(&config).expect("valid urls");
+        let clients = Clients::from_config(&config, &Metrics::new(&[])).expect("valid urls");
         for link in [Link::EdgeToChat, Link::AiToChat, Link::PresenceToChat] {
             assert_eq!(
                 clients.endpoint(link).uri().to_string(),
@@ -159,7 +165,7 @@ mod tests {
     fn a_bad_url_names_its_key() {
         let mut config = Config::default();
         config.services.ai_url = "http://bad host".into();
-        let e = Clients::from_config(&config).expect_err("not a url");
+        let e = Clients::from_config(&config, &Metrics::new(&[])).expect_err("not a url");
         assert!(e.to_string().contains("services.ai_url"), "{e}");
     }
 }

@@ -170,6 +170,21 @@ pub(crate) fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// `<section>.metrics_listen` is not the section's gRPC address (port 0,
+/// "any free port", may appear in both).
+pub(crate) fn metrics_listen(
+    section: &str,
+    listen: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+) -> Result<(), ConfigError> {
+    if metrics.port() != 0 && metrics == listen {
+        return Err(ConfigError(format!(
+            "key `{section}.metrics_listen`: must differ from {section}.listen ({listen})"
+        )));
+    }
+    Ok(())
+}
+
 /// `url` is a Redis URL; the error names `key`.
 pub(crate) fn redis_url(key: &str, url: &str) -> Result<(), ConfigError> {
     if url.starts_with("redis://") || url.starts_with("rediss://") {
@@ -423,6 +438,20 @@ mod tests {
         assert!(!e.to_string().contains("short"), "secret value leaked: {e}");
         let e = load(&[("PARLEY_EDGE_NO_SUCH_KEY", "1")]).expect_err("unknown key");
         assert!(e.to_string().contains("no_such_key"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listeners_have_defaults_and_must_not_take_the_grpc_address() {
+        let c = load(&[]).expect("defaults");
+        assert_eq!(c.chat.metrics_listen.port(), 9452);
+        assert_eq!(c.presence.metrics_listen.port(), 9454);
+        let c = load(&[("PARLEY_AI_METRICS_LISTEN", "0.0.0.0:9999")]).expect("valid");
+        assert_eq!(c.ai.metrics_listen.port(), 9999);
+        let e = load(&[("PARLEY_AUTH_METRICS_LISTEN", "127.0.0.1:50051")])
+            .expect_err("same as auth.listen");
+        assert!(e.to_string().contains("auth.metrics_listen"), "{e}");
+        let e = load(&[("PARLEY_CHAT_METRICS_LISTEN", "nope")]).expect_err("bad address");
+        assert!(e.to_string().contains("chat.metrics_listen"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! gRPC plumbing shared by every component: the servers' common stack (trace
-//! extraction, health, reflection, service credential) and the clients'
-//! (trace injection, credential, deadlines), plus the end-user identity
-//! ("actor") that travels in metadata.
+//! extraction, metrics, health, reflection, service credential) and the
+//! clients' (trace injection, credential, metrics, deadlines), plus the
+//! end-user identity ("actor") that travels in metadata.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use tonic::{Request, Status};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::ErrorCode;
+use crate::metrics::grpc::{GrpcMetrics, GrpcMetricsService, Side};
 use crate::secret::Secret;
 use crate::shutdown::ShutdownSignal;
 use crate::trace;
@@ -177,8 +178,10 @@ impl tonic::service::Interceptor for ClientInterceptor {
     }
 }
 
-/// A channel to another Parley service with the client stack applied.
-pub type ServiceChannel = InterceptedService<Channel, ClientInterceptor>;
+/// A channel to another Parley service with the client stack applied:
+/// the interceptor (trace context, credential) outside, the metrics layer
+/// next to the connection.
+pub type ServiceChannel = InterceptedService<GrpcMetricsService<Channel>, ClientInterceptor>;
 
 /// Settings for clients of Parley services.
 #[derive(Debug, Clone)]
@@ -200,7 +203,19 @@ pub fn channel(
 }
 
 /// Like [`channel`], on an already parsed endpoint (which cannot fail).
+/// Its calls are recorded in metrics no registry exports; components use
+/// [`metered_channel_to`].
 pub fn channel_to(endpoint: &Endpoint, settings: &ClientSettings) -> ServiceChannel {
+    metered_channel_to(endpoint, settings, &GrpcMetrics::default())
+}
+
+/// Like [`channel_to`], recording `grpc_client_*` metrics into `metrics`.
+pub fn metered_channel_to(
+    endpoint: &Endpoint,
+    settings: &ClientSettings,
+    metrics: &GrpcMetrics,
+) -> ServiceChannel {
+    use tower::Layer;
     let endpoint = endpoint
         .clone()
         .connect_timeout(settings.connect_timeout)
@@ -209,25 +224,135 @@ pub fn channel_to(endpoint: &Endpoint, settings: &ClientSettings) -> ServiceChan
     let authorization =
         AsciiMetadataValue::try_from(format!("Bearer {}", settings.credential.expose()))
             .unwrap_or_else(|_| AsciiMetadataValue::from_static(""));
-    InterceptedService::new(endpoint.connect_lazy(), ClientInterceptor { authorization })
+    let metered = metrics.layer(Side::Client).layer(endpoint.connect_lazy());
+    InterceptedService::new(metered, ClientInterceptor { authorization })
+}
+
+/// How often a component probes the dependency its health follows.
+pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A component's standard gRPC health (`grpc.health.v1`): every service
+/// name it serves reports SERVING while the dependency it cannot work
+/// without answers, and NOT_SERVING while it does not ([`Health::watch`]).
+#[derive(Clone)]
+pub struct Health {
+    reporter: tonic_health::server::HealthReporter,
+    names: Arc<[&'static str]>,
+    /// The last status set, so a restarted server starts with it.
+    serving: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Health {
+    /// Health for `names`, serving until a probe says otherwise.
+    pub fn new(names: &[&'static str]) -> Self {
+        Self {
+            reporter: tonic_health::server::HealthReporter::new(),
+            names: names.into(),
+            serving: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+
+    /// Whether the names currently report SERVING.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets every name to SERVING or NOT_SERVING.
+    pub async fn set(&self, serving: bool) {
+        self.serving
+            .store(serving, std::sync::atomic::Ordering::Relaxed);
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        // "" is the whole server's health.
+        for name in std::iter::once(&"").chain(self.names.iter()) {
+            self.reporter.set_service_status(*name, status).await;
+        }
+    }
+
+    /// Follows `dependency` with [`Health::watch`] at the usual interval
+    /// ([`HEALTH_PROBE_INTERVAL`]): `probe` is asked about `target`.
+    pub fn follow<T, F>(
+        &self,
+        dependency: &'static str,
+        target: T,
+        probe: fn(T) -> F,
+        up: prometheus_client::metrics::gauge::Gauge,
+        shutdown: ShutdownSignal,
+    ) where
+        T: Clone + Send + 'static,
+        F: std::future::Future<Output = bool> + Send + 'static,
+    {
+        let every = HEALTH_PROBE_INTERVAL;
+        self.watch(
+            dependency,
+            every,
+            move || probe(target.clone()),
+            up,
+            shutdown,
+        );
+    }
+
+    /// Runs `probe` every `every` until `shutdown`; a probe that fails or
+    /// takes longer than `every` makes the names NOT_SERVING, the next one
+    /// that succeeds SERVING again. `up` mirrors the answer (1 or 0).
+    pub fn watch<P, F>(
+        &self,
+        dependency: &'static str,
+        every: Duration,
+        probe: P,
+        up: prometheus_client::metrics::gauge::Gauge,
+        shutdown: ShutdownSignal,
+    ) where
+        P: Fn() -> F + Send + 'static,
+        F: std::future::Future<Output = bool> + Send,
+    {
+        let health = self.clone();
+        up.set(1);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let stop = shutdown.wait();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = &mut stop => return,
+                }
+                let ok = tokio::time::timeout(every, probe()).await.unwrap_or(false);
+                up.set(i64::from(ok));
+                if ok != health.is_serving() {
+                    if ok {
+                        tracing::info!(dependency, "dependency is back: serving");
+                    } else {
+                        tracing::warn!(dependency, "dependency unreachable: not serving");
+                    }
+                    health.set(ok).await;
+                }
+            }
+        });
+    }
 }
 
 /// Serves `routes` plus the standard health and reflection services on an
 /// already-bound listener until `shutdown` fires. Each request gets a server
-/// span whose parent is the caller's trace context.
+/// span whose parent is the caller's trace context and is recorded in the
+/// `grpc_server_*` metrics of `metrics`. `health` is the component's health
+/// reporter (see [`Health`]).
 pub async fn serve(
     component: &'static str,
     listener: TcpListener,
     routes: Routes,
-    health_names: &[&'static str],
+    health: Health,
+    metrics: GrpcMetrics,
     shutdown: ShutdownSignal,
 ) -> Result<(), tonic::transport::Error> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    for name in health_names {
-        reporter
-            .set_service_status(*name, tonic_health::ServingStatus::Serving)
-            .await;
-    }
+    health.set(health.is_serving()).await;
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health.reporter.clone()),
+    );
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -244,6 +369,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha);
 
     tonic::transport::Server::builder()
+        .layer(metrics.layer(Side::Server))
         .trace_fn(move |req: &http::Request<()>| {
             let span = tracing::info_span!(
                 "grpc.server",
@@ -251,6 +377,8 @@ pub async fn serve(
                 otel.kind = "server",
                 rpc.system = "grpc",
                 parley.component = component,
+                rpc.grpc.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
             );
             let _ = span.set_parent(trace::extract_headers(req.headers()));
             span

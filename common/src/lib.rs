@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod ids;
+pub mod metrics;
 pub mod secret;
 pub mod security;
 pub mod shutdown;

@@ -1,7 +1,8 @@
 //! Test helpers shared by every crate's tests (feature `testing`): a fresh
 //! database per test, the Redis URL to test against, an
 //! OpenAI-compatible model server ([`FakeOpenAi`]), log capture
-//! ([`logs`]), and a gRPC service served on `127.0.0.1:0` ([`serve_grpc`]).
+//! ([`logs`]), a gRPC service served on `127.0.0.1:0` ([`serve_grpc`]), and
+//! a TCP proxy that cuts a dependency off ([`TcpProxy`]).
 //!
 //! Without environment variables a test gets a new SQLite file and no Redis,
 //! so `cargo test` passes on a fresh machine. With
@@ -13,6 +14,7 @@
 mod fake_openai;
 mod grpc;
 pub mod logs;
+mod proxy;
 
 use std::path::PathBuf;
 
@@ -20,6 +22,7 @@ use sqlx::Connection;
 
 pub use self::fake_openai::{FakeOpenAi, Reply};
 pub use self::grpc::{TestServer, serve_grpc};
+pub use self::proxy::{TcpProxy, health_becomes, health_follows};
 
 /// Names the Postgres server tests run against (e.g. `postgres://postgres@127.0.0.1:5432/test`).
 pub const DATABASE_URL_VAR: &str = "PARLEY_TEST_DATABASE_URL";

@@ -46,7 +46,40 @@ pub(crate) enum Flow {
 }
 
 /// Runs one text frame; `Flow::Close` when its failure ends the connection.
+/// Every frame is counted once in `parley_edge_commands_total` and timed in
+/// `parley_edge_command_duration_seconds`, under its command kind (or
+/// `unknown`) and outcome (`ok` or the error code).
 pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
+    let started = std::time::Instant::now();
+    let metrics = session.shared().metrics.clone();
+    let (kind, outcome, flow, trace) = pipeline(session, text).await;
+    let command = kind
+        .as_deref()
+        .and_then(CommandKind::from_name)
+        .map_or("unknown", CommandKind::name);
+    metrics
+        .commands
+        .get_or_create(&[("command", command), ("outcome", outcome)])
+        .inc();
+    metrics
+        .command_duration
+        .get_or_create(&[("command", command)])
+        .observe(started.elapsed().as_secs_f64(), trace, None);
+    flow
+}
+
+/// What [`pipeline`] tells the metrics: the frame's type (if it had one),
+/// the outcome label, whether the read loop goes on, and the trace of the
+/// command's span (when spans are exported) as an exemplar.
+type Handled = (
+    Option<String>,
+    &'static str,
+    Flow,
+    Option<common::metrics::TraceExemplar>,
+);
+
+/// [`handle`] without the metrics.
+async fn pipeline(session: &mut Session, text: &str) -> Handled {
     let opened;
     let text = match session.signed.as_mut() {
         Some(signed) if session.identity.is_some() => {
@@ -63,7 +96,8 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
                         user,
                         refusal.as_str(),
                     );
-                    return refuse(session, None, id, refusal.error()).await;
+                    let (flow, outcome) = refuse(session, None, id, refusal.error()).await;
+                    return (None, outcome, flow, None);
                 }
             }
         }
@@ -71,7 +105,10 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
     };
     let envelope = match frames::parse(text) {
         Ok(envelope) => envelope,
-        Err((kind, id, error)) => return refuse(session, kind.as_deref(), id, error).await,
+        Err((kind, id, error)) => {
+            let (flow, outcome) = refuse(session, kind.as_deref(), id, error).await;
+            return (kind, outcome, flow, None);
+        }
     };
     let span = tracing::info_span!(
         "ws.frame",
@@ -80,6 +117,8 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
         parley.command = %envelope.kind,
         parley.conn_id = %session.link.id,
         enduser.id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        parley.error_code = tracing::field::Empty,
     );
     if let Some((user, _)) = session.user() {
         span.record("enduser.id", user);
@@ -93,7 +132,20 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
     }
     let Envelope { kind, id, body, .. } = envelope;
     let result = run(session, &kind, id, body).instrument(span.clone()).await;
-    match result {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(error) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("parley.error_code", error.code.as_str());
+            error.code.as_str()
+        }
+    };
+    let trace = if session.shared().tracing {
+        span.in_scope(common::metrics::trace_exemplar)
+    } else {
+        None
+    };
+    let flow = match result {
         Ok(Outcome::Reply(result)) => {
             if let Some(id) = id {
                 session.outbox().push(frames::reply_ok(id, *result));
@@ -121,7 +173,8 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
                 None => Flow::Continue,
             }
         }
-    }
+    };
+    (Some(kind), outcome, flow, trace)
 }
 
 /// Answers a frame that is not a command (unreadable, or a bad signature).
@@ -132,7 +185,7 @@ async fn refuse(
     kind: Option<&str>,
     id: Option<u64>,
     error: CommandError,
-) -> Flow {
+) -> (Flow, &'static str) {
     let user = session
         .identity
         .as_ref()
@@ -147,13 +200,14 @@ async fn refuse(
     session
         .outbox()
         .push(frames::failure(kind, id, &error, None));
-    match error.close {
+    let flow = match error.close {
         Some(close) => {
             session.outbox().close(close);
             Flow::Close
         }
         None => Flow::Continue,
-    }
+    };
+    (flow, error.code.as_str())
 }
 
 /// Admits, decodes and runs one command.

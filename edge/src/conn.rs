@@ -39,7 +39,7 @@ pub(crate) fn run(
 ) -> impl Future<Output = ()> + Send {
     let (sink, stream) = socket.split();
     let (outbox, out_rx) = outbox(shared.config.outbound_queue_bytes);
-    let writer = tokio::spawn(write_loop(sink, out_rx));
+    let writer = tokio::spawn(write_loop(sink, out_rx, shared.metrics.clone()));
     serve(shared, stream, writer, outbox, peer, identity, parent, slot)
 }
 
@@ -58,6 +58,11 @@ async fn serve(
     // Given back when the connection ends.
     let _slot = slot;
     let _alive = shared.conns_alive.clone();
+    let metrics = &shared.metrics;
+    metrics.connections_accepted.inc();
+    metrics.connections.inc();
+    // The code the client closed with, if it sent a close frame.
+    let mut client_close: Option<u16> = None;
     // A finished JoinHandle must not be polled again.
     let mut writer_done = false;
     let key = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
@@ -147,7 +152,11 @@ async fn serve(
                 break;
             }
             frame = stream.next() => match frame {
-                None | Some(Ok(Message::Close(_))) => break,
+                None => break,
+                Some(Ok(Message::Close(frame))) => {
+                    client_close = Some(frame.map_or(NO_STATUS, |f| f.code));
+                    break;
+                }
                 Some(Err(e)) => {
                     if let Some(close) = close_for(&e) {
                         outbox.close(close);
@@ -155,6 +164,7 @@ async fn serve(
                     break;
                 }
                 Some(Ok(Message::Text(text))) => {
+                    metrics.frames_received.inc();
                     last_pong = Instant::now();
                     last_command = last_pong;
                     // Membership changes the client may have seen come
@@ -170,6 +180,7 @@ async fn serve(
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
+                    metrics.frames_received.inc();
                     binary_frames += 1;
                     if binary_frames > 1 {
                         outbox.close(CloseCode::BinaryFrames);
@@ -188,6 +199,7 @@ async fn serve(
     // The connection's own outbox handle and its user slot go now: the
     // writer ends once every handle is gone, and a slot is free again.
     drop(session);
+    let closed = outbox.close_watch();
     drop(outbox);
     if !writer_done
         && tokio::time::timeout(Duration::from_secs(5), &mut writer)
@@ -196,6 +208,31 @@ async fn serve(
     {
         writer.abort();
     }
+    let code = closed
+        .code()
+        .or(client_close.map(bounded_code))
+        .unwrap_or(ABNORMAL);
+    if code == CloseCode::SlowConsumer.code() {
+        metrics.slow_consumer_disconnects.inc();
+    }
+    metrics.disconnects.get_or_create(&[("code", code)]).inc();
+    metrics.connections.dec();
+}
+
+/// Close code of a close frame without a status.
+const NO_STATUS: u16 = 1005;
+/// Close code of a connection that ended without a close frame.
+const ABNORMAL: u16 = 1006;
+
+/// A close code a client sent, as a metric label: the standard codes and
+/// Parley's own as they are, anything else as 0 (so clients cannot grow the
+/// label set).
+fn bounded_code(code: u16) -> u16 {
+    let known = (1000..=1015).contains(&code)
+        || protocol::close::CLOSE_CODES
+            .iter()
+            .any(|row| row.code == code);
+    if known { code } else { 0 }
 }
 
 /// A member joined or left a room this connection follows room-wide.
@@ -253,13 +290,18 @@ fn close_for(error: &axum::Error) -> Option<CloseCode> {
     None
 }
 
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, out: OutboxReceiver) {
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    out: OutboxReceiver,
+    metrics: common::metrics::EdgeMetrics,
+) {
     let closing = tokio::select! {
-        closing = pump(&mut sink, &out) => closing,
+        closing = pump(&mut sink, &out, &metrics) => closing,
         // Even while a write waits on a client that stopped reading.
         () = out.overflow() => Some(CloseCode::SlowConsumer),
     };
     if let Some(code) = closing {
+        out.closing(code);
         // A client that stopped reading may never take the close frame.
         let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, close(&mut sink, code)).await;
     }
@@ -267,7 +309,11 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, out: OutboxReceiver
 
 /// Writes everything queued, then flushes once; returns the close to send
 /// (`None` when the connection ended or the socket failed).
-async fn pump(sink: &mut SplitSink<WebSocket, Message>, out: &OutboxReceiver) -> Option<CloseCode> {
+async fn pump(
+    sink: &mut SplitSink<WebSocket, Message>,
+    out: &OutboxReceiver,
+    metrics: &common::metrics::EdgeMetrics,
+) -> Option<CloseCode> {
     while let Some(batch) = out.next_batch().await {
         for item in batch {
             if out.overflowed() {
@@ -278,6 +324,8 @@ async fn pump(sink: &mut SplitSink<WebSocket, Message>, out: &OutboxReceiver) ->
                     let len = text.len();
                     sink.feed(Message::Text(text)).await.ok()?;
                     out.sent(len);
+                    metrics.frames_sent.inc();
+                    metrics.bytes_sent.inc_by(len as u64);
                 }
                 Outbound::Ping => sink.feed(Message::Ping(bytes::Bytes::new())).await.ok()?,
                 Outbound::Close(code) => return Some(code),

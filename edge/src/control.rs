@@ -269,9 +269,14 @@ mod tests {
             hs256_secret: common::Secret::new(common::ids::random_secret(32)),
             ..Default::default()
         };
-        let app = auth_service::AuthApp::connect(&config, &credential, Arc::new(MemoryBus::new()))
-            .await
-            .expect("auth app");
+        let app = auth_service::AuthApp::connect(
+            &config,
+            &credential,
+            Arc::new(MemoryBus::new()),
+            &common::metrics::Metrics::new(&["auth"]),
+        )
+        .await
+        .expect("auth app");
         let server =
             common::testing::serve_grpc(|listener, signal| app.run_until_stopped(listener, signal))
                 .await;

@@ -21,6 +21,8 @@ use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use tokio::sync::mpsc;
 
 use crate::outbox::Outbox;
+use common::metrics::EdgeMetrics;
+use prometheus_client::metrics::counter::Counter;
 
 /// Prefix of room channels (the others carry no seq).
 const ROOM_PREFIX: &str = "room:";
@@ -45,6 +47,8 @@ pub struct Gate {
 
 struct Member {
     outbox: Outbox,
+    /// `parley_edge_deliveries_total`.
+    deliveries: Counter,
     gate: Arc<Mutex<Gate>>,
     /// Whose connection this is: a `member.left` for that user ends its
     /// delivery of the room.
@@ -52,6 +56,15 @@ struct Member {
     /// Set by [`Hub::watch_roster`]: where this connection hears of other
     /// users joining or leaving the room (room-wide presence follows them).
     roster: Option<mpsc::UnboundedSender<RosterChange>>,
+}
+
+impl Member {
+    /// Queues an event to this member's connection.
+    fn send(&self, text: Utf8Bytes) {
+        if self.outbox.push(text) {
+            self.deliveries.inc();
+        }
+    }
 }
 
 /// A user joined or left a room (its `member.joined` / `member.left` was
@@ -99,6 +112,7 @@ pub struct Hub {
     /// Serialises subscribe/unsubscribe so a second joiner never proceeds
     /// before the first one's subscription is confirmed.
     changes: tokio::sync::Mutex<()>,
+    metrics: EdgeMetrics,
 }
 
 impl Hub {
@@ -107,6 +121,7 @@ impl Hub {
     pub async fn start(
         bus: &dyn Bus,
         chat: ChatBackendServiceClient<ServiceChannel>,
+        metrics: EdgeMetrics,
     ) -> Result<Self, BusError> {
         let (subscriber, events) = bus.subscriber().await?;
         let channels: Arc<Mutex<Channels>> = Arc::default();
@@ -115,13 +130,21 @@ impl Hub {
             chat,
             backfills,
             dropped: Arc::default(),
+            metrics: metrics.clone(),
         };
-        tokio::spawn(fan_out(events, filled, channels.clone(), repairer.clone()));
+        tokio::spawn(fan_out(
+            events,
+            filled,
+            channels.clone(),
+            repairer.clone(),
+            metrics.clone(),
+        ));
         Ok(Self {
             subscriber,
             channels,
             repairer,
             changes: tokio::sync::Mutex::new(()),
+            metrics,
         })
     }
 
@@ -155,6 +178,7 @@ impl Hub {
                 conn,
                 Member {
                     outbox,
+                    deliveries: self.metrics.deliveries.clone(),
                     gate: gate.clone(),
                     user: user.to_string(),
                     roster: None,
@@ -171,6 +195,9 @@ impl Hub {
                 }
             }
             return Err(e);
+        }
+        if first && channel.starts_with(ROOM_PREFIX) {
+            self.metrics.room_subscriptions.inc();
         }
         Ok(gate)
     }
@@ -211,6 +238,9 @@ impl Hub {
                 None => false,
             }
         };
+        if last && channel.starts_with(ROOM_PREFIX) {
+            self.metrics.room_subscriptions.dec();
+        }
         if last && let Err(e) = self.subscriber.unsubscribe(channel).await {
             tracing::warn!(channel, error = %e, "unsubscribe failed");
         }
@@ -236,11 +266,11 @@ impl Hub {
             }
             gate.delivered = gate.delivered.max(delivered);
             for (seq, text) in gate.pending.take().unwrap_or_default() {
-                if seq == 0 {
-                    outbox.push(text);
-                } else if seq > gate.delivered {
-                    gate.delivered = seq;
-                    outbox.push(text);
+                if seq == 0 || seq > gate.delivered {
+                    gate.delivered = gate.delivered.max(seq);
+                    if outbox.push(text) {
+                        self.metrics.deliveries.inc();
+                    }
                 }
             }
         }
@@ -348,10 +378,10 @@ fn deliver_to(member: &Member, seq: i64, text: &Utf8Bytes) -> bool {
     if let Some(pending) = gate.pending.as_mut() {
         pending.push((seq, text.clone()));
     } else if seq == 0 {
-        member.outbox.push(text.clone());
+        member.send(text.clone());
     } else if seq > gate.delivered {
         gate.delivered = seq;
-        member.outbox.push(text.clone());
+        member.send(text.clone());
     } else {
         return false;
     }
@@ -365,9 +395,7 @@ fn deliver_except(channel: &Channel, text: &Utf8Bytes, user: &str) {
         let mut gate = lock(&member.gate);
         match gate.pending.as_mut() {
             Some(pending) => pending.push((0, text.clone())),
-            None => {
-                member.outbox.push(text.clone());
-            }
+            None => member.send(text.clone()),
         }
     }
 }
@@ -410,6 +438,10 @@ fn beyond_the_log(entry: &mut Channel, name: &str, log_end: i64, repairer: &Repa
         repairer
             .dropped
             .fetch_add(held_beyond as u64, std::sync::atomic::Ordering::Relaxed);
+        repairer
+            .metrics
+            .events_dropped_beyond_log
+            .inc_by(held_beyond as u64);
         tracing::warn!(
             channel = name,
             log_end,
@@ -452,11 +484,15 @@ async fn fan_out(
     mut filled: mpsc::UnboundedReceiver<Backfill>,
     channels: Arc<Mutex<Channels>>,
     repairer: Repairer,
+    metrics: EdgeMetrics,
 ) {
     loop {
         tokio::select! {
             event = events.recv() => match event {
                 Some(BusEvent::Message { channel, envelope }) => {
+                    if let Some(lag) = common::bus::lag_seconds(&envelope) {
+                        metrics.bus_lag.observe(lag);
+                    }
                     let seq = envelope.seq;
                     let mut channels = lock(&channels);
                     if seq > 0 && channel.starts_with(ROOM_PREFIX) {
@@ -479,7 +515,7 @@ async fn fan_out(
                             let room = channels.get(&common::bus::room_channel(&envelope.room_id));
                             for (key, member) in &entry.members {
                                 if !room.is_some_and(|room| room.members.contains_key(key)) {
-                                    member.outbox.push(text.clone());
+                                    member.send(text.clone());
                                 }
                             }
                         }
@@ -495,6 +531,7 @@ async fn fan_out(
                     }
                 }
                 Some(BusEvent::Resubscribed) => {
+                    metrics.bus_reconnects.inc();
                     // Anything published while the bus was away is in the log.
                     let mut channels = lock(&channels);
                     let mut repairs = 0;
@@ -536,6 +573,7 @@ struct Repairer {
     backfills: mpsc::UnboundedSender<Backfill>,
     /// Held events dropped as beyond their room's log.
     dropped: Arc<std::sync::atomic::AtomicU64>,
+    metrics: EdgeMetrics,
 }
 
 impl Repairer {
@@ -545,6 +583,8 @@ impl Repairer {
         let Some(room_id) = channel.strip_prefix(ROOM_PREFIX) else {
             return;
         };
+        self.metrics.gap_repairs.inc();
+        let backfilled = self.metrics.events_backfilled.clone();
         let request = GetEventsRequest {
             room_id: room_id.to_string(),
             after,
@@ -568,6 +608,7 @@ impl Repairer {
                         if let Some(last) = page.events.last() {
                             request.after = last.seq;
                         }
+                        backfilled.inc_by(page.events.len() as u64);
                         let events = page
                             .events
                             .into_iter()
@@ -632,10 +673,15 @@ mod tests {
             database_url: db.url.clone(),
             ..ChatConfig::default()
         };
-        let app =
-            chat_service::ChatApp::connect(&config, Arc::new(MemoryBus::new()), None, &credential)
-                .await
-                .expect("chat app");
+        let app = chat_service::ChatApp::connect(
+            &config,
+            Arc::new(MemoryBus::new()),
+            None,
+            &credential,
+            &common::metrics::Metrics::new(&["chat"]),
+        )
+        .await
+        .expect("chat app");
         let server =
             common::testing::serve_grpc(|listener, signal| app.run_until_stopped(listener, signal))
                 .await;
@@ -718,7 +764,9 @@ mod tests {
     async fn gate_holds_events_until_the_reply_then_skips_what_it_covered() {
         let chat = chat().await;
         let bus = MemoryBus::new();
-        let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
+        let hub = Hub::start(&bus, chat.backend.clone(), EdgeMetrics::default())
+            .await
+            .expect("hub");
         let (out, rx) = outbox(1 << 20);
         let mut rx = frames(rx);
         let gate = hub
@@ -767,7 +815,9 @@ mod tests {
     async fn watchers_hear_of_joins_and_leaves_new_to_them_in_order() {
         let chat = chat().await;
         let bus = MemoryBus::new();
-        let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
+        let hub = Hub::start(&bus, chat.backend.clone(), EdgeMetrics::default())
+            .await
+            .expect("hub");
         let (out, rx) = outbox(1 << 20);
         let mut rx = frames(rx);
         let gate = hub
@@ -827,7 +877,9 @@ mod tests {
         let room = chat.room_with(5).await; // seqs 1..=6
         let channel = room_channel(&room);
         let bus = MemoryBus::new();
-        let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
+        let hub = Hub::start(&bus, chat.backend.clone(), EdgeMetrics::default())
+            .await
+            .expect("hub");
         let (out, rx) = outbox(1 << 20);
         let mut rx = frames(rx);
         let gate = hub
@@ -867,7 +919,9 @@ mod tests {
         let room = chat.room_with(0).await; // seq 1
         let channel = room_channel(&room);
         let bus = MemoryBus::new();
-        let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
+        let hub = Hub::start(&bus, chat.backend.clone(), EdgeMetrics::default())
+            .await
+            .expect("hub");
         let (out, rx) = outbox(1 << 20);
         let mut rx = frames(rx);
         let gate = hub
@@ -909,7 +963,9 @@ mod tests {
         let chat = chat().await;
         let room = chat.room_with(0).await; // seq 1
         let channel = room_channel(&room);
-        let hub = Hub::start(&bus, chat.backend.clone()).await.expect("hub");
+        let hub = Hub::start(&bus, chat.backend.clone(), EdgeMetrics::default())
+            .await
+            .expect("hub");
         let (out, rx) = outbox(1 << 20);
         let mut rx = frames(rx);
         let gate = hub

@@ -37,6 +37,7 @@ use common::bus::Bus;
 use common::clients::{Clients, Link};
 use common::config::EdgeConfig;
 use common::grpc::ServiceChannel;
+use common::metrics::Metrics;
 use common::shutdown::ShutdownSignal;
 use proto::ai::v1::ai_service_client::AiServiceClient;
 use proto::auth::v1::auth_service_client::AuthServiceClient;
@@ -98,6 +99,11 @@ pub(crate) struct Shared {
     pub sessions: Arc<control::Sessions>,
     /// Addresses auth-service blocked after failed attempts.
     pub blocks: Arc<control::Blocks>,
+    /// The edge's metric families.
+    pub metrics: common::metrics::EdgeMetrics,
+    /// The registry `/metrics` serves (in the one-process suite, every
+    /// component's).
+    pub registry: Arc<Metrics>,
 }
 
 impl Shared {
@@ -115,13 +121,15 @@ pub struct EdgeApp {
 impl EdgeApp {
     /// Builds the edge as both the `parley-edge` binary and the one-process
     /// suite run it: the four services through `clients`, then
-    /// [`EdgeApp::with_suite_config`]. `shutdown` starts the drain.
+    /// [`EdgeApp::with_suite_config`]. `shutdown` starts the drain;
+    /// `metrics` is what `/metrics` serves.
     pub async fn build(
         config: &common::config::Config,
         clients: &Clients,
         bus: Arc<dyn Bus>,
         tracing: bool,
         shutdown: ShutdownSignal,
+        metrics: &Arc<Metrics>,
     ) -> Result<Self, EdgeError> {
         let backends = Backends {
             auth: AuthServiceClient::new(clients.channel(Link::EdgeToAuth)),
@@ -130,19 +138,26 @@ impl EdgeApp {
             ai: AiServiceClient::new(clients.channel(Link::EdgeToAi)),
             presence: PresenceServiceClient::new(clients.channel(Link::EdgeToPresence)),
         };
-        let app = Self::new(&config.edge, backends, bus, tracing, shutdown).await?;
+        let app = Self::new(&config.edge, backends, bus, tracing, shutdown, metrics).await?;
         Ok(app.with_suite_config(config))
     }
 
-    /// Builds the edge; `shutdown` is the signal that starts the drain.
+    /// Builds the edge; `shutdown` is the signal that starts the drain,
+    /// `metrics` the registry it records into and serves.
     pub async fn new(
         config: &EdgeConfig,
         backends: Backends,
         bus: Arc<dyn Bus>,
         tracing: bool,
         shutdown: ShutdownSignal,
+        metrics: &Arc<Metrics>,
     ) -> Result<Self, EdgeError> {
-        let hub = Hub::start(bus.as_ref(), backends.chat_backend.clone()).await?;
+        let hub = Hub::start(
+            bus.as_ref(),
+            backends.chat_backend.clone(),
+            metrics.edge.clone(),
+        )
+        .await?;
         let bus_for_edge = bus.clone();
         let leases = Leases::start(
             backends.presence.clone(),
@@ -186,6 +201,8 @@ impl EdgeApp {
                 .collect(),
             sessions,
             blocks,
+            metrics: metrics.edge.clone(),
+            registry: metrics.clone(),
         });
         Ok(Self { shared, conns_done })
     }
@@ -228,7 +245,9 @@ impl EdgeApp {
         if shared.config.web_app {
             router = router.merge(web::routes());
         }
-        let router = router.with_state(shared.clone());
+        let router = router
+            .with_state(shared.clone())
+            .merge(common::metrics::router(shared.registry.clone()));
         let signal = shared.shutdown.clone();
         let drain_flag = shared.clone();
         let limits = server::HttpLimits {
@@ -269,15 +288,26 @@ async fn upgrade(
 ) -> Response {
     // From here on "peer" is the client, also behind a trusted proxy.
     let peer = client_addr(&shared.trusted_proxies, peer, &headers);
+    let refuse = |reason: &'static str, response: Response| {
+        shared
+            .metrics
+            .upgrades_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
+        response
+    };
     if shared.config.maintenance {
-        return (StatusCode::SERVICE_UNAVAILABLE, "maintenance").into_response();
+        let response = (StatusCode::SERVICE_UNAVAILABLE, "maintenance").into_response();
+        return refuse("maintenance", response);
     }
     if shared.draining.load(Ordering::SeqCst) || shared.shutdown.is_triggered() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+        let response = (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+        return refuse("draining", response);
     }
     // Before any WebSocket work: auth-service blocked this address.
     if shared.blocks.is_blocked(peer.ip()) {
-        return (StatusCode::TOO_MANY_REQUESTS, "too many failed attempts").into_response();
+        let response = (StatusCode::TOO_MANY_REQUESTS, "too many failed attempts").into_response();
+        return refuse("blocked", response);
     }
     let same_origin_app = shared.config.web_app && web::same_origin(&headers);
     if let Err(status) = check_origin(&shared.config, &headers)
@@ -289,11 +319,11 @@ async fn upgrade(
             None,
             "origin_not_allowed",
         );
-        return (status, "origin not allowed").into_response();
+        return refuse("origin", (status, "origin not allowed").into_response());
     }
     let slot = match admit_connection(&shared, peer.ip()).await {
         Ok(slot) => slot,
-        Err(response) => return response,
+        Err((reason, response)) => return refuse(reason, response),
     };
     let token = upgrade_token(&shared.config, &headers, &uri);
     let parent = common::trace::extract_headers(&headers);
@@ -303,7 +333,7 @@ async fn upgrade(
             Err(e) => {
                 let status =
                     StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-                return (status, e.message).into_response();
+                return refuse("auth", (status, e.message).into_response());
             }
         },
         None => None,
@@ -321,31 +351,39 @@ async fn upgrade(
 }
 
 /// The new-connection rate of the address, then a concurrency slot; a
-/// refusal is HTTP 429 (with `Retry-After` when a wait helps).
+/// refusal is HTTP 429 (with `Retry-After` when a wait helps), with the
+/// reason it is counted under.
 async fn admit_connection(
     shared: &Arc<Shared>,
     ip: std::net::IpAddr,
-) -> Result<admission::Slot, Response> {
+) -> Result<admission::Slot, (&'static str, Response)> {
     use common::security::{SecurityEvent, log};
     let checks = limits::connect_checks(&shared.config, ip);
     if let Err(limited) = shared.limiter.check(&checks).await {
         log(SecurityEvent::RateLimited, Some(ip), None, limited.tier);
+        shared
+            .metrics
+            .rate_limited
+            .get_or_create(&[("tier", limited.tier)])
+            .inc();
         let secs = limited
             .retry_after
             .as_secs_f64()
             .ceil()
             .max(1.0)
             .to_string();
-        return Err((
+        let response = (
             StatusCode::TOO_MANY_REQUESTS,
             [(http::header::RETRY_AFTER, secs)],
             "too many new connections",
         )
-            .into_response());
+            .into_response();
+        return Err(("rate_limited", response));
     }
     shared.admission.open(ip).map_err(|refused| {
         log(SecurityEvent::ConnLimited, Some(ip), None, refused.as_str());
-        (StatusCode::TOO_MANY_REQUESTS, "too many connections").into_response()
+        let response = (StatusCode::TOO_MANY_REQUESTS, "too many connections").into_response();
+        ("conn_limit", response)
     })
 }
 

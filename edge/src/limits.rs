@@ -327,6 +327,11 @@ pub(crate) async fn admit(
     let Err(limited) = outcome else {
         return Ok(());
     };
+    shared
+        .metrics
+        .rate_limited
+        .get_or_create(&[("tier", limited.tier)])
+        .inc();
     log(
         SecurityEvent::RateLimited,
         Some(ip),

@@ -11,7 +11,8 @@ async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["edge"], true);
     let result = async {
         let bus = common::bus::connect(&config.bus).await?;
-        let clients = Clients::from_config(&config)?;
+        let metrics = common::metrics::Metrics::new(&["edge"]);
+        let clients = Clients::from_config(&config, &metrics)?;
         let shutdown = common::shutdown::on_os_signal();
         let app = EdgeApp::build(
             &config,
@@ -19,10 +20,11 @@ async fn main() -> ExitCode {
             bus,
             telemetry.tracing_enabled(),
             shutdown,
+            &metrics,
         )
         .await?;
         let listener = common::cli::bind("edge.listen", config.edge.listen).await?;
-        tracing::info!(addr = %listener.local_addr()?, "edge listening (ws://…/ws, /healthz, /readyz)");
+        tracing::info!(addr = %listener.local_addr()?, "edge listening (ws://…/ws, /healthz, /readyz, /metrics)");
         app.run_until_stopped(listener).await?;
         Ok::<(), Failure>(())
     }

@@ -6,7 +6,7 @@
 //! handed to the writer whole and starts empty again.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
@@ -36,11 +36,28 @@ struct Shared {
     wake: Notify,
     /// Wakes the writer on overflow, even while it waits on the socket.
     overflow: Notify,
+    /// The close code the writer sent (0: none yet).
+    closed_with: AtomicU16,
 }
 
 /// The sending side of a connection's queue; cheap to clone.
 pub struct Outbox {
     shared: Arc<Shared>,
+}
+
+/// See [`Outbox::close_watch`].
+pub struct CloseWatch {
+    shared: Arc<Shared>,
+}
+
+impl CloseWatch {
+    /// The close code the writer sent, once it sent one.
+    pub fn code(&self) -> Option<u16> {
+        match self.shared.closed_with.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
+    }
 }
 
 /// The writer's side.
@@ -58,6 +75,7 @@ pub fn outbox(limit: usize) -> (Outbox, OutboxReceiver) {
         receiver_gone: AtomicBool::new(false),
         wake: Notify::new(),
         overflow: Notify::new(),
+        closed_with: AtomicU16::new(0),
     });
     (
         Outbox {
@@ -93,6 +111,14 @@ impl Outbox {
     /// Asks the writer to close the connection after what is queued.
     pub fn close(&self, close: CloseCode) {
         self.enqueue(Outbound::Close(close));
+    }
+
+    /// A handle telling the close code the writer sent; it does not keep
+    /// the writer running as an `Outbox` does.
+    pub fn close_watch(&self) -> CloseWatch {
+        CloseWatch {
+            shared: self.shared.clone(),
+        }
     }
 
     fn enqueue(&self, item: Outbound) -> bool {
@@ -145,6 +171,13 @@ impl OutboxReceiver {
 
     pub fn overflowed(&self) -> bool {
         self.shared.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Notes the close code the writer is sending.
+    pub fn closing(&self, code: CloseCode) {
+        self.shared
+            .closed_with
+            .store(code.code(), Ordering::Release);
     }
 
     /// Resolves once the queue overflows.

@@ -175,6 +175,10 @@ mod tests {
         ) -> Result<Call, PresenceError> {
             self.inner.act_on_call(call_id, user_id, action).await
         }
+
+        async fn counts(&self) -> Result<presence_service::Counts, PresenceError> {
+            self.inner.counts().await
+        }
     }
 
     #[tokio::test]
@@ -187,6 +191,7 @@ mod tests {
             Arc::new(MemoryBus::new()),
             None,
             &credential,
+            &common::metrics::Metrics::new(&["presence"]),
         );
         let server =
             common::testing::serve_grpc(|listener, signal| app.run_until_stopped(listener, signal))

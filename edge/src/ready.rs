@@ -1,6 +1,10 @@
-//! Readiness: `/readyz` is true while the edge is not draining, every gRPC
-//! service answers the standard health check as serving, and an envelope
-//! published on the bus comes back through this edge's own subscription.
+//! Readiness: `/readyz` is true while the edge is not draining, the services
+//! chat cannot work without (auth and chat) answer the standard health
+//! check as serving, and an envelope published on the bus comes back
+//! through this edge's own subscription. The AI and presence services are
+//! checked too but do not decide readiness: without them chat goes on
+//! (`ai.ask` answers `unavailable`), and `/status` and
+//! `parley_edge_service_up` show the degradation.
 //! The probe runs on demand and its answer is kept for a moment, so load
 //! balancers polling `/readyz` cost one probe per [`FRESH`] at most.
 
@@ -31,7 +35,19 @@ pub(crate) struct Readiness {
     channel: String,
     probe: tokio::sync::Mutex<Option<OutboxReceiver>>,
     /// Health-check channels of the services (set from the suite's config).
-    services: OnceLock<Vec<(&'static str, &'static str, ServiceChannel)>>,
+    services: OnceLock<Vec<Checked>>,
+    /// What each service answered last, for `/status`.
+    seen: std::sync::Mutex<Vec<(&'static str, &'static str)>>,
+}
+
+/// A service `/readyz` health-checks.
+struct Checked {
+    name: &'static str,
+    /// The gRPC service name asked about.
+    service: &'static str,
+    channel: ServiceChannel,
+    /// Whether the edge is unready without it.
+    required: bool,
 }
 
 impl Readiness {
@@ -41,7 +57,14 @@ impl Readiness {
             channel: format!("edge:probe:{}", common::ids::new_id("e")),
             probe: tokio::sync::Mutex::new(None),
             services: OnceLock::new(),
+            seen: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Each checked service and what it answered last (`serving`,
+    /// `not_serving` or `unreachable`).
+    pub fn services(&self) -> Vec<(&'static str, &'static str)> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Health-checks the services at `config.services`' addresses.
@@ -53,19 +76,25 @@ impl Readiness {
             timeout: PROBE_TIMEOUT,
         };
         let services = [
-            ("auth", "parley.auth.v1.AuthService", &s.auth_url),
-            ("chat", "parley.chat.v1.ChatService", &s.chat_url),
-            ("ai", "parley.ai.v1.AiService", &s.ai_url),
+            ("auth", "parley.auth.v1.AuthService", &s.auth_url, true),
+            ("chat", "parley.chat.v1.ChatService", &s.chat_url, true),
+            ("ai", "parley.ai.v1.AiService", &s.ai_url, false),
             (
                 "presence",
                 "parley.presence.v1.PresenceService",
                 &s.presence_url,
+                false,
             ),
         ];
         let mut channels = Vec::new();
-        for (name, service, url) in services {
+        for (name, service, url, required) in services {
             match channel(url, &settings) {
-                Ok(ch) => channels.push((name, service, ch)),
+                Ok(channel) => channels.push(Checked {
+                    name,
+                    service,
+                    channel,
+                    required,
+                }),
                 Err(e) => {
                     tracing::warn!(service = name, error = %e, "readiness cannot check a service")
                 }
@@ -88,6 +117,7 @@ pub(crate) async fn check(shared: &Arc<Shared>) -> Result<(), String> {
         Ok(answer) => answer,
         Err(_) => Err("probe timed out".to_string()),
     };
+    shared.metrics.ready.set(i64::from(answer.is_ok()));
     *last = Some((Instant::now(), answer.clone()));
     answer
 }
@@ -99,18 +129,41 @@ async fn probe(shared: &Arc<Shared>) -> Result<(), String> {
         .get()
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let checks = services.iter().map(|(name, service, channel)| async move {
+    let checks = services.iter().map(|checked| async move {
         let request = HealthCheckRequest {
-            service: service.to_string(),
+            service: checked.service.to_string(),
         };
-        match HealthClient::new(channel.clone()).check(request).await {
-            Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
-            Ok(_) => Err(format!("{name} service not serving")),
-            Err(_) => Err(format!("{name} service unreachable")),
+        match HealthClient::new(checked.channel.clone())
+            .check(request)
+            .await
+        {
+            Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => "serving",
+            Ok(_) => "not_serving",
+            Err(_) => "unreachable",
         }
     });
-    for result in futures::future::join_all(checks).await {
-        result?;
+    let answers = futures::future::join_all(checks).await;
+    let mut seen = Vec::with_capacity(answers.len());
+    let mut missing = None;
+    for (checked, answer) in services.iter().zip(answers) {
+        shared
+            .metrics
+            .service_up
+            .get_or_create(&[("service", checked.name)])
+            .set(i64::from(answer == "serving"));
+        if answer != "serving" && checked.required && missing.is_none() {
+            let what = answer.replace('_', " ");
+            missing = Some(format!("{} service {what}", checked.name));
+        }
+        seen.push((checked.name, answer));
+    }
+    *shared
+        .readiness
+        .seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = seen;
+    if let Some(missing) = missing {
+        return Err(missing);
     }
     bus_round_trip(shared).await
 }
@@ -221,6 +274,7 @@ mod tests {
             bus,
             false,
             Shutdown::new().signal(),
+            &common::metrics::Metrics::new(&["edge"]),
         )
         .await
         .expect("edge")
@@ -235,6 +289,74 @@ mod tests {
         let deaf = edge(Arc::new(DeafBus)).await;
         let probe = tokio::time::timeout(Duration::from_millis(500), bus_round_trip(&deaf.shared));
         assert!(probe.await.is_err(), "published but never received");
+    }
+
+    /// A gRPC server answering health checks for `names` only.
+    async fn health_server(names: &[&'static str]) -> (String, Shutdown) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let stop = Shutdown::new();
+        tokio::spawn(common::grpc::serve(
+            "test",
+            listener,
+            tonic::service::Routes::default(),
+            common::grpc::Health::new(names),
+            common::metrics::GrpcMetrics::default(),
+            stop.signal(),
+        ));
+        (url, stop)
+    }
+
+    /// An edge whose auth and chat are one server answering health for
+    /// `names`, with ai and presence unreachable.
+    async fn edge_behind(names: &[&'static str]) -> (EdgeApp, Shutdown) {
+        let (url, stop) = health_server(names).await;
+        let mut config = common::config::Config::default();
+        config.services.auth_url = url.clone();
+        config.services.chat_url = url;
+        config.services.ai_url = "http://127.0.0.1:9".into();
+        config.services.presence_url = "http://127.0.0.1:9".into();
+        config.services.connect_timeout_ms = 200;
+        let app = edge(Arc::new(MemoryBus::new()))
+            .await
+            .with_suite_config(&config);
+        (app, stop)
+    }
+
+    #[tokio::test]
+    async fn ai_and_presence_down_leave_the_edge_ready_and_show_in_status_and_metrics() {
+        let (app, _stop) =
+            edge_behind(&["parley.auth.v1.AuthService", "parley.chat.v1.ChatService"]).await;
+        check(&app.shared)
+            .await
+            .expect("ready without ai and presence");
+        let seen = app.shared.readiness.services();
+        assert!(seen.contains(&("chat", "serving")), "{seen:?}");
+        assert!(seen.contains(&("ai", "unreachable")), "{seen:?}");
+        let text = app.shared.registry.encode();
+        let up = |service| {
+            common::metrics::find_sample(&text, "parley_edge_service_up", &[("service", service)])
+        };
+        assert_eq!(up("auth"), Some(1.0), "{text}");
+        assert_eq!(up("ai"), Some(0.0), "{text}");
+        assert_eq!(up("presence"), Some(0.0), "{text}");
+        assert_eq!(
+            common::metrics::find_sample(&text, "parley_edge_ready", &[]),
+            Some(1.0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chat_service_that_is_not_serving_makes_the_edge_unready() {
+        // Answers for auth only: chat's health is unknown, as good as down.
+        let (app, _stop) = edge_behind(&["parley.auth.v1.AuthService"]).await;
+        let answer = check(&app.shared).await;
+        assert!(
+            answer.as_ref().is_err_and(|e| e.contains("chat service")),
+            "{answer:?}"
+        );
     }
 
     #[tokio::test]

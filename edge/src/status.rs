@@ -50,6 +50,12 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap
             .collect::<Vec<_>>(),
         "events_dropped_beyond_log": shared.hub.dropped_beyond_log(),
         "uptime_s": snapshot.uptime_s,
+        "services": shared
+            .readiness
+            .services()
+            .into_iter()
+            .map(|(service, health)| (service.to_string(), json!(health)))
+            .collect::<serde_json::Map<_, _>>(),
         "draining": shared.draining.load(std::sync::atomic::Ordering::Relaxed),
     });
     axum::Json(body).into_response()

@@ -91,6 +91,8 @@ pub(crate) struct Engine {
     /// not need them.
     chat: Option<ChatBackendServiceClient<ServiceChannel>>,
     pub(crate) timings: Timings,
+    /// Lease and online-user gauges, refreshed by each sweep.
+    pub(crate) metrics: common::metrics::PresenceMetrics,
 }
 
 impl Engine {
@@ -99,12 +101,14 @@ impl Engine {
         bus: Arc<dyn Bus>,
         chat: Option<ChatBackendServiceClient<ServiceChannel>>,
         timings: Timings,
+        metrics: common::metrics::PresenceMetrics,
     ) -> Self {
         Self {
             store,
             bus,
             chat,
             timings,
+            metrics,
         }
     }
 
@@ -233,6 +237,9 @@ impl Engine {
         for call in &sweep.missed_calls {
             self.missed(call).await;
         }
+        let counts = self.store.counts().await?;
+        self.metrics.leases.set(counts.leases as i64);
+        self.metrics.online_users.set(counts.online_users as i64);
         Ok(())
     }
 
@@ -391,6 +398,7 @@ mod tests {
             bus.clone(),
             None,
             timings,
+            common::metrics::PresenceMetrics::default(),
         ));
         let (subscriber, events) = bus.subscriber().await.expect("subscriber");
         for channel in channels {

@@ -19,7 +19,8 @@ use common::Secret;
 use common::bus::Bus;
 use common::clients::{Clients, Link};
 use common::config::{Backend, Config, PresenceConfig};
-use common::grpc::{CredentialCheck, ServiceChannel};
+use common::grpc::{CredentialCheck, Health, ServiceChannel};
+use common::metrics::Metrics;
 use common::shutdown::ShutdownSignal;
 use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use proto::presence::v1::presence_service_server::{PresenceServiceServer, SERVICE_NAME};
@@ -35,13 +36,17 @@ pub use crate::error::PresenceError;
 use crate::service::PresenceHandler;
 pub use crate::service::{MAX_CONNS_PER_CALL, MAX_ID_BYTES, MAX_USERS_PER_CALL};
 pub use crate::store::{
-    Call, CallAction, Clock, Ended, MemoryStore, Presence, PresenceStore, RedisStore, Sweep,
-    SystemClock, WentOffline,
+    Call, CallAction, Clock, Counts, Ended, MemoryStore, Presence, PresenceStore, RedisStore,
+    Sweep, SystemClock, WentOffline,
 };
 
 /// The presence service, ready to serve.
 pub struct PresenceApp {
     engine: Arc<Engine>,
+    /// Where the service's metrics go (the gRPC server's among them).
+    metrics: Arc<Metrics>,
+    /// SERVING while the store (Redis, with `backend = "redis"`) answers.
+    health: Health,
     /// Credential callers must present (`authorization: Bearer …`).
     credential: Secret,
 }
@@ -59,11 +64,12 @@ impl PresenceApp {
     /// Builds the service as both the `parley-presence` binary and the
     /// one-process suite run it: the `[presence]` section, the service
     /// credential, `bus` for announcements, and chat-service (missed-call
-    /// notifications) through `clients`.
+    /// notifications) through `clients`, and `metrics` to record into.
     pub async fn build(
         config: &Config,
         clients: &Clients,
         bus: Arc<dyn Bus>,
+        metrics: &Arc<Metrics>,
     ) -> Result<PresenceApp, PresenceError> {
         let chat = ChatBackendServiceClient::new(clients.channel(Link::PresenceToChat));
         Self::connect(
@@ -71,6 +77,7 @@ impl PresenceApp {
             bus,
             Some(chat),
             &config.services.credential,
+            metrics,
         )
         .await
     }
@@ -84,6 +91,7 @@ impl PresenceApp {
         bus: Arc<dyn Bus>,
         chat: Option<ChatBackendServiceClient<ServiceChannel>>,
         credential: &Secret,
+        metrics: &Arc<Metrics>,
     ) -> Result<PresenceApp, PresenceError> {
         let store: Arc<dyn PresenceStore> = match config.backend {
             Backend::Memory => Arc::new(MemoryStore::new()),
@@ -102,6 +110,7 @@ impl PresenceApp {
             bus,
             chat,
             credential,
+            metrics,
         ))
     }
 
@@ -113,9 +122,18 @@ impl PresenceApp {
         bus: Arc<dyn Bus>,
         chat: Option<ChatBackendServiceClient<ServiceChannel>>,
         credential: &Secret,
+        metrics: &Arc<Metrics>,
     ) -> PresenceApp {
         PresenceApp {
-            engine: Arc::new(Engine::new(store, bus, chat, timings)),
+            engine: Arc::new(Engine::new(
+                store,
+                bus,
+                chat,
+                timings,
+                metrics.presence.clone(),
+            )),
+            metrics: metrics.clone(),
+            health: Health::new(&[SERVICE_NAME]),
             credential: credential.clone(),
         }
     }
@@ -128,6 +146,11 @@ impl PresenceApp {
         shutdown: ShutdownSignal,
     ) -> Result<(), tonic::transport::Error> {
         tokio::spawn(self.engine.clone().run_sweeps(shutdown.clone()));
+        let store = self.engine.store.clone();
+        let up = self.metrics.presence.store_up.clone();
+        let ping = |store: Arc<dyn PresenceStore>| async move { store.ping().await };
+        self.health
+            .follow("store", store, ping, up, shutdown.clone());
         let handler = PresenceHandler {
             engine: self.engine,
             shutdown: shutdown.clone(),
@@ -140,7 +163,8 @@ impl PresenceApp {
             "presence",
             listener,
             Routes::new(server),
-            &[SERVICE_NAME],
+            self.health,
+            self.metrics.grpc.clone(),
             shutdown,
         )
         .await

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use common::cli::Failure;
 use common::clients::Clients;
+use common::metrics::Metrics;
 use presence_service::PresenceApp;
 
 #[tokio::main]
@@ -11,15 +12,23 @@ async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["presence"], true);
     let result = async {
         let bus = common::bus::connect(&config.bus).await?;
-        let clients = Clients::from_config(&config)?;
-        let app = PresenceApp::build(&config, &clients, bus).await?;
+        let metrics = Metrics::new(&["presence"]);
+        let clients = Clients::from_config(&config, &metrics)?;
+        let app = PresenceApp::build(&config, &clients, bus, &metrics).await?;
         let listener = common::cli::bind("presence.listen", config.presence.listen).await?;
         println!(
             "parley-presence listening on grpc {}",
             listener.local_addr()?
         );
-        app.run_until_stopped(listener, common::shutdown::on_os_signal())
-            .await?;
+        let shutdown = common::shutdown::on_os_signal();
+        common::metrics::spawn_listener(
+            "presence.metrics_listen",
+            config.presence.metrics_listen,
+            metrics,
+            shutdown.clone(),
+        )
+        .await?;
+        app.run_until_stopped(listener, shutdown).await?;
         Ok::<(), Failure>(())
     }
     .await;

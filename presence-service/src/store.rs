@@ -201,6 +201,22 @@ pub trait PresenceStore: Send + Sync + 'static {
         user_id: &str,
         action: CallAction,
     ) -> Result<Call, PresenceError>;
+
+    /// Live leases and the users holding them, for the metrics.
+    async fn counts(&self) -> Result<Counts, PresenceError>;
+
+    /// Whether the store answers (the service's health follows it); a store
+    /// in this process always does.
+    async fn ping(&self) -> bool {
+        true
+    }
+}
+
+/// What [`PresenceStore::counts`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub leases: u64,
+    pub online_users: u64,
 }
 
 /// Wall-clock time for stores that keep Unix timestamps; injectable so tests

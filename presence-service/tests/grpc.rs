@@ -44,9 +44,15 @@ async fn spawn_app() -> TestApp {
 
 async fn spawn_app_with(config: PresenceConfig) -> TestApp {
     let credential = Secret::new(common::ids::random_secret(32));
-    let app = PresenceApp::connect(&config, Arc::new(MemoryBus::new()), None, &credential)
-        .await
-        .expect("presence app");
+    let app = PresenceApp::connect(
+        &config,
+        Arc::new(MemoryBus::new()),
+        None,
+        &credential,
+        &common::metrics::Metrics::new(&["presence"]),
+    )
+    .await
+    .expect("presence app");
     let server = serve_grpc(|listener, signal| app.run_until_stopped(listener, signal)).await;
     let client = PresenceServiceClient::new(server.channel(&settings(&credential)));
     TestApp {
@@ -468,4 +474,28 @@ async fn only_the_two_parties_act_on_a_call() {
         .await
         .expect_err("calling yourself");
     assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+/// With Redis as the store, health is NOT_SERVING while Redis is
+/// unreachable and SERVING again once it is back.
+#[tokio::test]
+async fn health_follows_redis() {
+    use common::testing::{TcpProxy, health_follows};
+    let Some(redis) = common::testing::test_redis_url() else {
+        return;
+    };
+    let (proxy, redis_url) = TcpProxy::in_front_of(&redis).await;
+    let app = spawn_app_with(PresenceConfig {
+        backend: common::config::Backend::Redis,
+        redis_url,
+        redis_prefix: format!("{}:", common::ids::new_id("health")),
+        ..PresenceConfig::default()
+    })
+    .await;
+    health_follows(
+        &app.url,
+        proto::presence::v1::presence_service_server::SERVICE_NAME,
+        &proxy,
+    )
+    .await;
 }

@@ -141,10 +141,17 @@ async fn a_backend_that_is_down_is_unavailable_not_a_hang() {
         *service = url.clone();
     }
     config.services.connect_timeout_ms = 500;
-    let edge = edge::EdgeApp::new(&app.config.edge, backends, bus, false, shutdown.signal())
-        .await
-        .expect("edge")
-        .with_suite_config(&config);
+    let edge = edge::EdgeApp::new(
+        &app.config.edge,
+        backends,
+        bus,
+        false,
+        shutdown.signal(),
+        &common::metrics::Metrics::new(&["edge"]),
+    )
+    .await
+    .expect("edge")
+    .with_suite_config(&config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -199,6 +199,7 @@ impl TestApp {
             bus,
             false,
             self.extra_edges.signal(),
+            &common::metrics::Metrics::new(&["edge"]),
         )
         .await
         .expect("second edge")
@@ -396,6 +397,26 @@ impl TestApp {
             .await;
         client.user_id = reply["user"]["id"].as_str().expect("user id").to_string();
         client
+    }
+
+    /// The edge's `/metrics`, as a scraper reads it.
+    pub async fn scrape(&self) -> String {
+        let (status, body) = http_get(self.addrs.edge, "/metrics", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Scrapes until `done` holds for the text (the edge records a closed
+    /// connection once its task has ended), failing after the usual wait.
+    pub async fn scrape_until(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = self.scrape().await;
+            if done(&text) || tokio::time::Instant::now() > deadline {
+                return text;
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Stops the suite (edge drains, clients get 1001).
@@ -636,6 +657,18 @@ impl Client {
     }
 
     /// Reads until the server closes; returns the close code.
+    /// Closes the connection with 1000 and waits for the server's answer.
+    pub async fn close_normally(mut self) {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        let _ = self.ws.close(Some(frame)).await;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+    }
+
     pub async fn close_code(&mut self) -> Option<u16> {
         loop {
             let message = tokio::time::timeout(WAIT, self.ws.next())

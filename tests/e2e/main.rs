@@ -15,5 +15,6 @@ mod delivery;
 mod faults;
 mod hardening;
 mod messages;
+mod metrics;
 mod presence;
 mod protection;

@@ -541,6 +541,7 @@ async fn edge_process_for_the_kill_test() {
         bus,
         false,
         common::shutdown::ShutdownSignal::never(),
+        &common::metrics::Metrics::new(&["edge"]),
     )
     .await
     .expect("edge");

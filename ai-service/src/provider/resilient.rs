@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::metrics::AiMetrics;
 use futures::StreamExt;
 use tokio::time::Instant;
 
@@ -115,6 +116,9 @@ struct Candidate {
 pub struct Resilient {
     candidates: Vec<Candidate>,
     policy: Policy,
+    /// Provider errors and breaker states (unexported until
+    /// [`Resilient::with_metrics`]).
+    metrics: AiMetrics,
 }
 
 impl Resilient {
@@ -126,7 +130,14 @@ impl Resilient {
                 model: None,
             }],
             policy,
+            metrics: AiMetrics::default(),
         }
+    }
+
+    /// Records provider errors and breaker states into `metrics`.
+    pub fn with_metrics(mut self, metrics: AiMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Adds a provider tried when the ones before it fail; `model` replaces
@@ -143,6 +154,12 @@ impl Resilient {
             model,
         });
         self
+    }
+
+    /// Counts a failed attempt of `candidate` and publishes its breaker.
+    fn failed(&self, candidate: &Candidate, error: &ProviderError) {
+        record_failure(&self.metrics, candidate.provider.name(), error);
+        publish_breaker(&self.metrics, candidate);
     }
 
     /// The breaker of the main provider (0) or the fallback (1).
@@ -178,6 +195,20 @@ impl Resilient {
     }
 }
 
+fn record_failure(metrics: &AiMetrics, provider: &'static str, error: &ProviderError) {
+    metrics
+        .provider_errors
+        .get_or_create(&[("provider", provider), ("kind", error.kind())])
+        .inc();
+}
+
+fn publish_breaker(metrics: &AiMetrics, candidate: &Candidate) {
+    metrics
+        .breaker_open
+        .get_or_create(&[("provider", candidate.provider.name())])
+        .set(i64::from(candidate.breaker.is_open()));
+}
+
 #[async_trait]
 impl Provider for Resilient {
     fn name(&self) -> &'static str {
@@ -210,11 +241,21 @@ impl Provider for Resilient {
                 match self.attempt(candidate.provider.as_ref(), &prompt).await {
                     Ok(stream) => {
                         candidate.breaker.success();
+                        publish_breaker(&self.metrics, candidate);
                         let breaker = candidate.breaker.clone();
+                        let metrics = self.metrics.clone();
+                        let name = candidate.provider.name();
                         // A failure after the first token ends the reply and counts against the provider.
                         let stream = stream.inspect(move |item| {
-                            if item.as_ref().is_err_and(ProviderError::is_outage) {
-                                breaker.failure();
+                            if let Err(error) = item {
+                                record_failure(&metrics, name, error);
+                                if error.is_outage() {
+                                    breaker.failure();
+                                    metrics
+                                        .breaker_open
+                                        .get_or_create(&[("provider", name)])
+                                        .set(i64::from(breaker.is_open()));
+                                }
                             }
                         });
                         return Ok(Box::pin(stream));
@@ -222,10 +263,12 @@ impl Provider for Resilient {
                     Err(error) if !error.is_outage() => {
                         // The provider is up; the request itself is wrong.
                         candidate.breaker.success();
+                        self.failed(candidate, &error);
                         return Err(error);
                     }
                     Err(error) => {
                         candidate.breaker.failure();
+                        self.failed(candidate, &error);
                         tracing::warn!(provider = candidate.provider.name(), %error, retries, "model provider attempt failed");
                         if error.retryable()
                             && retries < self.policy.retries

@@ -104,9 +104,15 @@ pub async fn spawn_app(reply: Reply, adjust: impl FnOnce(&mut AiConfig)) -> Test
         database_url: db.url.clone(),
         ..ChatConfig::default()
     };
-    let chat_app = ChatApp::connect(&chat_config, bus.clone(), None, &credential)
-        .await
-        .expect("chat app");
+    let chat_app = ChatApp::connect(
+        &chat_config,
+        bus.clone(),
+        None,
+        &credential,
+        &common::metrics::Metrics::new(&["chat"]),
+    )
+    .await
+    .expect("chat app");
     let chat = serve_grpc(|listener, signal| chat_app.run_until_stopped(listener, signal)).await;
 
     let model = FakeOpenAi::start(reply).await;
@@ -127,7 +133,14 @@ pub async fn start_ai(
     model: FakeOpenAi,
 ) -> TestApp {
     let chat_channel = channel(chat_url, &settings(credential)).expect("chat channel");
-    let app = AiApp::new(&config, bus.clone(), chat_channel.clone(), credential).expect("ai app");
+    let app = AiApp::new(
+        &config,
+        bus.clone(),
+        chat_channel.clone(),
+        credential,
+        &common::metrics::Metrics::new(&["ai"]),
+    )
+    .expect("ai app");
     let server = serve_grpc(|listener, signal| app.run_until_stopped(listener, signal)).await;
     let client = AiServiceClient::new(server.channel(&settings(credential)));
     TestApp {

@@ -90,6 +90,14 @@ impl RedisStore {
 
 #[async_trait]
 impl AuthStore for RedisStore {
+    async fn ping(&self) -> bool {
+        let mut conn = self.conn();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok()
+    }
+
     async fn revoke(
         &self,
         target: &Target,

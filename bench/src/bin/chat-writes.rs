@@ -57,7 +57,14 @@ async fn main() -> anyhow::Result<()> {
         database_url: db.url.clone(),
         ..ChatConfig::default()
     };
-    let app = ChatApp::connect(&config, Arc::new(MemoryBus::new()), None, &credential).await?;
+    let app = ChatApp::connect(
+        &config,
+        Arc::new(MemoryBus::new()),
+        None,
+        &credential,
+        &common::metrics::Metrics::new(&["chat"]),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let shutdown = Shutdown::new();

@@ -40,6 +40,8 @@ pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// order: the server stops before its database is removed.
 pub struct TestApp {
     pub url: String,
+    /// The database the service uses.
+    pub database_url: String,
     pub client: ChatServiceClient<ServiceChannel>,
     pub backend: ChatBackendServiceClient<ServiceChannel>,
     pub bus: Arc<MemoryBus>,
@@ -69,15 +71,22 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ChatConfig)) -> TestApp 
     configure(&mut config);
     let bus = Arc::new(MemoryBus::new());
     let credential = Secret::new(common::ids::random_secret(32));
-    let app = ChatApp::connect(&config, bus.clone(), None, &credential)
-        .await
-        .expect("chat app");
+    let app = ChatApp::connect(
+        &config,
+        bus.clone(),
+        None,
+        &credential,
+        &common::metrics::Metrics::new(&["chat"]),
+    )
+    .await
+    .expect("chat app");
     let server = serve_grpc(|listener, signal| app.run_until_stopped(listener, signal)).await;
     let channel = server.channel(&settings(&credential));
     let client = ChatServiceClient::new(channel.clone());
     let backend = ChatBackendServiceClient::new(channel);
     TestApp {
         url: server.url,
+        database_url: config.database_url.clone(),
         client,
         backend,
         bus,

@@ -10,10 +10,12 @@
 //! - `membership`: invites and removal by the owner;
 //! - `edits`: editing and deleting messages;
 //! - `reactions`, `receipts` and `notifications` (mentions);
-//! - `backend`: the `ChatBackendService` API for other backends.
+//! - `backend`: the `ChatBackendService` API for other backends;
+//! - `health`: gRPC health following the database.
 
 mod backend;
 mod edits;
+mod health;
 mod helpers;
 mod membership;
 mod messages;

@@ -36,6 +36,9 @@ pub enum AiFallback {
 #[serde(default, deny_unknown_fields)]
 pub struct AiConfig {
     pub listen: SocketAddr,
+    /// HTTP address of `/metrics` when the service runs as its own process
+    /// (the one-process suite serves every metric on the edge's `/metrics`).
+    pub metrics_listen: SocketAddr,
     /// Switches `ai.ask` on or off.
     pub enabled: bool,
     pub provider: AiProvider,
@@ -90,6 +93,7 @@ impl Default for AiConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9453)),
             enabled: true,
             provider: AiProvider::Offline,
             offline_chunk_delay_ms: 40,
@@ -136,6 +140,7 @@ impl AiConfig {
 
     /// Checks what types alone cannot; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        super::metrics_listen("ai", self.listen, self.metrics_listen)?;
         let positive = [
             ("ai.first_token_timeout_ms", self.first_token_timeout_ms),
             ("ai.total_timeout_ms", self.total_timeout_ms),

@@ -23,6 +23,9 @@ pub const ALGORITHMS: &[&str] = &[
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub listen: SocketAddr,
+    /// HTTP address of `/metrics` when the service runs as its own process
+    /// (the one-process suite serves every metric on the edge's `/metrics`).
+    pub metrics_listen: SocketAddr,
     /// HS256 secret of first-party tokens (issued and verified), at least 32
     /// bytes. Empty: a random secret is generated at start (one-process
     /// development only). Verifies tokens without a `kid`.
@@ -74,6 +77,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9451)),
             hs256_secret: Secret::default(),
             keys: Vec::new(),
             jwks: Vec::new(),
@@ -133,6 +137,7 @@ pub struct JwksConfig {
 impl AuthConfig {
     /// Checks what types alone cannot; PEM keys are parsed by auth-service.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        super::metrics_listen("auth", self.listen, self.metrics_listen)?;
         if !self.hs256_secret.is_empty() && self.hs256_secret.expose().len() < MIN_SECRET_BYTES {
             return Err(ConfigError::new(
                 "key `auth.hs256_secret`: must be at least 32 bytes",

@@ -12,6 +12,9 @@ use super::{ConfigError, at_least};
 #[serde(default, deny_unknown_fields)]
 pub struct ChatConfig {
     pub listen: SocketAddr,
+    /// HTTP address of `/metrics` when the service runs as its own process
+    /// (the one-process suite serves every metric on the edge's `/metrics`).
+    pub metrics_listen: SocketAddr,
     /// `sqlite://path?mode=rwc` or `postgres://…`; the migrations run at start.
     pub database_url: String,
     /// Database connection pool size (SQLite always uses one writer).
@@ -41,6 +44,7 @@ impl Default for ChatConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9452)),
             database_url: "sqlite://data/parley.db?mode=rwc".into(),
             max_connections: 10,
             max_text_chars: 4000,
@@ -54,6 +58,7 @@ impl Default for ChatConfig {
 impl ChatConfig {
     /// Checks what types alone cannot; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        super::metrics_listen("chat", self.listen, self.metrics_listen)?;
         at_least("chat.max_connections", u64::from(self.max_connections), 1)?;
         at_least("chat.max_text_chars", self.max_text_chars as u64, 1)?;
         at_least("chat.page_limit", u64::from(self.page_limit), 1)?;

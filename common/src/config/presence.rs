@@ -12,6 +12,9 @@ use super::{Backend, ConfigError, at_least, redis_url};
 #[serde(default, deny_unknown_fields)]
 pub struct PresenceConfig {
     pub listen: SocketAddr,
+    /// HTTP address of `/metrics` when the service runs as its own process
+    /// (the one-process suite serves every metric on the edge's `/metrics`).
+    pub metrics_listen: SocketAddr,
     pub backend: Backend,
     pub redis_url: String,
     /// Prefix of every Redis key, so several deployments can share a Redis.
@@ -33,6 +36,7 @@ impl Default for PresenceConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50054)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9454)),
             backend: Backend::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "presence:".into(),
@@ -47,6 +51,7 @@ impl Default for PresenceConfig {
 impl PresenceConfig {
     /// Checks what types alone cannot; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        super::metrics_listen("presence", self.listen, self.metrics_listen)?;
         at_least("presence.lease_ttl_ms", self.lease_ttl_ms, 1_000)?;
         at_least("presence.sweep_ms", self.sweep_ms, 10)?;
         if self.redis_prefix.is_empty() {

@@ -90,6 +90,13 @@ pub(super) async fn join(
             return Err(CommandError::from_status("chat", &status));
         }
     };
+    if since.is_some() && response.recovered {
+        shared.metrics.recoveries.inc();
+        shared
+            .metrics
+            .events_replayed
+            .inc_by(response.events.len() as u64);
+    }
     let streams = assistant::streams(s, &room).await;
     s.rooms.insert(room.clone());
     let reply = RoomJoinReply {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    ACTIVE_CALL_KEEP, Call, CallAction, Ended, LAST_SEEN_KEEP, Presence, PresenceStore,
+    ACTIVE_CALL_KEEP, Call, CallAction, Counts, Ended, LAST_SEEN_KEEP, Presence, PresenceStore,
     SWEEP_LIMIT, Sweep, WentOffline,
 };
 use crate::error::PresenceError;
@@ -159,6 +159,21 @@ impl State {
 
 #[async_trait]
 impl PresenceStore for MemoryStore {
+    async fn counts(&self) -> Result<Counts, PresenceError> {
+        let now = Instant::now();
+        let state = self.lock();
+        let live: Vec<&Lease> = state
+            .leases
+            .values()
+            .filter(|lease| lease.expires > now)
+            .collect();
+        let users: HashSet<&str> = live.iter().map(|lease| lease.user_id.as_str()).collect();
+        Ok(Counts {
+            leases: live.len() as u64,
+            online_users: users.len() as u64,
+        })
+    }
+
     async fn register(
         &self,
         edge_id: &str,

@@ -37,8 +37,8 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{
-    ACTIVE_CALL_KEEP, Call, CallAction, Clock, Ended, LAST_SEEN_KEEP, Presence, PresenceStore,
-    SWEEP_LIMIT, Sweep, WentOffline,
+    ACTIVE_CALL_KEEP, Call, CallAction, Clock, Counts, Ended, LAST_SEEN_KEEP, Presence,
+    PresenceStore, SWEEP_LIMIT, Sweep, WentOffline,
 };
 use crate::error::PresenceError;
 
@@ -404,6 +404,21 @@ impl RedisStore {
     }
 }
 
+/// Live leases (score past now) and the distinct users among them; members
+/// are `<user>\x1f<conn>`.
+const COUNTS: &str = r"
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+local users, n = {}, 0
+for _, member in ipairs(live) do
+  local user = string.match(member, '^(.-)\31')
+  if user and not users[user] then
+    users[user] = true
+    n = n + 1
+  end
+end
+return {#live, n}
+";
+
 /// Milliseconds of a duration, saturating.
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
@@ -425,6 +440,25 @@ fn ended(flat: Vec<String>) -> Vec<Ended> {
 
 #[async_trait]
 impl PresenceStore for RedisStore {
+    async fn counts(&self) -> Result<Counts, PresenceError> {
+        let (leases, online_users): (u64, u64) = Script::new(COUNTS)
+            .key(format!("{}leases", self.prefix))
+            .arg(self.clock.now_ms())
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok(Counts {
+            leases,
+            online_users,
+        })
+    }
+
+    async fn ping(&self) -> bool {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.connection())
+            .await
+            .is_ok()
+    }
+
     async fn register(
         &self,
         edge_id: &str,
