@@ -122,8 +122,9 @@ mod tests {
     fn only_genuine_fresh_envelopes_for_their_channel_open() {
         let now = 1_000_000_000;
         let k = keys("a", "");
-        let sealed = k.seal("room:r_1", &envelope(), now);
-        assert_eq!(k.open("room:r_1", &sealed, now + 1000), Ok(envelope()));
+        let original = envelope();
+        let sealed = k.seal("room:r_1", &original, now);
+        assert_eq!(k.open("room:r_1", &sealed, now + 1000), Ok(original));
         assert_eq!(k.open("room:r_2", &sealed, now), Err(Refused::BadSignature));
         assert_eq!(
             k.open("room:r_1", &sealed, now + WINDOW_MS + 1),
