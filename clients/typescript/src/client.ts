@@ -30,7 +30,8 @@ import type {
   ServerFrameType,
   User,
 } from "./protocol.js";
-import { SERVER_FRAME_REQUIRED } from "./protocol.js";
+import { SERVER_FRAME_SCHEMA, type SchemaNode } from "./protocol.js";
+import { validate } from "./validate.js";
 import { closePolicy, type ClosePolicy } from "./close.js";
 import { Emitter } from "./emitter.js";
 
@@ -562,6 +563,12 @@ export class ParleyClient extends Emitter<ClientEvents> {
         reply = await this.direct("room.join", since === undefined ? { room: roomId } : { room: roomId, since });
         if (since !== undefined && !reply.recovered) recovered = false;
         for (const ev of reply.events) {
+          // Recovered events are checked like live ones: a bad one is reported and skipped.
+          const problem = checkFrame(ev);
+          if (problem) {
+            this.emit("protocol.error", { message: `room.join: ${problem}`, frame: ev });
+            continue;
+          }
           if (ROOM_EVENT_TYPES.has(ev.type) && this.deliver(roomId, room, ev as RoomEvent)) missed += 1;
         }
         if (!reply.has_more) break;
@@ -942,16 +949,23 @@ export class AiStream implements AsyncIterable<string> {
   }
 }
 
-/** Checks a server frame against the schema's types and required fields. */
+/**
+ * Checks a server frame against docs/protocol.schema.json (generated into
+ * SERVER_FRAME_SCHEMA): its type, required fields, and every field's type,
+ * nested objects, arrays, enums and bounds included. Returns the first
+ * problem, or undefined. Fields the schema does not know are allowed.
+ */
 export function checkFrame(frame: unknown): string | undefined {
   if (typeof frame !== "object" || frame === null || Array.isArray(frame)) return "frame is not a JSON object";
   const type = (frame as { type?: unknown }).type;
   if (typeof type !== "string") return "frame has no type";
-  const required = (SERVER_FRAME_REQUIRED as Record<string, readonly string[]>)[type];
-  if (!required) return `unknown frame type ${JSON.stringify(type)}`;
-  for (const k of required) {
-    if (!(k in frame)) return `${type} frame lacks ${k}`;
-  }
-  if ("seq" in frame && typeof (frame as { seq: unknown }).seq !== "number") return `${type} frame has a non-numeric seq`;
-  return undefined;
+  const member = FRAME_SCHEMAS.get(type);
+  if (!member) return `unknown frame type ${JSON.stringify(type)}`;
+  const problem = validate(member, frame, "");
+  return problem && `${type} frame${problem.startsWith("lacks ") ? " " : ": "}${problem}`;
 }
+
+/** Each server frame type's schema: its body's definition and the `type` tag. */
+const FRAME_SCHEMAS = new Map(
+  (SERVER_FRAME_SCHEMA["ServerFrame"]?.oneOf ?? []).map((m) => [String((m.properties?.["type"] as SchemaNode | undefined)?.const), m] as const),
+);

@@ -1,7 +1,8 @@
 // The Parley client: one WebSocket, re-opened with jittered backoff, that
 // re-joins every room from the last seq it delivered and re-sends unstored
 // messages under their client_msg_id, so nothing is lost or duplicated.
-import { SERVER_FRAME_REQUIRED } from "./protocol.js";
+import { SERVER_FRAME_SCHEMA } from "./protocol.js";
+import { validate } from "./validate.js";
 import { closePolicy } from "./close.js";
 import { Emitter } from "./emitter.js";
 /** A failed request: the server's error object, or a client-side cause. */
@@ -421,6 +422,12 @@ export class ParleyClient extends Emitter {
                 if (since !== undefined && !reply.recovered)
                     recovered = false;
                 for (const ev of reply.events) {
+                    // Recovered events are checked like live ones: a bad one is reported and skipped.
+                    const problem = checkFrame(ev);
+                    if (problem) {
+                        this.emit("protocol.error", { message: `room.join: ${problem}`, frame: ev });
+                        continue;
+                    }
                     if (ROOM_EVENT_TYPES.has(ev.type) && this.deliver(roomId, room, ev))
                         missed += 1;
                 }
@@ -806,21 +813,23 @@ export class AiStream {
         }
     }
 }
-/** Checks a server frame against the schema's types and required fields. */
+/**
+ * Checks a server frame against docs/protocol.schema.json (generated into
+ * SERVER_FRAME_SCHEMA): its type, required fields, and every field's type,
+ * nested objects, arrays, enums and bounds included. Returns the first
+ * problem, or undefined. Fields the schema does not know are allowed.
+ */
 export function checkFrame(frame) {
     if (typeof frame !== "object" || frame === null || Array.isArray(frame))
         return "frame is not a JSON object";
     const type = frame.type;
     if (typeof type !== "string")
         return "frame has no type";
-    const required = SERVER_FRAME_REQUIRED[type];
-    if (!required)
+    const member = FRAME_SCHEMAS.get(type);
+    if (!member)
         return `unknown frame type ${JSON.stringify(type)}`;
-    for (const k of required) {
-        if (!(k in frame))
-            return `${type} frame lacks ${k}`;
-    }
-    if ("seq" in frame && typeof frame.seq !== "number")
-        return `${type} frame has a non-numeric seq`;
-    return undefined;
+    const problem = validate(member, frame, "");
+    return problem && `${type} frame${problem.startsWith("lacks ") ? " " : ": "}${problem}`;
 }
+/** Each server frame type's schema: its body's definition and the `type` tag. */
+const FRAME_SCHEMAS = new Map((SERVER_FRAME_SCHEMA["ServerFrame"]?.oneOf ?? []).map((m) => [String(m.properties?.["type"]?.const), m]));
