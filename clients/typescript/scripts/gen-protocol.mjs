@@ -81,6 +81,12 @@ export function generate(schema) {
     emit("");
   }
 
+  emit("/** Every definition's type by its name in the schema. */");
+  emit("export interface SchemaDefs {");
+  for (const name of Object.keys(defs).sort()) if (!unions.has(name)) emit(`  ${name}: ${name};`);
+  emit("}");
+  emit("");
+
   // ReplyFrame: the envelope; results are typed per command in CommandResults.
   const rf = defs.ReplyFrame;
   emit(doc(rf.description) + `export interface ReplyFrame ${objectType({ ...rf, additionalProperties: true }, "")}`);

@@ -7,24 +7,13 @@ import type {
   AiDelta,
   AiDone,
   AiError,
-  AuthReply,
-  CallInviteReply,
   ClientCommandMap,
   ClientCommandType,
-  Empty,
   ErrorObject,
   Hello,
-  HistoryReply,
   Message,
-  MessageReply,
-  NotificationListReply,
-  PingReply,
-  PresenceReply,
-  ReceiptReply,
-  RefreshReply,
   RoomJoinReply,
-  RoomListReply,
-  RoomReply,
+  SchemaDefs,
   ServerFrame,
   ServerFrameMap,
   ServerFrameType,
@@ -35,40 +24,46 @@ import { validate } from "./validate.js";
 import { closePolicy, type ClosePolicy } from "./close.js";
 import { Emitter } from "./emitter.js";
 
+/**
+ * Each command's reply result, by its definition in the schema: gives
+ * `CommandResults` its types and `checkReply` what to check.
+ */
+const RESULT_DEFS = {
+  ping: "PingReply",
+  auth: "AuthReply",
+  refresh: "RefreshReply",
+  "room.create": "RoomReply",
+  "room.join": "RoomJoinReply",
+  "room.leave": "Empty",
+  "room.list": "RoomListReply",
+  "message.send": "MessageReply",
+  "message.history": "HistoryReply",
+  "ai.ask": "AiAskReply",
+  "ai.cancel": "Empty",
+  "room.invite": "Empty",
+  "room.remove_member": "Empty",
+  "message.edit": "MessageReply",
+  "message.delete": "Empty",
+  "reaction.add": "Empty",
+  "reaction.remove": "Empty",
+  "receipt.read": "ReceiptReply",
+  "receipt.delivered": "ReceiptReply",
+  "notification.list": "NotificationListReply",
+  "notification.read": "Empty",
+  "presence.set": "Empty",
+  "presence.subscribe": "PresenceReply",
+  "presence.unsubscribe": "Empty",
+  "typing.start": "Empty",
+  "typing.stop": "Empty",
+  "call.invite": "CallInviteReply",
+  "call.answer": "Empty",
+  "call.reject": "Empty",
+  "call.end": "Empty",
+  "call.ice": "Empty",
+} as const satisfies Record<ClientCommandType, keyof SchemaDefs>;
+
 /** The result fields of each command's `reply`. */
-export interface CommandResults {
-  ping: PingReply;
-  auth: AuthReply;
-  refresh: RefreshReply;
-  "room.create": RoomReply;
-  "room.join": RoomJoinReply;
-  "room.leave": Empty;
-  "room.list": RoomListReply;
-  "message.send": MessageReply;
-  "message.history": HistoryReply;
-  "ai.ask": AiAskReply;
-  "ai.cancel": Empty;
-  "room.invite": Empty;
-  "room.remove_member": Empty;
-  "message.edit": MessageReply;
-  "message.delete": Empty;
-  "reaction.add": Empty;
-  "reaction.remove": Empty;
-  "receipt.read": ReceiptReply;
-  "receipt.delivered": ReceiptReply;
-  "notification.list": NotificationListReply;
-  "notification.read": Empty;
-  "presence.set": Empty;
-  "presence.subscribe": PresenceReply;
-  "presence.unsubscribe": Empty;
-  "typing.start": Empty;
-  "typing.stop": Empty;
-  "call.invite": CallInviteReply;
-  "call.answer": Empty;
-  "call.reject": Empty;
-  "call.end": Empty;
-  "call.ice": Empty;
-}
+export type CommandResults = { [K in ClientCommandType]: SchemaDefs[(typeof RESULT_DEFS)[K]] };
 
 /** The part of the WebSocket API the client uses (browsers' and `ws`'s). */
 export interface WebSocketLike {
@@ -450,6 +445,13 @@ export class ParleyClient extends Emitter<ClientEvents> {
         p.id = undefined;
         if (f.ok) {
           const { type: _t, id: _i, ok: _o, error: _e, ...result } = f as any;
+          const problem = checkReply(p.type, result);
+          if (problem) {
+            // The caller gets an error, not a result of the wrong shape.
+            this.emit("protocol.error", { message: problem, frame });
+            this.fail(p, new ParleyError("bad_reply", problem));
+            return;
+          }
           this.settle(p, result);
         } else {
           this.onRequestError(p, ParleyError.from(f.error ?? { code: "internal", message: "reply without error", temporary: true }));
@@ -963,6 +965,16 @@ export function checkFrame(frame: unknown): string | undefined {
   if (!member) return `unknown frame type ${JSON.stringify(type)}`;
   const problem = validate(member, frame, "");
   return problem && `${type} frame${problem.startsWith("lacks ") ? " " : ": "}${problem}`;
+}
+
+/** Checks a successful reply's result fields against the command's result definition. */
+export function checkReply(command: ClientCommandType, result: unknown): string | undefined {
+  const def = RESULT_DEFS[command];
+  if (!def) return undefined;
+  // room.join's events are checked one by one as they are delivered: a bad one is skipped, not the join.
+  const checked = command === "room.join" && typeof result === "object" && result !== null ? { ...result, events: [] } : result;
+  const problem = validate({ $ref: `#/$defs/${def}` }, checked, "");
+  return problem && `${command} reply${problem.startsWith("lacks ") ? " " : ": "}${problem}`;
 }
 
 /** Each server frame type's schema: its body's definition and the `type` tag. */

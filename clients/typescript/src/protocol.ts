@@ -515,6 +515,78 @@ export interface UserRef {
 /** Who may see and join a room. */
 export type Visibility = ("public" | "private" | "direct") | "unspecified";
 
+/** Every definition's type by its name in the schema. */
+export interface SchemaDefs {
+  AiAsk: AiAsk;
+  AiAskReply: AiAskReply;
+  AiCancel: AiCancel;
+  AiDelta: AiDelta;
+  AiDone: AiDone;
+  AiError: AiError;
+  Auth: Auth;
+  AuthReply: AuthReply;
+  CallAct: CallAct;
+  CallEvent: CallEvent;
+  CallIncoming: CallIncoming;
+  CallInvite: CallInvite;
+  CallInviteReply: CallInviteReply;
+  CustomEvent: CustomEvent;
+  Empty: Empty;
+  ErrorCode: ErrorCode;
+  ErrorFrame: ErrorFrame;
+  ErrorObject: ErrorObject;
+  Hello: Hello;
+  HistoryReply: HistoryReply;
+  Limits: Limits;
+  MemberEvent: MemberEvent;
+  Message: Message;
+  MessageDelete: MessageDelete;
+  MessageDeleted: MessageDeleted;
+  MessageEdit: MessageEdit;
+  MessageEvent: MessageEvent;
+  MessageHistory: MessageHistory;
+  MessageReply: MessageReply;
+  MessageSend: MessageSend;
+  NoArgs: NoArgs;
+  Notification: Notification;
+  NotificationKind: NotificationKind;
+  NotificationList: NotificationList;
+  NotificationListReply: NotificationListReply;
+  NotificationNew: NotificationNew;
+  NotificationRead: NotificationRead;
+  PingReply: PingReply;
+  PresenceReply: PresenceReply;
+  PresenceSet: PresenceSet;
+  PresenceState: PresenceState;
+  PresenceStatus: PresenceStatus;
+  PresenceUsers: PresenceUsers;
+  ReactionArgs: ReactionArgs;
+  ReactionEvent: ReactionEvent;
+  ReceiptArgs: ReceiptArgs;
+  ReceiptEvent: ReceiptEvent;
+  ReceiptKind: ReceiptKind;
+  ReceiptReply: ReceiptReply;
+  Refresh: Refresh;
+  RefreshReply: RefreshReply;
+  Room: Room;
+  RoomCreate: RoomCreate;
+  RoomJoin: RoomJoin;
+  RoomJoinReply: RoomJoinReply;
+  RoomLeave: RoomLeave;
+  RoomListReply: RoomListReply;
+  RoomReply: RoomReply;
+  RoomSummary: RoomSummary;
+  RoomUser: RoomUser;
+  StreamError: StreamError;
+  StreamInProgress: StreamInProgress;
+  TokenExpiring: TokenExpiring;
+  Typing: Typing;
+  TypingEvent: TypingEvent;
+  User: User;
+  UserRef: UserRef;
+  Visibility: Visibility;
+}
+
 /** `reply`: `ok` with the command's result fields, or `error`. */
 export interface ReplyFrame {
   error?: ErrorObject | null;

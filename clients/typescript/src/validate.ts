@@ -21,7 +21,8 @@ function typeMatches(t: string, v: unknown): boolean {
   }
 }
 
-const describe = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an array" : typeof v === "number" && !Number.isInteger(v) ? "a fraction" : `a ${typeof v}`);
+const describe = (v: unknown) =>
+  v === null ? "null" : Array.isArray(v) ? "an array" : typeof v === "object" ? "an object" : typeof v === "number" && !Number.isInteger(v) ? "a fraction" : `a ${typeof v}`;
 
 /**
  * The first way `value` (at `path`) does not match `schema`, e.g.
@@ -47,7 +48,16 @@ export function validate(schema: SchemaNode | boolean, value: unknown, path: str
     if (schema.minimum !== undefined && value < schema.minimum) return `${path} is below ${schema.minimum}`;
     if (schema.maximum !== undefined && value > schema.maximum) return `${path} is above ${schema.maximum}`;
   }
-  const alternatives = schema.anyOf ?? schema.oneOf;
+  let alternatives = schema.anyOf ?? schema.oneOf;
+  // A tagged union: only the member with this `type` is a candidate.
+  const tag = typeof value === "object" && value !== null ? (value as { type?: unknown }).type : undefined;
+  const tagged = alternatives?.filter((a) => ((a.properties?.["type"] ?? {}) as SchemaNode).const === tag);
+  if (tag !== undefined && tagged?.length) alternatives = tagged;
+  // `X or null` with a value that is not null: the problem is X's.
+  if (value !== null && alternatives && alternatives.length > 1) {
+    const notNull = alternatives.filter((a) => a.type !== "null");
+    if (notNull.length) alternatives = notNull;
+  }
   if (alternatives) {
     const problems: string[] = [];
     for (const alt of alternatives) {

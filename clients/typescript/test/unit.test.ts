@@ -5,7 +5,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { backoffDelay, checkFrame, closePolicy, ParleyClient, type WebSocketLike } from "../src/index.js";
+import { backoffDelay, checkFrame, checkReply, closePolicy, ParleyClient, type WebSocketLike } from "../src/index.js";
 
 const pkg = resolve(fileURLToPath(import.meta.url), "../../..");
 const repo = resolve(pkg, "../..");
@@ -96,6 +96,10 @@ class SilentServer implements WebSocketLike {
       const events = [event(1, "fine"), event(2, 5), event(3, "also fine")];
       setTimeout(() => this.onmessage?.({ data: JSON.stringify({ type: "reply", id: f.id, ok: true, room: null, last_seq: 3, events, recovered: true, has_more: false, streams: [], online: [] }) }));
     }
+    if (f.type === "notification.list") {
+      // a reply whose result does not match the command's result definition
+      setTimeout(() => this.onmessage?.({ data: JSON.stringify({ type: "reply", id: f.id, ok: true, notifications: [{ id: 7 }] }) }));
+    }
     if (f.type === "ping") {
       setTimeout(() => this.onmessage?.({ data: JSON.stringify({ type: "reply", id: f.id, ok: true, server_time: 5 }) }));
     }
@@ -131,6 +135,23 @@ test("events recovered by room.join are checked like live ones", async () => {
   assert.deepEqual(texts, ["fine", "also fine"]);
   assert.deepEqual(errors, ["room.join: message.new frame: message.text is a number, not string"]);
   assert.equal(client.state, "connected");
+  client.close();
+});
+
+test("a reply whose result does not match the command's definition rejects with bad_reply", async () => {
+  const client = new ParleyClient({ url: "ws://x", token: "t", WebSocket: SilentServer as any, pingIntervalMs: 0 });
+  const errors: string[] = [];
+  client.on("protocol.error", (e) => errors.push(e.message));
+  await client.connect();
+  await assert.rejects(client.notifications(), (e: any) => e.code === "bad_reply" && /^notification\.list reply: notifications\[0\]/.test(e.message));
+  assert.equal(errors.length, 1);
+  assert.equal(checkReply("room.leave", {}), undefined);
+  assert.match(checkReply("message.send", {})!, /^message\.send reply lacks message$/);
+  assert.match(checkReply("message.history", { messages: [{ ...goodMessage, seq: "2" }], has_more: false })!, /messages\[0\]\.seq is a string, not integer/);
+  // A union member is chosen by its type tag, so the problem named is that member's.
+  assert.match(checkFrame({ type: "reply", id: 1, ok: true, error: { code: 5 } })!, /^reply frame: error lacks message$/);
+  assert.match(checkFrame({ type: "reply", id: 1, ok: false, error: { code: "nope", message: "m", temporary: false } })!, /^reply frame: error\.code is "nope", not one of "bad_request"/);
+  assert.deepEqual(await client.request("ping", {}), { server_time: 5 }, "the connection goes on");
   client.close();
 });
 

@@ -5,6 +5,43 @@ import { SERVER_FRAME_SCHEMA } from "./protocol.js";
 import { validate } from "./validate.js";
 import { closePolicy } from "./close.js";
 import { Emitter } from "./emitter.js";
+/**
+ * Each command's reply result, by its definition in the schema: gives
+ * `CommandResults` its types and `checkReply` what to check.
+ */
+const RESULT_DEFS = {
+    ping: "PingReply",
+    auth: "AuthReply",
+    refresh: "RefreshReply",
+    "room.create": "RoomReply",
+    "room.join": "RoomJoinReply",
+    "room.leave": "Empty",
+    "room.list": "RoomListReply",
+    "message.send": "MessageReply",
+    "message.history": "HistoryReply",
+    "ai.ask": "AiAskReply",
+    "ai.cancel": "Empty",
+    "room.invite": "Empty",
+    "room.remove_member": "Empty",
+    "message.edit": "MessageReply",
+    "message.delete": "Empty",
+    "reaction.add": "Empty",
+    "reaction.remove": "Empty",
+    "receipt.read": "ReceiptReply",
+    "receipt.delivered": "ReceiptReply",
+    "notification.list": "NotificationListReply",
+    "notification.read": "Empty",
+    "presence.set": "Empty",
+    "presence.subscribe": "PresenceReply",
+    "presence.unsubscribe": "Empty",
+    "typing.start": "Empty",
+    "typing.stop": "Empty",
+    "call.invite": "CallInviteReply",
+    "call.answer": "Empty",
+    "call.reject": "Empty",
+    "call.end": "Empty",
+    "call.ice": "Empty",
+};
 /** A failed request: the server's error object, or a client-side cause. */
 export class ParleyError extends Error {
     code;
@@ -296,6 +333,13 @@ export class ParleyClient extends Emitter {
                 p.id = undefined;
                 if (f.ok) {
                     const { type: _t, id: _i, ok: _o, error: _e, ...result } = f;
+                    const problem = checkReply(p.type, result);
+                    if (problem) {
+                        // The caller gets an error, not a result of the wrong shape.
+                        this.emit("protocol.error", { message: problem, frame });
+                        this.fail(p, new ParleyError("bad_reply", problem));
+                        return;
+                    }
                     this.settle(p, result);
                 }
                 else {
@@ -830,6 +874,16 @@ export function checkFrame(frame) {
         return `unknown frame type ${JSON.stringify(type)}`;
     const problem = validate(member, frame, "");
     return problem && `${type} frame${problem.startsWith("lacks ") ? " " : ": "}${problem}`;
+}
+/** Checks a successful reply's result fields against the command's result definition. */
+export function checkReply(command, result) {
+    const def = RESULT_DEFS[command];
+    if (!def)
+        return undefined;
+    // room.join's events are checked one by one as they are delivered: a bad one is skipped, not the join.
+    const checked = command === "room.join" && typeof result === "object" && result !== null ? { ...result, events: [] } : result;
+    const problem = validate({ $ref: `#/$defs/${def}` }, checked, "");
+    return problem && `${command} reply${problem.startsWith("lacks ") ? " " : ": "}${problem}`;
 }
 /** Each server frame type's schema: its body's definition and the `type` tag. */
 const FRAME_SCHEMAS = new Map((SERVER_FRAME_SCHEMA["ServerFrame"]?.oneOf ?? []).map((m) => [String(m.properties?.["type"]?.const), m]));

@@ -17,7 +17,7 @@ function typeMatches(t, v) {
         default: return true;
     }
 }
-const describe = (v) => (v === null ? "null" : Array.isArray(v) ? "an array" : typeof v === "number" && !Number.isInteger(v) ? "a fraction" : `a ${typeof v}`);
+const describe = (v) => v === null ? "null" : Array.isArray(v) ? "an array" : typeof v === "object" ? "an object" : typeof v === "number" && !Number.isInteger(v) ? "a fraction" : `a ${typeof v}`;
 /**
  * The first way `value` (at `path`) does not match `schema`, e.g.
  * `message.seq is a string, not integer`, or undefined when it matches.
@@ -52,7 +52,18 @@ export function validate(schema, value, path, depth = 0) {
         if (schema.maximum !== undefined && value > schema.maximum)
             return `${path} is above ${schema.maximum}`;
     }
-    const alternatives = schema.anyOf ?? schema.oneOf;
+    let alternatives = schema.anyOf ?? schema.oneOf;
+    // A tagged union: only the member with this `type` is a candidate.
+    const tag = typeof value === "object" && value !== null ? value.type : undefined;
+    const tagged = alternatives?.filter((a) => (a.properties?.["type"] ?? {}).const === tag);
+    if (tag !== undefined && tagged?.length)
+        alternatives = tagged;
+    // `X or null` with a value that is not null: the problem is X's.
+    if (value !== null && alternatives && alternatives.length > 1) {
+        const notNull = alternatives.filter((a) => a.type !== "null");
+        if (notNull.length)
+            alternatives = notNull;
+    }
     if (alternatives) {
         const problems = [];
         for (const alt of alternatives) {
