@@ -55,6 +55,8 @@ async function signIn(ev) {
         await openRoom(fromLink);
 }
 function wire(c) {
+    // A frame that does not match the schema is dropped by the SDK; say so where developers look.
+    c.on("protocol.error", (e) => console.error(`parley: ${e.message}`));
     c.on("state", (s) => {
         if (s.state === "connected")
             setConn("connected", s.recovered === undefined ? "online" : s.recovered ? "online · recovered" : "online · gaps");

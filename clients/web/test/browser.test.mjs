@@ -157,7 +157,6 @@ test("two browsers chat; HTML stays text; offline catches up; the assistant stre
   await b.page.click(`${item("hello bob")} button.reply`);
   assert.match(await b.page.textContent("#replying"), /Replying to ada: hello bob/);
   await b.page.fill("#text", "a reply from bob");
-  if (process.env.PARLEY_SCREENSHOT !== "0") await b.page.screenshot({ path: join(repo, "docs/web-app-reply.png") });
   await b.page.press("#text", "Enter");
   assert.equal(await b.page.isHidden("#replying"), true, "the reply bar closes after sending");
   for (const page of [a.page, b.page]) {
@@ -184,10 +183,55 @@ test("two browsers chat; HTML stays text; offline catches up; the assistant stre
   assert.equal(await pwned(b.page), null);
   assert.deepEqual([...a.problems, ...b.problems].filter((p) => !/ERR_INTERNET_DISCONNECTED|WebSocket/.test(p)), []);
 
-  if (process.env.PARLEY_SCREENSHOT !== "0") {
-    await a.page.screenshot({ path: join(repo, "docs/web-app.png") });
-  }
   await ctxA.close();
   await ctxB.close();
   bobNet.close();
+});
+
+test("a plain conversation with a thread, a reaction and read marks (the screenshots in docs/)", async () => {
+  const ctxA = await browser.newContext({ viewport: { width: 1000, height: 560 } });
+  const ctxB = await browser.newContext({ viewport: { width: 1000, height: 560 } });
+  const a = await signIn(ctxA, "grace", "dev");
+  await a.page.fill("#room-name", "design review");
+  await a.page.click("#create-form button");
+  await a.page.waitForSelector("#room:not([hidden])");
+  const roomId = new URL(await a.page.textContent("#room-link")).hash.replace("#room=", "");
+  const b = await signIn(ctxB, "linus", "dev", `#room=${roomId}`);
+  await b.page.waitForSelector("#room:not([hidden])");
+
+  await say(a.page, "Morning! The new onboarding flow is up on staging.");
+  await b.page.waitForSelector(item("Morning! The new onboarding flow is up on staging."));
+  await say(b.page, "Nice, I'll have a look after standup.");
+  await say(a.page, "Can someone check the copy on step 3?");
+  await b.page.waitForSelector(item("Can someone check the copy on step 3?"));
+  await b.page.click(`${item("Can someone check the copy on step 3?")} button.reply`);
+  await b.page.fill("#text", "Looks good, one typo: \"recieve\"");
+  await b.page.press("#text", "Enter");
+  await a.page.waitForSelector(`${item("Looks good, one typo: \"recieve\"")}.reply`);
+  await a.page.click(`${item("Looks good, one typo: \"recieve\"")} button.reply`);
+  await a.page.fill("#text", "Fixed, thanks!");
+  await a.page.press("#text", "Enter");
+  await b.page.waitForSelector(`${item("Fixed, thanks!")}.reply`);
+  await b.page.click(`${item("Morning! The new onboarding flow is up on staging.")} button:text-is("like")`);
+  await a.page.waitForSelector(`${item("Morning! The new onboarding flow is up on staging.")} .meta:text-is("👍 1")`);
+  await say(a.page, "Shipping it at 3pm then.");
+  await a.page.waitForSelector(`${item("Shipping it at 3pm then.")} .seen:text-is("✓ seen by linus")`);
+  // Replies sit under their root: the thread comes before the newer message.
+  assert.deepEqual(await texts(a.page), [
+    "Morning! The new onboarding flow is up on staging.",
+    "Nice, I'll have a look after standup.",
+    "Can someone check the copy on step 3?",
+    "Looks good, one typo: \"recieve\"",
+    "Fixed, thanks!",
+    "Shipping it at 3pm then.",
+  ]);
+  await b.page.click(`${item("Shipping it at 3pm then.")} button.reply`);
+  await b.page.fill("#text", "👍 I'll tell support");
+  if (process.env.PARLEY_SCREENSHOT !== "0") {
+    await a.page.screenshot({ path: join(repo, "docs/web-app.png") });
+    await b.page.screenshot({ path: join(repo, "docs/web-app-reply.png") });
+  }
+  assert.deepEqual([...a.problems, ...b.problems], []);
+  await ctxA.close();
+  await ctxB.close();
 });
