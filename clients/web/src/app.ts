@@ -1,6 +1,7 @@
 // The Parley web app: sign in, rooms, messages, replies, reactions, read
-// receipts, typing, presence and the assistant, on the SDK. Every user-supplied string reaches the page
-// through textContent only; the edge serves it under a strict CSP.
+// receipts, typing, presence and the assistant, on the SDK. Every
+// user-supplied string reaches the page through textContent only; the edge
+// serves it under a strict CSP.
 
 import { ParleyClient, type Message, type ReactionEvent, type RoomSummary } from "@parley/client";
 
@@ -183,26 +184,26 @@ async function openRoom(id: string) {
   if (last) client.markRead(id, last.seq).catch(() => {});
 }
 
+const bySeq = () => [...messages.values()].sort((a, b) => a.seq - b.seq);
+
 /** Messages in display order: each thread root followed by its replies (by seq). */
 function threaded(): { m: Message; reply: boolean }[] {
-  const sorted = [...messages.values()].sort((a, b) => a.seq - b.seq);
+  const roots: Message[] = [];
   const replies = new Map<string, Message[]>();
-  for (const m of sorted) {
+  for (const m of bySeq()) {
     // A reply whose root is not loaded (older than the page) stands alone.
     if (m.thread && messages.has(m.thread)) replies.set(m.thread, [...(replies.get(m.thread) ?? []), m]);
+    else roots.push(m);
   }
-  return sorted
-    .filter((m) => !(m.thread && messages.has(m.thread)))
-    .flatMap((m) => [{ m, reply: !!m.thread }, ...(replies.get(m.id) ?? []).map((r) => ({ m: r, reply: true }))]);
+  return roots.flatMap((m) => [{ m, reply: !!m.thread }, ...(replies.get(m.id) ?? []).map((r) => ({ m: r, reply: true }))]);
 }
 
 /** Who has read up to each message: a reader shows at the last message at or below their mark. */
 function seenAt(): Map<string, string[]> {
-  const seqs = [...messages.values()].map((m) => m.seq).sort((a, b) => a - b);
+  const sorted = bySeq();
   const at = new Map<string, string[]>();
   for (const [user, mark] of readMarks) {
-    const seq = seqs.filter((s) => s <= mark).pop();
-    const m = seq === undefined ? undefined : [...messages.values()].find((x) => x.seq === seq);
+    const m = sorted.filter((x) => x.seq <= mark).pop();
     if (m) at.set(m.id, [...(at.get(m.id) ?? []), names.get(user) ?? user]);
   }
   return at;
