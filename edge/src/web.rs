@@ -58,6 +58,11 @@ const FILES: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../../clients/web/dist/sdk/protocol.js"),
     ),
+    (
+        "sdk/validate.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../clients/web/dist/sdk/validate.js"),
+    ),
 ];
 
 /// The app's routes, to merge into the edge's router.
@@ -147,5 +152,32 @@ mod tests {
         assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"));
         assert_eq!(file("../Cargo.toml").status(), StatusCode::NOT_FOUND);
         assert_eq!(file("sdk/client.js").status(), StatusCode::OK);
+    }
+
+    /// A module added to the SDK or the app must be embedded too, or the
+    /// page fails to load it.
+    #[test]
+    fn every_built_file_is_embedded() {
+        fn walk(dir: &std::path::Path, base: &std::path::Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).expect("clients/web/dist") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    walk(&path, base, out);
+                } else {
+                    let rel = path.strip_prefix(base).expect("inside dist");
+                    out.push(rel.to_string_lossy().replace('\\', "/"));
+                }
+            }
+        }
+        let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/web/dist");
+        let mut built = Vec::new();
+        walk(&dist, &dist, &mut built);
+        built.sort();
+        let mut embedded: Vec<String> = FILES.iter().map(|(name, _, _)| name.to_string()).collect();
+        embedded.sort();
+        assert_eq!(
+            built, embedded,
+            "edge/src/web.rs FILES must list clients/web/dist"
+        );
     }
 }

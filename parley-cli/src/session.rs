@@ -113,7 +113,7 @@ impl Session {
         loop {
             if let Some(code) = last {
                 match code {
-                    1003 | 4002 => {
+                    1003 | 1007 | 4002 => {
                         anyhow::bail!("the server closed the connection ({code}): not retrying")
                     }
                     4003 => match self.credentials {

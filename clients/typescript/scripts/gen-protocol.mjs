@@ -81,6 +81,12 @@ export function generate(schema) {
     emit("");
   }
 
+  emit("/** Every definition's type by its name in the schema. */");
+  emit("export interface SchemaDefs {");
+  for (const name of Object.keys(defs).sort()) if (!unions.has(name)) emit(`  ${name}: ${name};`);
+  emit("}");
+  emit("");
+
   // ReplyFrame: the envelope; results are typed per command in CommandResults.
   const rf = defs.ReplyFrame;
   emit(doc(rf.description) + `export interface ReplyFrame ${objectType({ ...rf, additionalProperties: true }, "")}`);
@@ -105,6 +111,58 @@ export function generate(schema) {
     emit("};");
     emit("");
   }
+
+  // The schema itself, for checking frames at run time (src/validate.ts):
+  // the definitions a server frame can reach, without descriptions.
+  const reached = new Set();
+  const visit = (s) => {
+    if (Array.isArray(s)) return s.forEach(visit);
+    if (typeof s !== "object" || s === null) return;
+    if (s.$ref && !reached.has(refName(s.$ref))) {
+      reached.add(refName(s.$ref));
+      visit(defs[refName(s.$ref)]);
+    }
+    for (const [k, v] of Object.entries(s)) if (k !== "$ref") visit(k === "properties" ? Object.values(v) : v);
+  };
+  reached.add("ServerFrame");
+  visit(defs.ServerFrame);
+  const CHECKED = new Set(["type", "properties", "required", "$ref", "const", "enum", "items", "anyOf", "oneOf", "additionalProperties", "minimum", "maximum"]);
+  const IGNORED = new Set(["description", "format", "title"]);
+  const strip = (s) => {
+    if (typeof s !== "object" || s === null) return s;
+    const o = {};
+    for (const [k, v] of Object.entries(s)) {
+      if (IGNORED.has(k)) continue;
+      // A keyword the checker does not know would be silently skipped: fail here instead.
+      if (!CHECKED.has(k)) throw new Error(`gen-protocol: schema keyword ${k} is not checked by src/validate.ts`);
+      if (k === "properties") o[k] = Object.fromEntries(Object.entries(v).map(([n, p]) => [n, strip(p)]));
+      else if (k === "anyOf" || k === "oneOf") o[k] = v.map(strip);
+      else if (k === "items" || k === "additionalProperties") o[k] = strip(v);
+      else o[k] = v;
+    }
+    return o;
+  };
+  emit("/** The schema definitions a server frame can reach (descriptions dropped), checked by `checkFrame`. */");
+  emit("export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {");
+  for (const name of [...reached].sort()) emit(`  ${JSON.stringify(name)}: ${JSON.stringify(strip(defs[name]))},`);
+  emit("};");
+  emit("");
+  emit(`/** The subset of JSON Schema that \`SERVER_FRAME_SCHEMA\` uses. */
+export interface SchemaNode {
+  type?: string | string[];
+  properties?: Record<string, SchemaNode | boolean>;
+  required?: string[];
+  $ref?: string;
+  const?: unknown;
+  enum?: unknown[];
+  items?: SchemaNode | boolean;
+  anyOf?: SchemaNode[];
+  oneOf?: SchemaNode[];
+  additionalProperties?: boolean | SchemaNode;
+  minimum?: number;
+  maximum?: number;
+}
+`);
   return out.join("\n");
 }
 

@@ -515,6 +515,78 @@ export interface UserRef {
 /** Who may see and join a room. */
 export type Visibility = ("public" | "private" | "direct") | "unspecified";
 
+/** Every definition's type by its name in the schema. */
+export interface SchemaDefs {
+  AiAsk: AiAsk;
+  AiAskReply: AiAskReply;
+  AiCancel: AiCancel;
+  AiDelta: AiDelta;
+  AiDone: AiDone;
+  AiError: AiError;
+  Auth: Auth;
+  AuthReply: AuthReply;
+  CallAct: CallAct;
+  CallEvent: CallEvent;
+  CallIncoming: CallIncoming;
+  CallInvite: CallInvite;
+  CallInviteReply: CallInviteReply;
+  CustomEvent: CustomEvent;
+  Empty: Empty;
+  ErrorCode: ErrorCode;
+  ErrorFrame: ErrorFrame;
+  ErrorObject: ErrorObject;
+  Hello: Hello;
+  HistoryReply: HistoryReply;
+  Limits: Limits;
+  MemberEvent: MemberEvent;
+  Message: Message;
+  MessageDelete: MessageDelete;
+  MessageDeleted: MessageDeleted;
+  MessageEdit: MessageEdit;
+  MessageEvent: MessageEvent;
+  MessageHistory: MessageHistory;
+  MessageReply: MessageReply;
+  MessageSend: MessageSend;
+  NoArgs: NoArgs;
+  Notification: Notification;
+  NotificationKind: NotificationKind;
+  NotificationList: NotificationList;
+  NotificationListReply: NotificationListReply;
+  NotificationNew: NotificationNew;
+  NotificationRead: NotificationRead;
+  PingReply: PingReply;
+  PresenceReply: PresenceReply;
+  PresenceSet: PresenceSet;
+  PresenceState: PresenceState;
+  PresenceStatus: PresenceStatus;
+  PresenceUsers: PresenceUsers;
+  ReactionArgs: ReactionArgs;
+  ReactionEvent: ReactionEvent;
+  ReceiptArgs: ReceiptArgs;
+  ReceiptEvent: ReceiptEvent;
+  ReceiptKind: ReceiptKind;
+  ReceiptReply: ReceiptReply;
+  Refresh: Refresh;
+  RefreshReply: RefreshReply;
+  Room: Room;
+  RoomCreate: RoomCreate;
+  RoomJoin: RoomJoin;
+  RoomJoinReply: RoomJoinReply;
+  RoomLeave: RoomLeave;
+  RoomListReply: RoomListReply;
+  RoomReply: RoomReply;
+  RoomSummary: RoomSummary;
+  RoomUser: RoomUser;
+  StreamError: StreamError;
+  StreamInProgress: StreamInProgress;
+  TokenExpiring: TokenExpiring;
+  Typing: Typing;
+  TypingEvent: TypingEvent;
+  User: User;
+  UserRef: UserRef;
+  Visibility: Visibility;
+}
+
 /** `reply`: `ok` with the command's result fields, or `error`. */
 export interface ReplyFrame {
   error?: ErrorObject | null;
@@ -718,6 +790,74 @@ export const SERVER_FRAME_REQUIRED: Readonly<Record<ServerFrameType, readonly st
   "call.end": ["call_id"],
   "call.ice": ["call_id"],
 };
+
+/** The schema definitions a server frame can reach (descriptions dropped), checked by `checkFrame`. */
+export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
+  "AiAskReply": {"properties":{"message":{"anyOf":[{"$ref":"#/$defs/Message"},{"type":"null"}]},"stream_id":{"type":"string"}},"required":["stream_id"],"type":"object"},
+  "AiDelta": {"properties":{"index":{"minimum":0,"type":"integer"},"room":{"type":"string"},"stream_id":{"type":"string"},"text":{"type":"string"}},"required":["room","stream_id","index","text"],"type":"object"},
+  "AiDone": {"properties":{"message":{"anyOf":[{"$ref":"#/$defs/Message"},{"type":"null"}]},"room":{"type":"string"},"stream_id":{"type":"string"}},"required":["room","stream_id"],"type":"object"},
+  "AiError": {"properties":{"error":{"$ref":"#/$defs/StreamError"},"message":{"anyOf":[{"$ref":"#/$defs/Message"},{"type":"null"}]},"room":{"type":"string"},"stream_id":{"type":"string"}},"required":["room","stream_id","error"],"type":"object"},
+  "AuthReply": {"properties":{"expires_at":{"type":"integer"},"frame_secret":{"type":["string","null"]},"session_id":{"type":"string"},"token":{"type":["string","null"]},"user":{"$ref":"#/$defs/User"}},"required":["user","session_id","expires_at"],"type":"object"},
+  "CallEvent": {"properties":{"call_id":{"type":"string"},"from":{"anyOf":[{"$ref":"#/$defs/UserRef"},{"type":"null"}]},"payload":true,"reason":{"type":["string","null"]}},"required":["call_id"],"type":"object"},
+  "CallIncoming": {"properties":{"call_id":{"type":"string"},"expires_in_ms":{"minimum":0,"type":"integer"},"from":{"$ref":"#/$defs/UserRef"},"payload":{},"room":{"type":["string","null"]}},"required":["call_id","from","payload","expires_in_ms"],"type":"object"},
+  "CallInviteReply": {"properties":{"call_id":{"type":"string"}},"required":["call_id"],"type":"object"},
+  "CustomEvent": {"properties":{"data":true,"event":{"type":"string"},"room":{"type":["string","null"]}},"required":["event","data"],"type":"object"},
+  "Empty": {"type":"object"},
+  "ErrorCode": {"enum":["bad_request","unauthorized","forbidden","not_found","conflict","rate_limited","too_large","unavailable","timeout","disabled","internal","cancelled"],"type":"string"},
+  "ErrorFrame": {"properties":{"error":{"$ref":"#/$defs/ErrorObject"},"re":{"type":["string","null"]}},"required":["error"],"type":"object"},
+  "ErrorObject": {"properties":{"code":{"$ref":"#/$defs/ErrorCode"},"message":{"type":"string"},"reason":{"type":["string","null"]},"retry_after_ms":{"minimum":0,"type":["integer","null"]},"temporary":{"type":"boolean"},"trace_id":{"type":["string","null"]}},"required":["code","message","temporary"],"type":"object"},
+  "Hello": {"properties":{"auth_timeout_ms":{"minimum":0,"type":"integer"},"conn_id":{"type":"string"},"frame_secret":{"type":["string","null"]},"heartbeat_ms":{"minimum":0,"type":"integer"},"limits":{"$ref":"#/$defs/Limits"},"protocol":{"type":"string"},"server_time":{"type":"integer"},"user":{"anyOf":[{"$ref":"#/$defs/User"},{"type":"null"}]}},"required":["conn_id","protocol","server_time","auth_timeout_ms","heartbeat_ms","limits"],"type":"object"},
+  "HistoryReply": {"properties":{"has_more":{"type":"boolean"},"messages":{"items":{"$ref":"#/$defs/Message"},"type":"array"}},"required":["messages","has_more"],"type":"object"},
+  "Limits": {"properties":{"max_message_bytes":{"minimum":0,"type":"integer"}},"required":["max_message_bytes"],"type":"object"},
+  "MemberEvent": {"properties":{"room":{"type":"string"},"seq":{"type":"integer"},"user":{"$ref":"#/$defs/UserRef"}},"required":["room","seq","user"],"type":"object"},
+  "Message": {"properties":{"client_msg_id":{"type":"string"},"created_at":{"type":"integer"},"deleted":{"type":"boolean"},"edited_at":{"type":["integer","null"]},"id":{"type":"string"},"metadata":{"additionalProperties":true,"type":["object","null"]},"reactions":{"additionalProperties":{"items":{"type":"string"},"type":"array"},"type":"object"},"room":{"type":"string"},"sender":{"$ref":"#/$defs/UserRef"},"seq":{"type":"integer"},"text":{"type":"string"},"thread":{"type":["string","null"]}},"required":["id","room","seq","sender","text","created_at","deleted","client_msg_id","reactions"],"type":"object"},
+  "MessageDeleted": {"properties":{"message_id":{"type":"string"},"room":{"type":"string"},"seq":{"type":"integer"}},"required":["room","seq","message_id"],"type":"object"},
+  "MessageEvent": {"properties":{"message":{"$ref":"#/$defs/Message"},"room":{"type":"string"},"seq":{"type":"integer"}},"required":["room","seq","message"],"type":"object"},
+  "MessageReply": {"properties":{"message":{"$ref":"#/$defs/Message"}},"required":["message"],"type":"object"},
+  "Notification": {"additionalProperties":true,"properties":{"created_at":{"type":"integer"},"id":{"type":"string"},"kind":{"$ref":"#/$defs/NotificationKind"},"read":{"type":["boolean","null"]},"room":{"type":["string","null"]}},"required":["id","kind","created_at"],"type":"object"},
+  "NotificationKind": {"anyOf":[{"const":"mention","type":"string"},{"const":"missed_call","type":"string"},{"type":"string"}]},
+  "NotificationListReply": {"properties":{"notifications":{"items":{"$ref":"#/$defs/Notification"},"type":"array"}},"required":["notifications"],"type":"object"},
+  "NotificationNew": {"properties":{"notification":{"$ref":"#/$defs/Notification"}},"required":["notification"],"type":"object"},
+  "PingReply": {"properties":{"server_time":{"type":"integer"}},"required":["server_time"],"type":"object"},
+  "PresenceReply": {"properties":{"presence":{"items":{"$ref":"#/$defs/PresenceState"},"type":"array"}},"required":["presence"],"type":"object"},
+  "PresenceState": {"properties":{"last_seen":{"type":"integer"},"status":{"$ref":"#/$defs/PresenceStatus"},"text":{"type":"string"},"user":{"type":"string"}},"required":["user","status","text","last_seen"],"type":"object"},
+  "PresenceStatus": {"oneOf":[{"enum":["online","away","busy","offline"],"type":"string"},{"const":"invisible","type":"string"}]},
+  "ReactionEvent": {"properties":{"emoji":{"type":"string"},"message_id":{"type":"string"},"room":{"type":"string"},"seq":{"type":"integer"},"user":{"$ref":"#/$defs/UserRef"}},"required":["room","seq","message_id","emoji","user"],"type":"object"},
+  "ReceiptEvent": {"properties":{"kind":{"$ref":"#/$defs/ReceiptKind"},"room":{"type":"string"},"seq":{"type":"integer"},"user":{"type":"string"}},"required":["room","user","kind","seq"],"type":"object"},
+  "ReceiptKind": {"enum":["read","delivered"],"type":"string"},
+  "ReceiptReply": {"properties":{"seq":{"type":"integer"}},"required":["seq"],"type":"object"},
+  "RefreshReply": {"properties":{"expires_at":{"type":"integer"}},"required":["expires_at"],"type":"object"},
+  "ReplyFrame": {"anyOf":[{"$ref":"#/$defs/PingReply"},{"$ref":"#/$defs/AuthReply"},{"$ref":"#/$defs/RefreshReply"},{"$ref":"#/$defs/RoomReply"},{"$ref":"#/$defs/RoomJoinReply"},{"$ref":"#/$defs/RoomListReply"},{"$ref":"#/$defs/MessageReply"},{"$ref":"#/$defs/HistoryReply"},{"$ref":"#/$defs/AiAskReply"},{"$ref":"#/$defs/ReceiptReply"},{"$ref":"#/$defs/NotificationListReply"},{"$ref":"#/$defs/PresenceReply"},{"$ref":"#/$defs/CallInviteReply"},{"$ref":"#/$defs/Empty"},{}],"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"id":{"minimum":0,"type":"integer"},"ok":{"type":"boolean"}},"required":["id","ok"],"type":"object"},
+  "Room": {"properties":{"created_at":{"type":"integer"},"id":{"type":"string"},"last_seq":{"type":"integer"},"name":{"type":"string"},"owner":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","owner","last_seq","created_at","unread"],"type":"object"},
+  "RoomJoinReply": {"properties":{"events":{"items":{"$ref":"#/$defs/ServerFrame"},"type":"array"},"has_more":{"type":"boolean"},"last_seq":{"type":"integer"},"online":{"items":{"type":"string"},"type":"array"},"recovered":{"type":"boolean"},"room":{"anyOf":[{"$ref":"#/$defs/Room"},{"type":"null"}]},"streams":{"items":{"$ref":"#/$defs/StreamInProgress"},"type":"array"}},"required":["last_seq","events","recovered","has_more","streams","online"],"type":"object"},
+  "RoomListReply": {"properties":{"rooms":{"items":{"$ref":"#/$defs/RoomSummary"},"type":"array"}},"required":["rooms"],"type":"object"},
+  "RoomReply": {"properties":{"room":{"$ref":"#/$defs/Room"}},"required":["room"],"type":"object"},
+  "RoomSummary": {"properties":{"id":{"type":"string"},"last_seq":{"type":"integer"},"name":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","last_seq","unread"],"type":"object"},
+  "ServerFrame": {"oneOf":[{"$ref":"#/$defs/Hello","properties":{"type":{"const":"hello","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReplyFrame","properties":{"type":{"const":"reply","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ErrorFrame","properties":{"type":{"const":"error","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageEvent","properties":{"type":{"const":"message.new","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageEvent","properties":{"type":{"const":"message.updated","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageDeleted","properties":{"type":{"const":"message.deleted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReactionEvent","properties":{"type":{"const":"reaction.added","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReactionEvent","properties":{"type":{"const":"reaction.removed","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberEvent","properties":{"type":{"const":"member.joined","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberEvent","properties":{"type":{"const":"member.left","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReceiptEvent","properties":{"type":{"const":"receipt","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/NotificationNew","properties":{"type":{"const":"notification.new","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CustomEvent","properties":{"type":{"const":"custom","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiDelta","properties":{"type":{"const":"ai.delta","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiDone","properties":{"type":{"const":"ai.done","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiError","properties":{"type":{"const":"ai.error","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/TokenExpiring","properties":{"type":{"const":"token.expiring","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/PresenceState","properties":{"type":{"const":"presence","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/TypingEvent","properties":{"type":{"const":"typing","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallIncoming","properties":{"type":{"const":"call.incoming","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.answer","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.reject","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.end","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.ice","type":"string"}},"required":["type"],"type":"object"}]},
+  "StreamError": {"properties":{"code":{"type":"string"},"message":{"type":"string"},"temporary":{"type":"boolean"}},"required":["code","message","temporary"],"type":"object"},
+  "StreamInProgress": {"properties":{"index":{"minimum":0,"type":"integer"},"stream_id":{"type":"string"},"text_so_far":{"type":"string"}},"required":["stream_id","text_so_far","index"],"type":"object"},
+  "TokenExpiring": {"properties":{"expires_at":{"type":"integer"},"expires_in_ms":{"minimum":0,"type":"integer"}},"required":["expires_in_ms","expires_at"],"type":"object"},
+  "TypingEvent": {"properties":{"room":{"type":"string"},"typing":{"type":"boolean"},"user":{"type":"string"}},"required":["room","user","typing"],"type":"object"},
+  "User": {"properties":{"anonymous":{"type":"boolean"},"id":{"type":"string"},"name":{"type":"string"}},"required":["id","name","anonymous"],"type":"object"},
+  "UserRef": {"properties":{"id":{"type":"string"},"name":{"type":"string"}},"required":["id","name"],"type":"object"},
+  "Visibility": {"oneOf":[{"enum":["public","private","direct"],"type":"string"},{"const":"unspecified","type":"string"}]},
+};
+
+/** The subset of JSON Schema that `SERVER_FRAME_SCHEMA` uses. */
+export interface SchemaNode {
+  type?: string | string[];
+  properties?: Record<string, SchemaNode | boolean>;
+  required?: string[];
+  $ref?: string;
+  const?: unknown;
+  enum?: unknown[];
+  items?: SchemaNode | boolean;
+  anyOf?: SchemaNode[];
+  oneOf?: SchemaNode[];
+  additionalProperties?: boolean | SchemaNode;
+  minimum?: number;
+  maximum?: number;
+}
 
 /** Fields any command may carry. */
 export interface CommandEnvelope {

@@ -128,3 +128,8 @@ test("events missed while disconnected are recovered with since, in order", asyn
   );
   assert.deepEqual(atBob.map((e) => e.seq), [...atBob.map((e) => e.seq)].sort((a, b) => a - b));
 });
+
+test("every frame the real server sent matched the schema", () => {
+  // Each client checks every frame and reply (checkFrame, checkReply); none was refused.
+  assert.deepEqual(server.protocolErrors, []);
+});

@@ -90,14 +90,19 @@ export class Server {
     rmSync(this.dir, { recursive: true, force: true });
   }
 
+  /** Every `protocol.error` the clients made by `client()` raised: the real server's frames should all match the schema. */
+  readonly protocolErrors: string[] = [];
+
   client(options: Partial<ClientOptions>): ParleyClient {
-    return new ParleyClient({
+    const c = new ParleyClient({
       url: this.url,
       WebSocket: WebSocket as unknown as WebSocketConstructor,
       minReconnectDelayMs: 100,
       maxReconnectDelayMs: 1000,
       ...options,
     });
+    c.on("protocol.error", (e) => this.protocolErrors.push(`${e.message}: ${JSON.stringify(e.frame)}`));
+    return c;
   }
 }
 

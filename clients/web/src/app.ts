@@ -1,6 +1,7 @@
-// The Parley web app: sign in, rooms, messages, reactions, typing, presence
-// and the assistant, on the SDK. Every user-supplied string reaches the page
-// through textContent only; the edge serves it under a strict CSP.
+// The Parley web app: sign in, rooms, messages, replies, reactions, read
+// receipts, typing, presence and the assistant, on the SDK. Every
+// user-supplied string reaches the page through textContent only; the edge
+// serves it under a strict CSP.
 
 import { ParleyClient, type Message, type ReactionEvent, type RoomSummary } from "@parley/client";
 
@@ -22,6 +23,10 @@ const streams = new Map<string, string>();
 const typingUsers = new Map<string, ReturnType<typeof setTimeout>>();
 const online = new Set<string>();
 const names = new Map<string, string>();
+/** Other members' read marks in the active room (from `receipt` events): user id → seq. */
+const readMarks = new Map<string, number>();
+/** The message the next send replies to (its thread is the root's). */
+let replyTo: Message | undefined;
 
 function setConn(state: string, label: string) {
   const c = $("conn");
@@ -53,6 +58,8 @@ async function signIn(ev: Event) {
 }
 
 function wire(c: ParleyClient) {
+  // A frame that does not match the schema is dropped by the SDK; say so where developers look.
+  c.on("protocol.error", (e) => console.error(`parley: ${e.message}`));
   c.on("state", (s) => {
     if (s.state === "connected") setConn("connected", s.recovered === undefined ? "online" : s.recovered ? "online · recovered" : "online · gaps");
     else if (s.state === "closed") setConn("closed", "signed out");
@@ -113,7 +120,15 @@ function wire(c: ParleyClient) {
     e.status === "offline" ? online.delete(e.user) : online.add(e.user);
     renderOnline();
   });
-  c.on("member.joined", (e) => e.room === active && (online.add(e.user.id), renderOnline()));
+  c.on("member.joined", (e) => {
+    names.set(e.user.id, e.user.name);
+    if (e.room === active) (online.add(e.user.id), renderOnline());
+  });
+  c.on("receipt", (e) => {
+    if (e.room !== active || e.kind !== "read" || e.user === c.user?.id) return;
+    if (e.seq > (readMarks.get(e.user) ?? -1)) readMarks.set(e.user, e.seq);
+    render();
+  });
 }
 
 function upsert(m: Message) {
@@ -148,6 +163,8 @@ async function openRoom(id: string) {
   streams.clear();
   online.clear();
   typingUsers.clear();
+  readMarks.clear();
+  setReplyTo(undefined);
   location.hash = `room=${encodeURIComponent(id)}`;
   const reply = await client.join(id);
   const name = reply.room?.name ?? id;
@@ -167,12 +184,43 @@ async function openRoom(id: string) {
   if (last) client.markRead(id, last.seq).catch(() => {});
 }
 
+const bySeq = () => [...messages.values()].sort((a, b) => a.seq - b.seq);
+
+/** Messages in display order: each thread root followed by its replies (by seq). */
+function threaded(): { m: Message; reply: boolean }[] {
+  const roots: Message[] = [];
+  const replies = new Map<string, Message[]>();
+  for (const m of bySeq()) {
+    // A reply whose root is not loaded (older than the page) stands alone.
+    if (m.thread && messages.has(m.thread)) replies.set(m.thread, [...(replies.get(m.thread) ?? []), m]);
+    else roots.push(m);
+  }
+  return roots.flatMap((m) => [{ m, reply: !!m.thread }, ...(replies.get(m.id) ?? []).map((r) => ({ m: r, reply: true }))]);
+}
+
+/** Who has read up to each message: a reader shows at the last message at or below their mark. */
+function seenAt(): Map<string, string[]> {
+  const sorted = bySeq();
+  const at = new Map<string, string[]>();
+  for (const [user, mark] of readMarks) {
+    const m = sorted.filter((x) => x.seq <= mark).pop();
+    if (m) at.set(m.id, [...(at.get(m.id) ?? []), names.get(user) ?? user]);
+  }
+  return at;
+}
+
 function render() {
   const ol = $("messages");
-  const sorted = [...messages.values()].sort((a, b) => a.seq - b.seq);
-  const items = sorted.map((m) => {
-    const li = el("li", undefined, m.sender.id === "assistant" ? "assistant" : m.deleted ? "deleted" : "");
+  const seen = seenAt();
+  const items = threaded().map(({ m, reply }) => {
+    const li = el("li", undefined, [m.sender.id === "assistant" ? "assistant" : m.deleted ? "deleted" : "", reply ? "reply" : ""].join(" ").trim());
     li.dataset.seq = String(m.seq);
+    li.dataset.id = m.id;
+    if (m.thread) {
+      li.dataset.thread = m.thread;
+      const root = messages.get(m.thread);
+      li.append(el("span", root ? "↳ " : "↳ reply to an earlier message · ", "meta in-reply"));
+    }
     if (online.has(m.sender.id)) li.append(el("span", undefined, "dot"));
     li.append(el("span", m.sender.name, "who"), el("span", m.deleted ? "message deleted" : m.text, "text"));
     if (m.edited_at) li.append(el("span", "(edited)", "meta"));
@@ -184,17 +232,26 @@ function render() {
         const mine = (m.reactions["👍"] ?? []).includes(client.user?.id ?? "");
         client.react(m.room, m.id, "👍", !mine).catch(() => {});
       });
-      li.append(like);
+      const answer = el("button", "reply", "reply");
+      answer.title = "reply in this message's thread";
+      answer.addEventListener("click", () => setReplyTo(m));
+      li.append(like, answer);
       if (m.sender.id === client.user?.id) {
-        const edit = el("button", "edit");
+        const edit = el("button", "edit", "edit");
         edit.addEventListener("click", () => {
           const text = prompt("Edit message", m.text);
           if (text) client.edit(m.room, m.id, text).catch((e) => alert(e.message));
         });
-        const del = el("button", "delete");
+        const del = el("button", "delete", "delete");
         del.addEventListener("click", () => client.delete(m.room, m.id).catch((e) => alert(e.message)));
         li.append(edit, del);
       }
+    }
+    const readers = seen.get(m.id);
+    if (readers) {
+      const mark = el("span", `✓ seen by ${readers.join(", ")}`, "seen");
+      mark.title = "read up to here";
+      li.append(mark);
     }
     return li;
   });
@@ -207,6 +264,13 @@ function render() {
   const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
   ol.replaceChildren(...items);
   if (atBottom) ol.scrollTop = ol.scrollHeight;
+}
+
+function setReplyTo(m: Message | undefined) {
+  replyTo = m;
+  $("replying").hidden = !m;
+  $("replying-text").textContent = m ? `Replying to ${m.sender.name}: ${m.deleted ? "message deleted" : m.text}` : "";
+  if (m) $("text").focus();
 }
 
 function renderTyping() {
@@ -225,12 +289,15 @@ async function sendText(ev: Event) {
   if (!text || !active) return;
   input.value = "";
   client.stopTyping(active);
+  // The server puts a reply to a reply into the root's thread.
+  const thread = replyTo?.room === active ? replyTo.id : undefined;
+  setReplyTo(undefined);
   try {
     if (text.startsWith("/ask ")) {
-      const stream = client.ask(active, text.slice(5));
+      const stream = client.ask(active, text.slice(5), thread ? { thread } : {});
       await stream.reply;
     } else {
-      await client.send(active, text);
+      await client.send(active, text, thread ? { thread } : {});
     }
   } catch (e) {
     alert(`not sent: ${(e as Error).message}`);
@@ -267,3 +334,4 @@ $("send-form").addEventListener("submit", sendText);
 $("create-form").addEventListener("submit", createRoom);
 $("join-form").addEventListener("submit", joinRoom);
 $("text").addEventListener("input", () => active && client.typing(active));
+$("replying-cancel").addEventListener("click", () => setReplyTo(undefined));

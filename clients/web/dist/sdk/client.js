@@ -1,9 +1,47 @@
 // The Parley client: one WebSocket, re-opened with jittered backoff, that
 // re-joins every room from the last seq it delivered and re-sends unstored
 // messages under their client_msg_id, so nothing is lost or duplicated.
-import { SERVER_FRAME_REQUIRED } from "./protocol.js";
+import { SERVER_FRAME_SCHEMA } from "./protocol.js";
+import { validate } from "./validate.js";
 import { closePolicy } from "./close.js";
 import { Emitter } from "./emitter.js";
+/**
+ * Each command's reply result, by its definition in the schema: gives
+ * `CommandResults` its types and `checkReply` what to check.
+ */
+const RESULT_DEFS = {
+    ping: "PingReply",
+    auth: "AuthReply",
+    refresh: "RefreshReply",
+    "room.create": "RoomReply",
+    "room.join": "RoomJoinReply",
+    "room.leave": "Empty",
+    "room.list": "RoomListReply",
+    "message.send": "MessageReply",
+    "message.history": "HistoryReply",
+    "ai.ask": "AiAskReply",
+    "ai.cancel": "Empty",
+    "room.invite": "Empty",
+    "room.remove_member": "Empty",
+    "message.edit": "MessageReply",
+    "message.delete": "Empty",
+    "reaction.add": "Empty",
+    "reaction.remove": "Empty",
+    "receipt.read": "ReceiptReply",
+    "receipt.delivered": "ReceiptReply",
+    "notification.list": "NotificationListReply",
+    "notification.read": "Empty",
+    "presence.set": "Empty",
+    "presence.subscribe": "PresenceReply",
+    "presence.unsubscribe": "Empty",
+    "typing.start": "Empty",
+    "typing.stop": "Empty",
+    "call.invite": "CallInviteReply",
+    "call.answer": "Empty",
+    "call.reject": "Empty",
+    "call.end": "Empty",
+    "call.ice": "Empty",
+};
 /** A failed request: the server's error object, or a client-side cause. */
 export class ParleyError extends Error {
     code;
@@ -295,6 +333,13 @@ export class ParleyClient extends Emitter {
                 p.id = undefined;
                 if (f.ok) {
                     const { type: _t, id: _i, ok: _o, error: _e, ...result } = f;
+                    const problem = checkReply(p.type, result);
+                    if (problem) {
+                        // The caller gets an error, not a result of the wrong shape.
+                        this.emit("protocol.error", { message: problem, frame });
+                        this.fail(p, new ParleyError("bad_reply", problem));
+                        return;
+                    }
                     this.settle(p, result);
                 }
                 else {
@@ -421,6 +466,12 @@ export class ParleyClient extends Emitter {
                 if (since !== undefined && !reply.recovered)
                     recovered = false;
                 for (const ev of reply.events) {
+                    // Recovered events are checked like live ones: a bad one is reported and skipped.
+                    const problem = checkFrame(ev);
+                    if (problem) {
+                        this.emit("protocol.error", { message: `room.join: ${problem}`, frame: ev });
+                        continue;
+                    }
                     if (ROOM_EVENT_TYPES.has(ev.type) && this.deliver(roomId, room, ev))
                         missed += 1;
                 }
@@ -806,21 +857,33 @@ export class AiStream {
         }
     }
 }
-/** Checks a server frame against the schema's types and required fields. */
+/**
+ * Checks a server frame against docs/protocol.schema.json (generated into
+ * SERVER_FRAME_SCHEMA): its type, required fields, and every field's type,
+ * nested objects, arrays, enums and bounds included. Returns the first
+ * problem, or undefined. Fields the schema does not know are allowed.
+ */
 export function checkFrame(frame) {
     if (typeof frame !== "object" || frame === null || Array.isArray(frame))
         return "frame is not a JSON object";
     const type = frame.type;
     if (typeof type !== "string")
         return "frame has no type";
-    const required = SERVER_FRAME_REQUIRED[type];
-    if (!required)
+    const member = FRAME_SCHEMAS.get(type);
+    if (!member)
         return `unknown frame type ${JSON.stringify(type)}`;
-    for (const k of required) {
-        if (!(k in frame))
-            return `${type} frame lacks ${k}`;
-    }
-    if ("seq" in frame && typeof frame.seq !== "number")
-        return `${type} frame has a non-numeric seq`;
-    return undefined;
+    const problem = validate(member, frame, "");
+    return problem && `${type} frame${problem.startsWith("lacks ") ? " " : ": "}${problem}`;
 }
+/** Checks a successful reply's result fields against the command's result definition. */
+export function checkReply(command, result) {
+    const def = RESULT_DEFS[command];
+    if (!def)
+        return undefined;
+    // room.join's events are checked one by one as they are delivered: a bad one is skipped, not the join.
+    const checked = command === "room.join" && typeof result === "object" && result !== null ? { ...result, events: [] } : result;
+    const problem = validate({ $ref: `#/$defs/${def}` }, checked, "");
+    return problem && `${command} reply${problem.startsWith("lacks ") ? " " : ": "}${problem}`;
+}
+/** Each server frame type's schema: its body's definition and the `type` tag. */
+const FRAME_SCHEMAS = new Map((SERVER_FRAME_SCHEMA["ServerFrame"]?.oneOf ?? []).map((m) => [String(m.properties?.["type"]?.const), m]));

@@ -3,7 +3,7 @@
 /** Close codes with a policy other than a plain reconnect. */
 export const CLOSE_POLICIES = {
     1003: "stop", // binary frames are not supported
-    1007: "stop", // a text frame that is not UTF-8
+    1007: "stop", // invalid UTF-8: sending it again would fail again
     4002: "stop", // invalid token
     4003: "new-token", // token expired or revoked
     4008: "slow", // slow consumer
