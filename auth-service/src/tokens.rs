@@ -37,6 +37,8 @@ pub(crate) struct Tokens {
     /// `aud` of issued tokens, required on presented ones (when non-empty).
     audience: String,
     leeway_s: u64,
+    /// Access tokens valid for longer than this from now are refused.
+    max_lifetime_s: u64,
     /// Tokens larger than this are refused before any parsing.
     max_token_bytes: usize,
     pub(crate) anonymous_ttl_s: u64,
@@ -196,6 +198,7 @@ impl Tokens {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway_s: config.leeway_s,
+            max_lifetime_s: config.max_token_lifetime_s,
             max_token_bytes: config.max_token_bytes,
             anonymous_ttl_s: config.anonymous_ttl_s,
             access_ttl_s: config.access_ttl_s,
@@ -254,6 +257,10 @@ impl Tokens {
         let (Some(sub), Some(exp)) = (claims.sub, claims.exp) else {
             return Err(AuthError::invalid(AuthReason::MissingClaim));
         };
+        let now_s = common::ids::now_ms() as f64 / 1000.0;
+        if exp - now_s > (self.max_lifetime_s + self.leeway_s) as f64 {
+            return Err(AuthError::invalid(AuthReason::LifetimeTooLong));
+        }
         check_subject(&sub)?;
         let roles = claims.roles.map(StringList::into_vec).unwrap_or_default();
         let scopes = claims

@@ -272,6 +272,24 @@ async fn a_token_without_exp_is_refused() {
 }
 
 #[tokio::test]
+async fn a_token_valid_for_longer_than_the_maximum_lifetime_is_refused() {
+    let app = spawn_app(config()).await;
+    let week = 7 * 24 * 3600;
+    app.rejected(
+        &sign(&with(
+            claims("u_1"),
+            "exp",
+            json!(now() + 10 * 365 * 24 * 3600),
+        )),
+        "lifetime_too_long",
+    )
+    .await;
+    app.verify(&sign(&with(claims("u_1"), "exp", json!(now() + week - 60))))
+        .await
+        .expect("within the maximum lifetime");
+}
+
+#[tokio::test]
 async fn a_token_not_yet_valid_is_refused() {
     let app = spawn_app(config()).await;
     app.rejected(

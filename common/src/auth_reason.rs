@@ -62,6 +62,8 @@ reasons! {
     TooLarge = "too_large",
     UnsupportedHeader = "unsupported_header",
     WrongTokenType = "wrong_token_type",
+    /// Valid for longer than `auth.max_token_lifetime_s` from now.
+    LifetimeTooLong = "lifetime_too_long",
     /// Any other refusal of the JWT library.
     Rejected = "rejected",
 }

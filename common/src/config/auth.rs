@@ -57,6 +57,9 @@ pub struct AuthConfig {
     pub refresh_ttl_s: u64,
     /// Clock skew tolerated on `exp` / `nbf`.
     pub leeway_s: u64,
+    /// Presented access tokens whose `exp` is further away than this are
+    /// refused: a leaked long-lived token stays dangerous for too long.
+    pub max_token_lifetime_s: u64,
     /// Tokens larger than this are rejected before parsing.
     pub max_token_bytes: usize,
     /// Failed verifications per IP within `failed_window_s` before the IP is blocked.
@@ -92,6 +95,7 @@ impl Default for AuthConfig {
             access_ttl_s: 900,
             refresh_ttl_s: 30 * 24 * 3600,
             leeway_s: 30,
+            max_token_lifetime_s: 7 * 24 * 3600,
             max_token_bytes: 8 * 1024,
             failed_attempts_max: 10,
             failed_window_s: 300,
@@ -147,6 +151,14 @@ impl AuthConfig {
             return Err(ConfigError(format!(
                 "key `auth.max_token_bytes`: must be at least 256, got {}",
                 self.max_token_bytes
+            )));
+        }
+        let longest_issued = self.access_ttl_s.max(self.anonymous_ttl_s);
+        if self.max_token_lifetime_s < longest_issued {
+            return Err(ConfigError(format!(
+                "key `auth.max_token_lifetime_s`: must be at least auth.access_ttl_s and \
+                 auth.anonymous_ttl_s ({longest_issued}), got {}",
+                self.max_token_lifetime_s
             )));
         }
         if self.leeway_s > 3600 {
