@@ -217,6 +217,16 @@ pub struct RoomJoinReply {
     pub streams: Vec<StreamInProgress>,
     /// Members online now.
     pub online: Vec<String>,
+    /// How far members have read (the 1,000 furthest).
+    pub read_marks: Vec<ReadMark>,
+}
+
+/// How far one member has read a room.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ReadMark {
+    /// The member's id.
+    pub user: String,
+    pub seq: i64,
 }
 
 /// `room.list`.

@@ -211,6 +211,7 @@ impl ChatHandler {
             None => (Vec::new(), false),
         };
         let (members, online) = self.members_online(&room.id).await;
+        let read_marks = self.store.read_marks(&room.id, MAX_PRESENCE_LOOKUP).await?;
         Ok(JoinRoomResponse {
             room: Some(room),
             last_seq,
@@ -219,6 +220,7 @@ impl ChatHandler {
             recovered: request.since.is_some() && !has_more,
             online,
             members,
+            read_marks,
         })
     }
 

@@ -1,6 +1,6 @@
 //! Read and delivery receipts: how far each member has got in a room.
 
-use proto::chat::v1::ReceiptKind;
+use proto::chat::v1::{ReadMark, ReceiptKind};
 use sqlx::Row;
 use tracing::Instrument;
 
@@ -8,6 +8,35 @@ use super::Store;
 use crate::error::ChatError;
 
 impl Store {
+    /// Members' read marks, furthest first (at most `limit`; members who
+    /// read nothing are left out).
+    pub(crate) async fn read_marks(
+        &self,
+        room_id: &str,
+        limit: u32,
+    ) -> Result<Vec<ReadMark>, ChatError> {
+        async {
+            let rows = sqlx::query(
+                "SELECT user_id, read_seq FROM members WHERE room_id = $1 AND read_seq > 0 \
+                 ORDER BY read_seq DESC, user_id LIMIT $2",
+            )
+            .bind(room_id.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ReadMark {
+                        user_id: r.try_get("user_id")?,
+                        seq: r.try_get("read_seq")?,
+                    })
+                })
+                .collect()
+        }
+        .instrument(self.span("sql SELECT members"))
+        .await
+    }
+
     /// Moves a member's mark forward to `seq` (a read mark also moves the
     /// delivered mark); returns the mark afterwards and whether it moved.
     /// `None` when the user is not a member.

@@ -29,6 +29,23 @@ async fn read_marks_move_forward_only_and_stop_at_the_end_of_the_log() {
 }
 
 #[tokio::test]
+async fn a_join_carries_the_members_read_marks() {
+    let app = spawn_app().await;
+    let room = app.public_room(ALICE, "general", &[BOB]).await;
+    app.send_many(BOB, &room.id, "b", 3).await;
+    app.mark(ALICE, &room.id, ReceiptKind::Read, 4)
+        .await
+        .expect("mark");
+    let joined = app.join(CAROL, &room.id, None).await.expect("join");
+    let marks: Vec<(&str, i64)> = joined
+        .read_marks
+        .iter()
+        .map(|m| (m.user_id.as_str(), m.seq))
+        .collect();
+    assert_eq!(marks, [(ALICE, 4)], "bob and carol read nothing yet");
+}
+
+#[tokio::test]
 async fn invalid_receipts_are_refused() {
     let app = spawn_app().await;
     let public = app.public_room(ALICE, "general", &[]).await;

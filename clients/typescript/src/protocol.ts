@@ -354,6 +354,13 @@ export interface ReactionEvent {
   user: UserRef;
 }
 
+/** How far one member has read a room. */
+export interface ReadMark {
+  seq: number;
+  /** The member's id. */
+  user: string;
+}
+
 /** `receipt.read`, `receipt.delivered`. */
 export interface ReceiptArgs {
   room: string;
@@ -425,6 +432,8 @@ export interface RoomJoinReply {
   last_seq: number;
   /** Members online now. */
   online: string[];
+  /** How far members have read (the 1,000 furthest). */
+  read_marks: ReadMark[];
   /** Whether `since` was recovered from the log. */
   recovered: boolean;
   room?: Room | null;
@@ -562,6 +571,7 @@ export interface SchemaDefs {
   PresenceUsers: PresenceUsers;
   ReactionArgs: ReactionArgs;
   ReactionEvent: ReactionEvent;
+  ReadMark: ReadMark;
   ReceiptArgs: ReceiptArgs;
   ReceiptEvent: ReceiptEvent;
   ReceiptKind: ReceiptKind;
@@ -823,13 +833,14 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "PresenceState": {"properties":{"last_seen":{"type":"integer"},"status":{"$ref":"#/$defs/PresenceStatus"},"text":{"type":"string"},"user":{"type":"string"}},"required":["user","status","text","last_seen"],"type":"object"},
   "PresenceStatus": {"oneOf":[{"enum":["online","away","busy","offline"],"type":"string"},{"const":"invisible","type":"string"}]},
   "ReactionEvent": {"properties":{"emoji":{"type":"string"},"message_id":{"type":"string"},"room":{"type":"string"},"seq":{"type":"integer"},"user":{"$ref":"#/$defs/UserRef"}},"required":["room","seq","message_id","emoji","user"],"type":"object"},
+  "ReadMark": {"properties":{"seq":{"type":"integer"},"user":{"type":"string"}},"required":["user","seq"],"type":"object"},
   "ReceiptEvent": {"properties":{"kind":{"$ref":"#/$defs/ReceiptKind"},"room":{"type":"string"},"seq":{"type":"integer"},"user":{"type":"string"}},"required":["room","user","kind","seq"],"type":"object"},
   "ReceiptKind": {"enum":["read","delivered"],"type":"string"},
   "ReceiptReply": {"properties":{"seq":{"type":"integer"}},"required":["seq"],"type":"object"},
   "RefreshReply": {"properties":{"expires_at":{"type":"integer"}},"required":["expires_at"],"type":"object"},
   "ReplyFrame": {"anyOf":[{"$ref":"#/$defs/PingReply"},{"$ref":"#/$defs/AuthReply"},{"$ref":"#/$defs/RefreshReply"},{"$ref":"#/$defs/RoomReply"},{"$ref":"#/$defs/RoomJoinReply"},{"$ref":"#/$defs/RoomListReply"},{"$ref":"#/$defs/MessageReply"},{"$ref":"#/$defs/HistoryReply"},{"$ref":"#/$defs/AiAskReply"},{"$ref":"#/$defs/ReceiptReply"},{"$ref":"#/$defs/NotificationListReply"},{"$ref":"#/$defs/PresenceReply"},{"$ref":"#/$defs/CallInviteReply"},{"$ref":"#/$defs/Empty"},{}],"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"id":{"minimum":0,"type":"integer"},"ok":{"type":"boolean"}},"required":["id","ok"],"type":"object"},
   "Room": {"properties":{"created_at":{"type":"integer"},"id":{"type":"string"},"last_seq":{"type":"integer"},"name":{"type":"string"},"owner":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","owner","last_seq","created_at","unread"],"type":"object"},
-  "RoomJoinReply": {"properties":{"events":{"items":{"$ref":"#/$defs/ServerFrame"},"type":"array"},"has_more":{"type":"boolean"},"last_seq":{"type":"integer"},"online":{"items":{"type":"string"},"type":"array"},"recovered":{"type":"boolean"},"room":{"anyOf":[{"$ref":"#/$defs/Room"},{"type":"null"}]},"streams":{"items":{"$ref":"#/$defs/StreamInProgress"},"type":"array"}},"required":["last_seq","events","recovered","has_more","streams","online"],"type":"object"},
+  "RoomJoinReply": {"properties":{"events":{"items":{"$ref":"#/$defs/ServerFrame"},"type":"array"},"has_more":{"type":"boolean"},"last_seq":{"type":"integer"},"online":{"items":{"type":"string"},"type":"array"},"read_marks":{"items":{"$ref":"#/$defs/ReadMark"},"type":"array"},"recovered":{"type":"boolean"},"room":{"anyOf":[{"$ref":"#/$defs/Room"},{"type":"null"}]},"streams":{"items":{"$ref":"#/$defs/StreamInProgress"},"type":"array"}},"required":["last_seq","events","recovered","has_more","streams","online","read_marks"],"type":"object"},
   "RoomListReply": {"properties":{"rooms":{"items":{"$ref":"#/$defs/RoomSummary"},"type":"array"}},"required":["rooms"],"type":"object"},
   "RoomReply": {"properties":{"room":{"$ref":"#/$defs/Room"}},"required":["room"],"type":"object"},
   "RoomSummary": {"properties":{"id":{"type":"string"},"last_seq":{"type":"integer"},"name":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","last_seq","unread"],"type":"object"},

@@ -94,7 +94,7 @@ class SilentServer implements WebSocketLike {
     if (f.type === "room.join") {
       const event = (seq: number, text: unknown) => ({ type: "message.new", room: "r", seq, message: { ...goodMessage, id: `m${seq}`, seq, text } });
       const events = [event(1, "fine"), event(2, 5), event(3, "also fine")];
-      setTimeout(() => this.onmessage?.({ data: JSON.stringify({ type: "reply", id: f.id, ok: true, room: null, last_seq: 3, events, recovered: true, has_more: false, streams: [], online: [] }) }));
+      setTimeout(() => this.onmessage?.({ data: JSON.stringify({ type: "reply", id: f.id, ok: true, room: null, last_seq: 3, events, recovered: true, has_more: false, streams: [], online: [], read_marks: [] }) }));
     }
     if (f.type === "notification.list") {
       // a reply whose result does not match the command's result definition

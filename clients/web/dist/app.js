@@ -22,7 +22,7 @@ const streams = new Map();
 const typingUsers = new Map();
 const online = new Set();
 const names = new Map();
-/** Other members' read marks in the active room (from `receipt` events): user id → seq. */
+/** Other members' read marks in the active room (from `room.join`, then `receipt` events): user id → seq. */
 const readMarks = new Map();
 /** The message the next send replies to (its thread is the root's). */
 let replyTo;
@@ -183,6 +183,10 @@ async function openRoom(id) {
     rooms.set(id, { name, unread: 0 });
     for (const uid of reply.online)
         online.add(uid);
+    for (const mark of reply.read_marks) {
+        if (mark.user !== client.user?.id)
+            readMarks.set(mark.user, mark.seq);
+    }
     for (const s of reply.streams)
         streams.set(s.stream_id, s.text_so_far);
     const page = await client.history(id, { limit: 100 });

@@ -23,7 +23,7 @@ const streams = new Map<string, string>();
 const typingUsers = new Map<string, ReturnType<typeof setTimeout>>();
 const online = new Set<string>();
 const names = new Map<string, string>();
-/** Other members' read marks in the active room (from `receipt` events): user id → seq. */
+/** Other members' read marks in the active room (from `room.join`, then `receipt` events): user id → seq. */
 const readMarks = new Map<string, number>();
 /** The message the next send replies to (its thread is the root's). */
 let replyTo: Message | undefined;
@@ -170,6 +170,9 @@ async function openRoom(id: string) {
   const name = reply.room?.name ?? id;
   rooms.set(id, { name, unread: 0 });
   for (const uid of reply.online) online.add(uid);
+  for (const mark of reply.read_marks) {
+    if (mark.user !== client.user?.id) readMarks.set(mark.user, mark.seq);
+  }
   for (const s of reply.streams) streams.set(s.stream_id, s.text_so_far);
   const page = await client.history(id, { limit: 100 });
   for (const m of page.messages) upsert(m);

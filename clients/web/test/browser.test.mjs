@@ -178,6 +178,12 @@ test("two browsers chat; HTML stays text; offline catches up; the assistant stre
   await a.page.waitForSelector(`${item("did you see this?")} .seen`);
   assert.equal(await a.page.textContent(`${item("did you see this?")} .seen`), `✓ seen by ${bobName}`);
   assert.equal(await a.page.$$eval("#messages .seen", (e) => e.length), 1, "one mark per reader, at the last message read");
+  // A page opened later shows the marks as they stand (from `room.join`).
+  const ctxC = await browser.newContext({ viewport: { width: 1100, height: 640 } });
+  const c = await signIn(ctxC, "cleo", "dev", `#room=${roomId}`);
+  await c.page.waitForSelector(`${item("did you see this?")} .seen`);
+  assert.match(await c.page.textContent(`${item("did you see this?")} .seen`), new RegExp(bobName));
+  await ctxC.close();
 
   assert.equal(await pwned(a.page), null);
   assert.equal(await pwned(b.page), null);

@@ -111,6 +111,14 @@ pub(super) async fn join(
         has_more: response.has_more,
         streams,
         online: response.online,
+        read_marks: response
+            .read_marks
+            .into_iter()
+            .map(|m| protocol::ReadMark {
+                user: m.user_id,
+                seq: m.seq,
+            })
+            .collect(),
     };
     let reply = id.map(|id| frames::reply_ok(id, ReplyResult::RoomJoin(reply)));
     shared
