@@ -78,6 +78,7 @@ async fn one_message_send_is_one_trace_across_edge_chat_and_sql() {
     let settings = common::telemetry::OtelSettings {
         endpoint: Some(otlp.url.clone()),
         service_name: None,
+        protocol: common::telemetry::OtlpProtocol::Grpc,
     };
     let telemetry = common::telemetry::init(
         &common::config::LogConfig::default(),

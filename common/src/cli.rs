@@ -46,7 +46,10 @@ pub fn bootstrap(components: &[&str], split_mode: bool) -> (Config, Telemetry) {
     if let Err(e) = config.check_components(components, split_mode) {
         exit_config(&e.to_string());
     }
-    let otel = OtelSettings::from_env(std::env::vars());
+    let otel = match OtelSettings::from_env(std::env::vars()) {
+        Ok(otel) => otel,
+        Err(e) => exit_config(&e.to_string()),
+    };
     let telemetry = match telemetry::init(&config.log, &otel, components) {
         Ok(t) => t,
         Err(e) => exit_config(&e.to_string()),

@@ -35,27 +35,62 @@ pub const COMPONENTS: &[(&str, &str)] = &[
 /// Where and as what traces are exported.
 #[derive(Debug, Clone, Default)]
 pub struct OtelSettings {
-    /// OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317`; `None` disables export.
+    /// OTLP endpoint, e.g. `http://127.0.0.1:4317` (gRPC) or
+    /// `http://127.0.0.1:4318/v1/traces` (HTTP); `None` disables export.
     pub endpoint: Option<String>,
     /// `OTEL_SERVICE_NAME`, if set.
     pub service_name: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`.
+    pub protocol: OtlpProtocol,
+}
+
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `grpc` (Parley's default, port 4317).
+    #[default]
+    Grpc,
+    /// `http/protobuf` (port 4318, path `/v1/traces`).
+    HttpProtobuf,
 }
 
 impl OtelSettings {
-    /// Reads the standard `OTEL_*` variables from the given environment.
-    pub fn from_env<I: IntoIterator<Item = (String, String)>>(env: I) -> Self {
+    /// Reads the standard `OTEL_*` variables from the given environment. An
+    /// unsupported protocol (`http/json`) is an error naming the variable.
+    pub fn from_env<I: IntoIterator<Item = (String, String)>>(
+        env: I,
+    ) -> Result<Self, TelemetryError> {
         let vars: HashMap<String, String> = env.into_iter().collect();
-        Self {
-            endpoint: vars
-                .get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                .or_else(|| vars.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
-                .filter(|v| !v.is_empty())
-                .cloned(),
-            service_name: vars
-                .get("OTEL_SERVICE_NAME")
-                .filter(|v| !v.is_empty())
-                .cloned(),
-        }
+        let get = |key: &str| vars.get(key).filter(|v| !v.is_empty()).cloned();
+        let (protocol_key, protocol) = [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ]
+        .into_iter()
+        .find_map(|key| get(key).map(|value| (key, value)))
+        .unwrap_or(("", "grpc".into()));
+        let protocol = match protocol.as_str() {
+            "grpc" => OtlpProtocol::Grpc,
+            "http/protobuf" => OtlpProtocol::HttpProtobuf,
+            other => {
+                return Err(TelemetryError::Exporter(format!(
+                    "{protocol_key}: `{other}` is not supported (use grpc or http/protobuf)"
+                )));
+            }
+        };
+        // The signal-specific endpoint is used as it is; the general one is
+        // a base URL to which OTLP/HTTP appends `/v1/traces`.
+        let endpoint = match (get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), protocol) {
+            (Some(traces), _) => Some(traces),
+            (None, OtlpProtocol::HttpProtobuf) => get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|base| format!("{}/v1/traces", base.trim_end_matches('/'))),
+            (None, OtlpProtocol::Grpc) => get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        };
+        Ok(Self {
+            endpoint,
+            service_name: get("OTEL_SERVICE_NAME"),
+            protocol,
+        })
     }
 }
 
@@ -118,8 +153,12 @@ pub fn init(
     let mut telemetry = Telemetry::default();
     let otel_layer = match &otel.endpoint {
         Some(endpoint) => {
-            let exporter =
-                RoutingExporter::new(endpoint, otel.service_name.as_deref(), components)?;
+            let exporter = RoutingExporter::new(
+                endpoint,
+                otel.protocol,
+                otel.service_name.as_deref(),
+                components,
+            )?;
             let provider = SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
                 .build();
@@ -164,6 +203,7 @@ struct RoutingExporter {
 impl RoutingExporter {
     fn new(
         endpoint: &str,
+        protocol: OtlpProtocol,
         service_name: Option<&str>,
         components: &[&str],
     ) -> Result<Self, TelemetryError> {
@@ -181,12 +221,21 @@ impl RoutingExporter {
                 (Some(name), _) => format!("{name}-{component}"),
                 (None, _) => format!("parley-{component}"),
             };
-            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+            let builder = opentelemetry_otlp::SpanExporter::builder();
+            let built = match protocol {
+                OtlpProtocol::Grpc => builder
+                    .with_tonic()
+                    .with_endpoint(endpoint)
+                    .with_timeout(Duration::from_secs(5))
+                    .build(),
+                OtlpProtocol::HttpProtobuf => builder
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_endpoint(endpoint)
+                    .with_timeout(Duration::from_secs(5))
+                    .build(),
+            };
+            let mut exporter = built.map_err(|e| TelemetryError::Exporter(e.to_string()))?;
             SpanExporter::set_resource(
                 &mut exporter,
                 &Resource::builder()
@@ -281,6 +330,111 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
+
+    #[test]
+    fn the_otlp_protocol_and_endpoint_follow_the_standard_variables() {
+        let env = |pairs: &[(&str, &str)]| {
+            OtelSettings::from_env(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        };
+        let grpc = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]).expect("valid");
+        assert_eq!(grpc.protocol, OtlpProtocol::Grpc);
+        assert_eq!(grpc.endpoint.as_deref(), Some("http://c:4317"));
+        let http = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ])
+        .expect("valid");
+        assert_eq!(http.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(http.endpoint.as_deref(), Some("http://c:4318/v1/traces"));
+        let traces = env(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t/custom"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            traces.protocol,
+            OtlpProtocol::HttpProtobuf,
+            "the signal's own wins"
+        );
+        assert_eq!(traces.endpoint.as_deref(), Some("http://t/custom"));
+        let e = env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).expect_err("unsupported");
+        assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{e}");
+    }
+
+    /// One request's head and body, answered with 200.
+    fn receive_one(listener: std::net::TcpListener) -> (String, Vec<u8>) {
+        use std::io::{Read, Write};
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = loop {
+            let n = stream.read(&mut buf).expect("read");
+            assert!(n > 0, "connection closed before the headers ended");
+            data.extend_from_slice(&buf[..n]);
+            if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while data.len() < head_end + length {
+            let n = stream.read(&mut buf).expect("read");
+            assert!(n > 0, "connection closed before the body ended");
+            data.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+            .expect("answer");
+        (head, data[head_end..head_end + length].to_vec())
+    }
+
+    #[test]
+    fn spans_go_out_over_otlp_http_when_asked() {
+        use opentelemetry::trace::{Span as _, Tracer as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let receiver = std::thread::spawn(move || receive_one(listener));
+        let settings = OtelSettings::from_env([
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+                format!("http://{addr}"),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_PROTOCOL".to_string(),
+                "http/protobuf".to_string(),
+            ),
+        ])
+        .expect("valid");
+        let endpoint = settings.endpoint.clone().expect("endpoint");
+        let exporter =
+            RoutingExporter::new(&endpoint, settings.protocol, None, &["edge"]).expect("exporter");
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter)
+            .build();
+        provider.tracer("test").start("http-export-check").end();
+        let _ = provider.force_flush();
+        let (head, body) = receiver.join().expect("receiver");
+        assert!(head.starts_with("POST /v1/traces "), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/x-protobuf"),
+            "{head}"
+        );
+        assert!(
+            body.windows(17).any(|w| w == b"http-export-check"),
+            "the span is in the protobuf body"
+        );
+        let _ = provider.shutdown();
+    }
 
     #[derive(Clone, Default)]
     struct Lines(Arc<Mutex<Vec<u8>>>);
