@@ -61,6 +61,18 @@ impl TraceService for Receiver {
     }
 }
 
+/// A span's string attribute.
+fn string_attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(AnyValue::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -178,6 +190,14 @@ async fn one_message_send_is_one_trace_across_edge_chat_and_sql() {
         }
     }
     assert!(reached, "sql span descends from the chat server span");
+    // Semantic conventions: the frame span names its room, the SQL span its
+    // database operation and table.
+    assert_eq!(
+        string_attr(&frame, "parley.room").as_deref(),
+        Some(room.as_str())
+    );
+    assert!(string_attr(&sql, "db.system").is_some(), "db.system");
+    assert!(string_attr(&sql, "db.operation.name").is_some_and(|op| !op.is_empty()));
 
     // A failing command: its frame span has error status, chat's server
     // span the gRPC status code, and the command-duration histogram an

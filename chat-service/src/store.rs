@@ -132,12 +132,20 @@ impl Store {
             .is_ok()
     }
 
+    /// The span of one statement, named like `sql UPDATE messages`; it
+    /// carries the OpenTelemetry database attributes (`db.system`,
+    /// `db.operation.name`, `db.collection.name`).
     pub(crate) fn span(&self, name: &'static str) -> tracing::Span {
+        let mut words = name.strip_prefix("sql ").unwrap_or(name).split_whitespace();
+        let operation = words.next().unwrap_or_default();
+        let collection = words.next().unwrap_or_default();
         tracing::info_span!(
             "sql",
             otel.name = name,
             otel.kind = "client",
             db.system = self.system,
+            db.operation.name = operation,
+            db.collection.name = collection,
         )
     }
 

@@ -117,11 +117,15 @@ async fn pipeline(session: &mut Session, text: &str) -> Handled {
         parley.command = %envelope.kind,
         parley.conn_id = %session.link.id,
         enduser.id = tracing::field::Empty,
+        parley.room = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         parley.error_code = tracing::field::Empty,
     );
     if let Some((user, _)) = session.user() {
         span.record("enduser.id", user);
+    }
+    if let Some(room) = envelope.body.get("room").and_then(|r| r.as_str()) {
+        span.record("parley.room", room);
     }
     let parent = match &envelope.traceparent {
         Some(tp) => common::trace::context_from_traceparent(tp),

@@ -110,7 +110,8 @@ impl Bus for RedisBus {
             "redis.publish",
             otel.kind = "producer",
             messaging.system = "redis",
-            messaging.destination = %redis_channel,
+            messaging.operation.type = "publish",
+            messaging.destination.name = %redis_channel,
         );
         let mut publisher = self.publisher.clone();
         redis::cmd("PUBLISH")
