@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod balance;
+
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
@@ -216,15 +218,23 @@ pub fn metered_channel_to(
     metrics: &GrpcMetrics,
 ) -> ServiceChannel {
     use tower::Layer;
-    let endpoint = endpoint
-        .clone()
-        .connect_timeout(settings.connect_timeout)
-        .timeout(settings.timeout)
-        .tcp_nodelay(true);
+    let (connect_timeout, timeout) = (settings.connect_timeout, settings.timeout);
+    let configure = move |endpoint: Endpoint| {
+        endpoint
+            .connect_timeout(connect_timeout)
+            .timeout(timeout)
+            .tcp_nodelay(true)
+    };
+    // A DNS name (a headless Service) is balanced across its replicas.
+    let channel = if balance::is_balanced(endpoint) {
+        balance::balanced(endpoint, configure, balance::dns())
+    } else {
+        configure(endpoint.clone()).connect_lazy()
+    };
     let authorization =
         AsciiMetadataValue::try_from(format!("Bearer {}", settings.credential.expose()))
             .unwrap_or_else(|_| AsciiMetadataValue::from_static(""));
-    let metered = metrics.layer(Side::Client).layer(endpoint.connect_lazy());
+    let metered = metrics.layer(Side::Client).layer(channel);
     InterceptedService::new(metered, ClientInterceptor { authorization })
 }
 
