@@ -10,6 +10,7 @@
 
 mod families;
 pub mod grpc;
+mod http;
 mod process;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ pub use families::{
     trace_exemplar,
 };
 pub use grpc::GrpcMetrics;
+pub use http::HttpMetrics;
 
 use crate::shutdown::ShutdownSignal;
 
@@ -49,6 +51,8 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct Metrics {
     registry: Registry,
     pub grpc: GrpcMetrics,
+    /// Requests of the HTTP routes (edge and metrics listeners).
+    pub http: HttpMetrics,
     pub edge: EdgeMetrics,
     pub chat: ChatMetrics,
     pub ai: AiMetrics,
@@ -63,6 +67,8 @@ impl Metrics {
         let mut registry = Registry::default();
         let grpc = GrpcMetrics::default();
         grpc.register(&mut registry);
+        let http = HttpMetrics::default();
+        http.register(&mut registry);
         registry.register_collector(Box::new(process::ProcessCollector));
         let runs = |name: &str| components.contains(&name);
         let edge = EdgeMetrics::default();
@@ -88,6 +94,7 @@ impl Metrics {
         Arc::new(Self {
             registry,
             grpc,
+            http,
             edge,
             chat,
             ai,
@@ -146,9 +153,22 @@ fn without_exemplars(text: &str) -> String {
 
 /// The `/metrics` route over `metrics`, for any axum router.
 pub fn router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .with_state(metrics)
+    let http = metrics.http.clone();
+    with_http_metrics(
+        Router::new()
+            .route("/metrics", get(scrape))
+            .with_state(metrics),
+        http,
+    )
+}
+
+/// `router` with its requests recorded in `metrics` (a route layer: the
+/// matched route pattern is the label).
+pub fn with_http_metrics(router: Router, metrics: HttpMetrics) -> Router {
+    router.route_layer(axum::middleware::from_fn_with_state(
+        metrics,
+        HttpMetrics::record,
+    ))
 }
 
 async fn scrape(State(metrics): State<Arc<Metrics>>, headers: HeaderMap) -> Response {

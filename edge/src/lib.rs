@@ -245,9 +245,11 @@ impl EdgeApp {
         if shared.config.web_app {
             router = router.merge(web::routes());
         }
-        let router = router
-            .with_state(shared.clone())
-            .merge(common::metrics::router(shared.registry.clone()));
+        let router = common::metrics::with_http_metrics(
+            router.with_state(shared.clone()),
+            shared.registry.http.clone(),
+        )
+        .merge(common::metrics::router(shared.registry.clone()));
         let signal = shared.shutdown.clone();
         let drain_flag = shared.clone();
         let limits = server::HttpLimits {

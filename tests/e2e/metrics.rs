@@ -148,6 +148,24 @@ async fn counters_move_by_exactly_what_the_workload_did() {
         ) >= n
     );
     assert!(value(&after, "process_resident_memory_bytes", &[]) > 0.0);
+    // HTTP routes are counted by their pattern: two upgrades, and the
+    // scrape before this one.
+    assert_eq!(
+        value(
+            &after,
+            "parley_http_requests_total",
+            &[("route", "/ws"), ("code", "101")]
+        ),
+        2.0,
+        "{after}"
+    );
+    assert!(
+        value(
+            &after,
+            "parley_http_requests_total",
+            &[("route", "/metrics"), ("code", "200")]
+        ) >= 1.0
+    );
 
     bob.close_normally().await;
     let closed = app
