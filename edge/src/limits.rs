@@ -182,7 +182,7 @@ fn ip_key(ip: IpAddr) -> String {
 }
 
 /// The per-user window of a rate family.
-fn family_rate(config: &EdgeConfig, family: RateFamily) -> Rate {
+fn family_rate(config: &EdgeConfig, family: RateFamily, anonymous: bool) -> Rate {
     let min = Rate::per_min;
     match family {
         RateFamily::Typing => Rate::new(config.rate_typing_per_10s, Duration::from_secs(10)),
@@ -190,6 +190,14 @@ fn family_rate(config: &EdgeConfig, family: RateFamily) -> Rate {
         RateFamily::PresenceSet => min(config.rate_presence_set_per_min),
         RateFamily::CallInvite => min(config.rate_call_invite_per_min),
         RateFamily::Reactions => min(config.rate_reactions_per_min),
+        RateFamily::RoomCreate => {
+            let count = if anonymous {
+                config.rate_room_create_anonymous_per_hour
+            } else {
+                config.rate_room_create_per_hour
+            };
+            Rate::new(count, Duration::from_secs(3600))
+        }
     }
 }
 
@@ -239,7 +247,7 @@ pub(crate) fn command_checks(
         let name = family.as_str();
         checks.push(Check {
             key: format!("u:{user}:{name}"),
-            rate: family_rate(config, family),
+            rate: family_rate(config, family, anonymous),
             tier: name,
         });
     }
@@ -619,6 +627,15 @@ mod tests {
             [("reactions", 50)]
         );
         assert!(tiers("room.list", Some(("u", false))).is_empty());
+        assert_eq!(
+            tiers("room.create", Some(("u", false))),
+            [("room_create", 30)]
+        );
+        assert_eq!(
+            tiers("room.create", Some(("u", true))),
+            [("room_create", 5)],
+            "anonymous users create fewer rooms"
+        );
         assert!(tiers("message.send", None).is_empty(), "not signed in yet");
         let ip_key = &command_checks(&config, spec("message.send"), Some(("u", false)), ip)[2].key;
         assert_eq!(ip_key, "ip:2001:db8:1:2:::m", "IPv6 counts by /64");

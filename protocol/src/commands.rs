@@ -84,6 +84,7 @@ pub enum RateFamily {
     PresenceSet,
     CallInvite,
     Reactions,
+    RoomCreate,
 }
 
 impl RateFamily {
@@ -95,6 +96,7 @@ impl RateFamily {
             RateFamily::PresenceSet => "presence_set",
             RateFamily::CallInvite => "call_invite",
             RateFamily::Reactions => "reactions",
+            RateFamily::RoomCreate => "room_create",
         }
     }
 }
@@ -744,7 +746,7 @@ commands! {
     /// Swap in a newer token of the same user.
     "refresh" => Refresh(Refresh) {},
     /// Create a room; the creator owns it.
-    "room.create" => RoomCreate(RoomCreate) {},
+    "room.create" => RoomCreate(RoomCreate) { family: Some(RateFamily::RoomCreate) },
     /// Join a room's live events, recovering from `since`.
     "room.join" => RoomJoin(RoomJoin) {},
     /// Stop receiving a room's events on this connection.

@@ -227,3 +227,25 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
         "closed after the header timeout"
     );
 }
+
+#[tokio::test]
+async fn room_creation_is_rate_limited_lower_for_anonymous_users() {
+    let app = spawn_app_with(|c| {
+        c.edge.rate_room_create_per_hour = 3;
+        c.edge.rate_room_create_anonymous_per_hour = 1;
+    })
+    .await;
+    let create = |n: usize| json!({"name": format!("room {n}"), "visibility": "public"});
+    let mut guest = app.anonymous("guest").await;
+    guest.ok("room.create", create(1)).await;
+    let error = guest.err("room.create", create(2), "rate_limited").await;
+    assert!(
+        error["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{error}"
+    );
+    let mut member = app.user("member", "Member").await;
+    for n in 10..13 {
+        member.ok("room.create", create(n)).await;
+    }
+    member.err("room.create", create(13), "rate_limited").await;
+}

@@ -123,6 +123,8 @@ pub async fn spawn_app_traced(adjust: impl FnOnce(&mut Config), tracing: bool) -
         &mut edge.rate_presence_set_per_min,
         &mut edge.rate_call_invite_per_min,
         &mut edge.rate_reactions_per_min,
+        &mut edge.rate_room_create_per_hour,
+        &mut edge.rate_room_create_anonymous_per_hour,
     ] {
         *rate = 0;
     }

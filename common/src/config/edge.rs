@@ -100,6 +100,11 @@ pub struct EdgeConfig {
     pub rate_presence_set_per_min: u32,
     pub rate_call_invite_per_min: u32,
     pub rate_reactions_per_min: u32,
+    /// Rooms a signed-in user may create per hour.
+    pub rate_room_create_per_hour: u32,
+    /// Rooms an anonymous user may create per hour (lower: they cost nothing
+    /// to make). 0 means no limit, like every rate here.
+    pub rate_room_create_anonymous_per_hour: u32,
     /// Messages and new connections across all users (0: no global cap).
     pub rate_global_messages_per_min: u32,
     pub rate_global_connects_per_min: u32,
@@ -173,6 +178,8 @@ impl Default for EdgeConfig {
             rate_presence_set_per_min: 20,
             rate_call_invite_per_min: 5,
             rate_reactions_per_min: 50,
+            rate_room_create_per_hour: 30,
+            rate_room_create_anonymous_per_hour: 5,
             rate_global_messages_per_min: 0,
             rate_global_connects_per_min: 0,
             rate_violations_close: 10,
