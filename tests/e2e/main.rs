@@ -11,6 +11,7 @@ mod bad_input;
 mod chat;
 mod cli;
 mod connection;
+mod dashboards;
 mod delivery;
 mod faults;
 mod hardening;
