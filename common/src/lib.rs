@@ -10,6 +10,7 @@ pub mod clients;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod http_server;
 pub mod ids;
 pub mod metrics;
 pub mod secret;

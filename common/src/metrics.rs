@@ -192,9 +192,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: ShutdownSignal,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics))
-        .with_graceful_shutdown(shutdown.wait())
-        .await
+    crate::http_server::serve(
+        listener,
+        router(metrics),
+        crate::http_server::HttpLimits::metrics(),
+        shutdown.wait(),
+    )
+    .await;
+    Ok(())
 }
 
 /// Binds `<key>` and serves `/metrics` there in the background, logging

@@ -15,7 +15,6 @@ mod link;
 mod outbox;
 mod presence;
 mod ready;
-mod server;
 mod session;
 mod signed;
 mod status;
@@ -252,12 +251,12 @@ impl EdgeApp {
         .merge(common::metrics::router(shared.registry.clone()));
         let signal = shared.shutdown.clone();
         let drain_flag = shared.clone();
-        let limits = server::HttpLimits {
+        let limits = common::http_server::HttpLimits {
             header_timeout: Duration::from_millis(shared.config.http_header_timeout_ms),
             max_per_ip: shared.config.max_http_conns_per_ip,
             exempt: shared.trusted_proxies.clone(),
         };
-        server::serve(listener, router, limits, async move {
+        common::http_server::serve(listener, router, limits, async move {
             signal.wait().await;
             drain_flag.draining.store(true, Ordering::SeqCst);
         })

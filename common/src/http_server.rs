@@ -1,7 +1,8 @@
-//! The edge's HTTP server: hyper's connection builder with a header-read
-//! timeout (which also bounds idle keep-alives), a cap on open non-WebSocket
-//! connections per address checked at accept (before any HTTP work), and a
-//! graceful stop. `axum::serve` offers neither limit, hence hyper-util here.
+//! Parley's HTTP server (the edge and the metrics listeners): hyper's
+//! connection builder with a header-read timeout (which also bounds idle
+//! keep-alives), a cap on open non-WebSocket connections per address checked
+//! at accept (before any HTTP work), and a graceful stop. `axum::serve`
+//! offers neither limit, hence hyper-util here.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,12 +22,24 @@ use tower::ServiceExt;
 const REQUEST_GRACE: Duration = Duration::from_secs(5);
 
 /// What the server enforces.
-pub(crate) struct HttpLimits {
+pub struct HttpLimits {
     pub header_timeout: Duration,
     /// Open non-WebSocket connections per address; 0 is unlimited.
     pub max_per_ip: usize,
     /// Addresses exempt from `max_per_ip` (trusted proxies).
-    pub exempt: Vec<common::cidr::Cidr>,
+    pub exempt: Vec<crate::cidr::Cidr>,
+}
+
+impl HttpLimits {
+    /// The limits of a metrics listener: scrapers send small requests from
+    /// few addresses.
+    pub fn metrics() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            max_per_ip: 20,
+            exempt: Vec::new(),
+        }
+    }
 }
 
 /// Open connections per address, until each is upgraded or closed.
@@ -63,7 +76,7 @@ impl Drop for Held {
 /// Serves `router` on `listener` until `stop` resolves; then stops
 /// accepting and lets requests in flight finish (upgraded WebSockets are
 /// not HTTP connections any more: their tasks drain on their own).
-pub(crate) async fn serve(
+pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
@@ -90,15 +103,15 @@ pub(crate) async fn serve(
             },
             () = &mut stop => break,
         };
-        let ip = common::cidr::canonical(peer.ip());
+        let ip = crate::cidr::canonical(peer.ip());
         let held = if limits.max_per_ip == 0 || limits.exempt.iter().any(|c| c.contains(ip)) {
             None
         } else {
             match open.take(ip, limits.max_per_ip) {
                 Some(held) => Some(held),
                 None => {
-                    common::security::log(
-                        common::security::SecurityEvent::ConnLimited,
+                    crate::security::log(
+                        crate::security::SecurityEvent::ConnLimited,
                         Some(ip),
                         None,
                         "http_connections",
