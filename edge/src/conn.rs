@@ -144,9 +144,6 @@ async fn serve(
                 }
                 outbox.ping();
             }
-            change = session.follows.next_roster_change() => {
-                Box::pin(roster_changed(&mut session, change)).await;
-            }
             _ = &mut writer, if !writer_done => {
                 writer_done = true;
                 break;
@@ -167,12 +164,6 @@ async fn serve(
                     metrics.frames_received.inc();
                     last_pong = Instant::now();
                     last_command = last_pong;
-                    // Membership changes the client may have seen come
-                    // first: a command sent after a `member.joined` finds
-                    // the newcomer followed.
-                    while let Some(change) = session.follows.waiting_roster_change() {
-                        Box::pin(roster_changed(&mut session, change)).await;
-                    }
                     // Boxed: the command futures are large, and an idle
                     // connection should not carry their space.
                     if Box::pin(commands::handle(&mut session, &text)).await == Flow::Close {
@@ -233,18 +224,6 @@ fn bounded_code(code: u16) -> u16 {
             .iter()
             .any(|row| row.code == code);
     if known { code } else { 0 }
-}
-
-/// A member joined or left a room this connection follows room-wide.
-async fn roster_changed(session: &mut Session, change: crate::hub::RosterChange) {
-    let Some((me, _)) = session.user() else {
-        return;
-    };
-    let me = me.to_string();
-    session
-        .follows
-        .roster_changed(&session.link, &me, change)
-        .await;
 }
 
 /// What a heartbeat tick decides: close 4012 when no pong (or frame) came

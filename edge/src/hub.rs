@@ -3,13 +3,21 @@
 //! order, with a per-member gate that holds live events while a join's reply
 //! is being prepared (subscribe first, then read, then release the buffer).
 //!
+//! Room-wide presence: for a room small enough
+//! (`edge.room_presence_max_members`) the hub keeps the room's member list
+//! (from the first join's reply, then the log's `member.joined` and
+//! `member.left`) and follows each member's presence channel once per edge,
+//! whatever the number of local connections in the room; a `presence` event
+//! is handed to every local connection of the rooms that follow its user,
+//! like a room event.
+//!
 //! Gap repair: for each room channel the hub knows the highest seq it has
 //! handed on with nothing missing before it. An event further ahead waits
 //! while the missing ones are read from chat-service's log; after a bus
 //! reconnect every room is read from its last seq. The bus may lose events;
 //! the edge never does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +34,8 @@ use prometheus_client::metrics::counter::Counter;
 
 /// Prefix of room channels (the others carry no seq).
 const ROOM_PREFIX: &str = "room:";
+/// Prefix of user presence channels.
+const PRESENCE_PREFIX: &str = "presence:";
 /// Room events held per channel while a gap is repaired; later ones are
 /// dropped and read from the log instead.
 const MAX_AHEAD: usize = 4096;
@@ -51,11 +61,9 @@ struct Member {
     deliveries: Counter,
     gate: Arc<Mutex<Gate>>,
     /// Whose connection this is: a `member.left` for that user ends its
-    /// delivery of the room.
+    /// delivery of the room, and a user's own presence is not sent back to
+    /// them through a room.
     user: String,
-    /// Set by [`Hub::watch_roster`]: where this connection hears of other
-    /// users joining or leaving the room (room-wide presence follows them).
-    roster: Option<mpsc::UnboundedSender<RosterChange>>,
 }
 
 impl Member {
@@ -67,19 +75,62 @@ impl Member {
     }
 }
 
-/// A user joined or left a room (its `member.joined` / `member.left` was
-/// handed on), told to the room's connections that asked for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RosterChange {
-    pub room: String,
-    pub user: String,
-    pub joined: bool,
+/// Who is in a room with room-wide presence, as of the room's `seq`.
+struct Roster {
+    members: HashSet<String>,
+    /// Whether the room is small enough for room-wide presence now: then
+    /// every member's presence channel lists this room.
+    following: bool,
+    /// `edge.room_presence_max_members`.
+    max: usize,
+}
+
+impl Roster {
+    /// Applies a member joining or leaving; returns the presence follows
+    /// that change with it (one user's, or every member's when the room
+    /// crosses the size limit).
+    fn change(&mut self, room: &str, user: &str, joined: bool, follows: &mut Vec<Follow>) {
+        let changed = if joined {
+            self.members.insert(user.to_string())
+        } else {
+            self.members.remove(user)
+        };
+        if !changed {
+            return;
+        }
+        let fits = self.members.len() <= self.max;
+        if fits != self.following {
+            self.following = fits;
+            follows.extend(follows_of(room, self, fits));
+            if !joined {
+                // The one who left is no longer in `members`.
+                follows.push(Follow {
+                    room: room.to_string(),
+                    user: user.to_string(),
+                    on: false,
+                });
+            }
+        } else if self.following {
+            follows.push(Follow {
+                room: room.to_string(),
+                user: user.to_string(),
+                on: joined,
+            });
+        }
+    }
 }
 
 /// One subscribed channel and its local members.
 #[derive(Default)]
 struct Channel {
+    /// Local connections: of the room, or following a user's presence by
+    /// `presence.subscribe`, or of the user.
     members: HashMap<u64, Member>,
+    /// Room channels, with room-wide presence on: the room's members.
+    roster: Option<Roster>,
+    /// Presence channels: the local room channels that follow this user
+    /// room-wide.
+    rooms: HashSet<String>,
     /// Room channels: the highest seq handed on with nothing missing before
     /// it; `None` until the first join reply says where the log stands.
     seq: Option<i64>,
@@ -92,7 +143,103 @@ struct Channel {
     fruitless: u32,
 }
 
+impl Channel {
+    /// Nothing on this edge needs the channel any more.
+    fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.rooms.is_empty()
+    }
+}
+
 type Channels = HashMap<String, Channel>;
+
+/// A room channel starts (`true`) or stops following a user's presence.
+struct Follow {
+    room: String,
+    user: String,
+    on: bool,
+}
+
+/// Applies room-wide follows to the presence channels' entries; returns the
+/// presence channels whose subscription may have to change.
+fn apply_follows(channels: &mut Channels, follows: Vec<Follow>) -> Vec<String> {
+    let mut touched = Vec::with_capacity(follows.len());
+    for Follow { room, user, on } in follows {
+        let name = format!("{PRESENCE_PREFIX}{user}");
+        if on {
+            channels.entry(name.clone()).or_default().rooms.insert(room);
+        } else if let Some(entry) = channels.get_mut(&name) {
+            entry.rooms.remove(&room);
+            if entry.is_idle() {
+                channels.remove(&name);
+            }
+        }
+        touched.push(name);
+    }
+    touched
+}
+
+/// Follows for every member of a roster (on or off).
+fn follows_of(room: &str, roster: &Roster, on: bool) -> impl Iterator<Item = Follow> {
+    roster.members.iter().map(move |user| Follow {
+        room: room.to_string(),
+        user: user.clone(),
+        on,
+    })
+}
+
+/// The edge's bus subscriptions, changed one at a time so that a channel is
+/// subscribed exactly while some entry of the channel table needs it.
+struct Subscriptions {
+    subscriber: Box<dyn Subscriber>,
+    /// Channels subscribed on the bus.
+    held: tokio::sync::Mutex<HashSet<String>>,
+    metrics: EdgeMetrics,
+}
+
+impl Subscriptions {
+    /// Subscribes or unsubscribes each channel as the table says it is needed.
+    async fn reconcile(&self, channels: &Mutex<Channels>, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        let mut held = self.held.lock().await;
+        for name in names {
+            self.reconcile_one(channels, &mut held, name).await;
+        }
+    }
+
+    async fn reconcile_one(
+        &self,
+        channels: &Mutex<Channels>,
+        held: &mut HashSet<String>,
+        name: &str,
+    ) {
+        let wanted = lock(channels).get(name).is_some_and(|c| !c.is_idle());
+        if wanted == held.contains(name) {
+            return;
+        }
+        let is_room = name.starts_with(ROOM_PREFIX);
+        if wanted {
+            match self.subscriber.subscribe(name).await {
+                Ok(()) => {
+                    held.insert(name.to_string());
+                    if is_room {
+                        self.metrics.room_subscriptions.inc();
+                    }
+                }
+                Err(e) => tracing::warn!(channel = name, error = %e, "subscribe failed"),
+            }
+        } else {
+            held.remove(name);
+            if is_room {
+                self.metrics.room_subscriptions.dec();
+            }
+            if let Err(e) = self.subscriber.unsubscribe(name).await {
+                tracing::warn!(channel = name, error = %e, "unsubscribe failed");
+            }
+        }
+    }
+}
 
 /// A page of a room's log read to fill a gap.
 struct Backfill {
@@ -106,21 +253,23 @@ struct Backfill {
 
 /// The edge's subscriptions and their local members.
 pub struct Hub {
-    subscriber: Box<dyn Subscriber>,
+    subscriptions: Arc<Subscriptions>,
     channels: Arc<Mutex<Channels>>,
     repairer: Repairer,
-    /// Serialises subscribe/unsubscribe so a second joiner never proceeds
-    /// before the first one's subscription is confirmed.
-    changes: tokio::sync::Mutex<()>,
+    /// `edge.room_presence_max_members`: larger rooms have no room-wide
+    /// presence; 0 turns it off.
+    room_presence_max: usize,
     metrics: EdgeMetrics,
 }
 
 impl Hub {
     /// Opens the edge's bus subscriber and starts the fan-out task; gaps are
-    /// filled from `chat`'s log.
+    /// filled from `chat`'s log. Rooms of at most `room_presence_max`
+    /// members get room-wide presence.
     pub async fn start(
         bus: &dyn Bus,
         chat: ChatBackendServiceClient<ServiceChannel>,
+        room_presence_max: usize,
         metrics: EdgeMetrics,
     ) -> Result<Self, BusError> {
         let (subscriber, events) = bus.subscriber().await?;
@@ -132,18 +281,24 @@ impl Hub {
             dropped: Arc::default(),
             metrics: metrics.clone(),
         };
+        let subscriptions = Arc::new(Subscriptions {
+            subscriber,
+            held: tokio::sync::Mutex::default(),
+            metrics: metrics.clone(),
+        });
         tokio::spawn(fan_out(
             events,
             filled,
             channels.clone(),
+            subscriptions.clone(),
             repairer.clone(),
             metrics.clone(),
         ));
         Ok(Self {
-            subscriber,
+            subscriptions,
             channels,
             repairer,
-            changes: tokio::sync::Mutex::new(()),
+            room_presence_max,
             metrics,
         })
     }
@@ -165,121 +320,138 @@ impl Hub {
         outbox: Outbox,
         gated: bool,
     ) -> Result<Arc<Mutex<Gate>>, BusError> {
-        let _changes = self.changes.lock().await;
+        let mut held = self.subscriptions.held.lock().await;
         let gate = Arc::new(Mutex::new(Gate {
             pending: gated.then(Vec::new),
             delivered: 0,
         }));
-        let first = {
-            let mut channels = lock(&self.channels);
-            let entry = channels.entry(channel.to_string()).or_default();
-            let first = entry.members.is_empty();
-            entry.members.insert(
+        lock(&self.channels)
+            .entry(channel.to_string())
+            .or_default()
+            .members
+            .insert(
                 conn,
                 Member {
                     outbox,
                     deliveries: self.metrics.deliveries.clone(),
                     gate: gate.clone(),
                     user: user.to_string(),
-                    roster: None,
                 },
             );
-            first
-        };
-        if first && let Err(e) = self.subscriber.subscribe(channel).await {
+        if held.contains(channel) {
+            return Ok(gate);
+        }
+        if let Err(e) = self.subscriptions.subscriber.subscribe(channel).await {
             let mut channels = lock(&self.channels);
             if let Some(entry) = channels.get_mut(channel) {
                 entry.members.remove(&conn);
-                if entry.members.is_empty() {
+                if entry.is_idle() {
                     channels.remove(channel);
                 }
             }
             return Err(e);
         }
-        if first && channel.starts_with(ROOM_PREFIX) {
+        held.insert(channel.to_string());
+        if channel.starts_with(ROOM_PREFIX) {
             self.metrics.room_subscriptions.inc();
         }
         Ok(gate)
     }
 
-    /// From now on, tells `conn` (a member of room `channel`) of every other
-    /// user joining or leaving the room, in log order. Called right after
-    /// [`Hub::join`], before the room is read, so no change falls between
-    /// the member list the join read and the ones that follow.
-    pub fn watch_roster(
-        &self,
-        channel: &str,
-        conn: u64,
-        changes: mpsc::UnboundedSender<RosterChange>,
-    ) {
-        if let Some(member) = lock(&self.channels)
-            .get_mut(channel)
-            .and_then(|entry| entry.members.get_mut(&conn))
-        {
-            member.roster = Some(changes);
-        }
-    }
-
-    /// Removes a member; unsubscribes the edge when it was the last one.
+    /// Removes a member; unsubscribes the edge when nothing needs the
+    /// channel any more (a room's last local member takes the room's
+    /// presence follows with it).
     pub async fn leave(&self, channel: &str, conn: u64) {
-        let _changes = self.changes.lock().await;
-        let last = {
+        let touched = {
             let mut channels = lock(&self.channels);
-            match channels.get_mut(channel) {
-                Some(entry) => {
-                    entry.members.remove(&conn);
-                    if entry.members.is_empty() {
-                        channels.remove(channel);
-                        true
-                    } else {
-                        false
+            let mut follows = Vec::new();
+            if let Some(entry) = channels.get_mut(channel) {
+                entry.members.remove(&conn);
+                if entry.is_idle() {
+                    if let Some(roster) = entry.roster.as_ref().filter(|r| r.following) {
+                        follows.extend(follows_of(channel, roster, false));
                     }
+                    channels.remove(channel);
                 }
-                None => false,
             }
+            let mut touched = apply_follows(&mut channels, follows);
+            touched.push(channel.to_string());
+            touched
         };
-        if last && channel.starts_with(ROOM_PREFIX) {
-            self.metrics.room_subscriptions.dec();
-        }
-        if last && let Err(e) = self.subscriber.unsubscribe(channel).await {
-            tracing::warn!(channel, error = %e, "unsubscribe failed");
-        }
+        self.subscriptions.reconcile(&self.channels, &touched).await;
     }
 
     /// Sends `reply` to the member, then what was buffered meanwhile that is
     /// newer than `delivered` (the log position the reply covered), and
     /// switches the member to live delivery. The first reply for a room
-    /// also tells the hub where the room's log stands.
-    pub fn open_gate(
+    /// also tells the hub where the room's log stands and who is in it
+    /// (`members`, as of `delivered`): room-wide presence starts from them.
+    pub async fn open_gate(
         &self,
         channel: &str,
         gate: &Mutex<Gate>,
         outbox: &Outbox,
         reply: Option<Utf8Bytes>,
         delivered: i64,
+        members: &[String],
     ) {
-        let mut channels = lock(&self.channels);
-        {
-            let mut gate = lock(gate);
-            if let Some(reply) = reply {
-                outbox.push(reply);
-            }
-            gate.delivered = gate.delivered.max(delivered);
-            for (seq, text) in gate.pending.take().unwrap_or_default() {
-                if seq == 0 || seq > gate.delivered {
-                    gate.delivered = gate.delivered.max(seq);
-                    if outbox.push(text) {
-                        self.metrics.deliveries.inc();
+        let touched = {
+            let mut channels = lock(&self.channels);
+            {
+                let mut gate = lock(gate);
+                if let Some(reply) = reply {
+                    outbox.push(reply);
+                }
+                gate.delivered = gate.delivered.max(delivered);
+                for (seq, text) in gate.pending.take().unwrap_or_default() {
+                    if seq == 0 || seq > gate.delivered {
+                        gate.delivered = gate.delivered.max(seq);
+                        if outbox.push(text) {
+                            self.metrics.deliveries.inc();
+                        }
                     }
                 }
             }
+            let mut follows = Vec::new();
+            if let Some(entry) = channels.get_mut(channel)
+                && entry.seq.is_none()
+            {
+                entry.seq = Some(delivered);
+                if self.room_presence_max > 0 {
+                    let roster = Roster {
+                        members: members.iter().cloned().collect(),
+                        following: members.len() <= self.room_presence_max,
+                        max: self.room_presence_max,
+                    };
+                    if roster.following {
+                        follows.extend(follows_of(channel, &roster, true));
+                    }
+                    entry.roster = Some(roster);
+                }
+                advance(entry, channel, &self.repairer, &mut follows);
+            }
+            apply_follows(&mut channels, follows)
+        };
+        self.subscriptions.reconcile(&self.channels, &touched).await;
+    }
+
+    /// The users this edge follows room-wide for the given rooms.
+    pub fn room_presence_members<'a>(
+        &self,
+        rooms: impl Iterator<Item = &'a String>,
+    ) -> HashSet<String> {
+        let channels = lock(&self.channels);
+        let mut users = HashSet::new();
+        for room in rooms {
+            if let Some(roster) = channels
+                .get(&common::bus::room_channel(room))
+                .and_then(|c| c.roster.as_ref())
+                .filter(|r| r.following)
+            {
+                users.extend(roster.members.iter().cloned());
+            }
         }
-        if let Some(entry) = channels.get_mut(channel)
-            && entry.seq.is_none()
-        {
-            entry.seq = Some(delivered);
-            advance(entry, channel, &self.repairer);
-        }
+        users
     }
 
     /// Rooms with local members, and how many of this edge's connections
@@ -336,31 +508,28 @@ impl RoomEvent {
     }
 }
 
-/// Hands one room-log event on; for a membership change, tells the members
-/// watching the roster and drops the connections of a user who left.
-fn deliver_logged(channel: &mut Channel, name: &str, seq: i64, event: &RoomEvent) {
-    let Some((joined, user)) = &event.roster else {
-        deliver(channel, seq, &event.text);
-        return;
-    };
-    let room = name.strip_prefix(ROOM_PREFIX).unwrap_or(name);
-    for member in channel.members.values() {
-        // Only a member this event is new to hears of it: a replayed old
-        // `member.left` must not undo a later rejoin.
-        if deliver_to(member, seq, &event.text)
-            && let Some(roster) = &member.roster
-            && &member.user != user
-        {
-            let _ = roster.send(RosterChange {
-                room: room.to_string(),
-                user: user.clone(),
-                joined: *joined,
-            });
-        }
-    }
-    if !joined {
+/// Hands one room-log event on; for a membership change, drops the
+/// connections of a user who left.
+fn deliver_logged(channel: &mut Channel, seq: i64, event: &RoomEvent) {
+    deliver(channel, seq, &event.text);
+    if let Some((false, user)) = &event.roster {
         channel.members.retain(|_, member| &member.user != user);
     }
+}
+
+/// Hands on the room's next event in log order: a membership change also
+/// updates the room's roster (and its presence follows).
+fn deliver_next(
+    channel: &mut Channel,
+    name: &str,
+    seq: i64,
+    event: &RoomEvent,
+    follows: &mut Vec<Follow>,
+) {
+    if let (Some((joined, user)), Some(roster)) = (&event.roster, channel.roster.as_mut()) {
+        roster.change(name, user, *joined, follows);
+    }
+    deliver_logged(channel, seq, event);
 }
 
 /// Hands one event to every member: held while a member's join is in
@@ -402,20 +571,27 @@ fn deliver_except(channel: &Channel, text: &Utf8Bytes, user: &str) {
 
 /// A room event from the bus or the log: handed on when it is the next one,
 /// held when it is ahead (and the gap repaired), dropped when old.
-fn room_event(entry: &mut Channel, name: &str, seq: i64, event: RoomEvent, repairer: &Repairer) {
+fn room_event(
+    entry: &mut Channel,
+    name: &str,
+    seq: i64,
+    event: RoomEvent,
+    repairer: &Repairer,
+    follows: &mut Vec<Follow>,
+) {
     match entry.seq {
-        Some(current) if seq <= current => deliver_logged(entry, name, seq, &event),
+        Some(current) if seq <= current => deliver_logged(entry, seq, &event),
         Some(current) if seq == current + 1 => {
-            deliver_logged(entry, name, seq, &event);
+            deliver_next(entry, name, seq, &event, follows);
             entry.seq = Some(seq);
-            advance(entry, name, repairer);
+            advance(entry, name, repairer, follows);
         }
         _ => {
             if entry.ahead.len() < MAX_AHEAD {
                 entry.ahead.insert(seq, event);
             }
             if entry.seq.is_some() {
-                advance(entry, name, repairer);
+                advance(entry, name, repairer, follows);
             }
         }
     }
@@ -453,7 +629,7 @@ fn beyond_the_log(entry: &mut Channel, name: &str, log_end: i64, repairer: &Repa
 
 /// Hands on the held events that are now next; starts a backfill when some
 /// are still ahead of a gap.
-fn advance(entry: &mut Channel, name: &str, repairer: &Repairer) {
+fn advance(entry: &mut Channel, name: &str, repairer: &Repairer, follows: &mut Vec<Follow>) {
     let Some(mut current) = entry.seq else {
         return;
     };
@@ -464,7 +640,7 @@ fn advance(entry: &mut Channel, name: &str, repairer: &Repairer) {
         }
         let event = next.remove();
         if seq == current + 1 {
-            deliver_logged(entry, name, seq, &event);
+            deliver_next(entry, name, seq, &event, follows);
             current = seq;
         }
     }
@@ -483,52 +659,20 @@ async fn fan_out(
     mut events: mpsc::UnboundedReceiver<BusEvent>,
     mut filled: mpsc::UnboundedReceiver<Backfill>,
     channels: Arc<Mutex<Channels>>,
+    subscriptions: Arc<Subscriptions>,
     repairer: Repairer,
     metrics: EdgeMetrics,
 ) {
     loop {
-        tokio::select! {
+        // Presence channels whose subscription a membership change touched:
+        // changed after the event is handed on, before the next one.
+        let touched = tokio::select! {
             event = events.recv() => match event {
                 Some(BusEvent::Message { channel, envelope }) => {
                     if let Some(lag) = common::bus::lag_seconds(&envelope) {
                         metrics.bus_lag.observe(lag);
                     }
-                    let seq = envelope.seq;
-                    let mut channels = lock(&channels);
-                    if seq > 0 && channel.starts_with(ROOM_PREFIX) {
-                        if let Some(entry) = channels.get_mut(&channel) {
-                            let event = RoomEvent::new(&envelope.kind, envelope.json);
-                            room_event(entry, &channel, seq, event, &repairer);
-                        }
-                        continue;
-                    }
-                    // Encoded once per edge; every recipient shares the bytes.
-                    let text = Utf8Bytes::from(envelope.json);
-                    match channel.strip_prefix("user:") {
-                        // A room event sent to a user's own channel (e.g.
-                        // their read receipt) reaches the devices that joined
-                        // the room through the room channel already.
-                        Some(_) if !envelope.room_id.is_empty() => {
-                            let Some(entry) = channels.get(&channel) else {
-                                continue;
-                            };
-                            let room = channels.get(&common::bus::room_channel(&envelope.room_id));
-                            for (key, member) in &entry.members {
-                                if !room.is_some_and(|room| room.members.contains_key(key)) {
-                                    member.send(text.clone());
-                                }
-                            }
-                        }
-                        _ => {
-                            if let Some(entry) = channels.get(&channel) {
-                                if envelope.except_user.is_empty() {
-                                    deliver(entry, seq, &text);
-                                } else {
-                                    deliver_except(entry, &text, &envelope.except_user);
-                                }
-                            }
-                        }
-                    }
+                    bus_message(&channels, &repairer, channel, envelope)
                 }
                 Some(BusEvent::Resubscribed) => {
                     metrics.bus_reconnects.inc();
@@ -545,22 +689,91 @@ async fn fan_out(
                         }
                     }
                     tracing::warn!(rooms = repairs, "bus resubscribed; reading what it missed from the log");
+                    Vec::new()
                 }
                 None => return,
             },
             Some(backfill) = filled.recv() => {
                 let mut channels = lock(&channels);
-                let Some(entry) = channels.get_mut(&backfill.channel) else {
-                    continue;
-                };
-                for (seq, event) in backfill.events {
-                    room_event(entry, &backfill.channel, seq, event, &repairer);
+                let mut follows = Vec::new();
+                if let Some(entry) = channels.get_mut(&backfill.channel) {
+                    for (seq, event) in backfill.events {
+                        room_event(entry, &backfill.channel, seq, event, &repairer, &mut follows);
+                    }
+                    if backfill.done {
+                        entry.repairing = false;
+                        beyond_the_log(entry, &backfill.channel, backfill.log_end, &repairer);
+                        advance(entry, &backfill.channel, &repairer, &mut follows);
+                    }
                 }
-                if backfill.done {
-                    entry.repairing = false;
-                    beyond_the_log(entry, &backfill.channel, backfill.log_end, &repairer);
-                    advance(entry, &backfill.channel, &repairer);
-                }
+                apply_follows(&mut channels, follows)
+            }
+        };
+        subscriptions.reconcile(&channels, &touched).await;
+    }
+}
+
+/// Hands one bus message to the local connections it is for; returns the
+/// presence channels whose subscription may have to change.
+fn bus_message(
+    channels: &Mutex<Channels>,
+    repairer: &Repairer,
+    channel: String,
+    envelope: common::bus::Envelope,
+) -> Vec<String> {
+    let seq = envelope.seq;
+    let mut channels = lock(channels);
+    if seq > 0 && channel.starts_with(ROOM_PREFIX) {
+        let mut follows = Vec::new();
+        if let Some(entry) = channels.get_mut(&channel) {
+            let event = RoomEvent::new(&envelope.kind, envelope.json);
+            room_event(entry, &channel, seq, event, repairer, &mut follows);
+        }
+        return apply_follows(&mut channels, follows);
+    }
+    // Encoded once per edge; every recipient shares the bytes.
+    let text = Utf8Bytes::from(envelope.json);
+    let Some(entry) = channels.get(&channel) else {
+        return Vec::new();
+    };
+    if channel.starts_with("user:") && !envelope.room_id.is_empty() {
+        // A room event sent to a user's own channel (e.g. their read
+        // receipt) reaches the devices that joined the room through the
+        // room channel already.
+        let room = channels.get(&common::bus::room_channel(&envelope.room_id));
+        for (key, member) in &entry.members {
+            if !room.is_some_and(|room| room.members.contains_key(key)) {
+                member.send(text.clone());
+            }
+        }
+    } else if let Some(user) = channel.strip_prefix(PRESENCE_PREFIX)
+        && !entry.rooms.is_empty()
+    {
+        deliver_presence(&channels, entry, user, &text);
+    } else if envelope.except_user.is_empty() {
+        deliver(entry, seq, &text);
+    } else {
+        deliver_except(entry, &text, &envelope.except_user);
+    }
+    Vec::new()
+}
+
+/// Hands a user's `presence` event to the connections following them by
+/// `presence.subscribe` and to the other local members of the rooms that
+/// follow them room-wide, once per connection.
+fn deliver_presence(channels: &Channels, entry: &Channel, user: &str, text: &Utf8Bytes) {
+    let mut reached: HashSet<u64> = HashSet::new();
+    for (key, member) in &entry.members {
+        reached.insert(*key);
+        deliver_to(member, 0, text);
+    }
+    for room in &entry.rooms {
+        let Some(room) = channels.get(room) else {
+            continue;
+        };
+        for (key, member) in &room.members {
+            if member.user != user && reached.insert(*key) {
+                deliver_to(member, 0, text);
             }
         }
     }
@@ -640,7 +853,7 @@ mod tests {
     use std::time::Duration;
 
     use common::Secret;
-    use common::bus::{MemoryBus, RedisBus, envelope, room_channel};
+    use common::bus::{MemoryBus, RedisBus, envelope, presence_channel, room_channel};
     use common::config::ChatConfig;
     use common::grpc::{Actor, ClientSettings, channel};
     use common::shutdown::Shutdown;
@@ -764,7 +977,7 @@ mod tests {
     async fn gate_holds_events_until_the_reply_then_skips_what_it_covered() {
         let chat = chat().await;
         let bus = MemoryBus::new();
-        let hub = Hub::start(&bus, chat.backend.clone(), EdgeMetrics::default())
+        let hub = Hub::start(&bus, chat.backend.clone(), 100, EdgeMetrics::default())
             .await
             .expect("hub");
         let (out, rx) = outbox(1 << 20);
@@ -788,7 +1001,9 @@ mod tests {
             &out,
             Some(Utf8Bytes::from_static("reply")),
             2,
-        );
+            &[],
+        )
+        .await;
         assert_eq!(next_seq(&mut rx).await, 0, "the reply first");
         assert_eq!(next_seq(&mut rx).await, 3, "then what it did not cover");
         bus.publish("room:r", &event("r", 3))
@@ -811,39 +1026,63 @@ mod tests {
         )
     }
 
+    /// The next frame's text.
+    async fn next_text(rx: &mut Frames) -> String {
+        if rx.1.is_empty() {
+            rx.1 = tokio::time::timeout(Duration::from_secs(10), rx.0.next_batch())
+                .await
+                .expect("a frame within 10 s")
+                .expect("outbox open");
+        }
+        match rx.1.pop_front() {
+            Some(Outbound::Text(text)) => text.as_str().to_string(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn presence_event(user: &str) -> common::bus::Envelope {
+        envelope("", 0, "presence", format!("{{\"presence\":\"{user}\"}}"))
+    }
+
     #[tokio::test]
-    async fn watchers_hear_of_joins_and_leaves_new_to_them_in_order() {
+    async fn room_presence_is_one_follow_per_member_per_edge_kept_by_the_log() {
         let chat = chat().await;
         let bus = MemoryBus::new();
-        let hub = Hub::start(&bus, chat.backend.clone(), EdgeMetrics::default())
+        let hub = Hub::start(&bus, chat.backend.clone(), 3, EdgeMetrics::default())
             .await
             .expect("hub");
-        let (out, rx) = outbox(1 << 20);
-        let mut rx = frames(rx);
-        let gate = hub
-            .join("room:r", 1, "alice", out.clone(), true)
-            .await
-            .expect("join");
-        let (changes, mut heard) = mpsc::unbounded_channel();
-        hub.watch_roster("room:r", 1, changes);
-        hub.open_gate(
-            "room:r",
-            &gate,
-            &out,
-            Some(Utf8Bytes::from_static("reply")),
-            1,
-        );
-        assert_eq!(next_seq(&mut rx).await, 0);
-
+        let mut rxs = Vec::new();
+        for (conn, user) in [(1, "alice"), (2, "alice"), (3, "zoe")] {
+            let (out, rx) = outbox(1 << 20);
+            let gate = hub
+                .join("room:r", conn, user, out.clone(), true)
+                .await
+                .expect("join");
+            let members = ["alice".to_string(), "zoe".to_string()];
+            hub.open_gate(
+                "room:r",
+                &gate,
+                &out,
+                Some(Utf8Bytes::from_static("reply")),
+                1,
+                &members,
+            )
+            .await;
+            let mut rx = frames(rx);
+            assert_eq!(next_seq(&mut rx).await, 0);
+            rxs.push(rx);
+        }
         for (seq, kind, user) in [
             (2, "member.joined", "bob"),
-            (3, "member.joined", "alice"),
+            (3, "member.joined", "carol"),
             (4, "member.left", "bob"),
         ] {
             bus.publish("room:r", &membership("r", seq, kind, user))
                 .await
                 .expect("publish");
-            assert_eq!(next_seq(&mut rx).await, seq);
+            for rx in &mut rxs {
+                assert_eq!(next_seq(rx).await, seq);
+            }
         }
         // A replay of an old `member.joined` (a backfill overlapping the bus)
         // must not bring bob back.
@@ -853,22 +1092,99 @@ mod tests {
         bus.publish("room:r", &event("r", 5))
             .await
             .expect("publish");
-        assert_eq!(next_seq(&mut rx).await, 5);
+        for rx in &mut rxs {
+            assert_eq!(next_seq(rx).await, 5);
+        }
 
-        let change = |user: &str, joined| RosterChange {
-            room: "r".into(),
-            user: user.into(),
-            joined,
-        };
-        let mut got = Vec::new();
-        while let Ok(c) = heard.try_recv() {
-            got.push(c);
+        let held = hub.subscriptions.held.lock().await.clone();
+        let mut presence: Vec<&String> =
+            held.iter().filter(|c| c.starts_with("presence:")).collect();
+        presence.sort();
+        assert_eq!(
+            presence,
+            ["presence:alice", "presence:carol", "presence:zoe"],
+            "one subscription per member for the whole edge; bob left"
+        );
+        assert_eq!(
+            hub.members("presence:carol"),
+            0,
+            "no per-connection entries"
+        );
+
+        // Carol's and alice's presence reach every local connection of the
+        // room once, except a user's own connections; bob's no longer.
+        for user in ["bob", "carol", "alice"] {
+            bus.publish(&presence_channel(user), &presence_event(user))
+                .await
+                .expect("publish");
+        }
+        bus.publish("room:r", &event("r", 6))
+            .await
+            .expect("publish");
+        let carol = r#"{"presence":"carol"}"#;
+        let alice = r#"{"presence":"alice"}"#;
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            let mut got = vec![next_text(rx).await];
+            if i == 2 {
+                got.push(next_text(rx).await);
+                assert_eq!(got, [carol, alice], "zoe hears carol and alice");
+            } else {
+                assert_eq!(got, [carol], "alice hears carol only");
+            }
+            assert_eq!(next_seq(rx).await, 6);
+        }
+
+        // Two more members take the room past three: room-wide presence ends.
+        for (seq, user) in [(7, "dave"), (8, "erin")] {
+            bus.publish("room:r", &membership("r", seq, "member.joined", user))
+                .await
+                .expect("publish");
+            for rx in &mut rxs {
+                assert_eq!(next_seq(rx).await, seq);
+            }
+        }
+        bus.publish(&presence_channel("carol"), &presence_event("carol"))
+            .await
+            .expect("publish");
+        bus.publish("room:r", &event("r", 9))
+            .await
+            .expect("publish");
+        for rx in &mut rxs {
+            assert_eq!(
+                next_seq(rx).await,
+                9,
+                "no presence once the room outgrew the cap"
+            );
+        }
+        let held = hub.subscriptions.held.lock().await.clone();
+        assert!(!held.iter().any(|c| c.starts_with("presence:")), "{held:?}");
+
+        // The room shrinks back: presence follows again; the last local
+        // member leaving takes every follow with it.
+        for (seq, user) in [(10, "erin"), (11, "dave")] {
+            bus.publish("room:r", &membership("r", seq, "member.left", user))
+                .await
+                .expect("publish");
+            for rx in &mut rxs {
+                assert_eq!(next_seq(rx).await, seq);
+            }
         }
         assert_eq!(
-            got,
-            [change("bob", true), change("bob", false)],
-            "alice's own join is not news to her; the replay is dropped"
+            hub.subscriptions
+                .held
+                .lock()
+                .await
+                .iter()
+                .filter(|c| c.starts_with("presence:"))
+                .count(),
+            3,
+            "alice, zoe and carol again"
         );
+        for conn in 1..=3 {
+            hub.leave("room:r", conn).await;
+        }
+        assert!(hub.subscriptions.held.lock().await.is_empty());
+        assert!(lock(&hub.channels).is_empty());
     }
 
     #[tokio::test]
@@ -877,7 +1193,7 @@ mod tests {
         let room = chat.room_with(5).await; // seqs 1..=6
         let channel = room_channel(&room);
         let bus = MemoryBus::new();
-        let hub = Hub::start(&bus, chat.backend.clone(), EdgeMetrics::default())
+        let hub = Hub::start(&bus, chat.backend.clone(), 100, EdgeMetrics::default())
             .await
             .expect("hub");
         let (out, rx) = outbox(1 << 20);
@@ -892,7 +1208,9 @@ mod tests {
             &out,
             Some(Utf8Bytes::from_static("reply")),
             2,
-        );
+            &[],
+        )
+        .await;
         assert_eq!(next_seq(&mut rx).await, 0);
 
         // The bus loses 3 and 4 and delivers 5 and 6 out of order.
@@ -919,7 +1237,7 @@ mod tests {
         let room = chat.room_with(0).await; // seq 1
         let channel = room_channel(&room);
         let bus = MemoryBus::new();
-        let hub = Hub::start(&bus, chat.backend.clone(), EdgeMetrics::default())
+        let hub = Hub::start(&bus, chat.backend.clone(), 100, EdgeMetrics::default())
             .await
             .expect("hub");
         let (out, rx) = outbox(1 << 20);
@@ -928,7 +1246,7 @@ mod tests {
             .join(&channel, 1, "u", out.clone(), true)
             .await
             .expect("join");
-        hub.open_gate(&channel, &gate, &out, None, 1);
+        hub.open_gate(&channel, &gate, &out, None, 1, &[]).await;
         // A forged envelope far ahead of the log.
         bus.publish(&channel, &event(&room, 100_001))
             .await
@@ -963,7 +1281,7 @@ mod tests {
         let chat = chat().await;
         let room = chat.room_with(0).await; // seq 1
         let channel = room_channel(&room);
-        let hub = Hub::start(&bus, chat.backend.clone(), EdgeMetrics::default())
+        let hub = Hub::start(&bus, chat.backend.clone(), 100, EdgeMetrics::default())
             .await
             .expect("hub");
         let (out, rx) = outbox(1 << 20);
@@ -972,7 +1290,7 @@ mod tests {
             .join(&channel, 1, "u", out.clone(), true)
             .await
             .expect("join");
-        hub.open_gate(&channel, &gate, &out, None, 1);
+        hub.open_gate(&channel, &gate, &out, None, 1, &[]).await;
 
         // Messages stored while the hub hears nothing of them (chat-service
         // publishes on a bus of its own here, as if Redis dropped them).

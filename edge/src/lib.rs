@@ -154,6 +154,7 @@ impl EdgeApp {
         let hub = Hub::start(
             bus.as_ref(),
             backends.chat_backend.clone(),
+            config.room_presence_max_members,
             metrics.edge.clone(),
         )
         .await?;

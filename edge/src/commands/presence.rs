@@ -36,14 +36,18 @@ pub(super) async fn subscribe(
 ) -> Result<Outcome, CommandError> {
     let users = args.users;
     let max = s.shared().config.presence_subscribe_max;
-    let new = users.iter().filter(|u| !s.follows.follows(u)).count();
-    if s.follows.len() + new > max {
+    // Room-wide follows count too: members of joined rooms are followed.
+    let me = s.actor()?.user_id;
+    let mut followed = s.shared().hub.room_presence_members(s.rooms.iter());
+    followed.remove(&me);
+    followed.extend(s.follows.users().iter().cloned());
+    let new = users.iter().filter(|u| !followed.contains(*u)).count();
+    if followed.len() + new > max {
         return Err(CommandError::new(
             ErrorCode::TooLarge,
             format!("a connection may follow at most {max} users"),
         ));
     }
-    let me = s.actor()?.user_id;
     s.follows.subscribe(&s.link, &me, &users).await?;
     let mut presence = Vec::with_capacity(users.len());
     for batch in users.chunks(PRESENCE_BATCH) {

@@ -73,11 +73,6 @@ pub(super) async fn join(
                 format!("event bus unavailable: {e}"),
             )
         })?;
-    if shared.config.room_presence_max_members > 0 {
-        // Before the read: a member joining from now on is reported.
-        let roster = s.follows.roster_sender();
-        shared.hub.watch_roster(&channel, s.link.key, roster);
-    }
     let request = actor.request(JoinRoomRequest {
         room_id: room.clone(),
         since: since.and_then(|v| i64::try_from(v).ok()),
@@ -123,9 +118,14 @@ pub(super) async fn join(
     let reply = id.map(|id| frames::reply_ok(id, ReplyResult::RoomJoin(reply)));
     shared
         .hub
-        .open_gate(&channel, &gate, &s.link.outbox, reply, response.last_seq);
-    s.follows
-        .follow_room(&s.link, &actor.user_id, &room, &response.members)
+        .open_gate(
+            &channel,
+            &gate,
+            &s.link.outbox,
+            reply,
+            response.last_seq,
+            &response.members,
+        )
         .await;
     Ok(Outcome::Sent)
 }
@@ -146,7 +146,6 @@ pub(super) async fn leave(s: &mut Session, args: RoomLeave) -> Result<Outcome, C
     }
     if s.rooms.remove(&room) {
         s.shared().hub.leave(&room_channel(&room), s.link.key).await;
-        s.follows.unfollow_room(&s.link, &room).await;
     }
     Ok(done())
 }
