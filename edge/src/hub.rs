@@ -730,6 +730,7 @@ mod tests {
                         client_msg_id: format!("m{i}"),
                         thread_id: None,
                         metadata_json: String::new(),
+                        reply_to: None,
                     }))
                     .await
                     .expect("send");
@@ -990,6 +991,7 @@ mod tests {
                     client_msg_id: format!("away-{i}"),
                     thread_id: None,
                     metadata_json: String::new(),
+                    reply_to: None,
                 }))
                 .await
                 .expect("send");
