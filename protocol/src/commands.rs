@@ -1191,6 +1191,76 @@ mod tests {
     }
 
     #[test]
+    fn the_commands_of_issue_21_refuse_bad_input_with_the_protocols_codes() {
+        let code = |v: Value| decode(v).expect_err("refused").code;
+        let bad = ErrorCode::BadRequest;
+        assert_eq!(code(json!({"type": "room.join"})), bad);
+        assert_eq!(
+            code(json!({"type": "room.join", "room": "a", "rooms": [{"room": "b"}]})),
+            bad
+        );
+        assert_eq!(code(json!({"type": "room.join", "rooms": []})), bad);
+        assert_eq!(
+            code(json!({"type": "room.join", "rooms": [{"room": "a"}, {"room": "a"}]})),
+            bad,
+            "a room named twice"
+        );
+        assert_eq!(
+            code(json!({"type": "room.join", "rooms": [{"room": "a"}], "since": 1})),
+            bad
+        );
+        let many: Vec<Value> = (0..=JOIN_ROOMS_MAX)
+            .map(|i| json!({"room": format!("r{i}")}))
+            .collect();
+        assert_eq!(
+            code(json!({"type": "room.join", "rooms": many})),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(code(json!({"type": "notification.clear"})), bad);
+        assert_eq!(
+            code(json!({"type": "notification.clear", "ids": ["n"], "all": true})),
+            bad
+        );
+        assert_eq!(code(json!({"type": "notification.read", "all": false})), bad);
+        assert_eq!(code(json!({"type": "room.update", "room": "r"})), bad);
+        assert_eq!(
+            code(json!({"type": "room.update", "room": "r", "topic": "t".repeat(5000)})),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(
+            code(json!({"type": "room.set_role", "room": "r", "user": "u", "role": "king"})),
+            bad
+        );
+        assert_eq!(
+            code(json!({"type": "message.report", "room": "r", "message": "m", "reason": "x".repeat(1025)})),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(
+            code(json!({"type": "room.members", "room": "r", "limit": 0})),
+            bad
+        );
+        assert_eq!(
+            code(json!({"type": "room.directory", "query": "q".repeat(401)})),
+            ErrorCode::TooLarge
+        );
+        let ClientCommand::RoomJoin(join) = decode(
+            json!({"type": "room.join", "rooms": [{"room": "a", "since": 3}, {"room": "b"}]}),
+        )
+        .expect("ok") else {
+            panic!("kind")
+        };
+        let targets: Vec<(String, Option<u64>)> =
+            join.targets().into_iter().map(|t| (t.room, t.since)).collect();
+        assert_eq!(targets, [("a".to_string(), Some(3)), ("b".to_string(), None)]);
+        let ClientCommand::NotificationClear(clear) =
+            decode(json!({"type": "notification.clear", "all": true})).expect("ok")
+        else {
+            panic!("kind")
+        };
+        assert!(clear.all());
+    }
+
+    #[test]
     fn arguments_are_normalised() {
         let ClientCommand::PresenceSubscribe(users) =
             decode(json!({"type": "presence.subscribe", "users": ["a", "b", "a"]})).expect("ok")
