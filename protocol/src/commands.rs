@@ -1221,7 +1221,10 @@ mod tests {
             code(json!({"type": "notification.clear", "ids": ["n"], "all": true})),
             bad
         );
-        assert_eq!(code(json!({"type": "notification.read", "all": false})), bad);
+        assert_eq!(
+            code(json!({"type": "notification.read", "all": false})),
+            bad
+        );
         assert_eq!(code(json!({"type": "room.update", "room": "r"})), bad);
         assert_eq!(
             code(json!({"type": "room.update", "room": "r", "topic": "t".repeat(5000)})),
@@ -1232,7 +1235,9 @@ mod tests {
             bad
         );
         assert_eq!(
-            code(json!({"type": "message.report", "room": "r", "message": "m", "reason": "x".repeat(1025)})),
+            code(
+                json!({"type": "message.report", "room": "r", "message": "m", "reason": "x".repeat(1025)})
+            ),
             ErrorCode::TooLarge
         );
         assert_eq!(
@@ -1249,9 +1254,15 @@ mod tests {
         .expect("ok") else {
             panic!("kind")
         };
-        let targets: Vec<(String, Option<u64>)> =
-            join.targets().into_iter().map(|t| (t.room, t.since)).collect();
-        assert_eq!(targets, [("a".to_string(), Some(3)), ("b".to_string(), None)]);
+        let targets: Vec<(String, Option<u64>)> = join
+            .targets()
+            .into_iter()
+            .map(|t| (t.room, t.since))
+            .collect();
+        assert_eq!(
+            targets,
+            [("a".to_string(), Some(3)), ("b".to_string(), None)]
+        );
         let ClientCommand::NotificationClear(clear) =
             decode(json!({"type": "notification.clear", "all": true})).expect("ok")
         else {

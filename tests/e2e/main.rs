@@ -19,3 +19,4 @@ mod messages;
 mod metrics;
 mod presence;
 mod protection;
+mod replies;
