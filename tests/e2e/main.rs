@@ -20,3 +20,4 @@ mod metrics;
 mod presence;
 mod protection;
 mod replies;
+mod rooms_admin;

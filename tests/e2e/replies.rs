@@ -43,16 +43,11 @@ async fn a_reply_quotes_its_original_and_replay_follows_edits_and_deletes() {
         reply["message"]["thread"], root,
         "a reply and a thread are independent"
     );
-    let live = alice.event("message.new").await;
-    let live = if live["message"]["id"] == answer {
-        live
-    } else {
-        alice.event("message.new").await
-    };
-    let live = if live["message"]["id"] == answer {
-        live
-    } else {
-        alice.event("message.new").await
+    let live = loop {
+        let event = alice.event("message.new").await;
+        if event["message"]["id"] == answer {
+            break event;
+        }
     };
     assert_eq!(live["message"]["reply_to"]["excerpt"], "the original text");
 
