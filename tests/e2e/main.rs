@@ -21,3 +21,4 @@ mod presence;
 mod protection;
 mod replies;
 mod rooms_admin;
+mod rooms_many;
