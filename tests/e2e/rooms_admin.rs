@@ -162,6 +162,18 @@ async fn deleting_a_room_removes_it_and_its_history_at_once() {
         tonic::Code::NotFound,
         "its history is no longer readable"
     );
+    // Edges repairing a gap read what is left of the log: the deletion.
+    let log = backend
+        .get_events(proto::chat::v1::GetEventsRequest {
+            room_id: room.clone(),
+            after: 0,
+            limit: 10,
+        })
+        .await
+        .expect("the log of a deleted room")
+        .into_inner();
+    let kinds: Vec<&str> = log.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["room.deleted"]);
     crate::helpers::assert_no_task_panicked();
 }
 
