@@ -212,7 +212,7 @@ impl From<&chat::Message> for Message {
                 "" => None,
                 json => serde_json::from_str(json).ok(),
             },
-            reply_to: m.reply_to.as_ref().map(Quote::from),
+            reply_to: m.reply_to.as_deref().map(Quote::from),
         }
     }
 }

@@ -79,7 +79,7 @@ impl ChatHandler {
                     .await?
                     .filter(|m| !m.deleted)
                     .ok_or(ChatError::NotFound("reply_to message"))?;
-                Some((&protocol::Quote::of(&original)).into())
+                Some(Box::new((&protocol::Quote::of(&original)).into()))
             }
         };
         let message = Message {

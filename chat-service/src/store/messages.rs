@@ -498,7 +498,7 @@ fn quote_columns(message: &Message) -> (Option<String>, String) {
     match &message.reply_to {
         Some(quote) => (
             Some(quote.id.clone()),
-            serde_json::to_string(&protocol::Quote::from(quote)).unwrap_or_default(),
+            serde_json::to_string(&protocol::Quote::from(quote.as_ref())).unwrap_or_default(),
         ),
         None => (None, String::new()),
     }

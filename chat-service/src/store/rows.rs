@@ -37,13 +37,13 @@ pub(super) fn room_from(row: &AnyRow) -> Result<Room, ChatError> {
 }
 
 /// A stored quote (`""`: the message replies to nothing).
-pub(super) fn quote_from(json: &str) -> Option<Quote> {
+pub(super) fn quote_from(json: &str) -> Option<Box<Quote>> {
     if json.is_empty() {
         return None;
     }
     serde_json::from_str::<protocol::Quote>(json)
         .ok()
-        .map(|q| Quote::from(&q))
+        .map(|q| Box::new(Quote::from(&q)))
 }
 
 pub(super) fn message_from(row: &AnyRow) -> Result<Message, ChatError> {

@@ -285,6 +285,12 @@ impl EdgeConfig {
     }
 }
 
+/// The protocol's own bound on `room.join{rooms}` (`protocol::JOIN_ROOMS_MAX`;
+/// `common` cannot depend on `protocol`).
+const fn protocol_join_rooms_max() -> usize {
+    1000
+}
+
 #[cfg(test)]
 mod tests {
     use super::InspectionMode;
@@ -337,10 +343,4 @@ mod tests {
         let c = load(&[("PARLEY_EDGE_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]).expect("valid");
         assert_eq!(c.edge.trusted_proxies, ["10.0.0.0/8", "127.0.0.1"]);
     }
-}
-
-/// The protocol's own bound on `room.join{rooms}` (`protocol::JOIN_ROOMS_MAX`;
-/// `common` cannot depend on `protocol`).
-const fn protocol_join_rooms_max() -> usize {
-    1000
 }
