@@ -16,10 +16,10 @@ use common::config::InvitePolicy;
 use common::grpc::{Actor, ServiceChannel};
 use proto::chat::v1::chat_service_server::ChatService;
 use proto::chat::v1::{
-    ClearNotificationsRequest, ClearNotificationsResponse, DeleteRoomRequest, DeleteRoomResponse,
-    DirectoryRequest, DirectoryResponse, ListMembersRequest, ListMembersResponse, ModerateRequest,
-    ModerateResponse, ReportMessageRequest, ReportMessageResponse, SetRoleRequest, SetRoleResponse,
-    UpdateRoomRequest, UpdateRoomResponse,
+    CheckPostRequest, CheckPostResponse, ClearNotificationsRequest, ClearNotificationsResponse,
+    DeleteRoomRequest, DeleteRoomResponse, DirectoryRequest, DirectoryResponse, ListMembersRequest,
+    ListMembersResponse, ModerateRequest, ModerateResponse, ReportMessageRequest,
+    ReportMessageResponse, SetRoleRequest, SetRoleResponse, UpdateRoomRequest, UpdateRoomResponse,
 };
 use proto::chat::v1::{
     CreateRoomRequest, CreateRoomResponse, DeleteMessageRequest, DeleteMessageResponse,
@@ -391,6 +391,18 @@ impl ChatService for ChatHandler {
         Ok(Response::new(ReportMessageResponse {
             report: Some(report),
         }))
+    }
+
+    async fn check_post(
+        &self,
+        request: Request<CheckPostRequest>,
+    ) -> Result<Response<CheckPostResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let (_, membership) = self
+            .member_room(&request.into_inner().room_id, &actor)
+            .await?;
+        self.may_post(&membership)?;
+        Ok(Response::new(CheckPostResponse {}))
     }
 
     async fn directory(

@@ -317,7 +317,10 @@ async fn dispatch(
         C::PresenceSet(args) => presence::set(s, args).await,
         C::PresenceSubscribe(args) => presence::subscribe(s, args).await,
         C::PresenceUnsubscribe(args) => presence::unsubscribe(s, args).await,
-        C::TypingStart(args) => presence::typing(s, args, true),
+        C::TypingStart(args) => {
+            moderation::may_type(s, &args.room).await?;
+            presence::typing(s, args, true)
+        }
         C::TypingStop(args) => presence::typing(s, args, false),
         C::CallInvite(args) => presence::call_invite(s, args).await,
         C::CallAnswer(args) => presence::call_act(s, "answer", args).await,

@@ -357,6 +357,10 @@ async fn a_muted_member_cannot_send_or_react_until_unmuted() {
         )
         .await;
     assert_eq!(error["reason"], "muted");
+    let error = bob
+        .err("typing.start", json!({"room": room}), "forbidden")
+        .await;
+    assert_eq!(error["reason"], "muted");
     let members = alice.ok("room.members", json!({"room": room})).await;
     let listed = members["members"]
         .as_array()
@@ -370,6 +374,9 @@ async fn a_muted_member_cannot_send_or_react_until_unmuted() {
     alice.ok("room.unmute", target(&bob.user_id)).await;
     next_of(&mut carol, &["member.unmuted"]).await;
     bob.send(&room, "thanks").await;
+    bob.ok("typing.start", json!({"room": room})).await;
+    let typing = next_of(&mut carol, &["typing"]).await;
+    assert_eq!(typing["user"], bob.user_id);
     alice
         .err("room.unmute", target(&bob.user_id), "not_found")
         .await;

@@ -3,8 +3,8 @@
 //! call each; chat-service checks every permission.
 
 use proto::chat::v1::{
-    DeleteRoomRequest, DirectoryRequest, ListMembersRequest, ModerateRequest, ReportMessageRequest,
-    Sanction, SetRoleRequest, UpdateRoomRequest,
+    CheckPostRequest, DeleteRoomRequest, DirectoryRequest, ListMembersRequest, ModerateRequest,
+    ReportMessageRequest, Sanction, SetRoleRequest, UpdateRoomRequest,
 };
 use protocol::{
     DirectoryReply, DirectoryRoom, Member, MembersReply, MessageReport, ReplyResult, ReportReply,
@@ -155,4 +155,18 @@ pub(super) async fn directory(
         rooms: response.rooms.iter().map(DirectoryRoom::from).collect(),
         next_cursor: response.next_cursor,
     })))
+}
+
+/// Before `typing.start` in a room joined on this connection: a muted
+/// member's typing is refused (`forbidden`, reason `muted`) by chat-service.
+pub(super) async fn may_type(s: &mut Session, room: &str) -> Result<(), CommandError> {
+    if !s.rooms.contains(room) {
+        // The typing handler refuses it with its own error.
+        return Ok(());
+    }
+    let request = s.actor()?.request(CheckPostRequest {
+        room_id: room.to_string(),
+    });
+    s.chat().check_post(request).await.map_err(failed("chat"))?;
+    Ok(())
 }
