@@ -107,7 +107,10 @@ async fn deleting_a_room_removes_it_and_its_history_at_once() {
     let app = spawn_app().await;
     let mut alice = app.anonymous("alice").await;
     let mut bob = app.anonymous("bob").await;
-    let room = room_with(&mut alice, "doomed", &mut [&mut bob]).await;
+    let mut carol = app.user("carol", "Carol").await;
+    let room = room_with(&mut alice, "doomed", &mut [&mut bob, &mut carol]).await;
+    // Carol's other device never joined the room on its connection.
+    let mut carol_phone = app.user("carol", "Carol").await;
     let (message, seq) = alice.send(&room, "soon gone").await;
 
     alice.ok("room.delete", json!({"room": room})).await;
@@ -115,6 +118,18 @@ async fn deleting_a_room_removes_it_and_its_history_at_once() {
     assert_eq!(deleted["room"], room);
     assert_eq!(deleted["seq"], seq + 1);
     assert_eq!(deleted["by"]["id"], alice.user_id);
+    let told = next_of(&mut carol_phone, &["room.deleted"]).await;
+    assert_eq!(told["room"], room, "every member hears of it");
+    let once = next_of(&mut carol, &["room.deleted"]).await;
+    assert_eq!(once["room"], room);
+    carol.ok("ping", json!({})).await;
+    assert!(
+        carol
+            .take_pending()
+            .iter()
+            .all(|f| f["type"] != "room.deleted"),
+        "a connection that joined the room gets it once"
+    );
 
     for client in [&mut alice, &mut bob] {
         let rooms = client.ok("room.list", json!({})).await;

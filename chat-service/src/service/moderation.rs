@@ -27,6 +27,8 @@ pub const MAX_TOPIC_CHARS: usize = 1_000;
 pub const MAX_REASON_CHARS: usize = 1_000;
 /// Largest page of members or directory rooms.
 const MAX_PAGE: u32 = 100;
+/// Most members told of a room's deletion on their own channels.
+const MAX_TOLD_OF_DELETE: u32 = 10_000;
 /// Most notification ids one call clears or marks read.
 pub(crate) const MAX_NOTIFICATION_IDS: usize = 100;
 
@@ -148,12 +150,25 @@ impl ChatHandler {
         let (room, _, by) = self
             .authorize(&request.room_id, acting, Action::DeleteRoom)
             .await?;
-        self.writer
+        // Read before they go: every member hears of it, joined or not.
+        let members = self.store.members(&room.id, MAX_TOLD_OF_DELETE).await?;
+        let applied = self
+            .writer
             .submit(Op::DeleteRoom {
                 room_id: room.id,
                 by,
             })
             .await?;
+        // Each member's connections that did not join the room (those that
+        // did got it on the room's channel) get it on the user's channel.
+        for event in &applied.events {
+            let envelope = envelope(&event.room_id, event.seq, &event.kind, event.json.clone());
+            for member in &members {
+                if let Err(error) = self.bus.publish(&user_channel(&member.id), &envelope).await {
+                    tracing::warn!(%error, "cannot publish room.deleted to a member");
+                }
+            }
+        }
         Ok(())
     }
 
