@@ -324,6 +324,7 @@ impl Generator {
             client_msg_id: job.stream.id.clone(),
             thread_id: job.scope.as_ref().and_then(|s| s.thread_id.clone()),
             metadata_json: metadata.to_string(),
+            reply_to: None,
         };
         let stored = self
             .chat

@@ -99,6 +99,7 @@ impl AiService for AiHandler {
                 client_msg_id,
                 thread_id: thread_id.clone(),
                 metadata_json: PROMPT_METADATA.to_string(),
+                reply_to: None,
             }))
             .await;
         let stored = match stored {

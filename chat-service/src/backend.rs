@@ -13,12 +13,20 @@ use proto::chat::v1::{
     GetRoomResponse, ListRoomsResponse, Notification, PostMessageRequest, PublishEventRequest,
     PublishEventResponse, SendMessageRequest, SendMessageResponse, User,
 };
+use proto::chat::v1::{
+    DeleteRoomRequest, DeleteRoomResponse, ListReportsRequest, ListReportsResponse,
+    ModerateRequest, ModerateResponse, SetRoleRequest, SetRoleResponse, UpdateRoomRequest,
+    UpdateRoomResponse,
+};
 use protocol::{CustomEvent, NotificationKind, NotificationNew, ServerFrame};
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use crate::error::ChatError;
-use crate::service::{ChatHandler, MAX_ROOM_NAME_CHARS, check_id, page};
+use crate::service::{Acting, ChatHandler, MAX_ROOM_NAME_CHARS, check_id, page};
+
+/// Most reports one `ListReports` returns.
+const MAX_LISTED_REPORTS: u32 = 100;
 
 /// Prefix of bot sender ids (`bot:weather`); `system` is the other allowed sender.
 pub const BOT_PREFIX: &str = "bot:";
@@ -193,6 +201,7 @@ impl ChatBackendService for BackendHandler {
             client_msg_id: request.client_msg_id,
             thread_id: request.thread_id,
             metadata_json: request.metadata_json,
+            reply_to: request.reply_to,
         };
         Ok(Response::new(self.chat.post(&room, sender, message).await?))
     }
@@ -261,8 +270,19 @@ impl ChatBackendService for BackendHandler {
         request: Request<GetEventsRequest>,
     ) -> Result<Response<GetEventsResponse>, Status> {
         let request = request.into_inner();
-        let room = self.chat.existing_room(&request.room_id).await?;
-        Ok(Response::new(self.chat.log_page(&room.id, &request).await?))
+        // A deleted room's log is its `room.deleted` event: edges repairing
+        // a gap in it get that, not an error to retry forever.
+        let room_id = match self.chat.existing_room(&request.room_id).await {
+            Ok(room) => room.id,
+            Err(ChatError::NotFound(_)) => {
+                match self.chat.store.deleted_room(&request.room_id).await? {
+                    Some((room, _)) => room.id,
+                    None => return Err(ChatError::NotFound("room").into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Response::new(self.chat.log_page(&room_id, &request).await?))
     }
 
     async fn get_room(
@@ -274,6 +294,70 @@ impl ChatBackendService for BackendHandler {
             .existing_room(&request.into_inner().room_id)
             .await?;
         Ok(Response::new(GetRoomResponse { room: Some(room) }))
+    }
+
+    async fn update_room(
+        &self,
+        request: Request<UpdateRoomRequest>,
+    ) -> Result<Response<UpdateRoomResponse>, Status> {
+        let room = self
+            .chat
+            .update_room(Acting::Backend, request.into_inner())
+            .await?;
+        Ok(Response::new(UpdateRoomResponse { room: Some(room) }))
+    }
+
+    async fn delete_room(
+        &self,
+        request: Request<DeleteRoomRequest>,
+    ) -> Result<Response<DeleteRoomResponse>, Status> {
+        self.chat
+            .delete_room(Acting::Backend, request.into_inner())
+            .await?;
+        Ok(Response::new(DeleteRoomResponse {}))
+    }
+
+    async fn set_role(
+        &self,
+        request: Request<SetRoleRequest>,
+    ) -> Result<Response<SetRoleResponse>, Status> {
+        self.chat
+            .set_role(Acting::Backend, request.into_inner())
+            .await?;
+        Ok(Response::new(SetRoleResponse {}))
+    }
+
+    async fn moderate(
+        &self,
+        request: Request<ModerateRequest>,
+    ) -> Result<Response<ModerateResponse>, Status> {
+        self.chat
+            .moderate(Acting::Backend, request.into_inner())
+            .await?;
+        Ok(Response::new(ModerateResponse {}))
+    }
+
+    async fn list_reports(
+        &self,
+        request: Request<ListReportsRequest>,
+    ) -> Result<Response<ListReportsResponse>, Status> {
+        let request = request.into_inner();
+        if let Some(room) = &request.room_id {
+            check_id("room_id", room)?;
+        }
+        if let Some(before) = &request.before {
+            check_id("before", before)?;
+        }
+        let reports = self
+            .chat
+            .store
+            .reports(
+                request.room_id.as_deref(),
+                request.before.as_deref(),
+                page(request.limit, MAX_LISTED_REPORTS),
+            )
+            .await?;
+        Ok(Response::new(ListReportsResponse { reports }))
     }
 }
 

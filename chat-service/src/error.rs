@@ -2,6 +2,7 @@
 //! and how each error reaches a gRPC caller.
 
 use common::ErrorCode;
+pub use common::denial::Denial;
 use tonic::Status;
 
 /// Everything that can go wrong in the chat service.
@@ -20,6 +21,10 @@ pub enum ChatError {
     /// The caller may see the thing but not do this to it.
     #[error("{0}")]
     Forbidden(String),
+    /// The role allows it, but the member is muted or the user banned
+    /// (`forbidden` with the denial as the error's `reason`).
+    #[error("{}", denied_message(*.0))]
+    Denied(Denial),
     /// The change conflicts with stored state (e.g. a public room name taken).
     #[error("{0}")]
     Conflict(String),
@@ -45,7 +50,7 @@ impl ChatError {
             ChatError::BadRequest(_) => ErrorCode::BadRequest,
             ChatError::TooLarge(_) => ErrorCode::TooLarge,
             ChatError::NotFound(_) => ErrorCode::NotFound,
-            ChatError::Forbidden(_) => ErrorCode::Forbidden,
+            ChatError::Forbidden(_) | ChatError::Denied(_) => ErrorCode::Forbidden,
             ChatError::Conflict(_) => ErrorCode::Conflict,
             ChatError::Unavailable(_) | ChatError::Commit(_) => ErrorCode::Unavailable,
             ChatError::Database(_) | ChatError::Setup(_) => ErrorCode::Internal,
@@ -97,7 +102,18 @@ impl From<ChatError> for Status {
             }
             other => other.to_string(),
         };
-        error.code().status(message)
+        let mut status = error.code().status(message);
+        if let ChatError::Denied(denial) = error {
+            denial.encode(&mut status);
+        }
+        status
+    }
+}
+
+fn denied_message(denial: Denial) -> &'static str {
+    match denial {
+        Denial::Muted => "you are muted in this room",
+        Denial::Banned => "you are banned from this room",
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod backend;
 mod error;
+pub mod permissions;
 mod service;
 mod store;
 mod writer;
@@ -94,6 +95,7 @@ impl ChatApp {
             page_limit: config.page_limit,
             invite_policy: config.invite_policy,
             max_mentions: config.max_mentions_per_message,
+            admins_set_roles: config.admins_set_roles,
         };
         Ok(ChatApp {
             handler: ChatHandler::new(store, bus, presence, limits, metrics.chat.clone()),

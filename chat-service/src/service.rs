@@ -3,6 +3,7 @@
 //! on the room's bus channel once it is committed.
 
 mod messages;
+mod moderation;
 mod notifications;
 mod reactions;
 mod receipts;
@@ -14,6 +15,12 @@ use common::bus::Bus;
 use common::config::InvitePolicy;
 use common::grpc::{Actor, ServiceChannel};
 use proto::chat::v1::chat_service_server::ChatService;
+use proto::chat::v1::{
+    CheckPostRequest, CheckPostResponse, ClearNotificationsRequest, ClearNotificationsResponse,
+    DeleteRoomRequest, DeleteRoomResponse, DirectoryRequest, DirectoryResponse, ListMembersRequest,
+    ListMembersResponse, ModerateRequest, ModerateResponse, ReportMessageRequest,
+    ReportMessageResponse, SetRoleRequest, SetRoleResponse, UpdateRoomRequest, UpdateRoomResponse,
+};
 use proto::chat::v1::{
     CreateRoomRequest, CreateRoomResponse, DeleteMessageRequest, DeleteMessageResponse,
     EditMessageRequest, EditMessageResponse, GetEventsRequest, GetEventsResponse,
@@ -29,6 +36,7 @@ use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use crate::error::ChatError;
+pub(crate) use crate::service::moderation::Acting;
 use crate::store::Store;
 use crate::writer::Writer;
 
@@ -51,6 +59,18 @@ pub(crate) struct Limits {
     pub invite_policy: InvitePolicy,
     /// Most members one message notifies (`chat.max_mentions_per_message`).
     pub max_mentions: usize,
+    /// Whether admins may give roles (`chat.admins_set_roles`).
+    pub admins_set_roles: bool,
+}
+
+impl Limits {
+    /// The permission table's configurable cells.
+    pub(crate) fn rules(&self) -> crate::permissions::Rules {
+        crate::permissions::Rules {
+            invite_policy: self.invite_policy,
+            admins_set_roles: self.admins_set_roles,
+        }
+    }
 }
 
 /// Handles chat calls; cheap to clone.
@@ -83,9 +103,6 @@ impl ChatHandler {
         }
     }
 }
-
-/// Role name of a room's owner.
-const OWNER: &str = "owner";
 
 /// A page size: the request's, defaulting to and capped at the configured limit.
 pub(crate) fn page(requested: u32, cap: u32) -> u32 {
@@ -303,17 +320,99 @@ impl ChatService for ChatHandler {
         request: Request<ReadNotificationsRequest>,
     ) -> Result<Response<ReadNotificationsResponse>, Status> {
         let actor = Actor::of(&request)?;
-        let ids = request.into_inner().ids;
-        if ids.len() > MAX_NOTIFICATIONS_PAGE as usize {
-            return Err(
-                ChatError::TooLarge(format!("at most {MAX_NOTIFICATIONS_PAGE} ids")).into(),
-            );
-        }
-        for id in &ids {
-            check_id("ids", id)?;
-        }
-        self.store.read_notifications(&actor.user_id, &ids).await?;
+        let request = request.into_inner();
+        let ids = moderation::notification_ids(&request.ids, request.all)?;
+        self.store.read_notifications(&actor.user_id, ids).await?;
         Ok(Response::new(ReadNotificationsResponse {}))
+    }
+
+    async fn clear_notifications(
+        &self,
+        request: Request<ClearNotificationsRequest>,
+    ) -> Result<Response<ClearNotificationsResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let ids = ChatHandler::clear_notifications(self, &actor, request.into_inner()).await?;
+        Ok(Response::new(ClearNotificationsResponse { ids }))
+    }
+
+    async fn update_room(
+        &self,
+        request: Request<UpdateRoomRequest>,
+    ) -> Result<Response<UpdateRoomResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let room =
+            ChatHandler::update_room(self, Acting::Member(&actor), request.into_inner()).await?;
+        Ok(Response::new(UpdateRoomResponse { room: Some(room) }))
+    }
+
+    async fn delete_room(
+        &self,
+        request: Request<DeleteRoomRequest>,
+    ) -> Result<Response<DeleteRoomResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        ChatHandler::delete_room(self, Acting::Member(&actor), request.into_inner()).await?;
+        Ok(Response::new(DeleteRoomResponse {}))
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<ListMembersRequest>,
+    ) -> Result<Response<ListMembersResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        Ok(Response::new(
+            ChatHandler::list_members(self, &actor, request.into_inner()).await?,
+        ))
+    }
+
+    async fn set_role(
+        &self,
+        request: Request<SetRoleRequest>,
+    ) -> Result<Response<SetRoleResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        ChatHandler::set_role(self, Acting::Member(&actor), request.into_inner()).await?;
+        Ok(Response::new(SetRoleResponse {}))
+    }
+
+    async fn moderate(
+        &self,
+        request: Request<ModerateRequest>,
+    ) -> Result<Response<ModerateResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        ChatHandler::moderate(self, Acting::Member(&actor), request.into_inner()).await?;
+        Ok(Response::new(ModerateResponse {}))
+    }
+
+    async fn report_message(
+        &self,
+        request: Request<ReportMessageRequest>,
+    ) -> Result<Response<ReportMessageResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let report = self.report(&actor, request.into_inner()).await?;
+        Ok(Response::new(ReportMessageResponse {
+            report: Some(report),
+        }))
+    }
+
+    async fn check_post(
+        &self,
+        request: Request<CheckPostRequest>,
+    ) -> Result<Response<CheckPostResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let (_, membership) = self
+            .member_room(&request.into_inner().room_id, &actor)
+            .await?;
+        self.may_post(&membership)?;
+        Ok(Response::new(CheckPostResponse {}))
+    }
+
+    async fn directory(
+        &self,
+        request: Request<DirectoryRequest>,
+    ) -> Result<Response<DirectoryResponse>, Status> {
+        Actor::of(&request)?;
+        Ok(Response::new(
+            ChatHandler::directory(self, request.into_inner()).await?,
+        ))
     }
 }
 

@@ -9,11 +9,14 @@
 //! span, a child of the gRPC call that caused it.
 
 mod messages;
+mod moderation;
 mod notifications;
 mod reactions;
 mod receipts;
 mod rooms;
 mod rows;
+
+pub(crate) use moderation::{DirectoryPage, MembersPage, RoomChanges};
 
 use std::time::Duration;
 
@@ -62,6 +65,21 @@ pub(crate) struct NewRoom {
     /// Members besides the owner.
     pub members: Vec<User>,
     pub created_at: i64,
+}
+
+/// A user's membership of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Membership {
+    pub role: protocol::Role,
+    /// Until when the member is muted (`i64::MAX`: until unmuted).
+    pub muted_until: Option<i64>,
+}
+
+impl Membership {
+    /// Whether the member is muted at `now` (ms).
+    pub(crate) fn muted(&self, now: i64) -> bool {
+        self.muted_until.is_some_and(|until| until > now)
+    }
 }
 
 /// A page of history.
@@ -255,13 +273,9 @@ async fn insert_event(
 
 /// A room-log event: the frame clients get, stored as its JSON.
 fn log_event(frame: ServerFrame) -> RoomEvent {
-    let (room_id, seq) = match &frame {
-        ServerFrame::MessageNew(e) | ServerFrame::MessageUpdated(e) => (e.room.clone(), e.seq),
-        ServerFrame::MessageDeleted(e) => (e.room.clone(), e.seq),
-        ServerFrame::ReactionAdded(e) | ServerFrame::ReactionRemoved(e) => (e.room.clone(), e.seq),
-        ServerFrame::MemberJoined(e) | ServerFrame::MemberLeft(e) => (e.room.clone(), e.seq),
-        _ => (String::new(), 0),
-    };
+    let (room_id, seq) = frame
+        .room_seq()
+        .map_or((String::new(), 0), |(room, seq)| (room.to_string(), seq));
     RoomEvent {
         room_id,
         seq,

@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 use common::bus::{Bus, envelope, room_channel, user_channel};
 use common::metrics::ChatMetrics;
-use proto::chat::v1::{Message, Notification, Room, RoomEvent, User};
+use proto::chat::v1::{Message, Notification, Room, RoomEvent, Sanction, User};
 use protocol::NotificationNew;
 use sqlx::{AnyConnection, Connection};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::error::ChatError;
-use crate::store::{NewRoom, Store};
+use crate::store::{NewRoom, RoomChanges, Store};
 
 /// Most jobs committed together.
 const MAX_BATCH: usize = 1024;
@@ -61,6 +61,28 @@ pub(crate) enum Op {
         message_id: String,
         user: User,
         emoji: String,
+    },
+    UpdateRoom {
+        room_id: String,
+        changes: RoomChanges,
+        by: User,
+    },
+    DeleteRoom {
+        room_id: String,
+        by: User,
+    },
+    SetRole {
+        room_id: String,
+        user_id: String,
+        role: protocol::Role,
+        by: User,
+    },
+    Sanction {
+        room_id: String,
+        user_id: String,
+        sanction: Sanction,
+        until: Option<i64>,
+        by: User,
     },
 }
 
@@ -336,6 +358,42 @@ async fn apply(store: &Store, conn: &mut AnyConnection, op: Op) -> Result<Applie
                 .remove_reaction(conn, &room_id, &message_id, &user, &emoji)
                 .await?,
         ),
+        Op::UpdateRoom {
+            room_id,
+            changes,
+            by,
+        } => {
+            let (room, event) = store.update_room(conn, &room_id, changes, &by).await?;
+            Applied {
+                room: Some(room),
+                events: vec![event],
+                ..Applied::default()
+            }
+        }
+        Op::DeleteRoom { room_id, by } => {
+            event(Some(store.delete_room(conn, &room_id, &by).await?))
+        }
+        Op::SetRole {
+            room_id,
+            user_id,
+            role,
+            by,
+        } => Applied {
+            events: store.set_role(conn, &room_id, &user_id, role, &by).await?,
+            ..Applied::default()
+        },
+        Op::Sanction {
+            room_id,
+            user_id,
+            sanction,
+            until,
+            by,
+        } => Applied {
+            events: store
+                .sanction(conn, &room_id, &user_id, sanction, until, &by)
+                .await?,
+            ..Applied::default()
+        },
     })
 }
 

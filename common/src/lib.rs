@@ -8,6 +8,7 @@ pub mod cidr;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod denial;
 pub mod error;
 pub mod grpc;
 pub mod http_server;

@@ -7,11 +7,13 @@
 mod assistant;
 mod auth;
 mod messages;
+mod moderation;
 mod presence;
 mod rooms;
 
 use common::ErrorCode;
 use opentelemetry::trace::TraceContextExt;
+use proto::chat::v1::Sanction;
 use protocol::{ClientCommand, CommandKind, PingReply, ReplyResult};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -299,12 +301,26 @@ async fn dispatch(
         C::ReceiptDelivered(args) => messages::receipt(s, args, false).await,
         C::NotificationList(args) => messages::notification_list(s, args).await,
         C::NotificationRead(args) => messages::notification_read(s, args).await,
+        C::NotificationClear(args) => messages::notification_clear(s, args).await,
+        C::RoomUpdate(args) => moderation::update(s, args).await,
+        C::RoomDelete(args) => moderation::delete(s, args).await,
+        C::RoomMembers(args) => moderation::members(s, args).await,
+        C::RoomSetRole(args) => moderation::set_role(s, args).await,
+        C::RoomMute(args) => moderation::sanction(s, args, Sanction::Mute).await,
+        C::RoomUnmute(args) => moderation::undo(s, args, Sanction::Unmute).await,
+        C::RoomBan(args) => moderation::sanction(s, args, Sanction::Ban).await,
+        C::RoomUnban(args) => moderation::undo(s, args, Sanction::Unban).await,
+        C::MessageReport(args) => moderation::report(s, args).await,
+        C::RoomDirectory(args) => moderation::directory(s, args).await,
         C::AiAsk(args) => assistant::ask(s, args).await,
         C::AiCancel(args) => assistant::cancel(s, args).await,
         C::PresenceSet(args) => presence::set(s, args).await,
         C::PresenceSubscribe(args) => presence::subscribe(s, args).await,
         C::PresenceUnsubscribe(args) => presence::unsubscribe(s, args).await,
-        C::TypingStart(args) => presence::typing(s, args, true),
+        C::TypingStart(args) => {
+            moderation::may_type(s, &args.room).await?;
+            presence::typing(s, args, true)
+        }
         C::TypingStop(args) => presence::typing(s, args, false),
         C::CallInvite(args) => presence::call_invite(s, args).await,
         C::CallAnswer(args) => presence::call_act(s, "answer", args).await,

@@ -41,6 +41,8 @@ pub enum Reason {
     ContentBlocked,
     /// The user is at the per-user connection limit (`forbidden`, then 4009).
     TooManyConnections,
+    /// Chat-service refused a muted member or a banned user (`forbidden`).
+    Denied(common::denial::Denial),
 }
 
 impl Reason {
@@ -48,6 +50,7 @@ impl Reason {
         match self {
             Self::ContentBlocked => "content_blocked",
             Self::TooManyConnections => "too_many_connections",
+            Self::Denied(denial) => denial.as_str(),
         }
     }
 }
@@ -78,11 +81,12 @@ impl CommandError {
         };
         let mut error = Self::new(code, message);
         error.retry_after_ms = ErrorCode::retry_after(status).map(|d| d.as_millis() as u64);
+        error.reason = common::denial::Denial::decode(status).map(Reason::Denied);
         error
     }
 
     /// The error object of the protocol.
-    fn object(&self, trace_id: Option<String>) -> ErrorObject {
+    pub(crate) fn object(&self, trace_id: Option<String>) -> ErrorObject {
         let mut object = ErrorObject::new(self.code, self.message.clone());
         object.reason = self.reason.map(|r| r.as_str().to_string());
         object.retry_after_ms = self.retry_after_ms;

@@ -943,6 +943,7 @@ mod tests {
                         client_msg_id: format!("m{i}"),
                         thread_id: None,
                         metadata_json: String::new(),
+                        reply_to: None,
                     }))
                     .await
                     .expect("send");
@@ -1308,6 +1309,7 @@ mod tests {
                     client_msg_id: format!("away-{i}"),
                     thread_id: None,
                     metadata_json: String::new(),
+                    reply_to: None,
                 }))
                 .await
                 .expect("send");

@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::objects::{PresenceStatus, Visibility};
+use crate::objects::{PresenceStatus, Role, Visibility};
 
 /// Longest id (room, user, message, call) a command may carry, in bytes.
 pub const ID_MAX: usize = 128;
@@ -34,8 +34,23 @@ const STREAM_ID_MAX: usize = 160;
 const MODEL_MAX: usize = 128;
 /// Longest emoji, in bytes.
 const EMOJI_MAX: usize = 64;
-/// Most ids of `notification.read`.
+/// Most ids of `notification.read` and `notification.clear`.
 const NOTIFICATION_IDS_MAX: usize = 100;
+/// Longest room topic, in bytes (chat-service also counts characters).
+const TOPIC_MAX: usize = 4 * 1024;
+/// Largest room metadata, in bytes of JSON.
+const ROOM_METADATA_MAX: usize = 4 * 1024;
+/// Longest report reason, in bytes.
+const REASON_MAX: usize = 1024;
+/// Largest page of `room.members` and `room.directory`.
+const PAGE_MAX: u64 = 100;
+/// Longest paging cursor, in bytes.
+const CURSOR_MAX: usize = 512;
+/// Longest directory query, in bytes.
+const QUERY_MAX: usize = 400;
+/// Most rooms one `room.join` may name (the edge's configured bound is
+/// usually lower: `edge.max_rooms_per_join`).
+pub const JOIN_ROOMS_MAX: usize = 1000;
 /// Largest page of `message.history`.
 const HISTORY_LIMIT_MAX: u32 = 100;
 /// Page of `message.history` when `limit` is absent.
@@ -388,19 +403,81 @@ impl Validate for RoomCreate {
     }
 }
 
-/// `room.join`, optionally recovering what happened after `since`.
+/// `room.join`: one `room` (optionally recovering from `since`), or several
+/// at once in `rooms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RoomJoin {
-    pub room: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
     /// The last `seq` the client saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// Several rooms in one command (instead of `room`); one reply carries
+    /// each room's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Vec<JoinTarget>>,
+}
+
+/// One room of a `room.join{rooms}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JoinTarget {
+    pub room: String,
+    /// The last `seq` the client saw of this room.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<u64>,
 }
 
+impl RoomJoin {
+    /// The rooms asked for, in order (validated: one or more, no repeats).
+    pub fn targets(&self) -> Vec<JoinTarget> {
+        match (&self.room, &self.rooms) {
+            (Some(room), _) => vec![JoinTarget {
+                room: room.clone(),
+                since: self.since,
+            }],
+            (None, Some(rooms)) => rooms.clone(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
 impl Validate for RoomJoin {
     fn validate(&mut self) -> Result<(), DecodeError> {
-        required("room", &self.room, ID_MAX)?;
-        seq("since", self.since)
+        match (&self.room, &self.rooms) {
+            (Some(room), None) => {
+                required("room", room, ID_MAX)?;
+                seq("since", self.since)
+            }
+            (None, Some(rooms)) => {
+                if self.since.is_some() {
+                    return Err(DecodeError::bad(
+                        "`since` goes inside each entry of `rooms`",
+                    ));
+                }
+                if rooms.is_empty() {
+                    return Err(DecodeError::bad("`rooms` must not be empty"));
+                }
+                if rooms.len() > JOIN_ROOMS_MAX {
+                    return Err(DecodeError::too_large(format!(
+                        "`rooms` names more than {JOIN_ROOMS_MAX} rooms"
+                    )));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for target in rooms {
+                    required("rooms[].room", &target.room, ID_MAX)?;
+                    seq("rooms[].since", target.since)?;
+                    if !seen.insert(target.room.as_str()) {
+                        return Err(DecodeError::bad(format!(
+                            "`rooms` names `{}` twice",
+                            target.room
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            (Some(_), Some(_)) => Err(DecodeError::bad("send `room` or `rooms`, not both")),
+            (None, None) => Err(DecodeError::bad("missing string field `room`")),
+        }
     }
 }
 
@@ -453,6 +530,10 @@ pub struct MessageSend {
     pub thread: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
+    /// The id of a message of the same room this one replies to: its id,
+    /// sender and an excerpt travel with the new message as `reply_to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 impl Validate for MessageSend {
@@ -469,6 +550,7 @@ impl Validate for MessageSend {
                 "`metadata.{key}` is set by the server only"
             )));
         }
+        optional("reply_to", &self.reply_to, ID_MAX)?;
         optional("thread", &self.thread, ID_MAX)
     }
 }
@@ -583,21 +665,214 @@ impl Validate for NotificationList {
     }
 }
 
-/// `notification.read`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct NotificationRead {
+/// `notification.read`, `notification.clear`: some ids, or `all: true`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NotificationIds {
     /// At most 100 notification ids.
-    pub ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
+    /// Every notification of yours (instead of `ids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
 }
 
-impl Validate for NotificationRead {
+impl NotificationIds {
+    /// Whether every notification is meant (validated).
+    pub fn all(&self) -> bool {
+        self.all == Some(true)
+    }
+}
+
+impl Validate for NotificationIds {
     fn validate(&mut self) -> Result<(), DecodeError> {
-        ids(
-            "ids",
-            &self.ids,
-            NOTIFICATION_IDS_MAX,
-            "must be an array of at most 100 ids",
-        )
+        match (&self.ids, self.all()) {
+            (Some(_), true) => Err(DecodeError::bad("send `ids` or `all: true`, not both")),
+            (None, false) => Err(DecodeError::bad("send `ids` or `all: true`")),
+            (None, true) => Ok(()),
+            (Some(values), false) => ids(
+                "ids",
+                values,
+                NOTIFICATION_IDS_MAX,
+                "must be an array of at most 100 ids",
+            ),
+        }
+    }
+}
+
+/// `room.update`: what is absent stays as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RoomUpdate {
+    pub room: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Empty removes the topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Replaces the room's metadata (an empty object removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+impl Validate for RoomUpdate {
+    fn validate(&mut self) -> Result<(), DecodeError> {
+        required("room", &self.room, ID_MAX)?;
+        optional("name", &self.name, ROOM_NAME_MAX)?;
+        if let Some(topic) = &self.topic
+            && topic.len() > TOPIC_MAX
+        {
+            return Err(DecodeError::too_large(format!(
+                "`topic` is longer than {TOPIC_MAX} bytes"
+            )));
+        }
+        if let Some(metadata) = &self.metadata
+            && Value::Object(metadata.clone()).to_string().len() > ROOM_METADATA_MAX
+        {
+            return Err(DecodeError::too_large(format!(
+                "`metadata` is larger than {ROOM_METADATA_MAX} bytes"
+            )));
+        }
+        if self.name.is_none() && self.topic.is_none() && self.metadata.is_none() {
+            return Err(DecodeError::bad("send `name`, `topic` or `metadata`"));
+        }
+        Ok(())
+    }
+}
+
+/// A command naming one room: `room.delete`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RoomRef {
+    pub room: String,
+}
+
+impl Validate for RoomRef {
+    fn validate(&mut self) -> Result<(), DecodeError> {
+        required("room", &self.room, ID_MAX)
+    }
+}
+
+/// A page size: 1..=100, default 50.
+fn page_limit(limit: Option<u64>) -> Result<(), DecodeError> {
+    match limit {
+        Some(limit) if !(1..=PAGE_MAX).contains(&limit) => {
+            Err(DecodeError::bad("`limit` must be between 1 and 100"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `room.members`: a page of a room's members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RoomMembers {
+    pub room: String,
+    /// `next_cursor` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// 1–100, default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+impl Validate for RoomMembers {
+    fn validate(&mut self) -> Result<(), DecodeError> {
+        required("room", &self.room, ID_MAX)?;
+        optional("cursor", &self.cursor, CURSOR_MAX)?;
+        page_limit(self.limit)
+    }
+}
+
+/// `room.directory`: public rooms by name prefix.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RoomDirectory {
+    /// A prefix of the name (case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// 1–100, default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+impl Validate for RoomDirectory {
+    fn validate(&mut self) -> Result<(), DecodeError> {
+        if let Some(query) = &self.query
+            && query.len() > QUERY_MAX
+        {
+            return Err(DecodeError::too_large(format!(
+                "`query` is longer than {QUERY_MAX} bytes"
+            )));
+        }
+        optional("cursor", &self.cursor, CURSOR_MAX)?;
+        page_limit(self.limit)
+    }
+}
+
+/// The page size of `room.members` and `room.directory` (validated).
+pub fn page_size(limit: Option<u64>) -> u32 {
+    limit.and_then(|l| u32::try_from(l).ok()).unwrap_or(50)
+}
+
+/// `room.set_role`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RoomSetRole {
+    pub room: String,
+    pub user: String,
+    /// `owner` (transfers ownership: you become an admin), `admin` or `member`.
+    #[schemars(with = "Role")]
+    pub role: String,
+}
+
+impl RoomSetRole {
+    /// The role asked for (validated).
+    pub fn role(&self) -> Role {
+        Role::parse(&self.role).unwrap_or(Role::Member)
+    }
+}
+
+impl Validate for RoomSetRole {
+    fn validate(&mut self) -> Result<(), DecodeError> {
+        required("room", &self.room, ID_MAX)?;
+        required("user", &self.user, ID_MAX)?;
+        if Role::parse(&self.role).is_none() {
+            return Err(DecodeError::bad("`role` must be owner, admin or member"));
+        }
+        Ok(())
+    }
+}
+
+/// `room.mute`, `room.ban`: until `until` (ms since the epoch), or until undone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RoomSanction {
+    pub room: String,
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+}
+
+impl Validate for RoomSanction {
+    fn validate(&mut self) -> Result<(), DecodeError> {
+        required("room", &self.room, ID_MAX)?;
+        required("user", &self.user, ID_MAX)?;
+        seq("until", self.until)
+    }
+}
+
+/// `message.report`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageReport {
+    pub room: String,
+    /// The reported message's id.
+    pub message: String,
+    /// At most 1024 bytes.
+    pub reason: String,
+}
+
+impl Validate for MessageReport {
+    fn validate(&mut self) -> Result<(), DecodeError> {
+        required("room", &self.room, ID_MAX)?;
+        required("message", &self.message, ID_MAX)?;
+        required("reason", &self.reason, REASON_MAX)
     }
 }
 
@@ -747,7 +1022,7 @@ commands! {
     "refresh" => Refresh(Refresh) {},
     /// Create a room; the creator owns it.
     "room.create" => RoomCreate(RoomCreate) { family: Some(RateFamily::RoomCreate) },
-    /// Join a room's live events, recovering from `since`.
+    /// Join a room's live events, recovering from `since`; or several rooms in `rooms`.
     "room.join" => RoomJoin(RoomJoin) {},
     /// Stop receiving a room's events on this connection.
     "room.leave" => RoomLeave(RoomLeave) {},
@@ -779,8 +1054,30 @@ commands! {
     "receipt.delivered" => ReceiptDelivered(ReceiptArgs) { family: Some(RateFamily::Receipts) },
     /// Your notifications, newest first.
     "notification.list" => NotificationList(NotificationList) {},
-    /// Mark notifications read.
-    "notification.read" => NotificationRead(NotificationRead) {},
+    /// Mark notifications read: `ids`, or `all: true`.
+    "notification.read" => NotificationRead(NotificationIds) {},
+    /// Delete notifications: `ids`, or `all: true`; your other connections get `notification.cleared`.
+    "notification.clear" => NotificationClear(NotificationIds) {},
+    /// Change a room's name, topic or metadata (owner or admins).
+    "room.update" => RoomUpdate(RoomUpdate) {},
+    /// Delete a room (the owner): its history goes at once.
+    "room.delete" => RoomDelete(RoomRef) {},
+    /// A page of a room's members with role, join time and presence.
+    "room.members" => RoomMembers(RoomMembers) {},
+    /// Give a member a role; `owner` transfers ownership.
+    "room.set_role" => RoomSetRole(RoomSetRole) {},
+    /// Mute a member: no sending, reacting or typing.
+    "room.mute" => RoomMute(RoomSanction) {},
+    /// Undo a mute.
+    "room.unmute" => RoomUnmute(RoomUser) {},
+    /// Ban a user: removed, and cannot rejoin or be invited.
+    "room.ban" => RoomBan(RoomSanction) {},
+    /// Undo a ban.
+    "room.unban" => RoomUnban(RoomUser) {},
+    /// Report a message to the service's operators.
+    "message.report" => MessageReport(MessageReport) {},
+    /// Public rooms by name prefix, with member counts.
+    "room.directory" => RoomDirectory(RoomDirectory) {},
     /// Set your status.
     "presence.set" => PresenceSet(PresenceSet) { family: Some(RateFamily::PresenceSet) },
     /// Follow users' presence.
@@ -891,6 +1188,87 @@ mod tests {
             .expect_err("bad")
             .message;
         assert!(message.contains("`room`"), "{message}");
+    }
+
+    #[test]
+    fn the_commands_of_issue_21_refuse_bad_input_with_the_protocols_codes() {
+        let code = |v: Value| decode(v).expect_err("refused").code;
+        let bad = ErrorCode::BadRequest;
+        assert_eq!(code(json!({"type": "room.join"})), bad);
+        assert_eq!(
+            code(json!({"type": "room.join", "room": "a", "rooms": [{"room": "b"}]})),
+            bad
+        );
+        assert_eq!(code(json!({"type": "room.join", "rooms": []})), bad);
+        assert_eq!(
+            code(json!({"type": "room.join", "rooms": [{"room": "a"}, {"room": "a"}]})),
+            bad,
+            "a room named twice"
+        );
+        assert_eq!(
+            code(json!({"type": "room.join", "rooms": [{"room": "a"}], "since": 1})),
+            bad
+        );
+        let many: Vec<Value> = (0..=JOIN_ROOMS_MAX)
+            .map(|i| json!({"room": format!("r{i}")}))
+            .collect();
+        assert_eq!(
+            code(json!({"type": "room.join", "rooms": many})),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(code(json!({"type": "notification.clear"})), bad);
+        assert_eq!(
+            code(json!({"type": "notification.clear", "ids": ["n"], "all": true})),
+            bad
+        );
+        assert_eq!(
+            code(json!({"type": "notification.read", "all": false})),
+            bad
+        );
+        assert_eq!(code(json!({"type": "room.update", "room": "r"})), bad);
+        assert_eq!(
+            code(json!({"type": "room.update", "room": "r", "topic": "t".repeat(5000)})),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(
+            code(json!({"type": "room.set_role", "room": "r", "user": "u", "role": "king"})),
+            bad
+        );
+        assert_eq!(
+            code(
+                json!({"type": "message.report", "room": "r", "message": "m", "reason": "x".repeat(1025)})
+            ),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(
+            code(json!({"type": "room.members", "room": "r", "limit": 0})),
+            bad
+        );
+        assert_eq!(
+            code(json!({"type": "room.directory", "query": "q".repeat(401)})),
+            ErrorCode::TooLarge
+        );
+        let ClientCommand::RoomJoin(join) = decode(
+            json!({"type": "room.join", "rooms": [{"room": "a", "since": 3}, {"room": "b"}]}),
+        )
+        .expect("ok") else {
+            panic!("kind")
+        };
+        let targets: Vec<(String, Option<u64>)> = join
+            .targets()
+            .into_iter()
+            .map(|t| (t.room, t.since))
+            .collect();
+        assert_eq!(
+            targets,
+            [("a".to_string(), Some(3)), ("b".to_string(), None)]
+        );
+        let ClientCommand::NotificationClear(clear) =
+            decode(json!({"type": "notification.clear", "all": true})).expect("ok")
+        else {
+            panic!("kind")
+        };
+        assert!(clear.all());
     }
 
     #[test]

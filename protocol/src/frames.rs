@@ -9,8 +9,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::objects::{
-    ErrorObject, Message, Notification, PresenceState, Room, StreamInProgress, User, UserRef,
-    Visibility,
+    DirectoryRoom, ErrorObject, Member, Message, Notification, PresenceState, Role, Room,
+    StreamInProgress, User, UserRef, Visibility,
 };
 
 /// The protocol's name, in `hello` and as the WebSocket subprotocol.
@@ -65,6 +65,22 @@ frames! {
     "member.joined" => MemberJoined(MemberEvent),
     /// A member left or was removed (room log).
     "member.left" => MemberLeft(MemberEvent),
+    /// A room's name, topic or metadata changed (room log).
+    "room.updated" => RoomUpdated(RoomUpdated),
+    /// The room was deleted; its history is gone (room log, its last event).
+    "room.deleted" => RoomDeleted(RoomDeleted),
+    /// A member's role changed (room log).
+    "member.role" => MemberRole(MemberRoleEvent),
+    /// A member was muted (room log).
+    "member.muted" => MemberMuted(SanctionEvent),
+    /// A member's mute was undone (room log).
+    "member.unmuted" => MemberUnmuted(SanctionEvent),
+    /// A user was banned and removed (room log).
+    "member.banned" => MemberBanned(SanctionEvent),
+    /// A user's ban was undone (room log).
+    "member.unbanned" => MemberUnbanned(SanctionEvent),
+    /// Notifications were deleted on another of your connections.
+    "notification.cleared" => NotificationCleared(NotificationCleared),
     /// A read or delivered mark moved.
     "receipt" => Receipt(ReceiptEvent),
     /// A new notification for the user.
@@ -165,6 +181,10 @@ pub enum ReplyResult {
     Notifications(NotificationListReply),
     Presence(PresenceReply),
     CallInvite(CallInviteReply),
+    RoomJoinMany(RoomJoinManyReply),
+    Members(MembersReply),
+    Directory(DirectoryReply),
+    Report(ReportReply),
     /// Commands that answer with `ok` alone.
     Empty(Empty),
 }
@@ -219,6 +239,50 @@ pub struct RoomJoinReply {
     pub online: Vec<String>,
     /// How far members have read (the 1,000 furthest).
     pub read_marks: Vec<ReadMark>,
+}
+
+/// `room.join{rooms}`: each room's result, in the order asked.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RoomJoinManyReply {
+    pub results: Vec<RoomJoinResult>,
+}
+
+/// One room's result of `room.join{rooms}`: `ok` with what a single join
+/// answers in `joined`, or `error`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RoomJoinResult {
+    /// The room's id, as asked.
+    pub room: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorObject>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<RoomJoinReply>,
+}
+
+/// `room.members`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MembersReply {
+    /// In join order.
+    pub members: Vec<Member>,
+    /// Send it as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `room.directory`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DirectoryReply {
+    /// By name.
+    pub rooms: Vec<DirectoryRoom>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `message.report`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ReportReply {
+    pub report_id: String,
 }
 
 /// How far one member has read a room.
@@ -340,6 +404,81 @@ pub struct MemberEvent {
     pub room: String,
     pub seq: i64,
     pub user: UserRef,
+}
+
+/// `room.updated`: the room's settings after the change.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RoomUpdated {
+    pub room: String,
+    pub seq: i64,
+    pub name: String,
+    pub topic: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+    /// Who changed it.
+    pub by: UserRef,
+}
+
+/// `room.deleted`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RoomDeleted {
+    pub room: String,
+    pub seq: i64,
+    pub by: UserRef,
+}
+
+/// `member.role`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MemberRoleEvent {
+    pub room: String,
+    pub seq: i64,
+    pub user: UserRef,
+    pub role: Role,
+    pub by: UserRef,
+}
+
+/// `member.muted`, `member.unmuted`, `member.banned`, `member.unbanned`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SanctionEvent {
+    pub room: String,
+    pub seq: i64,
+    pub user: UserRef,
+    /// When a mute or ban ends by itself (ms since the epoch); absent: until undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
+    pub by: UserRef,
+}
+
+/// `notification.cleared`: `ids` deleted, or `all`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct NotificationCleared {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+    /// The connection that cleared them (it is not told again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn_id: Option<String>,
+}
+
+impl ServerFrame {
+    /// The room and seq of a room-log event (`None` for other frames).
+    pub fn room_seq(&self) -> Option<(&str, i64)> {
+        use ServerFrame as F;
+        match self {
+            F::MessageNew(e) | F::MessageUpdated(e) => Some((&e.room, e.seq)),
+            F::MessageDeleted(e) => Some((&e.room, e.seq)),
+            F::ReactionAdded(e) | F::ReactionRemoved(e) => Some((&e.room, e.seq)),
+            F::MemberJoined(e) | F::MemberLeft(e) => Some((&e.room, e.seq)),
+            F::RoomUpdated(e) => Some((&e.room, e.seq)),
+            F::RoomDeleted(e) => Some((&e.room, e.seq)),
+            F::MemberRole(e) => Some((&e.room, e.seq)),
+            F::MemberMuted(e) | F::MemberUnmuted(e) | F::MemberBanned(e) | F::MemberUnbanned(e) => {
+                Some((&e.room, e.seq))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Which mark a receipt moved.

@@ -18,9 +18,11 @@ pub mod schema;
 pub use close::CloseCode;
 pub use commands::{
     AiAsk, AiCancel, Auth, CallAct, CallInvite, ClientCommand, CommandKind, DecodeError, ID_MAX,
-    MessageDelete, MessageEdit, MessageHistory, MessageSend, NoArgs, NotificationList,
-    NotificationRead, PresenceSet, PresenceUsers, RateFamily, ReactionArgs, ReceiptArgs, Refresh,
-    RoomCreate, RoomJoin, RoomLeave, RoomUser, SignIn, Spec, Typing,
+    JOIN_ROOMS_MAX, JoinTarget, MessageDelete, MessageEdit, MessageHistory, MessageReport,
+    MessageSend, NoArgs, NotificationIds, NotificationList, PresenceSet, PresenceUsers, RateFamily,
+    ReactionArgs, ReceiptArgs, Refresh, RoomCreate, RoomDirectory, RoomJoin, RoomLeave,
+    RoomMembers, RoomRef, RoomSanction, RoomSetRole, RoomUpdate, RoomUser, SignIn, Spec, Typing,
+    page_size,
 };
 pub use frames::*;
 pub use objects::*;

@@ -118,6 +118,72 @@ pub struct Message {
     pub reactions: BTreeMap<String, Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
+    /// The message this one replies to, quoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Quote>,
+}
+
+/// A quoted message: `{id, sender{id,name}, excerpt, deleted, edited_at?}`.
+/// An edit of the original changes the excerpt; a delete empties it and
+/// sets `deleted` (stored events are rewritten, so replay shows the same).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Quote {
+    pub id: String,
+    pub sender: UserRef,
+    /// The start of the original's text (at most 200 characters).
+    pub excerpt: String,
+    pub deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<i64>,
+}
+
+impl Quote {
+    /// Longest excerpt, in characters.
+    pub const EXCERPT_CHARS: usize = 200;
+
+    /// The quote of a stored message as it stands.
+    pub fn of(m: &chat::Message) -> Self {
+        let sender = m.sender.clone().unwrap_or_default();
+        Self {
+            id: m.id.clone(),
+            sender: UserRef::new(sender.id, sender.name),
+            excerpt: if m.deleted {
+                String::new()
+            } else {
+                m.text.chars().take(Self::EXCERPT_CHARS).collect()
+            },
+            deleted: m.deleted,
+            edited_at: m.edited_at,
+        }
+    }
+}
+
+impl From<&chat::Quote> for Quote {
+    fn from(q: &chat::Quote) -> Self {
+        let sender = q.sender.clone().unwrap_or_default();
+        Self {
+            id: q.id.clone(),
+            sender: UserRef::new(sender.id, sender.name),
+            excerpt: q.excerpt.clone(),
+            deleted: q.deleted,
+            edited_at: q.edited_at,
+        }
+    }
+}
+
+impl From<&Quote> for chat::Quote {
+    fn from(q: &Quote) -> Self {
+        Self {
+            id: q.id.clone(),
+            sender: Some(chat::User {
+                id: q.sender.id.clone(),
+                name: q.sender.name.clone(),
+            }),
+            excerpt: q.excerpt.clone(),
+            deleted: q.deleted,
+            edited_at: q.edited_at,
+        }
+    }
 }
 
 impl From<&chat::Message> for Message {
@@ -146,11 +212,13 @@ impl From<&chat::Message> for Message {
                 "" => None,
                 json => serde_json::from_str(json).ok(),
             },
+            reply_to: m.reply_to.as_deref().map(Quote::from),
         }
     }
 }
 
-/// A room: `{id, name, visibility, owner, last_seq, created_at, unread}`.
+/// A room: `{id, name, topic, metadata?, visibility, owner, last_seq,
+/// created_at, unread, deleted?}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Room {
     pub id: String,
@@ -161,6 +229,20 @@ pub struct Room {
     pub created_at: i64,
     /// Messages from others after your read mark.
     pub unread: i64,
+    pub topic: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+    /// Only in the reply of a recovering join of a deleted room.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+/// The room metadata of its gRPC form (`""` is none).
+pub fn metadata_of(json: &str) -> Option<Map<String, Value>> {
+    match json {
+        "" => None,
+        json => serde_json::from_str(json).ok(),
+    }
 }
 
 impl From<&chat::Room> for Room {
@@ -173,6 +255,106 @@ impl From<&chat::Room> for Room {
             last_seq: r.last_seq,
             created_at: r.created_at,
             unread: r.unread,
+            topic: r.topic.clone(),
+            metadata: metadata_of(&r.metadata_json),
+            deleted: r.deleted,
+        }
+    }
+}
+
+/// A member's role in a room. What each role may do is one table
+/// (chat-service's `permissions.rs`; docs/protocol.md shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    /// Every role, highest first.
+    pub const ALL: &'static [Role] = &[Role::Owner, Role::Admin, Role::Member];
+
+    /// The protocol's (and the database's) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Role::ALL.iter().copied().find(|r| r.as_str() == name)
+    }
+
+    /// The gRPC contract's value.
+    pub fn to_proto(self) -> chat::Role {
+        match self {
+            Role::Owner => chat::Role::Owner,
+            Role::Admin => chat::Role::Admin,
+            Role::Member => chat::Role::Member,
+        }
+    }
+
+    /// From the gRPC contract's value (`None` when unspecified).
+    pub fn from_proto(value: i32) -> Option<Self> {
+        match chat::Role::try_from(value).ok()? {
+            chat::Role::Owner => Some(Role::Owner),
+            chat::Role::Admin => Some(Role::Admin),
+            chat::Role::Member => Some(Role::Member),
+            chat::Role::Unspecified => None,
+        }
+    }
+}
+
+/// A member as `room.members` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Member {
+    pub user: UserRef,
+    pub role: Role,
+    pub joined_at: i64,
+    /// `online`, `away`, `busy` or `offline`.
+    #[schemars(with = "PresenceStatus")]
+    pub status: String,
+    /// While muted: until when (absent when muted until unmuted, see `muted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub muted: bool,
+}
+
+impl From<&chat::Member> for Member {
+    fn from(m: &chat::Member) -> Self {
+        let user = m.user.clone().unwrap_or_default();
+        Self {
+            user: UserRef::new(user.id, user.name),
+            role: Role::from_proto(m.role).unwrap_or(Role::Member),
+            joined_at: m.joined_at,
+            status: m.status.clone(),
+            muted_until: m.muted_until.filter(|t| *t != i64::MAX),
+            muted: m.muted_until.is_some(),
+        }
+    }
+}
+
+/// A public room as `room.directory` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DirectoryRoom {
+    pub id: String,
+    pub name: String,
+    pub topic: String,
+    pub member_count: i64,
+}
+
+impl From<&chat::Room> for DirectoryRoom {
+    fn from(r: &chat::Room) -> Self {
+        Self {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            topic: r.topic.clone(),
+            member_count: r.member_count,
         }
     }
 }

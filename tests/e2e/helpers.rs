@@ -261,6 +261,24 @@ impl TestApp {
         )
     }
 
+    /// A chat backend client holding the service credential, as a trusted
+    /// backend would use it.
+    pub fn chat_backend_client(
+        &self,
+    ) -> proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient<
+        common::grpc::ServiceChannel,
+    > {
+        let settings = common::grpc::ClientSettings {
+            credential: self.credential.clone(),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+        };
+        let url = format!("http://{}", self.addrs.chat);
+        proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient::new(
+            common::grpc::channel(&url, &settings).expect("channel"),
+        )
+    }
+
     /// The `PARLEY_*` variables that make another process's edge join this
     /// suite: its services, credential and bus.
     pub fn edge_process_env(&self) -> Vec<(String, String)> {
@@ -557,6 +575,21 @@ impl Client {
     /// The frames read while waiting for replies, oldest first.
     pub fn take_pending(&mut self) -> Vec<Value> {
         self.pending.drain(..).collect()
+    }
+
+    /// Sends a message and returns `(id, seq)`.
+    pub async fn send(&mut self, room: &str, text: &str) -> (String, i64) {
+        let reply = self
+            .ok(
+                "message.send",
+                json!({"room": room, "text": text, "client_msg_id": common::ids::new_id("c")}),
+            )
+            .await;
+        let message = &reply["message"];
+        (
+            message["id"].as_str().expect("id").to_string(),
+            message["seq"].as_i64().expect("seq"),
+        )
     }
 
     /// Creates a public room and returns its id.

@@ -19,3 +19,6 @@ mod messages;
 mod metrics;
 mod presence;
 mod protection;
+mod replies;
+mod rooms_admin;
+mod rooms_many;

@@ -80,6 +80,7 @@ async fn the_prompt_is_recent_history_newest_first_within_the_token_budget() {
                     client_msg_id: common::ids::new_id("c"),
                     thread_id: None,
                     metadata_json: String::new(),
+                    reply_to: None,
                 }))
                 .await
                 .expect("send");
@@ -122,6 +123,7 @@ async fn a_question_in_a_thread_reads_the_thread_and_is_answered_there() {
             client_msg_id: "root".into(),
             thread_id: None,
             metadata_json: String::new(),
+            reply_to: None,
         }))
         .await
         .expect("root")

@@ -125,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
                     client_msg_id: format!("b{n}"),
                     thread_id: None,
                     metadata_json: String::new(),
+                    reply_to: None,
                 });
                 let sent = Instant::now();
                 match client.clone().send_message(request).await {

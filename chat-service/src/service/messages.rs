@@ -8,8 +8,9 @@ use proto::chat::v1::{
     User,
 };
 
-use super::{ChatHandler, OWNER, check_id, check_metadata, check_no_nul, page, user_of};
-use crate::error::ChatError;
+use super::{ChatHandler, check_id, check_metadata, check_no_nul, page, user_of};
+use crate::error::{ChatError, Denial};
+use crate::permissions::Action;
 use crate::store::HistoryQuery;
 use crate::writer::Op;
 
@@ -24,10 +25,11 @@ impl ChatHandler {
         let room = if actor.user_id == Actor::assistant().user_id {
             self.existing_room(&request.room_id).await?
         } else {
-            let (room, role) = self.visible_room(&request.room_id, actor).await?;
-            if role.is_none() {
+            let (room, membership) = self.visible_room(&request.room_id, actor).await?;
+            let Some(membership) = membership else {
                 return Err(ChatError::Forbidden("join the room before sending".into()));
-            }
+            };
+            self.may_post(&membership)?;
             room
         };
         self.post(&room, sender, request).await
@@ -46,6 +48,7 @@ impl ChatHandler {
             client_msg_id,
             thread_id,
             metadata_json,
+            reply_to,
             ..
         } = request;
         check_id("client_msg_id", &client_msg_id)?;
@@ -66,6 +69,19 @@ impl ChatHandler {
                 Some(root.thread_id.unwrap_or(root.id))
             }
         };
+        let reply_to = match reply_to {
+            None => None,
+            Some(id) => {
+                check_id("reply_to", &id)?;
+                let original = self
+                    .store
+                    .message(&room.id, &id)
+                    .await?
+                    .filter(|m| !m.deleted)
+                    .ok_or(ChatError::NotFound("reply_to message"))?;
+                Some(Box::new((&protocol::Quote::of(&original)).into()))
+            }
+        };
         let message = Message {
             id: common::ids::new_id("m"),
             room_id: room.id.clone(),
@@ -79,6 +95,7 @@ impl ChatHandler {
             client_msg_id: client_msg_id.clone(),
             metadata_json,
             reactions: Vec::new(),
+            reply_to,
         };
         let notifications = self.mentions(&message).await?;
         let op = Op::InsertMessage {
@@ -104,6 +121,17 @@ impl ChatHandler {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether a member may post or react now: the table, then a mute.
+    pub(super) fn may_post(&self, membership: &crate::store::Membership) -> Result<(), ChatError> {
+        if !self.limits.rules().allows(membership.role, Action::Post) {
+            return Err(ChatError::Forbidden("your role may not post".into()));
+        }
+        if membership.muted(common::ids::now_ms()) {
+            return Err(ChatError::Denied(Denial::Muted));
+        }
+        Ok(())
     }
 
     fn check_text(&self, text: &str) -> Result<(), ChatError> {
@@ -190,7 +218,7 @@ impl ChatHandler {
         room_id: &str,
         message_id: &str,
         actor: &Actor,
-    ) -> Result<(Room, String, Message), ChatError> {
+    ) -> Result<(Room, crate::store::Membership, Message), ChatError> {
         let (room, role) = self.member_room(room_id, actor).await?;
         check_id("message_id", message_id)?;
         let message = self
@@ -240,9 +268,14 @@ impl ChatHandler {
             .live_message(&request.room_id, &request.message_id, actor)
             .await?;
         let author = message.sender.as_ref().map(|s| s.id.as_str()) == Some(actor.user_id.as_str());
-        if !author && role != OWNER {
+        if !author
+            && !self
+                .limits
+                .rules()
+                .allows(role.role, Action::DeleteOthersMessage)
+        {
             return Err(ChatError::Forbidden(
-                "only the author or the room owner may delete a message".into(),
+                "only the author, the room owner or an admin may delete a message".into(),
             ));
         }
         // Deleting a tombstone again changes nothing.

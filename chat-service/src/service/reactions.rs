@@ -15,7 +15,8 @@ impl ChatHandler {
         add: bool,
     ) -> Result<(), ChatError> {
         check_emoji(&request.emoji)?;
-        let (room, _) = self.member_room(&request.room_id, actor).await?;
+        let (room, membership) = self.member_room(&request.room_id, actor).await?;
+        self.may_post(&membership)?;
         check_id("message_id", &request.message_id)?;
         let user = user_of(actor)?;
         let op = if add {

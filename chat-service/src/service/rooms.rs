@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 
-use common::config::InvitePolicy;
 use common::grpc::Actor;
 use proto::chat::v1::{
     CreateRoomRequest, InviteMemberRequest, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest,
@@ -12,9 +11,10 @@ use proto::chat::v1::{
 };
 use proto::presence::v1::GetPresenceRequest;
 
-use super::{ChatHandler, MAX_ROOM_NAME_CHARS, OWNER, check_id, check_no_nul, page, user_of};
-use crate::error::ChatError;
-use crate::store::NewRoom;
+use super::{ChatHandler, MAX_ROOM_NAME_CHARS, check_id, check_no_nul, page, user_of};
+use crate::error::{ChatError, Denial};
+use crate::permissions::{Action, rank};
+use crate::store::{Membership, NewRoom};
 use crate::writer::Op;
 
 impl ChatHandler {
@@ -24,7 +24,7 @@ impl ChatHandler {
         &self,
         room_id: &str,
         actor: &Actor,
-    ) -> Result<(Room, Option<String>), ChatError> {
+    ) -> Result<(Room, Option<Membership>), ChatError> {
         check_id("room_id", room_id)?;
         let (room, role) = self
             .store
@@ -80,18 +80,7 @@ impl ChatHandler {
     ) -> Result<Room, ChatError> {
         let visibility =
             Visibility::try_from(request.visibility).unwrap_or(Visibility::Unspecified);
-        let name = request.name.trim().to_string();
-        check_no_nul("name", &name)?;
-        if common::ids::has_disguising_chars(&name) {
-            return Err(ChatError::BadRequest(
-                "name must not contain control or text-direction characters".into(),
-            ));
-        }
-        if name.chars().count() > MAX_ROOM_NAME_CHARS {
-            return Err(ChatError::TooLarge(format!(
-                "name is longer than {MAX_ROOM_NAME_CHARS} characters"
-            )));
-        }
+        let name = check_room_name(&request.name)?;
         if request.members.len() > MAX_INITIAL_MEMBERS {
             return Err(ChatError::TooLarge(format!(
                 "at most {MAX_INITIAL_MEMBERS} members"
@@ -176,7 +165,20 @@ impl ChatHandler {
         if request.since.is_some_and(|since| since < 0) {
             return Err(ChatError::BadRequest("since must not be negative".into()));
         }
-        let (mut room, role) = self.visible_room(&request.room_id, actor).await?;
+        check_id("room_id", &request.room_id)?;
+        let found = self
+            .store
+            .room_and_role(&request.room_id, &actor.user_id)
+            .await?;
+        let Some((mut room, role)) = found else {
+            return self.join_deleted(&request).await;
+        };
+        if role.is_none() && self.store.is_banned(&room.id, &actor.user_id).await? {
+            return Err(ChatError::Denied(Denial::Banned));
+        }
+        if role.is_none() && room.visibility != Visibility::Public as i32 {
+            return Err(ChatError::NotFound("room"));
+        }
         if role.is_none() {
             // Visible without membership means public: joining makes a member.
             let user = user_of(actor)?;
@@ -201,9 +203,6 @@ impl ChatHandler {
             .unwrap_or(room.last_seq);
         room.last_seq = last_seq;
         let (events, has_more) = match request.since {
-            Some(since) if since < 0 => {
-                return Err(ChatError::BadRequest("since must not be negative".into()));
-            }
             Some(since) => {
                 let limit = page(request.limit, self.limits.page_limit);
                 self.store.events(&room.id, since, last_seq, limit).await?
@@ -221,6 +220,29 @@ impl ChatHandler {
             online,
             members,
             read_marks,
+        })
+    }
+
+    /// A join of a room that is not there: `NotFound`, except that a
+    /// recovering join (`since` before the deletion) of a deleted room gets
+    /// its `room.deleted` event — all that is left of it.
+    async fn join_deleted(&self, request: &JoinRoomRequest) -> Result<JoinRoomResponse, ChatError> {
+        let Some(since) = request.since else {
+            return Err(ChatError::NotFound("room"));
+        };
+        let Some((room, event)) = self.store.deleted_room(&request.room_id).await? else {
+            return Err(ChatError::NotFound("room"));
+        };
+        if since >= room.last_seq {
+            return Err(ChatError::NotFound("room"));
+        }
+        Ok(JoinRoomResponse {
+            last_seq: room.last_seq,
+            room: Some(room),
+            events: vec![event],
+            has_more: false,
+            recovered: true,
+            ..JoinRoomResponse::default()
         })
     }
 
@@ -252,12 +274,12 @@ impl ChatHandler {
             .ok_or(ChatError::NotFound("room"))
     }
 
-    /// The room and the caller's role; `Forbidden` unless a member.
+    /// The room and the caller's membership; `Forbidden` unless a member.
     pub(super) async fn member_room(
         &self,
         room_id: &str,
         actor: &Actor,
-    ) -> Result<(Room, String), ChatError> {
+    ) -> Result<(Room, Membership), ChatError> {
         let (room, role) = self.visible_room(room_id, actor).await?;
         let role = role.ok_or_else(|| ChatError::Forbidden("join the room first".into()))?;
         Ok((room, role))
@@ -277,9 +299,11 @@ impl ChatHandler {
                 ));
             }
             Ok(Visibility::Private)
-                if self.limits.invite_policy == InvitePolicy::Owner && role != OWNER =>
+                if !self.limits.rules().allows(role.role, Action::InvitePrivate) =>
             {
-                return Err(ChatError::Forbidden("only the owner may invite".into()));
+                return Err(ChatError::Forbidden(
+                    "only the owner or an admin may invite".into(),
+                ));
             }
             _ => {}
         }
@@ -303,14 +327,20 @@ impl ChatHandler {
     ) -> Result<(), ChatError> {
         let (room, role) = self.member_room(&request.room_id, actor).await?;
         check_id("user_id", &request.user_id)?;
-        if role != OWNER {
+        if !self.limits.rules().allows(role.role, Action::RemoveMember) {
             return Err(ChatError::Forbidden(
-                "only the owner may remove members".into(),
+                "only the owner or an admin may remove members".into(),
             ));
         }
         if request.user_id == actor.user_id {
-            return Err(ChatError::BadRequest(
-                "the owner leaves with LeaveRoom".into(),
+            return Err(ChatError::BadRequest("leave with LeaveRoom".into()));
+        }
+        if let Some((_, Some(target))) =
+            self.store.room_and_role(&room.id, &request.user_id).await?
+            && rank(target.role) >= rank(role.role)
+        {
+            return Err(ChatError::Forbidden(
+                "you may only remove members below your role".into(),
             ));
         }
         let member = User {
@@ -329,6 +359,23 @@ impl ChatHandler {
         }
         Ok(())
     }
+}
+
+/// A room name, trimmed and checked (empty is allowed here).
+pub(super) fn check_room_name(name: &str) -> Result<String, ChatError> {
+    let name = name.trim().to_string();
+    check_no_nul("name", &name)?;
+    if common::ids::has_disguising_chars(&name) {
+        return Err(ChatError::BadRequest(
+            "name must not contain control or text-direction characters".into(),
+        ));
+    }
+    if name.chars().count() > MAX_ROOM_NAME_CHARS {
+        return Err(ChatError::TooLarge(format!(
+            "name is longer than {MAX_ROOM_NAME_CHARS} characters"
+        )));
+    }
+    Ok(name)
 }
 
 /// Most members named when creating a room.

@@ -82,10 +82,11 @@ impl Store {
             let mut tx = conn.begin().await?;
             message.seq = next_seq(&mut tx, &message.room_id).await?;
             let sender = message.sender.clone().unwrap_or_default();
+            let (reply_to_id, reply_to) = quote_columns(&message);
             sqlx::query(
                 "INSERT INTO messages (id, room_id, seq, sender_id, sender_name, text, thread_id, \
-                   metadata, client_msg_id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                   metadata, client_msg_id, created_at, reply_to_id, reply_to) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(message.id.clone())
             .bind(message.room_id.clone())
@@ -97,6 +98,8 @@ impl Store {
             .bind(message.metadata_json.clone())
             .bind(message.client_msg_id.clone())
             .bind(message.created_at)
+            .bind(reply_to_id)
+            .bind(reply_to)
             .execute(&mut *tx)
             .await?;
             let event = message_new(&message);
@@ -266,6 +269,7 @@ impl Store {
                 message: protocol::Message::from(&message),
             }));
             insert_event(&mut tx, &event, Some(message_id), now).await?;
+            requote(&mut tx, room_id, message_id).await?;
             tx.commit().await?;
             Ok((message, event))
         }
@@ -318,7 +322,7 @@ impl Store {
     }
 }
 
-/// Rows per multi-row insert (10 parameters each, well under every
+/// Rows per multi-row insert (12 parameters each, well under every
 /// database's parameter limit).
 const BULK_ROWS: usize = 500;
 
@@ -373,12 +377,18 @@ async fn insert_message_rows(
             params.push(Bind::Text(message.metadata_json.clone())),
             params.push(Bind::Text(message.client_msg_id.clone())),
             params.push(Bind::Int(message.created_at)),
+            {
+                let (id, quote) = quote_columns(message);
+                let id = params.push(Bind::OptText(id));
+                let quote = params.push(Bind::Text(quote));
+                format!("{id}, {quote}")
+            },
         ];
         values.push(format!("({})", row.join(", ")));
     }
     let sql = format!(
         "INSERT INTO messages (id, room_id, seq, sender_id, sender_name, text, thread_id, \
-         metadata, client_msg_id, created_at) VALUES {} \
+         metadata, client_msg_id, created_at, reply_to_id, reply_to) VALUES {} \
          ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING",
         values.join(", ")
     );
@@ -435,6 +445,7 @@ async fn redact(
     room_id: &str,
     message_id: &str,
 ) -> Result<(), ChatError> {
+    requote(tx, room_id, message_id).await?;
     let tombstone = protocol::Message::from(&message_in(tx, room_id, message_id).await?);
     let rows = sqlx::query(
         "SELECT seq, kind FROM room_events WHERE room_id = $1 AND message_id = $2 \
@@ -476,6 +487,70 @@ async fn redact(
         sqlx::query("UPDATE notifications SET body = $1 WHERE id = $2")
             .bind(body.to_string())
             .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The `reply_to_id` and `reply_to` columns of a new message.
+fn quote_columns(message: &Message) -> (Option<String>, String) {
+    match &message.reply_to {
+        Some(quote) => (
+            Some(quote.id.clone()),
+            serde_json::to_string(&protocol::Quote::from(quote.as_ref())).unwrap_or_default(),
+        ),
+        None => (None, String::new()),
+    }
+}
+
+/// After an edit or delete of `message_id`: the replies quoting it quote it
+/// as it now stands, in the messages table and in the log events that
+/// carry them (`message.new`, `message.updated`), so replay shows the same.
+async fn requote(
+    tx: &mut Transaction<'_, Any>,
+    room_id: &str,
+    message_id: &str,
+) -> Result<(), ChatError> {
+    let original = message_in(tx, room_id, message_id).await?;
+    let quote = protocol::Quote::of(&original);
+    let quote_json = serde_json::to_value(&quote).unwrap_or_default();
+    let changed =
+        sqlx::query("UPDATE messages SET reply_to = $1 WHERE room_id = $2 AND reply_to_id = $3")
+            .bind(quote_json.to_string())
+            .bind(room_id.to_string())
+            .bind(message_id.to_string())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+    if changed == 0 {
+        return Ok(());
+    }
+    let rows = sqlx::query(
+        "SELECT e.seq, e.body FROM room_events e \
+         JOIN messages m ON m.room_id = e.room_id AND m.id = e.message_id \
+         WHERE m.room_id = $1 AND m.reply_to_id = $2 \
+         AND e.kind IN ('message.new', 'message.updated')",
+    )
+    .bind(room_id.to_string())
+    .bind(message_id.to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in &rows {
+        let seq: i64 = row.try_get("seq")?;
+        let body: String = row.try_get("body")?;
+        let Ok(mut body) = serde_json::from_str::<serde_json::Value>(&body) else {
+            continue;
+        };
+        // A deleted reply's tombstone quotes nothing.
+        if body["message"]["deleted"] == json!(true) {
+            continue;
+        }
+        body["message"]["reply_to"] = quote_json.clone();
+        sqlx::query("UPDATE room_events SET body = $1 WHERE room_id = $2 AND seq = $3")
+            .bind(body.to_string())
+            .bind(room_id.to_string())
+            .bind(seq)
             .execute(&mut **tx)
             .await?;
     }

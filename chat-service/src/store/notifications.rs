@@ -64,15 +64,27 @@ impl Store {
         .await
     }
 
-    /// Marks some of a user's notifications read (others' ids are ignored).
+    /// Marks some of a user's notifications read (others' ids are
+    /// ignored), or all of them when `ids` is `None`.
     pub(crate) async fn read_notifications(
         &self,
         user_id: &str,
-        ids: &[String],
+        ids: Option<&[String]>,
     ) -> Result<(), ChatError> {
         async {
             let mut tx = self.reader.begin().await?;
             let now = common::ids::now_ms();
+            let Some(ids) = ids else {
+                sqlx::query(
+                    "UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL",
+                )
+                .bind(now)
+                .bind(user_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(());
+            };
             for id in ids {
                 sqlx::query(
                     "UPDATE notifications SET read_at = $1 \
@@ -88,6 +100,48 @@ impl Store {
             Ok(())
         }
         .instrument(self.span("sql UPDATE notifications"))
+        .await
+    }
+}
+
+impl Store {
+    /// Deletes some of a user's notifications (others' ids are ignored), or
+    /// all of them when `ids` is `None`; returns the ids deleted (with
+    /// `None`, how many went is all that matters: an empty list).
+    pub(crate) async fn clear_notifications(
+        &self,
+        user_id: &str,
+        ids: Option<&[String]>,
+    ) -> Result<Vec<String>, ChatError> {
+        async {
+            let mut tx = self.reader.begin().await?;
+            let mut cleared = Vec::new();
+            match ids {
+                None => {
+                    sqlx::query("DELETE FROM notifications WHERE user_id = $1")
+                        .bind(user_id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Some(ids) => {
+                    for id in ids {
+                        let deleted =
+                            sqlx::query("DELETE FROM notifications WHERE id = $1 AND user_id = $2")
+                                .bind(id.clone())
+                                .bind(user_id.to_string())
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected();
+                        if deleted > 0 {
+                            cleared.push(id.clone());
+                        }
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(cleared)
+        }
+        .instrument(self.span("sql DELETE notifications"))
         .await
     }
 }

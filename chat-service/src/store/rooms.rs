@@ -2,19 +2,21 @@
 //! and the `member.joined` / `member.left` log events.
 
 use proto::chat::v1::{Room, RoomEvent, User};
-use protocol::{MemberEvent, ServerFrame, UserRef};
+use protocol::{MemberEvent, Role, ServerFrame, UserRef};
 use sqlx::{Any, AnyConnection, Connection, Row, Transaction};
 use tracing::Instrument;
 
-use super::rows::{ROOM_COLUMNS, room_from};
-use super::{Bind, NewRoom, Store, bind_all, insert_event, log_event, next_seq};
-use crate::error::ChatError;
+use super::moderation::banned;
+use super::rows::{ROOM_COLUMNS, ROOM_COLUMNS_R, room_from};
+use super::{Bind, Membership, NewRoom, Store, bind_all, insert_event, log_event, next_seq};
+use crate::error::{ChatError, Denial};
 
 impl Store {
-    /// A room by id.
+    /// A room by id (not a deleted one).
     pub(crate) async fn room(&self, room_id: &str) -> Result<Option<Room>, ChatError> {
         async {
-            let sql = format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE id = $1");
+            let sql =
+                format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE id = $1 AND deleted_at IS NULL");
             let row = sqlx::query(&sql)
                 .bind(room_id.to_string())
                 .fetch_optional(&self.reader)
@@ -25,24 +27,36 @@ impl Store {
         .await
     }
 
-    /// A room and the role `user_id` has in it (if a member), in one query.
+    /// A room (not a deleted one) and `user_id`'s membership of it, in one query.
     pub(crate) async fn room_and_role(
         &self,
         room_id: &str,
         user_id: &str,
-    ) -> Result<Option<(Room, Option<String>)>, ChatError> {
+    ) -> Result<Option<(Room, Option<Membership>)>, ChatError> {
         async {
-            let row = sqlx::query(
-                "SELECT r.id, r.name, r.visibility, r.owner_id, r.last_seq, r.created_at, m.role \
+            let sql = format!(
+                "SELECT {ROOM_COLUMNS_R}, m.role, m.muted_until \
                  FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.user_id = $2 \
-                 WHERE r.id = $1",
-            )
-            .bind(room_id.to_string())
-            .bind(user_id.to_string())
-            .fetch_optional(&self.reader)
-            .await?;
-            row.map(|row| Ok((room_from(&row)?, row.try_get::<Option<String>, _>("role")?)))
-                .transpose()
+                 WHERE r.id = $1 AND r.deleted_at IS NULL"
+            );
+            let row = sqlx::query(&sql)
+                .bind(room_id.to_string())
+                .bind(user_id.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+            row.map(|row| {
+                let membership = row
+                    .try_get::<Option<String>, _>("role")?
+                    .map(|role| -> Result<Membership, ChatError> {
+                        Ok(Membership {
+                            role: Role::parse(&role).unwrap_or(Role::Member),
+                            muted_until: row.try_get("muted_until")?,
+                        })
+                    })
+                    .transpose()?;
+                Ok((room_from(&row)?, membership))
+            })
+            .transpose()
         }
         .instrument(self.span("sql SELECT rooms"))
         .await
@@ -51,7 +65,9 @@ impl Store {
     /// The direct room of a sorted user pair.
     pub(crate) async fn direct_room(&self, key: &str) -> Result<Option<Room>, ChatError> {
         async {
-            let sql = format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE direct_key = $1");
+            let sql = format!(
+                "SELECT {ROOM_COLUMNS} FROM rooms WHERE direct_key = $1 AND deleted_at IS NULL"
+            );
             let row = sqlx::query(&sql)
                 .bind(key.to_string())
                 .fetch_optional(&self.reader)
@@ -80,7 +96,7 @@ impl Store {
                 owner_id: new.owner.id.clone(),
                 last_seq: members.len() as i64,
                 created_at: new.created_at,
-                unread: 0,
+                ..Room::default()
             };
             sqlx::query(
                 "INSERT INTO rooms (id, name, visibility, owner_id, last_seq, direct_key, created_at) \
@@ -125,6 +141,10 @@ impl Store {
                 return Ok(None);
             }
             let now = common::ids::now_ms();
+            if banned(&mut tx, room_id, &user.id, now).await? {
+                tx.rollback().await?;
+                return Err(ChatError::Denied(Denial::Banned));
+            }
             insert_member(&mut tx, room_id, user, "member", now).await?;
             let event = member_event(true, room_id, seq, user);
             insert_event(&mut tx, &event, None, now).await?;
@@ -174,18 +194,20 @@ impl Store {
     /// after their read mark as `unread`.
     pub(crate) async fn rooms_of(&self, user_id: &str, limit: u32) -> Result<Vec<Room>, ChatError> {
         async {
-            let rows = sqlx::query(
-                "SELECT r.id, r.name, r.visibility, r.owner_id, r.last_seq, r.created_at, \
+            let sql = format!(
+                "SELECT {ROOM_COLUMNS_R}, \
                    (SELECT COUNT(*) FROM messages m \
                      WHERE m.room_id = r.id AND m.seq > mem.read_seq \
                        AND m.sender_id <> mem.user_id AND m.deleted_at IS NULL) AS unread \
                  FROM members mem JOIN rooms r ON r.id = mem.room_id \
-                 WHERE mem.user_id = $1 ORDER BY r.created_at, r.id LIMIT $2",
-            )
-            .bind(user_id.to_string())
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
+                 WHERE mem.user_id = $1 AND r.deleted_at IS NULL \
+                 ORDER BY r.created_at, r.id LIMIT $2"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(user_id.to_string())
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
             rows.iter()
                 .map(|row| {
                     let mut room = room_from(row)?;
@@ -231,7 +253,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Room>, ChatError> {
         async {
-            let mut sql = format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE 1 = 1");
+            let mut sql = format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE deleted_at IS NULL");
             let mut binds = Vec::new();
             if let Some(user) = user_id {
                 binds.push(Bind::Text(user.to_string()));
@@ -256,7 +278,7 @@ impl Store {
     }
 }
 
-async fn member_exists(
+pub(super) async fn member_exists(
     tx: &mut Transaction<'_, Any>,
     room_id: &str,
     user_id: &str,
@@ -290,7 +312,7 @@ async fn insert_member(
 }
 
 /// A `member.joined` / `member.left` log event.
-fn member_event(joined: bool, room_id: &str, seq: i64, user: &User) -> RoomEvent {
+pub(super) fn member_event(joined: bool, room_id: &str, seq: i64, user: &User) -> RoomEvent {
     let event = MemberEvent {
         room: room_id.to_string(),
         seq,

@@ -1,16 +1,21 @@
 //! Row mapping: the columns selected for rooms and messages, and building
 //! a `Room` or `Message` from a row.
 
-use proto::chat::v1::{Message, Room, User, Visibility};
+use proto::chat::v1::{Message, Quote, Room, User, Visibility};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::error::ChatError;
 
-pub(super) const ROOM_COLUMNS: &str = "id, name, visibility, owner_id, last_seq, created_at";
+pub(super) const ROOM_COLUMNS: &str =
+    "id, name, visibility, owner_id, last_seq, created_at, topic, metadata, deleted_at";
+
+/// [`ROOM_COLUMNS`] of a query where the rooms table is `r`.
+pub(super) const ROOM_COLUMNS_R: &str = "r.id, r.name, r.visibility, r.owner_id, r.last_seq, \
+     r.created_at, r.topic, r.metadata, r.deleted_at";
 
 pub(super) const MESSAGE_COLUMNS: &str = "id, room_id, seq, sender_id, sender_name, text, thread_id, \
-                               metadata, client_msg_id, created_at, edited_at, deleted_at";
+                               metadata, client_msg_id, created_at, edited_at, deleted_at, reply_to";
 
 pub(super) fn room_from(row: &AnyRow) -> Result<Room, ChatError> {
     let visibility: String = row.try_get("visibility")?;
@@ -24,7 +29,21 @@ pub(super) fn room_from(row: &AnyRow) -> Result<Room, ChatError> {
         last_seq: row.try_get("last_seq")?,
         created_at: row.try_get("created_at")?,
         unread: 0,
+        topic: row.try_get("topic")?,
+        metadata_json: row.try_get("metadata")?,
+        deleted: row.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
+        member_count: 0,
     })
+}
+
+/// A stored quote (`""`: the message replies to nothing).
+pub(super) fn quote_from(json: &str) -> Option<Box<Quote>> {
+    if json.is_empty() {
+        return None;
+    }
+    serde_json::from_str::<protocol::Quote>(json)
+        .ok()
+        .map(|q| Box::new(Quote::from(&q)))
 }
 
 pub(super) fn message_from(row: &AnyRow) -> Result<Message, ChatError> {
@@ -55,5 +74,11 @@ pub(super) fn message_from(row: &AnyRow) -> Result<Message, ChatError> {
             row.try_get("metadata")?
         },
         reactions: Vec::new(),
+        // A tombstone quotes nothing either.
+        reply_to: if deleted {
+            None
+        } else {
+            quote_from(&row.try_get::<String, _>("reply_to")?)
+        },
     })
 }

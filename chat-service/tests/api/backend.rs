@@ -29,6 +29,7 @@ fn post(room_id: &str, sender_id: &str, text: &str) -> PostMessageRequest {
         client_msg_id: common::ids::new_id("c"),
         thread_id: None,
         metadata_json: String::new(),
+        reply_to: None,
     }
 }
 

@@ -123,6 +123,7 @@ pub fn message(room_id: &str, text: &str) -> SendMessageRequest {
         client_msg_id: common::ids::new_id("c"),
         thread_id: None,
         metadata_json: String::new(),
+        reply_to: None,
     }
 }
 
@@ -433,6 +434,7 @@ impl TestApp {
     pub async fn read_notifications(&self, user: &str, ids: &[&str]) -> Result<(), Status> {
         let request = ReadNotificationsRequest {
             ids: ids.iter().map(|id| id.to_string()).collect(),
+            all: false,
         };
         self.client
             .clone()

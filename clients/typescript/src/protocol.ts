@@ -122,6 +122,21 @@ export interface CustomEvent {
   room?: string | null;
 }
 
+/** `room.directory`. */
+export interface DirectoryReply {
+  next_cursor?: string | null;
+  /** By name. */
+  rooms: DirectoryRoom[];
+}
+
+/** A public room as `room.directory` lists it. */
+export interface DirectoryRoom {
+  id: string;
+  member_count: number;
+  name: string;
+  topic: string;
+}
+
 /** No result fields. */
 export type Empty = Record<string, unknown>;
 
@@ -171,9 +186,28 @@ export interface HistoryReply {
   messages: Message[];
 }
 
+/** One room of a `room.join{rooms}`. */
+export interface JoinTarget {
+  room: string;
+  /** The last `seq` the client saw of this room. */
+  since?: number | null;
+}
+
 /** The limits `hello` announces. */
 export interface Limits {
   max_message_bytes: number;
+}
+
+/** A member as `room.members` lists them. */
+export interface Member {
+  joined_at: number;
+  muted?: boolean;
+  /** While muted: until when (absent when muted until unmuted, see `muted`). */
+  muted_until?: number | null;
+  role: Role;
+  /** `online`, `away`, `busy` or `offline`. */
+  status: PresenceStatus;
+  user: UserRef;
 }
 
 /** `member.joined`, `member.left`. */
@@ -181,6 +215,23 @@ export interface MemberEvent {
   room: string;
   seq: number;
   user: UserRef;
+}
+
+/** `member.role`. */
+export interface MemberRoleEvent {
+  by: UserRef;
+  role: Role;
+  room: string;
+  seq: number;
+  user: UserRef;
+}
+
+/** `room.members`. */
+export interface MembersReply {
+  /** In join order. */
+  members: Member[];
+  /** Send it as `cursor` for the next page; absent on the last page. */
+  next_cursor?: string | null;
 }
 
 /** A message: `{id, room, seq, sender{id,name}, text, thread?, created_at,
@@ -198,6 +249,8 @@ export interface Message {
   reactions: {
     [key: string]: string[];
   };
+  /** The message this one replies to, quoted. */
+  reply_to?: Quote | null;
   room: string;
   sender: UserRef;
   seq: number;
@@ -248,6 +301,15 @@ export interface MessageReply {
   message: Message;
 }
 
+/** `message.report`. */
+export interface MessageReport {
+  /** The reported message's id. */
+  message: string;
+  /** At most 1024 bytes. */
+  reason: string;
+  room: string;
+}
+
 /** `message.send`. */
 export interface MessageSend {
   /** The client's id for the message: sending again with it stores nothing new. */
@@ -255,6 +317,9 @@ export interface MessageSend {
   metadata?: {
     [key: string]: unknown;
   } | null;
+  /** The id of a message of the same room this one replies to: its id,
+   * sender and an excerpt travel with the new message as `reply_to`. */
+  reply_to?: string | null;
   room: string;
   text: string;
   /** The id of the thread's root message. */
@@ -277,6 +342,22 @@ export interface Notification {
   [key: string]: unknown;
 }
 
+/** `notification.cleared`: `ids` deleted, or `all`. */
+export interface NotificationCleared {
+  all?: boolean;
+  /** The connection that cleared them (it is not told again). */
+  conn_id?: string | null;
+  ids?: string[] | null;
+}
+
+/** `notification.read`, `notification.clear`: some ids, or `all: true`. */
+export interface NotificationIds {
+  /** Every notification of yours (instead of `ids`). */
+  all?: boolean | null;
+  /** At most 100 notification ids. */
+  ids?: string[] | null;
+}
+
 /** What kind of notification. */
 export type NotificationKind = "mention" | "missed_call" | string;
 
@@ -293,12 +374,6 @@ export interface NotificationListReply {
 /** `notification.new`. */
 export interface NotificationNew {
   notification: Notification;
-}
-
-/** `notification.read`. */
-export interface NotificationRead {
-  /** At most 100 notification ids. */
-  ids: string[];
 }
 
 /** `ping`. */
@@ -336,6 +411,18 @@ export type PresenceStatus = ("online" | "away" | "busy" | "offline") | "invisib
 export interface PresenceUsers {
   /** User ids; repeats are ignored. */
   users: string[];
+}
+
+/** A quoted message: `{id, sender{id,name}, excerpt, deleted, edited_at?}`.
+ * An edit of the original changes the excerpt; a delete empties it and
+ * sets `deleted` (stored events are rewritten, so replay shows the same). */
+export interface Quote {
+  deleted: boolean;
+  edited_at?: number | null;
+  /** The start of the original's text (at most 200 characters). */
+  excerpt: string;
+  id: string;
+  sender: UserRef;
 }
 
 /** `reaction.add`, `reaction.remove`. */
@@ -395,13 +482,29 @@ export interface RefreshReply {
   expires_at: number;
 }
 
-/** A room: `{id, name, visibility, owner, last_seq, created_at, unread}`. */
+/** `message.report`. */
+export interface ReportReply {
+  report_id: string;
+}
+
+/** A member's role in a room. What each role may do is one table
+ * (chat-service's `permissions.rs`; docs/protocol.md shows it). */
+export type Role = "owner" | "admin" | "member";
+
+/** A room: `{id, name, topic, metadata?, visibility, owner, last_seq,
+ * created_at, unread, deleted?}`. */
 export interface Room {
   created_at: number;
+  /** Only in the reply of a recovering join of a deleted room. */
+  deleted?: boolean;
   id: string;
   last_seq: number;
+  metadata?: {
+    [key: string]: unknown;
+  } | null;
   name: string;
   owner: string;
+  topic: string;
   /** Messages from others after your read mark. */
   unread: number;
   visibility: Visibility;
@@ -416,11 +519,37 @@ export interface RoomCreate {
   visibility?: Visibility | null;
 }
 
-/** `room.join`, optionally recovering what happened after `since`. */
-export interface RoomJoin {
+/** `room.deleted`. */
+export interface RoomDeleted {
+  by: UserRef;
   room: string;
+  seq: number;
+}
+
+/** `room.directory`: public rooms by name prefix. */
+export interface RoomDirectory {
+  /** `next_cursor` of the previous page. */
+  cursor?: string | null;
+  /** 1–100, default 50. */
+  limit?: number | null;
+  /** A prefix of the name (case-insensitive). */
+  query?: string | null;
+}
+
+/** `room.join`: one `room` (optionally recovering from `since`), or several
+ * at once in `rooms`. */
+export interface RoomJoin {
+  room?: string | null;
+  /** Several rooms in one command (instead of `room`); one reply carries
+   * each room's result. */
+  rooms?: JoinTarget[] | null;
   /** The last `seq` the client saw. */
   since?: number | null;
+}
+
+/** `room.join{rooms}`: each room's result, in the order asked. */
+export interface RoomJoinManyReply {
+  results: RoomJoinResult[];
 }
 
 /** `room.join`. */
@@ -441,6 +570,16 @@ export interface RoomJoinReply {
   streams: StreamInProgress[];
 }
 
+/** One room's result of `room.join{rooms}`: `ok` with what a single join
+ * answers in `joined`, or `error`. */
+export interface RoomJoinResult {
+  error?: ErrorObject | null;
+  joined?: RoomJoinReply | null;
+  ok: boolean;
+  /** The room's id, as asked. */
+  room: string;
+}
+
 /** `room.leave`; `forget` also ends the membership. */
 export interface RoomLeave {
   forget?: boolean | null;
@@ -452,9 +591,38 @@ export interface RoomListReply {
   rooms: RoomSummary[];
 }
 
+/** `room.members`: a page of a room's members. */
+export interface RoomMembers {
+  /** `next_cursor` of the previous page. */
+  cursor?: string | null;
+  /** 1–100, default 50. */
+  limit?: number | null;
+  room: string;
+}
+
+/** A command naming one room: `room.delete`. */
+export interface RoomRef {
+  room: string;
+}
+
 /** `room.create`. */
 export interface RoomReply {
   room: Room;
+}
+
+/** `room.mute`, `room.ban`: until `until` (ms since the epoch), or until undone. */
+export interface RoomSanction {
+  room: string;
+  until?: number | null;
+  user: string;
+}
+
+/** `room.set_role`. */
+export interface RoomSetRole {
+  /** `owner` (transfers ownership: you become an admin), `admin` or `member`. */
+  role: Role;
+  room: string;
+  user: string;
 }
 
 /** A room as `room.list` shows it. */
@@ -466,10 +634,45 @@ export interface RoomSummary {
   visibility: Visibility;
 }
 
+/** `room.update`: what is absent stays as it is. */
+export interface RoomUpdate {
+  /** Replaces the room's metadata (an empty object removes it). */
+  metadata?: {
+    [key: string]: unknown;
+  } | null;
+  name?: string | null;
+  room: string;
+  /** Empty removes the topic. */
+  topic?: string | null;
+}
+
+/** `room.updated`: the room's settings after the change. */
+export interface RoomUpdated {
+  /** Who changed it. */
+  by: UserRef;
+  metadata?: {
+    [key: string]: unknown;
+  } | null;
+  name: string;
+  room: string;
+  seq: number;
+  topic: string;
+}
+
 /** A room and a user: `room.invite`, `room.remove_member`. */
 export interface RoomUser {
   room: string;
   user: string;
+}
+
+/** `member.muted`, `member.unmuted`, `member.banned`, `member.unbanned`. */
+export interface SanctionEvent {
+  by: UserRef;
+  room: string;
+  seq: number;
+  /** When a mute or ban ends by itself (ms since the epoch); absent: until undone. */
+  until?: number | null;
+  user: UserRef;
 }
 
 /** Why an assistant reply ended without `ai.done`. */
@@ -540,14 +743,20 @@ export interface SchemaDefs {
   CallInvite: CallInvite;
   CallInviteReply: CallInviteReply;
   CustomEvent: CustomEvent;
+  DirectoryReply: DirectoryReply;
+  DirectoryRoom: DirectoryRoom;
   Empty: Empty;
   ErrorCode: ErrorCode;
   ErrorFrame: ErrorFrame;
   ErrorObject: ErrorObject;
   Hello: Hello;
   HistoryReply: HistoryReply;
+  JoinTarget: JoinTarget;
   Limits: Limits;
+  Member: Member;
   MemberEvent: MemberEvent;
+  MemberRoleEvent: MemberRoleEvent;
+  MembersReply: MembersReply;
   Message: Message;
   MessageDelete: MessageDelete;
   MessageDeleted: MessageDeleted;
@@ -555,20 +764,23 @@ export interface SchemaDefs {
   MessageEvent: MessageEvent;
   MessageHistory: MessageHistory;
   MessageReply: MessageReply;
+  MessageReport: MessageReport;
   MessageSend: MessageSend;
   NoArgs: NoArgs;
   Notification: Notification;
+  NotificationCleared: NotificationCleared;
+  NotificationIds: NotificationIds;
   NotificationKind: NotificationKind;
   NotificationList: NotificationList;
   NotificationListReply: NotificationListReply;
   NotificationNew: NotificationNew;
-  NotificationRead: NotificationRead;
   PingReply: PingReply;
   PresenceReply: PresenceReply;
   PresenceSet: PresenceSet;
   PresenceState: PresenceState;
   PresenceStatus: PresenceStatus;
   PresenceUsers: PresenceUsers;
+  Quote: Quote;
   ReactionArgs: ReactionArgs;
   ReactionEvent: ReactionEvent;
   ReadMark: ReadMark;
@@ -578,15 +790,28 @@ export interface SchemaDefs {
   ReceiptReply: ReceiptReply;
   Refresh: Refresh;
   RefreshReply: RefreshReply;
+  ReportReply: ReportReply;
+  Role: Role;
   Room: Room;
   RoomCreate: RoomCreate;
+  RoomDeleted: RoomDeleted;
+  RoomDirectory: RoomDirectory;
   RoomJoin: RoomJoin;
+  RoomJoinManyReply: RoomJoinManyReply;
   RoomJoinReply: RoomJoinReply;
+  RoomJoinResult: RoomJoinResult;
   RoomLeave: RoomLeave;
   RoomListReply: RoomListReply;
+  RoomMembers: RoomMembers;
+  RoomRef: RoomRef;
   RoomReply: RoomReply;
+  RoomSanction: RoomSanction;
+  RoomSetRole: RoomSetRole;
   RoomSummary: RoomSummary;
+  RoomUpdate: RoomUpdate;
+  RoomUpdated: RoomUpdated;
   RoomUser: RoomUser;
+  SanctionEvent: SanctionEvent;
   StreamError: StreamError;
   StreamInProgress: StreamInProgress;
   TokenExpiring: TokenExpiring;
@@ -616,7 +841,7 @@ export interface ClientCommandMap {
   "refresh": Refresh;
   /** Create a room; the creator owns it. */
   "room.create": RoomCreate;
-  /** Join a room's live events, recovering from `since`. */
+  /** Join a room's live events, recovering from `since`; or several rooms in `rooms`. */
   "room.join": RoomJoin;
   /** Stop receiving a room's events on this connection. */
   "room.leave": RoomLeave;
@@ -648,8 +873,30 @@ export interface ClientCommandMap {
   "receipt.delivered": ReceiptArgs;
   /** Your notifications, newest first. */
   "notification.list": NotificationList;
-  /** Mark notifications read. */
-  "notification.read": NotificationRead;
+  /** Mark notifications read: `ids`, or `all: true`. */
+  "notification.read": NotificationIds;
+  /** Delete notifications: `ids`, or `all: true`; your other connections get `notification.cleared`. */
+  "notification.clear": NotificationIds;
+  /** Change a room's name, topic or metadata (owner or admins). */
+  "room.update": RoomUpdate;
+  /** Delete a room (the owner): its history goes at once. */
+  "room.delete": RoomRef;
+  /** A page of a room's members with role, join time and presence. */
+  "room.members": RoomMembers;
+  /** Give a member a role; `owner` transfers ownership. */
+  "room.set_role": RoomSetRole;
+  /** Mute a member: no sending, reacting or typing. */
+  "room.mute": RoomSanction;
+  /** Undo a mute. */
+  "room.unmute": RoomUser;
+  /** Ban a user: removed, and cannot rejoin or be invited. */
+  "room.ban": RoomSanction;
+  /** Undo a ban. */
+  "room.unban": RoomUser;
+  /** Report a message to the service's operators. */
+  "message.report": MessageReport;
+  /** Public rooms by name prefix, with member counts. */
+  "room.directory": RoomDirectory;
   /** Set your status. */
   "presence.set": PresenceSet;
   /** Follow users' presence. */
@@ -685,7 +932,7 @@ export const COMMAND_REQUIRED: Readonly<Record<ClientCommandType, readonly strin
   "auth": [],
   "refresh": ["token"],
   "room.create": [],
-  "room.join": ["room"],
+  "room.join": [],
   "room.leave": ["room"],
   "room.list": [],
   "message.send": ["room","text","client_msg_id"],
@@ -701,7 +948,18 @@ export const COMMAND_REQUIRED: Readonly<Record<ClientCommandType, readonly strin
   "receipt.read": ["room","seq"],
   "receipt.delivered": ["room","seq"],
   "notification.list": [],
-  "notification.read": ["ids"],
+  "notification.read": [],
+  "notification.clear": [],
+  "room.update": ["room"],
+  "room.delete": ["room"],
+  "room.members": ["room"],
+  "room.set_role": ["room","user","role"],
+  "room.mute": ["room","user"],
+  "room.unmute": ["room","user"],
+  "room.ban": ["room","user"],
+  "room.unban": ["room","user"],
+  "message.report": ["room","message","reason"],
+  "room.directory": [],
   "presence.set": ["status"],
   "presence.subscribe": ["users"],
   "presence.unsubscribe": ["users"],
@@ -736,6 +994,22 @@ export interface ServerFrameMap {
   "member.joined": MemberEvent;
   /** A member left or was removed (room log). */
   "member.left": MemberEvent;
+  /** A room's name, topic or metadata changed (room log). */
+  "room.updated": RoomUpdated;
+  /** The room was deleted; its history is gone (room log, its last event). */
+  "room.deleted": RoomDeleted;
+  /** A member's role changed (room log). */
+  "member.role": MemberRoleEvent;
+  /** A member was muted (room log). */
+  "member.muted": SanctionEvent;
+  /** A member's mute was undone (room log). */
+  "member.unmuted": SanctionEvent;
+  /** A user was banned and removed (room log). */
+  "member.banned": SanctionEvent;
+  /** A user's ban was undone (room log). */
+  "member.unbanned": SanctionEvent;
+  /** Notifications were deleted on another of your connections. */
+  "notification.cleared": NotificationCleared;
   /** A read or delivered mark moved. */
   "receipt": ReceiptEvent;
   /** A new notification for the user. */
@@ -785,6 +1059,14 @@ export const SERVER_FRAME_REQUIRED: Readonly<Record<ServerFrameType, readonly st
   "reaction.removed": ["room","seq","message_id","emoji","user"],
   "member.joined": ["room","seq","user"],
   "member.left": ["room","seq","user"],
+  "room.updated": ["room","seq","name","topic","by"],
+  "room.deleted": ["room","seq","by"],
+  "member.role": ["room","seq","user","role","by"],
+  "member.muted": ["room","seq","user","by"],
+  "member.unmuted": ["room","seq","user","by"],
+  "member.banned": ["room","seq","user","by"],
+  "member.unbanned": ["room","seq","user","by"],
+  "notification.cleared": [],
   "receipt": ["room","user","kind","seq"],
   "notification.new": ["notification"],
   "custom": ["event","data"],
@@ -812,6 +1094,8 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "CallIncoming": {"properties":{"call_id":{"type":"string"},"expires_in_ms":{"minimum":0,"type":"integer"},"from":{"$ref":"#/$defs/UserRef"},"payload":{},"room":{"type":["string","null"]}},"required":["call_id","from","payload","expires_in_ms"],"type":"object"},
   "CallInviteReply": {"properties":{"call_id":{"type":"string"}},"required":["call_id"],"type":"object"},
   "CustomEvent": {"properties":{"data":true,"event":{"type":"string"},"room":{"type":["string","null"]}},"required":["event","data"],"type":"object"},
+  "DirectoryReply": {"properties":{"next_cursor":{"type":["string","null"]},"rooms":{"items":{"$ref":"#/$defs/DirectoryRoom"},"type":"array"}},"required":["rooms"],"type":"object"},
+  "DirectoryRoom": {"properties":{"id":{"type":"string"},"member_count":{"type":"integer"},"name":{"type":"string"},"topic":{"type":"string"}},"required":["id","name","topic","member_count"],"type":"object"},
   "Empty": {"type":"object"},
   "ErrorCode": {"enum":["bad_request","unauthorized","forbidden","not_found","conflict","rate_limited","too_large","unavailable","timeout","disabled","internal","cancelled"],"type":"string"},
   "ErrorFrame": {"properties":{"error":{"$ref":"#/$defs/ErrorObject"},"re":{"type":["string","null"]}},"required":["error"],"type":"object"},
@@ -819,12 +1103,16 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "Hello": {"properties":{"auth_timeout_ms":{"minimum":0,"type":"integer"},"conn_id":{"type":"string"},"frame_secret":{"type":["string","null"]},"heartbeat_ms":{"minimum":0,"type":"integer"},"limits":{"$ref":"#/$defs/Limits"},"protocol":{"type":"string"},"server_time":{"type":"integer"},"user":{"anyOf":[{"$ref":"#/$defs/User"},{"type":"null"}]}},"required":["conn_id","protocol","server_time","auth_timeout_ms","heartbeat_ms","limits"],"type":"object"},
   "HistoryReply": {"properties":{"has_more":{"type":"boolean"},"messages":{"items":{"$ref":"#/$defs/Message"},"type":"array"}},"required":["messages","has_more"],"type":"object"},
   "Limits": {"properties":{"max_message_bytes":{"minimum":0,"type":"integer"}},"required":["max_message_bytes"],"type":"object"},
+  "Member": {"properties":{"joined_at":{"type":"integer"},"muted":{"type":"boolean"},"muted_until":{"type":["integer","null"]},"role":{"$ref":"#/$defs/Role"},"status":{"$ref":"#/$defs/PresenceStatus"},"user":{"$ref":"#/$defs/UserRef"}},"required":["user","role","joined_at","status"],"type":"object"},
   "MemberEvent": {"properties":{"room":{"type":"string"},"seq":{"type":"integer"},"user":{"$ref":"#/$defs/UserRef"}},"required":["room","seq","user"],"type":"object"},
-  "Message": {"properties":{"client_msg_id":{"type":"string"},"created_at":{"type":"integer"},"deleted":{"type":"boolean"},"edited_at":{"type":["integer","null"]},"id":{"type":"string"},"metadata":{"additionalProperties":true,"type":["object","null"]},"reactions":{"additionalProperties":{"items":{"type":"string"},"type":"array"},"type":"object"},"room":{"type":"string"},"sender":{"$ref":"#/$defs/UserRef"},"seq":{"type":"integer"},"text":{"type":"string"},"thread":{"type":["string","null"]}},"required":["id","room","seq","sender","text","created_at","deleted","client_msg_id","reactions"],"type":"object"},
+  "MemberRoleEvent": {"properties":{"by":{"$ref":"#/$defs/UserRef"},"role":{"$ref":"#/$defs/Role"},"room":{"type":"string"},"seq":{"type":"integer"},"user":{"$ref":"#/$defs/UserRef"}},"required":["room","seq","user","role","by"],"type":"object"},
+  "MembersReply": {"properties":{"members":{"items":{"$ref":"#/$defs/Member"},"type":"array"},"next_cursor":{"type":["string","null"]}},"required":["members"],"type":"object"},
+  "Message": {"properties":{"client_msg_id":{"type":"string"},"created_at":{"type":"integer"},"deleted":{"type":"boolean"},"edited_at":{"type":["integer","null"]},"id":{"type":"string"},"metadata":{"additionalProperties":true,"type":["object","null"]},"reactions":{"additionalProperties":{"items":{"type":"string"},"type":"array"},"type":"object"},"reply_to":{"anyOf":[{"$ref":"#/$defs/Quote"},{"type":"null"}]},"room":{"type":"string"},"sender":{"$ref":"#/$defs/UserRef"},"seq":{"type":"integer"},"text":{"type":"string"},"thread":{"type":["string","null"]}},"required":["id","room","seq","sender","text","created_at","deleted","client_msg_id","reactions"],"type":"object"},
   "MessageDeleted": {"properties":{"message_id":{"type":"string"},"room":{"type":"string"},"seq":{"type":"integer"}},"required":["room","seq","message_id"],"type":"object"},
   "MessageEvent": {"properties":{"message":{"$ref":"#/$defs/Message"},"room":{"type":"string"},"seq":{"type":"integer"}},"required":["room","seq","message"],"type":"object"},
   "MessageReply": {"properties":{"message":{"$ref":"#/$defs/Message"}},"required":["message"],"type":"object"},
   "Notification": {"additionalProperties":true,"properties":{"created_at":{"type":"integer"},"id":{"type":"string"},"kind":{"$ref":"#/$defs/NotificationKind"},"read":{"type":["boolean","null"]},"room":{"type":["string","null"]}},"required":["id","kind","created_at"],"type":"object"},
+  "NotificationCleared": {"properties":{"all":{"type":"boolean"},"conn_id":{"type":["string","null"]},"ids":{"items":{"type":"string"},"type":["array","null"]}},"type":"object"},
   "NotificationKind": {"anyOf":[{"const":"mention","type":"string"},{"const":"missed_call","type":"string"},{"type":"string"}]},
   "NotificationListReply": {"properties":{"notifications":{"items":{"$ref":"#/$defs/Notification"},"type":"array"}},"required":["notifications"],"type":"object"},
   "NotificationNew": {"properties":{"notification":{"$ref":"#/$defs/Notification"}},"required":["notification"],"type":"object"},
@@ -832,19 +1120,27 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "PresenceReply": {"properties":{"presence":{"items":{"$ref":"#/$defs/PresenceState"},"type":"array"}},"required":["presence"],"type":"object"},
   "PresenceState": {"properties":{"last_seen":{"type":"integer"},"status":{"$ref":"#/$defs/PresenceStatus"},"text":{"type":"string"},"user":{"type":"string"}},"required":["user","status","text","last_seen"],"type":"object"},
   "PresenceStatus": {"oneOf":[{"enum":["online","away","busy","offline"],"type":"string"},{"const":"invisible","type":"string"}]},
+  "Quote": {"properties":{"deleted":{"type":"boolean"},"edited_at":{"type":["integer","null"]},"excerpt":{"type":"string"},"id":{"type":"string"},"sender":{"$ref":"#/$defs/UserRef"}},"required":["id","sender","excerpt","deleted"],"type":"object"},
   "ReactionEvent": {"properties":{"emoji":{"type":"string"},"message_id":{"type":"string"},"room":{"type":"string"},"seq":{"type":"integer"},"user":{"$ref":"#/$defs/UserRef"}},"required":["room","seq","message_id","emoji","user"],"type":"object"},
   "ReadMark": {"properties":{"seq":{"type":"integer"},"user":{"type":"string"}},"required":["user","seq"],"type":"object"},
   "ReceiptEvent": {"properties":{"kind":{"$ref":"#/$defs/ReceiptKind"},"room":{"type":"string"},"seq":{"type":"integer"},"user":{"type":"string"}},"required":["room","user","kind","seq"],"type":"object"},
   "ReceiptKind": {"enum":["read","delivered"],"type":"string"},
   "ReceiptReply": {"properties":{"seq":{"type":"integer"}},"required":["seq"],"type":"object"},
   "RefreshReply": {"properties":{"expires_at":{"type":"integer"}},"required":["expires_at"],"type":"object"},
-  "ReplyFrame": {"anyOf":[{"$ref":"#/$defs/PingReply"},{"$ref":"#/$defs/AuthReply"},{"$ref":"#/$defs/RefreshReply"},{"$ref":"#/$defs/RoomReply"},{"$ref":"#/$defs/RoomJoinReply"},{"$ref":"#/$defs/RoomListReply"},{"$ref":"#/$defs/MessageReply"},{"$ref":"#/$defs/HistoryReply"},{"$ref":"#/$defs/AiAskReply"},{"$ref":"#/$defs/ReceiptReply"},{"$ref":"#/$defs/NotificationListReply"},{"$ref":"#/$defs/PresenceReply"},{"$ref":"#/$defs/CallInviteReply"},{"$ref":"#/$defs/Empty"},{}],"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"id":{"minimum":0,"type":"integer"},"ok":{"type":"boolean"}},"required":["id","ok"],"type":"object"},
-  "Room": {"properties":{"created_at":{"type":"integer"},"id":{"type":"string"},"last_seq":{"type":"integer"},"name":{"type":"string"},"owner":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","owner","last_seq","created_at","unread"],"type":"object"},
+  "ReplyFrame": {"anyOf":[{"$ref":"#/$defs/PingReply"},{"$ref":"#/$defs/AuthReply"},{"$ref":"#/$defs/RefreshReply"},{"$ref":"#/$defs/RoomReply"},{"$ref":"#/$defs/RoomJoinReply"},{"$ref":"#/$defs/RoomListReply"},{"$ref":"#/$defs/MessageReply"},{"$ref":"#/$defs/HistoryReply"},{"$ref":"#/$defs/AiAskReply"},{"$ref":"#/$defs/ReceiptReply"},{"$ref":"#/$defs/NotificationListReply"},{"$ref":"#/$defs/PresenceReply"},{"$ref":"#/$defs/CallInviteReply"},{"$ref":"#/$defs/RoomJoinManyReply"},{"$ref":"#/$defs/MembersReply"},{"$ref":"#/$defs/DirectoryReply"},{"$ref":"#/$defs/ReportReply"},{"$ref":"#/$defs/Empty"},{}],"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"id":{"minimum":0,"type":"integer"},"ok":{"type":"boolean"}},"required":["id","ok"],"type":"object"},
+  "ReportReply": {"properties":{"report_id":{"type":"string"}},"required":["report_id"],"type":"object"},
+  "Role": {"enum":["owner","admin","member"],"type":"string"},
+  "Room": {"properties":{"created_at":{"type":"integer"},"deleted":{"type":"boolean"},"id":{"type":"string"},"last_seq":{"type":"integer"},"metadata":{"additionalProperties":true,"type":["object","null"]},"name":{"type":"string"},"owner":{"type":"string"},"topic":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","owner","last_seq","created_at","unread","topic"],"type":"object"},
+  "RoomDeleted": {"properties":{"by":{"$ref":"#/$defs/UserRef"},"room":{"type":"string"},"seq":{"type":"integer"}},"required":["room","seq","by"],"type":"object"},
+  "RoomJoinManyReply": {"properties":{"results":{"items":{"$ref":"#/$defs/RoomJoinResult"},"type":"array"}},"required":["results"],"type":"object"},
   "RoomJoinReply": {"properties":{"events":{"items":{"$ref":"#/$defs/ServerFrame"},"type":"array"},"has_more":{"type":"boolean"},"last_seq":{"type":"integer"},"online":{"items":{"type":"string"},"type":"array"},"read_marks":{"items":{"$ref":"#/$defs/ReadMark"},"type":"array"},"recovered":{"type":"boolean"},"room":{"anyOf":[{"$ref":"#/$defs/Room"},{"type":"null"}]},"streams":{"items":{"$ref":"#/$defs/StreamInProgress"},"type":"array"}},"required":["last_seq","events","recovered","has_more","streams","online","read_marks"],"type":"object"},
+  "RoomJoinResult": {"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"joined":{"anyOf":[{"$ref":"#/$defs/RoomJoinReply"},{"type":"null"}]},"ok":{"type":"boolean"},"room":{"type":"string"}},"required":["room","ok"],"type":"object"},
   "RoomListReply": {"properties":{"rooms":{"items":{"$ref":"#/$defs/RoomSummary"},"type":"array"}},"required":["rooms"],"type":"object"},
   "RoomReply": {"properties":{"room":{"$ref":"#/$defs/Room"}},"required":["room"],"type":"object"},
   "RoomSummary": {"properties":{"id":{"type":"string"},"last_seq":{"type":"integer"},"name":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","last_seq","unread"],"type":"object"},
-  "ServerFrame": {"oneOf":[{"$ref":"#/$defs/Hello","properties":{"type":{"const":"hello","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReplyFrame","properties":{"type":{"const":"reply","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ErrorFrame","properties":{"type":{"const":"error","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageEvent","properties":{"type":{"const":"message.new","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageEvent","properties":{"type":{"const":"message.updated","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageDeleted","properties":{"type":{"const":"message.deleted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReactionEvent","properties":{"type":{"const":"reaction.added","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReactionEvent","properties":{"type":{"const":"reaction.removed","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberEvent","properties":{"type":{"const":"member.joined","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberEvent","properties":{"type":{"const":"member.left","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReceiptEvent","properties":{"type":{"const":"receipt","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/NotificationNew","properties":{"type":{"const":"notification.new","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CustomEvent","properties":{"type":{"const":"custom","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiDelta","properties":{"type":{"const":"ai.delta","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiDone","properties":{"type":{"const":"ai.done","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiError","properties":{"type":{"const":"ai.error","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/TokenExpiring","properties":{"type":{"const":"token.expiring","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/PresenceState","properties":{"type":{"const":"presence","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/TypingEvent","properties":{"type":{"const":"typing","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallIncoming","properties":{"type":{"const":"call.incoming","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.answer","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.reject","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.end","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.ice","type":"string"}},"required":["type"],"type":"object"}]},
+  "RoomUpdated": {"properties":{"by":{"$ref":"#/$defs/UserRef"},"metadata":{"additionalProperties":true,"type":["object","null"]},"name":{"type":"string"},"room":{"type":"string"},"seq":{"type":"integer"},"topic":{"type":"string"}},"required":["room","seq","name","topic","by"],"type":"object"},
+  "SanctionEvent": {"properties":{"by":{"$ref":"#/$defs/UserRef"},"room":{"type":"string"},"seq":{"type":"integer"},"until":{"type":["integer","null"]},"user":{"$ref":"#/$defs/UserRef"}},"required":["room","seq","user","by"],"type":"object"},
+  "ServerFrame": {"oneOf":[{"$ref":"#/$defs/Hello","properties":{"type":{"const":"hello","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReplyFrame","properties":{"type":{"const":"reply","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ErrorFrame","properties":{"type":{"const":"error","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageEvent","properties":{"type":{"const":"message.new","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageEvent","properties":{"type":{"const":"message.updated","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageDeleted","properties":{"type":{"const":"message.deleted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReactionEvent","properties":{"type":{"const":"reaction.added","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReactionEvent","properties":{"type":{"const":"reaction.removed","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberEvent","properties":{"type":{"const":"member.joined","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberEvent","properties":{"type":{"const":"member.left","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/RoomUpdated","properties":{"type":{"const":"room.updated","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/RoomDeleted","properties":{"type":{"const":"room.deleted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberRoleEvent","properties":{"type":{"const":"member.role","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/SanctionEvent","properties":{"type":{"const":"member.muted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/SanctionEvent","properties":{"type":{"const":"member.unmuted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/SanctionEvent","properties":{"type":{"const":"member.banned","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/SanctionEvent","properties":{"type":{"const":"member.unbanned","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/NotificationCleared","properties":{"type":{"const":"notification.cleared","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReceiptEvent","properties":{"type":{"const":"receipt","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/NotificationNew","properties":{"type":{"const":"notification.new","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CustomEvent","properties":{"type":{"const":"custom","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiDelta","properties":{"type":{"const":"ai.delta","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiDone","properties":{"type":{"const":"ai.done","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiError","properties":{"type":{"const":"ai.error","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/TokenExpiring","properties":{"type":{"const":"token.expiring","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/PresenceState","properties":{"type":{"const":"presence","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/TypingEvent","properties":{"type":{"const":"typing","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallIncoming","properties":{"type":{"const":"call.incoming","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.answer","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.reject","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.end","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.ice","type":"string"}},"required":["type"],"type":"object"}]},
   "StreamError": {"properties":{"code":{"type":"string"},"message":{"type":"string"},"temporary":{"type":"boolean"}},"required":["code","message","temporary"],"type":"object"},
   "StreamInProgress": {"properties":{"index":{"minimum":0,"type":"integer"},"stream_id":{"type":"string"},"text_so_far":{"type":"string"}},"required":["stream_id","text_so_far","index"],"type":"object"},
   "TokenExpiring": {"properties":{"expires_at":{"type":"integer"},"expires_in_ms":{"minimum":0,"type":"integer"}},"required":["expires_in_ms","expires_at"],"type":"object"},

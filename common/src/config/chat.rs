@@ -28,6 +28,9 @@ pub struct ChatConfig {
     /// Most members one message notifies by mentioning them; further
     /// mentions in the same message notify no one.
     pub max_mentions_per_message: usize,
+    /// Whether a room's admins may give roles (`room.set_role` to `admin`
+    /// or `member`); otherwise only the owner.
+    pub admins_set_roles: bool,
 }
 
 /// Who may add people to a private room.
@@ -51,6 +54,7 @@ impl Default for ChatConfig {
             page_limit: 100,
             invite_policy: InvitePolicy::Members,
             max_mentions_per_message: 20,
+            admins_set_roles: false,
         }
     }
 }

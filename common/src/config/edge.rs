@@ -49,6 +49,8 @@ pub struct EdgeConfig {
     pub presence_subscribe_max: usize,
     /// Most rooms one connection may have joined at once.
     pub max_rooms_per_conn: usize,
+    /// Most rooms one `room.join{rooms}` may name.
+    pub max_rooms_per_join: usize,
     /// Rooms with at most this many members send their members' `presence`
     /// events to everyone who joined (cost grows with members × churn).
     /// 0 turns room-wide presence off; at most 1000.
@@ -154,6 +156,7 @@ impl Default for EdgeConfig {
             presence_renew_ms: 10_000,
             presence_subscribe_max: 500,
             max_rooms_per_conn: 100,
+            max_rooms_per_join: 20,
             room_presence_max_members: 100,
             typing_timeout_ms: 6_000,
             token_expiring_lead_ms: 60_000,
@@ -252,6 +255,14 @@ impl EdgeConfig {
         )?;
         at_least("edge.typing_timeout_ms", self.typing_timeout_ms, 100)?;
         at_least("edge.max_rooms_per_conn", self.max_rooms_per_conn as u64, 1)?;
+        at_least("edge.max_rooms_per_join", self.max_rooms_per_join as u64, 1)?;
+        if self.max_rooms_per_join > protocol_join_rooms_max() {
+            return Err(ConfigError(format!(
+                "key `edge.max_rooms_per_join`: must be at most {}, got {}",
+                protocol_join_rooms_max(),
+                self.max_rooms_per_join
+            )));
+        }
         if self.room_presence_max_members > 1_000 {
             return Err(ConfigError(format!(
                 "key `edge.room_presence_max_members`: must be at most 1000, got {}",
@@ -272,6 +283,12 @@ impl EdgeConfig {
         }
         Ok(())
     }
+}
+
+/// The protocol's own bound on `room.join{rooms}` (`protocol::JOIN_ROOMS_MAX`;
+/// `common` cannot depend on `protocol`).
+const fn protocol_join_rooms_max() -> usize {
+    1000
 }
 
 #[cfg(test)]

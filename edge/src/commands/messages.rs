@@ -2,12 +2,13 @@
 //! notifications.
 
 use proto::chat::v1::{
-    DeleteMessageRequest, EditMessageRequest, GetHistoryRequest, ListNotificationsRequest,
-    MarkReceiptRequest, ReactionRequest, ReadNotificationsRequest, ReceiptKind, SendMessageRequest,
+    ClearNotificationsRequest, DeleteMessageRequest, EditMessageRequest, GetHistoryRequest,
+    ListNotificationsRequest, MarkReceiptRequest, ReactionRequest, ReadNotificationsRequest,
+    ReceiptKind, SendMessageRequest,
 };
 use protocol::{
     HistoryReply, Message, MessageDelete, MessageEdit, MessageHistory, MessageReply, MessageSend,
-    Notification, NotificationList, NotificationListReply, NotificationRead, ReactionArgs,
+    Notification, NotificationIds, NotificationList, NotificationListReply, ReactionArgs,
     ReceiptArgs, ReceiptReply, ReplyResult,
 };
 use serde_json::Value;
@@ -33,6 +34,7 @@ pub(super) async fn send(
         client_msg_id: args.client_msg_id,
         thread_id: args.thread,
         metadata_json,
+        reply_to: args.reply_to,
     });
     let message = s
         .chat()
@@ -174,13 +176,34 @@ pub(super) async fn notification_list(
 
 pub(super) async fn notification_read(
     s: &mut Session,
-    args: NotificationRead,
+    args: NotificationIds,
 ) -> Result<Outcome, CommandError> {
-    let request = s
-        .actor()?
-        .request(ReadNotificationsRequest { ids: args.ids });
+    let all = args.all();
+    let request = s.actor()?.request(ReadNotificationsRequest {
+        ids: args.ids.unwrap_or_default(),
+        all,
+    });
     s.chat()
         .read_notifications(request)
+        .await
+        .map_err(failed("chat"))?;
+    Ok(done())
+}
+
+/// The user's other connections get `notification.cleared` (carrying this
+/// connection's id, so it can tell the echo from its own reply).
+pub(super) async fn notification_clear(
+    s: &mut Session,
+    args: NotificationIds,
+) -> Result<Outcome, CommandError> {
+    let all = args.all();
+    let request = s.actor()?.request(ClearNotificationsRequest {
+        ids: args.ids.unwrap_or_default(),
+        all,
+        conn_id: s.link.id.clone(),
+    });
+    s.chat()
+        .clear_notifications(request)
         .await
         .map_err(failed("chat"))?;
     Ok(done())

@@ -7,8 +7,8 @@ use proto::chat::v1::{
     RemoveMemberRequest,
 };
 use protocol::{
-    ReplyResult, Room, RoomCreate, RoomJoin, RoomJoinReply, RoomLeave, RoomListReply, RoomReply,
-    RoomSummary, RoomUser,
+    JoinTarget, ReplyResult, Room, RoomCreate, RoomJoin, RoomJoinManyReply, RoomJoinReply,
+    RoomJoinResult, RoomLeave, RoomListReply, RoomReply, RoomSummary, RoomUser,
 };
 use serde_json::value::RawValue;
 
@@ -36,24 +36,106 @@ pub(super) async fn create(s: &mut Session, args: RoomCreate) -> Result<Outcome,
     })))
 }
 
-/// Subscribes first and holds live events, then reads the room, then sends
-/// the reply and releases what is newer than it: nothing falls between.
+/// `room.join`: one room, or several (`rooms`) answered by one reply.
 pub(super) async fn join(
     s: &mut Session,
     args: RoomJoin,
     id: Option<u64>,
 ) -> Result<Outcome, CommandError> {
-    let RoomJoin { room, since } = args;
+    if args.rooms.is_some() {
+        return join_many(s, args.targets(), id).await;
+    }
+    let Some(target) = args.targets().pop() else {
+        return Err(CommandError::bad_request("missing string field `room`"));
+    };
+    let max = s.shared().config.max_rooms_per_conn;
+    if !s.rooms.contains(&target.room) && s.rooms.len() >= max {
+        return Err(too_many_rooms(max));
+    }
+    let entered = enter(s, &target).await?;
+    let reply = id.map(|id| frames::reply_ok(id, ReplyResult::RoomJoin(entered.reply.clone())));
+    open(s, entered, reply).await;
+    Ok(Outcome::Sent)
+}
+
+fn too_many_rooms(max: usize) -> CommandError {
+    CommandError::new(
+        common::ErrorCode::TooLarge,
+        format!("a connection may join at most {max} rooms; leave one first"),
+    )
+}
+
+/// Several rooms: each is joined as a single join would be (its live events
+/// held until the one reply is queued), and the reply carries each room's
+/// result. Too many rooms joins none.
+async fn join_many(
+    s: &mut Session,
+    targets: Vec<JoinTarget>,
+    id: Option<u64>,
+) -> Result<Outcome, CommandError> {
+    let config = &s.shared().config;
+    let (per_join, per_conn) = (config.max_rooms_per_join, config.max_rooms_per_conn);
+    if targets.len() > per_join {
+        return Err(CommandError::new(
+            common::ErrorCode::TooLarge,
+            format!("one room.join may name at most {per_join} rooms"),
+        ));
+    }
+    let new = targets
+        .iter()
+        .filter(|t| !s.rooms.contains(&t.room))
+        .count();
+    if s.rooms.len() + new > per_conn {
+        return Err(too_many_rooms(per_conn));
+    }
+    let mut results = Vec::with_capacity(targets.len());
+    let mut entered = Vec::new();
+    for target in &targets {
+        match enter(s, target).await {
+            Ok(room) => {
+                results.push(RoomJoinResult {
+                    room: target.room.clone(),
+                    ok: true,
+                    error: None,
+                    joined: Some(room.reply.clone()),
+                });
+                entered.push(room);
+            }
+            Err(error) => results.push(RoomJoinResult {
+                room: target.room.clone(),
+                ok: false,
+                error: Some(error.object(None)),
+                joined: None,
+            }),
+        }
+    }
+    let result = ReplyResult::RoomJoinMany(RoomJoinManyReply { results });
+    if entered.is_empty() {
+        return Ok(reply(result));
+    }
+    // The reply goes out with the first gate; every room's held events follow it.
+    let mut reply = id.map(|id| frames::reply_ok(id, result));
+    for room in entered {
+        open(s, room, reply.take()).await;
+    }
+    Ok(Outcome::Sent)
+}
+
+/// A room joined on this connection whose live events are still held.
+struct Entered {
+    channel: String,
+    gate: std::sync::Arc<std::sync::Mutex<crate::hub::Gate>>,
+    reply: RoomJoinReply,
+    members: Vec<String>,
+}
+
+/// Subscribes first and holds live events, then reads the room: nothing
+/// falls between the reply and what follows it (see [`open`]).
+async fn enter(s: &mut Session, target: &JoinTarget) -> Result<Entered, CommandError> {
+    let JoinTarget { room, since } = target.clone();
     let channel = room_channel(&room);
     let actor = s.actor()?;
     let shared = s.link.shared.clone();
-    let max = shared.config.max_rooms_per_conn;
-    if !s.rooms.contains(&room) && s.rooms.len() >= max {
-        return Err(CommandError::new(
-            common::ErrorCode::TooLarge,
-            format!("a connection may join at most {max} rooms; leave one first"),
-        ));
-    }
     if s.rooms.remove(&room) {
         shared.hub.leave(&channel, s.link.key).await;
     }
@@ -115,19 +197,29 @@ pub(super) async fn join(
             })
             .collect(),
     };
-    let reply = id.map(|id| frames::reply_ok(id, ReplyResult::RoomJoin(reply)));
+    Ok(Entered {
+        channel,
+        gate,
+        reply,
+        members: response.members,
+    })
+}
+
+/// Queues `reply` (if any), then releases the room's held events newer
+/// than it, and follows the members' presence.
+async fn open(s: &mut Session, entered: Entered, reply: Option<axum::extract::ws::Utf8Bytes>) {
+    let shared = s.link.shared.clone();
     shared
         .hub
         .open_gate(
-            &channel,
-            &gate,
+            &entered.channel,
+            &entered.gate,
             &s.link.outbox,
             reply,
-            response.last_seq,
-            &response.members,
+            entered.reply.last_seq,
+            &entered.members,
         )
         .await;
-    Ok(Outcome::Sent)
 }
 
 pub(super) async fn leave(s: &mut Session, args: RoomLeave) -> Result<Outcome, CommandError> {
