@@ -8,6 +8,7 @@
 
 mod backend;
 mod error;
+mod publisher;
 mod service;
 mod store;
 mod writer;
