@@ -17,5 +17,6 @@ mod faults;
 mod hardening;
 mod messages;
 mod metrics;
+mod pipelining;
 mod presence;
 mod protection;
