@@ -122,6 +122,7 @@ async fn serve(
                         outbox.push(warning);
                     }
                     None => {
+                        settle(&mut pipeline).await;
                         outbox.close(CloseCode::TokenExpired);
                         break;
                     }
@@ -134,6 +135,7 @@ async fn serve(
                 drain_at = Some(Instant::now() + drain_delay(key, drain));
             }
             _ = tokio::time::sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
+                settle(&mut pipeline).await;
                 outbox.close(CloseCode::Draining);
                 break;
             }
@@ -205,9 +207,7 @@ async fn serve(
         }
     }
 
-    if let Some(mut running) = pipeline.take() {
-        running.drain().await;
-    }
+    settle(&mut pipeline).await;
     Box::pin(session.close()).await;
     // The connection's own outbox handle and its user slot go now: the
     // writer ends once every handle is gone, and a slot is free again.
@@ -237,6 +237,14 @@ async fn next_done(pipeline: &mut Option<Box<Pipeline>>) {
     match pipeline {
         Some(pipeline) => pipeline.next().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Waits for every command in flight (their replies go before a close the
+/// server sends), and drops the pipeline.
+async fn settle(pipeline: &mut Option<Box<Pipeline>>) {
+    if let Some(mut running) = pipeline.take() {
+        running.drain().await;
     }
 }
 

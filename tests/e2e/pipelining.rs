@@ -77,3 +77,56 @@ async fn a_thousand_pipelined_sends_are_stored_in_order_and_acknowledged_once() 
     assert_eq!(texts, sent, "every message stored once, in the order sent");
     assert_no_task_panicked();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_edge_answers_the_commands_in_flight_before_it_closes() {
+    const IN_FLIGHT: u64 = 20;
+    let mut app = spawn_app().await;
+    let mut alice = app.user("alice", "alice").await;
+    let room = alice.public_room("drained").await;
+    for i in 0..IN_FLIGHT {
+        let frame = json!({
+            "type": "message.send",
+            "id": FIRST_ID + i,
+            "room": room,
+            "text": format!("m{i}"),
+            "client_msg_id": format!("c{i}"),
+        });
+        alice.send_text(frame.to_string()).await;
+    }
+    // Once the first is answered the edge has read the rest (they came in
+    // together): they are in flight when the edge starts draining.
+    let mut answered = std::collections::BTreeSet::new();
+    loop {
+        let frame = alice.next_frame().await.expect("connection open");
+        if frame["type"] == "reply" {
+            assert_eq!(frame["id"], FIRST_ID, "the lane answers in order");
+            answered.insert(0);
+            break;
+        }
+    }
+    let read = async {
+        let code = loop {
+            match alice.next_frame_or_close().await {
+                Ok(frame) if frame["type"] == "reply" => {
+                    // Stored, or refused as temporary by a stopping chat-service.
+                    assert!(
+                        frame["ok"] == true || frame["error"]["temporary"] == true,
+                        "{frame}"
+                    );
+                    answered.insert(frame["id"].as_u64().expect("id") - FIRST_ID);
+                }
+                Ok(_) => {}
+                Err(code) => break code,
+            }
+        };
+        (answered, code)
+    };
+    let ((answered, code), ()) = tokio::join!(read, app.shutdown());
+    assert_eq!(code, Some(1001));
+    assert_eq!(
+        answered,
+        (0..IN_FLIGHT).collect(),
+        "every command in flight answered before the close"
+    );
+}
