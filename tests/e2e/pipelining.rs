@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{assert_no_task_panicked, spawn_app};
+use crate::helpers::{assert_no_task_panicked, spawn_app, spawn_app_with};
 
 const SENDS: u64 = 1_000;
 /// Command ids of the pipelined sends: clear of the helper's own.
@@ -81,7 +81,8 @@ async fn a_thousand_pipelined_sends_are_stored_in_order_and_acknowledged_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_edge_answers_the_commands_in_flight_before_it_closes() {
     const IN_FLIGHT: u64 = 20;
-    let mut app = spawn_app().await;
+    // Closes as soon as the drain starts: sooner than the sends can finish.
+    let mut app = spawn_app_with(|c| c.edge.drain_ms = 0).await;
     let mut alice = app.user("alice", "alice").await;
     let room = alice.public_room("drained").await;
     for i in 0..IN_FLIGHT {
