@@ -9,6 +9,7 @@
 mod backend;
 mod error;
 pub mod permissions;
+mod publisher;
 mod service;
 mod store;
 mod writer;

@@ -2,12 +2,14 @@
 //! edit, a delete, a reaction, a membership change, a new room — is a job for
 //! one writer task. The task takes whatever is queued, runs each job in a
 //! savepoint of its own inside one transaction (a refused job never undoes
-//! another), commits once, then publishes the committed events in commit
-//! order and answers each caller. Many rooms share one commit and one fsync;
+//! another), commits once, then hands the committed events to the
+//! [`Publisher`] in commit order and answers each caller at once: a commit
+//! never waits for the bus. Many rooms share one commit and one fsync;
 //! within a room, seqs follow the order of jobs, and so does the bus.
 
 use std::sync::Arc;
 
+use crate::publisher::{self, Publication, Publisher};
 use common::bus::{Bus, envelope, room_channel, user_channel};
 use common::metrics::ChatMetrics;
 use proto::chat::v1::{Message, Notification, Room, RoomEvent, Sanction, User};
@@ -120,11 +122,13 @@ impl Writer {
     /// Starts the writer task; it ends when every handle is dropped.
     pub(crate) fn start(store: Store, bus: Arc<dyn Bus>, metrics: ChatMetrics) -> Writer {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, bus, queue, metrics));
+        let publisher = Publisher::start(bus, publisher::QUEUE, metrics.clone());
+        tokio::spawn(run(store, publisher, queue, metrics));
         Writer { jobs }
     }
 
-    /// Appends to a log; resolves once the change is committed and published.
+    /// Appends to a log; resolves once the change is committed (and queued
+    /// for publication).
     pub(crate) async fn submit(&self, op: Op) -> Result<Applied, ChatError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -144,7 +148,7 @@ impl Writer {
 
 async fn run(
     store: Store,
-    bus: Arc<dyn Bus>,
+    publisher: Publisher,
     mut queue: mpsc::Receiver<Job>,
     metrics: ChatMetrics,
 ) {
@@ -170,7 +174,7 @@ async fn run(
                         .inc();
                 }
                 // In the caller's span, so envelopes carry its trace context.
-                publish(bus.as_ref(), applied).instrument(span).await;
+                publisher.push(span.in_scope(|| publications(applied, &span)));
             }
             let _ = reply.send(result);
         }
@@ -406,24 +410,103 @@ fn event_kind_label(kind: &str) -> &'static str {
         .map_or("other", |(name, _)| name)
 }
 
-/// Publishes committed events on their rooms' channels and notifications
-/// on their users' channels. The log is the source of truth, so a failed
-/// publish only delays delivery until edges repair the gap.
-async fn publish(bus: &dyn Bus, applied: &Applied) {
-    for event in &applied.events {
-        let envelope = envelope(&event.room_id, event.seq, &event.kind, event.json.clone());
-        if let Err(error) = bus.publish(&room_channel(&event.room_id), &envelope).await {
-            tracing::warn!(room_id = %event.room_id, seq = event.seq, %error, "cannot publish room event");
+/// The committed events for their rooms' channels and the notifications
+/// for their users' channels, in order.
+fn publications(applied: &Applied, span: &tracing::Span) -> Vec<Publication> {
+    let rooms = applied.events.iter().map(|event| Publication {
+        channel: room_channel(&event.room_id),
+        envelope: envelope(&event.room_id, event.seq, &event.kind, event.json.clone()),
+        span: span.clone(),
+    });
+    let users = applied.notifications.iter().map(|notification| {
+        let event = NotificationNew::frame(notification);
+        Publication {
+            channel: user_channel(&notification.user_id),
+            envelope: envelope("", 0, event.kind(), event.to_json()),
+            span: span.clone(),
+        }
+    });
+    rooms.chain(users).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use common::bus::{BusError, BusEvent, Envelope, Subscriber};
+    use proto::chat::v1::Visibility;
+
+    use super::*;
+
+    /// A frozen bus: every publish is announced, then never completes.
+    struct FrozenBus {
+        started: mpsc::UnboundedSender<i64>,
+    }
+
+    #[async_trait]
+    impl Bus for FrozenBus {
+        async fn publish(&self, _channel: &str, envelope: &Envelope) -> Result<(), BusError> {
+            let _ = self.started.send(envelope.seq);
+            std::future::pending().await
+        }
+
+        async fn subscriber(
+            &self,
+        ) -> Result<(Box<dyn Subscriber>, mpsc::UnboundedReceiver<BusEvent>), BusError> {
+            Err(BusError::Unavailable("publish only".into()))
         }
     }
-    for notification in &applied.notifications {
-        let event = NotificationNew::frame(notification);
-        let envelope = envelope("", 0, event.kind(), event.to_json());
-        if let Err(error) = bus
-            .publish(&user_channel(&notification.user_id), &envelope)
-            .await
-        {
-            tracing::warn!(%error, "cannot publish notification");
+
+    fn message(room_id: &str, user: &User, n: usize) -> Op {
+        Op::InsertMessage {
+            message: Message {
+                id: common::ids::new_id("m"),
+                room_id: room_id.to_string(),
+                sender: Some(user.clone()),
+                text: format!("m{n}"),
+                created_at: common::ids::now_ms(),
+                client_msg_id: format!("c{n}"),
+                ..Message::default()
+            },
+            notifications: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn commits_are_answered_while_the_bus_is_frozen() {
+        let db = common::testing::test_database().await;
+        let store = Store::connect(&db.url, 2).await.expect("store");
+        let (started, mut publishes) = mpsc::unbounded_channel();
+        let metrics = ChatMetrics::default();
+        let writer = Writer::start(store, Arc::new(FrozenBus { started }), metrics.clone());
+        let owner = User {
+            id: "u1".into(),
+            name: "one".into(),
+        };
+        let room = writer
+            .submit(Op::CreateRoom(NewRoom {
+                id: "r1".into(),
+                name: "frozen".into(),
+                visibility: Visibility::Public,
+                owner: owner.clone(),
+                direct_key: None,
+                members: Vec::new(),
+                created_at: common::ids::now_ms(),
+            }))
+            .await
+            .expect("room created")
+            .room
+            .expect("room");
+        // The first publication is stuck on the bus for good.
+        let first = publishes.recv().await.expect("a publish started");
+        let mut seqs = Vec::new();
+        for n in 0..20 {
+            let applied = writer
+                .submit(message(&room.id, &owner, n))
+                .await
+                .expect("stored");
+            seqs.push(applied.message.expect("message").seq);
+        }
+        assert_eq!(seqs, (first + 1..=first + 20).collect::<Vec<_>>());
+        assert_eq!(metrics.publish_queue_depth.get(), 20);
     }
 }

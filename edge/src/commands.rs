@@ -11,14 +11,21 @@ mod moderation;
 mod presence;
 mod rooms;
 
+use std::sync::Arc;
+
 use common::ErrorCode;
+use common::grpc::{Actor, ServiceChannel};
 use opentelemetry::trace::TraceContextExt;
 use proto::chat::v1::Sanction;
+use proto::chat::v1::chat_service_client::ChatServiceClient;
 use protocol::{ClientCommand, CommandKind, PingReply, ReplyResult};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::Shared;
 use crate::frames::{self, CommandError, Envelope};
+use crate::outbox::Outbox;
+use crate::pipeline::Pipeline;
 use crate::session::Session;
 
 /// What a successful command produced.
@@ -48,15 +55,83 @@ pub(crate) enum Flow {
 }
 
 /// Runs one text frame; `Flow::Close` when its failure ends the connection.
-/// Every frame is counted once in `parley_edge_commands_total` and timed in
+/// A room-ordered command (see [`protocol::Spec::room_ordered`]) is queued
+/// on `pipeline` and answers when it is done; any other command first waits
+/// for everything in flight, then runs here. Every frame is counted once in
+/// `parley_edge_commands_total` and timed in
 /// `parley_edge_command_duration_seconds`, under its command kind (or
 /// `unknown`) and outcome (`ok` or the error code).
-pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
+pub(crate) async fn handle(
+    session: &mut Session,
+    pipeline: &mut Option<Box<Pipeline>>,
+    text: &str,
+) -> Flow {
     let started = std::time::Instant::now();
-    let metrics = session.shared().metrics.clone();
-    let (kind, outcome, flow, trace) = pipeline(session, text).await;
+    let (envelope, span) = match parse(session, text).await {
+        Ok(parsed) => parsed,
+        Err((kind, outcome, flow)) => {
+            let metrics = &session.shared().metrics;
+            record(metrics, kind.as_deref(), outcome, started, None);
+            return flow;
+        }
+    };
+    let Envelope { kind, id, body, .. } = envelope;
+    let finish = Finish {
+        outbox: session.outbox().clone(),
+        metrics: session.shared().metrics.clone(),
+        tracing: session.shared().tracing,
+        started,
+        kind,
+        id,
+        span,
+    };
+    let admitted = admit(session, &finish.kind, body)
+        .instrument(finish.span.clone())
+        .await;
+    let (spec, command, flags) = match admitted {
+        Ok(admitted) => admitted,
+        Err(error) => return finish.done(Err(error)),
+    };
+    if spec.room_ordered
+        && let Some(room) = room_of(&command)
+    {
+        let room = room.to_string();
+        let ctx = match RoomCtx::of(session) {
+            Ok(ctx) => ctx,
+            Err(error) => return finish.done(Err(error)),
+        };
+        let run = async move {
+            let result = dispatch_room(&ctx, command, flags)
+                .instrument(finish.span.clone())
+                .await;
+            // A failure that closes has queued its close frame; the
+            // connection ends when the writer has sent it.
+            let _ = finish.done(result);
+        };
+        pipeline
+            .get_or_insert_with(Box::default)
+            .push(room, Box::pin(run));
+        return Flow::Continue;
+    }
+    // A barrier: everything before it finishes first.
+    if let Some(mut running) = pipeline.take() {
+        running.drain().await;
+    }
+    let result = dispatch(session, command, id, flags)
+        .instrument(finish.span.clone())
+        .await;
+    finish.done(result)
+}
+
+/// Counts and times one frame.
+fn record(
+    metrics: &common::metrics::EdgeMetrics,
+    kind: Option<&str>,
+    outcome: &'static str,
+    started: std::time::Instant,
+    trace: Option<common::metrics::TraceExemplar>,
+) {
     let command = kind
-        .as_deref()
         .and_then(CommandKind::from_name)
         .map_or("unknown", CommandKind::name);
     metrics
@@ -67,21 +142,14 @@ pub(crate) async fn handle(session: &mut Session, text: &str) -> Flow {
         .command_duration
         .get_or_create(&[("command", command)])
         .observe(started.elapsed().as_secs_f64(), trace, None);
-    flow
 }
 
-/// What [`pipeline`] tells the metrics: the frame's type (if it had one),
-/// the outcome label, whether the read loop goes on, and the trace of the
-/// command's span (when spans are exported) as an exemplar.
-type Handled = (
-    Option<String>,
-    &'static str,
-    Flow,
-    Option<common::metrics::TraceExemplar>,
-);
+/// A refused frame: its type (if it had one), the outcome label, and
+/// whether the read loop goes on.
+type Refused = (Option<String>, &'static str, Flow);
 
-/// [`handle`] without the metrics.
-async fn pipeline(session: &mut Session, text: &str) -> Handled {
+/// Opens a signed frame and reads the envelope; the command's span.
+async fn parse(session: &mut Session, text: &str) -> Result<(Envelope, tracing::Span), Refused> {
     let opened;
     let text = match session.signed.as_mut() {
         Some(signed) if session.identity.is_some() => {
@@ -99,7 +167,7 @@ async fn pipeline(session: &mut Session, text: &str) -> Handled {
                         refusal.as_str(),
                     );
                     let (flow, outcome) = refuse(session, None, id, refusal.error()).await;
-                    return (None, outcome, flow, None);
+                    return Err((None, outcome, flow));
                 }
             }
         }
@@ -109,7 +177,7 @@ async fn pipeline(session: &mut Session, text: &str) -> Handled {
         Ok(envelope) => envelope,
         Err((kind, id, error)) => {
             let (flow, outcome) = refuse(session, kind.as_deref(), id, error).await;
-            return (kind, outcome, flow, None);
+            return Err((kind, outcome, flow));
         }
     };
     let span = tracing::info_span!(
@@ -136,51 +204,78 @@ async fn pipeline(session: &mut Session, text: &str) -> Handled {
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
-    let Envelope { kind, id, body, .. } = envelope;
-    let result = run(session, &kind, id, body).instrument(span.clone()).await;
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(error) => {
-            span.record("otel.status_code", "ERROR");
-            span.record("parley.error_code", error.code.as_str());
-            error.code.as_str()
-        }
-    };
-    let trace = if session.shared().tracing {
-        span.in_scope(common::metrics::trace_exemplar)
-    } else {
-        None
-    };
-    let flow = match result {
-        Ok(Outcome::Reply(result)) => {
-            if let Some(id) = id {
-                session.outbox().push(frames::reply_ok(id, *result));
+    Ok((envelope, span))
+}
+
+/// What answers a command once it has run: owned, so a command in the
+/// pipeline answers by itself.
+struct Finish {
+    outbox: Outbox,
+    metrics: common::metrics::EdgeMetrics,
+    /// Whether spans are exported (exemplars and `trace_id` in errors).
+    tracing: bool,
+    started: std::time::Instant,
+    kind: String,
+    id: Option<u64>,
+    span: tracing::Span,
+}
+
+impl Finish {
+    /// Queues the reply (or the failure, and the close it asks for), and
+    /// counts the command.
+    fn done(self, result: Result<Outcome, CommandError>) -> Flow {
+        let Finish {
+            outbox,
+            metrics,
+            tracing,
+            started,
+            kind,
+            id,
+            span,
+        } = self;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("parley.error_code", error.code.as_str());
+                error.code.as_str()
             }
-            Flow::Continue
-        }
-        Ok(Outcome::Sent) => Flow::Continue,
-        Err(error) => {
-            let trace_id = if session.shared().tracing {
-                span.in_scope(common::trace::current_trace_id)
-            } else {
-                None
-            };
-            if error.code == ErrorCode::Internal {
-                tracing::error!(parent: &span, command = %kind, message = %error.message, "command failed");
-            }
-            session
-                .outbox()
-                .push(frames::failure(Some(&kind), id, &error, trace_id));
-            match error.close {
-                Some(close) => {
-                    session.outbox().close(close);
-                    Flow::Close
+        };
+        let trace = if tracing {
+            span.in_scope(common::metrics::trace_exemplar)
+        } else {
+            None
+        };
+        let flow = match result {
+            Ok(Outcome::Reply(result)) => {
+                if let Some(id) = id {
+                    outbox.push(frames::reply_ok(id, *result));
                 }
-                None => Flow::Continue,
+                Flow::Continue
             }
-        }
-    };
-    (Some(kind), outcome, flow, trace)
+            Ok(Outcome::Sent) => Flow::Continue,
+            Err(error) => {
+                let trace_id = if tracing {
+                    span.in_scope(common::trace::current_trace_id)
+                } else {
+                    None
+                };
+                if error.code == ErrorCode::Internal {
+                    tracing::error!(parent: &span, command = %kind, message = %error.message, "command failed");
+                }
+                outbox.push(frames::failure(Some(&kind), id, &error, trace_id));
+                match error.close {
+                    Some(close) => {
+                        outbox.close(close);
+                        Flow::Close
+                    }
+                    None => Flow::Continue,
+                }
+            }
+        };
+        record(&metrics, Some(&kind), outcome, started, trace);
+        flow
+    }
 }
 
 /// Answers a frame that is not a command (unreadable, or a bad signature).
@@ -216,13 +311,13 @@ async fn refuse(
     (flow, error.code.as_str())
 }
 
-/// Admits, decodes and runs one command.
-async fn run(
+/// Admits and decodes one command: its spec, the command, and content
+/// inspection's findings.
+async fn admit(
     session: &mut Session,
     kind: &str,
-    id: Option<u64>,
     body: serde_json::Map<String, serde_json::Value>,
-) -> Result<Outcome, CommandError> {
+) -> Result<(&'static protocol::Spec, ClientCommand, Vec<&'static str>), CommandError> {
     let known = CommandKind::from_name(kind);
     let spec = known.map(CommandKind::spec);
     let ip = session.link.peer.ip();
@@ -258,7 +353,67 @@ async fn run(
         )?,
         _ => Vec::new(),
     };
-    dispatch(session, command, id, flags).await
+    Ok((spec, command, flags))
+}
+
+/// The room a room-ordered command acts on.
+fn room_of(command: &ClientCommand) -> Option<&str> {
+    use ClientCommand as C;
+    match command {
+        C::MessageSend(args) => Some(&args.room),
+        C::MessageHistory(args) => Some(&args.room),
+        C::MessageEdit(args) => Some(&args.room),
+        C::MessageDelete(args) => Some(&args.room),
+        C::ReactionAdd(args) | C::ReactionRemove(args) => Some(&args.room),
+        _ => None,
+    }
+}
+
+/// What a room-ordered command needs of its connection: owned, so the
+/// command runs beside the connection's others (see [`crate::pipeline`]).
+pub(crate) struct RoomCtx {
+    shared: Arc<Shared>,
+    actor: Actor,
+}
+
+impl RoomCtx {
+    fn of(session: &Session) -> Result<Self, CommandError> {
+        Ok(Self {
+            shared: session.link.shared.clone(),
+            actor: session.actor()?,
+        })
+    }
+
+    /// The signed-in user, as gRPC calls name their caller.
+    pub(crate) fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// A client of chat-service.
+    pub(crate) fn chat(&self) -> ChatServiceClient<ServiceChannel> {
+        self.shared.backends.chat.clone()
+    }
+}
+
+/// One handler per room-ordered command.
+async fn dispatch_room(
+    s: &RoomCtx,
+    command: ClientCommand,
+    flags: Vec<&'static str>,
+) -> Result<Outcome, CommandError> {
+    use ClientCommand as C;
+    match command {
+        C::MessageSend(args) => messages::send(s, args, &flags).await,
+        C::MessageHistory(args) => messages::history(s, args).await,
+        C::MessageEdit(args) => messages::edit(s, args).await,
+        C::MessageDelete(args) => messages::delete(s, args).await,
+        C::ReactionAdd(args) => messages::reaction(s, args, true).await,
+        C::ReactionRemove(args) => messages::reaction(s, args, false).await,
+        other => Err(CommandError::new(
+            ErrorCode::Internal,
+            format!("`{}` is not room-ordered", other.kind().name()),
+        )),
+    }
 }
 
 /// The text content inspection reads, for commands that carry one.
@@ -291,12 +446,12 @@ async fn dispatch(
         C::RoomList(_) => rooms::list(s).await,
         C::RoomInvite(args) => rooms::invite(s, args).await,
         C::RoomRemoveMember(args) => rooms::remove_member(s, args).await,
-        C::MessageSend(args) => messages::send(s, args, &flags).await,
-        C::MessageHistory(args) => messages::history(s, args).await,
-        C::MessageEdit(args) => messages::edit(s, args).await,
-        C::MessageDelete(args) => messages::delete(s, args).await,
-        C::ReactionAdd(args) => messages::reaction(s, args, true).await,
-        C::ReactionRemove(args) => messages::reaction(s, args, false).await,
+        command @ (C::MessageSend(_)
+        | C::MessageHistory(_)
+        | C::MessageEdit(_)
+        | C::MessageDelete(_)
+        | C::ReactionAdd(_)
+        | C::ReactionRemove(_)) => dispatch_room(&RoomCtx::of(s)?, command, flags).await,
         C::ReceiptRead(args) => messages::receipt(s, args, true).await,
         C::ReceiptDelivered(args) => messages::receipt(s, args, false).await,
         C::NotificationList(args) => messages::notification_list(s, args).await,

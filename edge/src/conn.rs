@@ -18,6 +18,7 @@ use crate::Shared;
 use crate::commands::{self, Flow};
 use crate::frames::{self, CommandError};
 use crate::outbox::{Outbound, Outbox, OutboxReceiver, outbox};
+use crate::pipeline::Pipeline;
 use crate::session::Session;
 use crate::token_life::Step;
 
@@ -104,6 +105,9 @@ async fn serve(
     let shutdown = shared.shutdown.clone().wait();
     tokio::pin!(shutdown);
     let mut drain_at: Option<Instant> = None;
+    // Room-ordered commands in flight; none (and no allocation) while idle.
+    let mut pipeline: Option<Box<Pipeline>> = None;
+    let max_in_flight = config.max_commands_in_flight;
 
     loop {
         if refused {
@@ -118,18 +122,20 @@ async fn serve(
                         outbox.push(warning);
                     }
                     None => {
+                        settle(&mut pipeline).await;
                         outbox.close(CloseCode::TokenExpired);
                         break;
                     }
                 }
             }
             _ = &mut shutdown, if drain_at.is_none() => {
-                // In-flight commands have finished (they run inside this
-                // loop); the close itself waits for this connection's turn.
+                // Commands in flight finish before the connection ends (see
+                // below); the close itself waits for this connection's turn.
                 let drain = Duration::from_millis(config.drain_ms);
                 drain_at = Some(Instant::now() + drain_delay(key, drain));
             }
             _ = tokio::time::sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
+                settle(&mut pipeline).await;
                 outbox.close(CloseCode::Draining);
                 break;
             }
@@ -148,7 +154,13 @@ async fn serve(
                 writer_done = true;
                 break;
             }
-            frame = stream.next() => match frame {
+            () = next_done(&mut pipeline), if pipeline.is_some() => {
+                if pipeline.as_ref().is_some_and(|p| p.in_flight() == 0) {
+                    pipeline = None;
+                }
+            }
+            // At the bound, the next frame waits until a command finishes.
+            frame = stream.next(), if pipeline.as_ref().is_none_or(|p| p.in_flight() < max_in_flight) => match frame {
                 None => break,
                 Some(Ok(Message::Close(frame))) => {
                     client_close = Some(frame.map_or(NO_STATUS, |f| f.code));
@@ -166,7 +178,7 @@ async fn serve(
                     last_command = last_pong;
                     // Boxed: the command futures are large, and an idle
                     // connection should not carry their space.
-                    if Box::pin(commands::handle(&mut session, &text)).await == Flow::Close {
+                    if Box::pin(commands::handle(&mut session, &mut pipeline, &text)).await == Flow::Close {
                         break;
                     }
                 }
@@ -186,6 +198,7 @@ async fn serve(
         }
     }
 
+    settle(&mut pipeline).await;
     Box::pin(session.close()).await;
     // The connection's own outbox handle and its user slot go now: the
     // writer ends once every handle is gone, and a slot is free again.
@@ -208,6 +221,22 @@ async fn serve(
     }
     metrics.disconnects.get_or_create(&[("code", code)]).inc();
     metrics.connections.dec();
+}
+
+/// Waits for one command of the pipeline to finish.
+async fn next_done(pipeline: &mut Option<Box<Pipeline>>) {
+    match pipeline {
+        Some(pipeline) => pipeline.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for every command in flight (their replies go before a close the
+/// server sends), and drops the pipeline.
+async fn settle(pipeline: &mut Option<Box<Pipeline>>) {
+    if let Some(mut running) = pipeline.take() {
+        running.drain().await;
+    }
 }
 
 /// Close code of a close frame without a status.

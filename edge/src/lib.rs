@@ -13,6 +13,7 @@ mod inspect;
 mod limits;
 mod link;
 mod outbox;
+mod pipeline;
 mod presence;
 mod ready;
 mod session;

@@ -133,6 +133,12 @@ pub struct Spec {
     pub assistant: bool,
     /// Its own per-user window, if any.
     pub family: Option<RateFamily>,
+    /// Acts on one room (its `room` field) and changes nothing of the
+    /// connection's state: it may run beside the connection's other
+    /// commands, in order with those on the same room. Every other command
+    /// is a barrier: it runs once everything before it has finished, and
+    /// nothing after it starts before it has.
+    pub room_ordered: bool,
 }
 
 const BASE: Spec = Spec {
@@ -143,6 +149,7 @@ const BASE: Spec = Spec {
     inspects_text: false,
     assistant: false,
     family: None,
+    room_ordered: false,
 };
 
 /// Arguments are checked after decoding; `validate` may also normalise them.
@@ -1029,9 +1036,9 @@ commands! {
     /// The rooms you are a member of.
     "room.list" => RoomList(NoArgs) {},
     /// Post a message.
-    "message.send" => MessageSend(MessageSend) { message: true, inspects_text: true },
+    "message.send" => MessageSend(MessageSend) { message: true, inspects_text: true, room_ordered: true },
     /// A page of a room's messages.
-    "message.history" => MessageHistory(MessageHistory) {},
+    "message.history" => MessageHistory(MessageHistory) { room_ordered: true },
     /// Ask the assistant; the reply streams as `ai.delta`.
     "ai.ask" => AiAsk(AiAsk) { assistant: true, inspects_text: true },
     /// Stop an assistant reply.
@@ -1041,13 +1048,13 @@ commands! {
     /// Remove a member from a room (owner only).
     "room.remove_member" => RoomRemoveMember(RoomUser) {},
     /// Change a message's text (author only).
-    "message.edit" => MessageEdit(MessageEdit) { message: true, inspects_text: true },
+    "message.edit" => MessageEdit(MessageEdit) { message: true, inspects_text: true, room_ordered: true },
     /// Delete a message, leaving a tombstone.
-    "message.delete" => MessageDelete(MessageDelete) {},
+    "message.delete" => MessageDelete(MessageDelete) { room_ordered: true },
     /// React to a message.
-    "reaction.add" => ReactionAdd(ReactionArgs) { family: Some(RateFamily::Reactions) },
+    "reaction.add" => ReactionAdd(ReactionArgs) { family: Some(RateFamily::Reactions), room_ordered: true },
     /// Take a reaction back.
-    "reaction.remove" => ReactionRemove(ReactionArgs) { family: Some(RateFamily::Reactions) },
+    "reaction.remove" => ReactionRemove(ReactionArgs) { family: Some(RateFamily::Reactions), room_ordered: true },
     /// Move your read mark.
     "receipt.read" => ReceiptRead(ReceiptArgs) { family: Some(RateFamily::Receipts) },
     /// Move your delivered mark.

@@ -82,13 +82,20 @@ async fn a_client_that_stops_reading_is_cut_off_without_slowing_the_room() {
                     .send_text(send(&room, &format!("d{device}-{i}"), &body))
                     .await;
             }
-            // Every send answered (none failed): a final round trip.
-            client.ok("ping", json!({})).await;
+            client
         });
     }
     let delivered = seqs(&mut reader, messages).await;
+    // Every send answered (none failed): a final round trip each. After
+    // the feed, as a pipelining edge reads the sends (and the ping) at once
+    // and the ping's reply waits for all of them.
     while let Some(done) = senders.join_next().await {
-        done.expect("sender");
+        let mut client = done.expect("sender");
+        client.ok("ping", json!({})).await;
+        assert!(
+            client.take_pending().iter().all(|f| f["type"] != "error"),
+            "a send failed"
+        );
     }
     let first = delivered[0];
     assert_eq!(

@@ -6,7 +6,9 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Client, TestApp, spawn_app};
+use crate::helpers::{
+    Client, PrivateRedis, TestApp, assert_no_task_panicked, spawn_app, spawn_app_with,
+};
 
 const SENDERS: usize = 16;
 const PER_SENDER: usize = 625;
@@ -263,4 +265,65 @@ async fn restarting_chat_service_mid_stream_loses_and_repeats_nothing() {
     // The restart window is short: typically one or two sends meet it and
     // are retried, which is not asserted (a run with none is still valid).
     eprintln!("sends retried across the chat restart: {retries}");
+}
+
+/// How long the bus stays frozen.
+const FREEZE: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_bus_delays_delivery_but_never_a_send() {
+    if common::testing::test_redis_url().is_none() {
+        eprintln!("note: PARLEY_TEST_REDIS_URL is not set; skipping the frozen bus test");
+        return;
+    }
+    // A Redis of the test's own, so freezing it stops no other test.
+    let redis = PrivateRedis::start().await;
+    let app = spawn_app_with(|config| config.bus.redis_url = redis.url.clone()).await;
+    let mut sender = app.user("sender", "sender").await;
+    let mut reader = app.user("reader", "reader").await;
+    let room = sender.public_room("frozen").await;
+    reader.ok("room.join", json!({"room": room})).await;
+
+    redis.freeze();
+    let frozen_at = std::time::Instant::now();
+    let mut acked = Vec::new();
+    let mut latencies = Vec::new();
+    while frozen_at.elapsed() < FREEZE {
+        let started = std::time::Instant::now();
+        let id = format!("m{}", acked.len());
+        let reply = sender
+            .ok(
+                "message.send",
+                json!({"room": room, "text": id, "client_msg_id": id}),
+            )
+            .await;
+        latencies.push(started.elapsed());
+        acked.push(reply["message"]["seq"].as_i64().expect("seq"));
+    }
+    redis.resume();
+    latencies.sort();
+    eprintln!(
+        "{} sends acknowledged while the bus was frozen; p99 {:?}",
+        acked.len(),
+        latencies[latencies.len() * 99 / 100]
+    );
+    // Before, every send waited for its publish to time out (5 s): two in
+    // the whole freeze.
+    assert!(
+        acked.len() >= 50,
+        "sends are acknowledged while the bus is frozen ({} in {FREEZE:?})",
+        acked.len()
+    );
+
+    // Once the bus is back, the reader gets every message, once, in order.
+    let last = *acked.last().expect("a send");
+    let mut received = Vec::new();
+    while received.last() != Some(&last) {
+        let frame = reader.next_frame().await.expect("every message arrives");
+        if frame["type"] == "message.new" && frame["room"] == room.as_str() {
+            received.push(frame["seq"].as_i64().expect("seq"));
+        }
+    }
+    assert_eq!(received, acked, "every message delivered once, in order");
+    assert_no_task_panicked();
 }

@@ -746,3 +746,82 @@ pub async fn http_get(
         .unwrap_or_default();
     (status, body)
 }
+
+/// A `redis-server` of the test's own, on a Unix socket in a temporary
+/// directory, that the test can freeze (`SIGSTOP`) and resume; killed on
+/// drop. Fails loudly when `redis-server` cannot be started.
+pub struct PrivateRedis {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    /// What `bus.redis_url` should be set to.
+    pub url: String,
+}
+
+impl PrivateRedis {
+    /// Starts the server and returns once it accepts connections.
+    pub async fn start() -> PrivateRedis {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(common::ids::new_id("redis"));
+        std::fs::create_dir_all(&dir).expect("redis directory");
+        let socket = dir.join("redis.sock");
+        let mut child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-server on PATH");
+        let stdout = child.stdout.take().expect("stdout");
+        let url = format!("redis+unix://{}", socket.display());
+        // Killed on drop, also when it never gets ready.
+        let redis = PrivateRedis { child, dir, url };
+        // Ready once it says so (its log goes to stdout).
+        let ready = tokio::task::spawn_blocking(move || {
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .any(|line| {
+                    line.to_ascii_lowercase()
+                        .contains("ready to accept connections")
+                })
+        });
+        assert!(
+            tokio::time::timeout(WAIT, ready)
+                .await
+                .expect("redis-server starts in time")
+                .expect("reading redis-server's log"),
+            "redis-server exited before it was ready"
+        );
+        redis
+    }
+
+    /// Stops the server's process where it is: connections stay open and
+    /// nothing is answered.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server run again.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} redis-server");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

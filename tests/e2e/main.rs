@@ -17,6 +17,7 @@ mod faults;
 mod hardening;
 mod messages;
 mod metrics;
+mod pipelining;
 mod presence;
 mod protection;
 mod replies;

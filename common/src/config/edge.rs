@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::{ConfigError, at_least, string_or_list};
 use crate::secret::Secret;
 
+/// Upper bound of `edge.max_commands_in_flight`.
+const MAX_COMMANDS_IN_FLIGHT: usize = 4096;
+
 /// The WebSocket edge.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -42,6 +45,10 @@ pub struct EdgeConfig {
     pub call_timeout_ms: u64,
     /// Bound on bytes queued to one connection; past it the connection closes with 4008.
     pub outbound_queue_bytes: usize,
+    /// Most commands one connection may have in flight (pipelining);
+    /// further frames are read once one finishes. 1 runs a connection's
+    /// commands one after another.
+    pub max_commands_in_flight: usize,
     /// How often the edge renews its connections' presence leases (one batched call).
     pub presence_renew_ms: u64,
     /// Most users one connection follows: those `presence.subscribe` named
@@ -153,6 +160,7 @@ impl Default for EdgeConfig {
             query_token: false,
             call_timeout_ms: 10_000,
             outbound_queue_bytes: 1024 * 1024,
+            max_commands_in_flight: 64,
             presence_renew_ms: 10_000,
             presence_subscribe_max: 500,
             max_rooms_per_conn: 100,
@@ -217,6 +225,17 @@ impl EdgeConfig {
             4096,
         )?;
         at_least("edge.presence_renew_ms", self.presence_renew_ms, 100)?;
+        at_least(
+            "edge.max_commands_in_flight",
+            self.max_commands_in_flight as u64,
+            1,
+        )?;
+        if self.max_commands_in_flight > MAX_COMMANDS_IN_FLIGHT {
+            return Err(ConfigError(format!(
+                "key `edge.max_commands_in_flight`: must be at most {MAX_COMMANDS_IN_FLIGHT}, got {}",
+                self.max_commands_in_flight
+            )));
+        }
         if self.drain_ms >= self.shutdown_grace_ms {
             return Err(ConfigError(format!(
                 "key `edge.drain_ms`: must be shorter than edge.shutdown_grace_ms ({})",
@@ -340,6 +359,12 @@ mod tests {
         let e =
             load(&[("PARLEY_EDGE_TRUSTED_PROXIES", "10.0.0.0/8, 10.1/16")]).expect_err("bad range");
         assert!(e.to_string().contains("edge.trusted_proxies"), "{e}");
+        for bad in ["0", "4097"] {
+            let e = load(&[("PARLEY_EDGE_MAX_COMMANDS_IN_FLIGHT", bad)]).expect_err("out of range");
+            assert!(e.to_string().contains("edge.max_commands_in_flight"), "{e}");
+        }
+        let c = load(&[("PARLEY_EDGE_MAX_COMMANDS_IN_FLIGHT", "1")]).expect("sequential");
+        assert_eq!(c.edge.max_commands_in_flight, 1);
         let c = load(&[("PARLEY_EDGE_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]).expect("valid");
         assert_eq!(c.edge.trusted_proxies, ["10.0.0.0/8", "127.0.0.1"]);
     }

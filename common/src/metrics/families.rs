@@ -230,6 +230,11 @@ pub struct ChatMetrics {
     pub commit_batch_size: Histogram,
     pub commit_duration: Histogram,
     pub writer_queue_depth: Gauge,
+    /// Committed events and notifications waiting to be published.
+    pub publish_queue_depth: Gauge,
+    /// Publications dropped because the publish queue was full (the bus
+    /// stalled); edges repair the gaps from the log.
+    pub publish_dropped: Counter,
     /// `kind`: the room-log event kind.
     pub events_appended: Family<Label1, Counter>,
     /// 1 while the database answers, 0 while it does not.
@@ -242,6 +247,8 @@ impl Default for ChatMetrics {
             commit_batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
             commit_duration: latency_histogram(),
             writer_queue_depth: Gauge::default(),
+            publish_queue_depth: Gauge::default(),
+            publish_dropped: Counter::default(),
             events_appended: Family::default(),
             database_up: Gauge::default(),
         }
@@ -265,6 +272,16 @@ impl ChatMetrics {
             "parley_chat_writer_queue_depth",
             "Writes waiting for the writer",
             m.writer_queue_depth,
+        );
+        r.register(
+            "parley_chat_publish_queue_depth",
+            "Committed events waiting to be published on the bus",
+            m.publish_queue_depth,
+        );
+        r.register(
+            "parley_chat_publish_dropped",
+            "Committed events dropped from a full publish queue (edges repair them from the log)",
+            m.publish_dropped,
         );
         r.register(
             "parley_chat_events_appended",

@@ -13,13 +13,13 @@ use protocol::{
 };
 use serde_json::Value;
 
-use super::{Outcome, done, failed, missing, reply};
+use super::{Outcome, RoomCtx, done, failed, missing, reply};
 use crate::frames::CommandError;
 use crate::session::Session;
 
 /// `flags` are content inspection's findings, stored in the metadata.
 pub(super) async fn send(
-    s: &mut Session,
+    s: &RoomCtx,
     args: MessageSend,
     flags: &[&'static str],
 ) -> Result<Outcome, CommandError> {
@@ -28,7 +28,7 @@ pub(super) async fn send(
         Some(m) => Value::Object(m).to_string(),
         None => String::new(),
     };
-    let request = s.actor()?.request(SendMessageRequest {
+    let request = s.actor().request(SendMessageRequest {
         room_id: args.room,
         text: args.text,
         client_msg_id: args.client_msg_id,
@@ -53,13 +53,10 @@ fn message_reply(message: &proto::chat::v1::Message) -> Outcome {
     }))
 }
 
-pub(super) async fn history(
-    s: &mut Session,
-    args: MessageHistory,
-) -> Result<Outcome, CommandError> {
+pub(super) async fn history(s: &RoomCtx, args: MessageHistory) -> Result<Outcome, CommandError> {
     let limit = args.limit();
     let seq = |v: Option<u64>| v.and_then(|v| i64::try_from(v).ok());
-    let request = s.actor()?.request(GetHistoryRequest {
+    let request = s.actor().request(GetHistoryRequest {
         room_id: args.room,
         before: seq(args.before),
         after: seq(args.after),
@@ -79,8 +76,8 @@ pub(super) async fn history(
 }
 
 /// An edit cannot carry metadata: in `flag` mode inspection only logs it.
-pub(super) async fn edit(s: &mut Session, args: MessageEdit) -> Result<Outcome, CommandError> {
-    let request = s.actor()?.request(EditMessageRequest {
+pub(super) async fn edit(s: &RoomCtx, args: MessageEdit) -> Result<Outcome, CommandError> {
+    let request = s.actor().request(EditMessageRequest {
         room_id: args.room,
         message_id: args.message_id,
         text: args.text,
@@ -96,8 +93,8 @@ pub(super) async fn edit(s: &mut Session, args: MessageEdit) -> Result<Outcome, 
     Ok(message_reply(&message))
 }
 
-pub(super) async fn delete(s: &mut Session, args: MessageDelete) -> Result<Outcome, CommandError> {
-    let request = s.actor()?.request(DeleteMessageRequest {
+pub(super) async fn delete(s: &RoomCtx, args: MessageDelete) -> Result<Outcome, CommandError> {
+    let request = s.actor().request(DeleteMessageRequest {
         room_id: args.room,
         message_id: args.message_id,
     });
@@ -109,11 +106,11 @@ pub(super) async fn delete(s: &mut Session, args: MessageDelete) -> Result<Outco
 }
 
 pub(super) async fn reaction(
-    s: &mut Session,
+    s: &RoomCtx,
     args: ReactionArgs,
     add: bool,
 ) -> Result<Outcome, CommandError> {
-    let request = s.actor()?.request(ReactionRequest {
+    let request = s.actor().request(ReactionRequest {
         room_id: args.room,
         message_id: args.message_id,
         emoji: args.emoji,
