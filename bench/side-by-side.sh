@@ -26,8 +26,14 @@ case "$scenario" in
     send) export RATES="${RATES-1000 3000}" SUBS="${SUBS:-200}" ROOMS="${ROOMS:-20}" IDLE_N=0 ;;
     *) echo "scenario: idle | fanout | send" >&2; exit 2 ;;
 esac
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p parley
-export PARLEY_BIN="$root/target/release/parley" ROOT="$root"
+if [ -z "${PARLEY_BIN:-}" ]; then
+    cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p parley
+    export PARLEY_BIN="$root/target/release/parley"
+fi
+export ROOT="$root"
+# Every load client comes from 127.0.0.1 and load is the point: lift the
+# per-address, per-user and rate limits (docs/security.md).
+export PARLEY_EDGE_MAX_HTTP_CONNS_PER_IP="${PARLEY_EDGE_MAX_HTTP_CONNS_PER_IP:-0}"
 out="$("$peers/side-by-side.sh" | tail -1)"
 python3 - "$out" "$scenario" <<'PY'
 import json, os, sys
