@@ -2,7 +2,8 @@
 //! database per test, the Redis URL to test against, an
 //! OpenAI-compatible model server ([`FakeOpenAi`]), log capture
 //! ([`logs`]), a gRPC service served on `127.0.0.1:0` ([`serve_grpc`]), and
-//! a TCP proxy that cuts a dependency off ([`TcpProxy`]).
+//! a TCP proxy that cuts a dependency off ([`TcpProxy`]), and the rendered
+//! Kubernetes manifests ([`deploy`]).
 //!
 //! Without environment variables a test gets a new SQLite file and no Redis,
 //! so `cargo test` passes on a fresh machine. With
@@ -11,6 +12,7 @@
 //! paths run. A variable that is set but whose service cannot be reached
 //! fails the test loudly: CI never skips them silently.
 
+pub mod deploy;
 mod fake_openai;
 mod grpc;
 pub mod logs;

@@ -760,6 +760,12 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     /// Starts the server and returns once it accepts connections.
     pub async fn start() -> PrivateRedis {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`PrivateRedis::start`], with more `redis-server` arguments
+    /// (TLS, ACL users).
+    pub async fn start_with(args: &[String]) -> PrivateRedis {
         use std::io::BufRead;
         let dir = std::env::temp_dir().join(common::ids::new_id("redis"));
         std::fs::create_dir_all(&dir).expect("redis directory");
@@ -770,6 +776,7 @@ impl PrivateRedis {
             .arg(&socket)
             .arg("--dir")
             .arg(&dir)
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("redis-server on PATH");

@@ -21,5 +21,7 @@ mod pipelining;
 mod presence;
 mod protection;
 mod replies;
+mod resilient;
 mod rooms_admin;
 mod rooms_many;
+mod topology;
