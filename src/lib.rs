@@ -242,6 +242,7 @@ pub async fn start(
     };
     let chat = chat_parts.build().await.map_err(component("chat"))?;
     let ai = ai_service::AiApp::build(&config, &clients, bus.clone(), &metrics)
+        .await
         .map_err(component("ai"))?;
     let suite_bus = bus.clone();
     let edge = EdgeApp::build(&config, &clients, bus, tracing, shutdown.signal(), &metrics)

@@ -8,6 +8,7 @@ use common::bus::BusError;
 use tonic::Status;
 
 use crate::provider::ProviderError;
+use crate::store::StoreError;
 
 /// Everything that can go wrong in the AI service.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,9 @@ pub enum AiError {
     EmptyReply,
     #[error("event bus: {0}")]
     Bus(#[from] BusError),
+    /// The store of quotas and replies in progress (Redis) did not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The service stopped while the reply was being generated.
     #[error("the assistant is shutting down")]
     ShuttingDown,
@@ -66,7 +70,7 @@ impl AiError {
             AiError::TooLarge { .. } => ErrorCode::TooLarge,
             AiError::Chat(status) => ErrorCode::from_grpc(status.code()),
             AiError::Provider(e) => e.code(),
-            AiError::Bus(_) | AiError::ShuttingDown => ErrorCode::Unavailable,
+            AiError::Bus(_) | AiError::Store(_) | AiError::ShuttingDown => ErrorCode::Unavailable,
             AiError::MissingMessage | AiError::MissingRoom | AiError::EmptyReply => {
                 ErrorCode::Internal
             }
@@ -82,6 +86,7 @@ impl AiError {
             AiError::MissingMessage | AiError::MissingRoom | AiError::Bus(_) => {
                 "internal error".to_string()
             }
+            AiError::Store(_) => "the assistant is unavailable".to_string(),
             other => other.to_string(),
         }
     }
@@ -130,6 +135,9 @@ mod tests {
             tonic::Code::InvalidArgument
         );
         assert_eq!(AiError::ShuttingDown.code(), ErrorCode::Unavailable);
+        let store = Status::from(AiError::Store(StoreError("redis://secret@host".into())));
+        assert_eq!(store.code(), tonic::Code::Unavailable);
+        assert!(!store.message().contains("secret"), "{}", store.message());
         let limited = Status::from(AiError::RateLimited {
             message: "too many questions",
             retry_after: Duration::from_millis(700),

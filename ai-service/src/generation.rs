@@ -89,11 +89,13 @@ impl Generator {
         let outcome = self.reply(&job, shutdown).await;
         self.metrics.streams_active.dec();
         // The asker may ask again as soon as they learn this one ended.
-        drop(job.slot.take());
+        if let Some(slot) = job.slot.take() {
+            slot.release().await;
+        }
         // Unlisted before the last event goes out: a late joiner either sees
         // the stream listed and then its end live, or sees neither and finds
         // the stored reply in the log.
-        self.streams.finish(&job.stream.id);
+        self.streams.finish(&job.stream).await;
         let (event, tap_event) = match outcome {
             Ok(finished) if !finished.cancelled => {
                 tracing::info!(
@@ -223,7 +225,7 @@ impl Generator {
                 truncated = true;
             }
             if !chunk.is_empty() {
-                let index = stream.push(&chunk);
+                let index = self.streams.push(stream, &chunk).await;
                 if index == 0 {
                     self.metrics
                         .time_to_first_delta

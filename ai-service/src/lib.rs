@@ -5,14 +5,17 @@
 //!
 //! Replies come from a [`Provider`]; the built-in one is the
 //! [`OfflineProvider`], a clearly labelled development stand-in that is not
-//! a language model.
+//! a language model. Quotas and the replies in progress live in a store
+//! (`ai.backend`): this process's memory, or Redis shared by every replica.
 
 mod context;
+mod control;
 mod error;
 mod generation;
 mod provider;
 mod quota;
 mod service;
+mod store;
 mod streams;
 
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use std::time::Duration;
 use common::Secret;
 use common::bus::Bus;
 use common::clients::{Clients, Link};
-use common::config::{AiConfig, AiFallback, AiProvider, Config};
+use common::config::{AiConfig, AiFallback, AiProvider, Backend, Config};
 use common::grpc::{CredentialCheck, Health, ServiceChannel};
 use common::metrics::Metrics;
 use common::shutdown::ShutdownSignal;
@@ -33,6 +36,7 @@ use tokio::sync::mpsc;
 use tonic::service::Routes;
 
 use crate::context::ContextReader;
+use crate::control::Keeper;
 pub use crate::error::AiError;
 use crate::generation::{Generator, ReplyLimits};
 pub use crate::provider::{
@@ -41,6 +45,8 @@ pub use crate::provider::{
 };
 use crate::quota::{Limit, Quotas};
 use crate::service::{AiHandler, Rules};
+pub use crate::store::StoreError;
+use crate::store::{AiStore, MemoryStore, RedisStore};
 use crate::streams::Streams;
 
 /// Longest wait, after the server stopped, for replies in progress to
@@ -55,6 +61,9 @@ pub struct AiApp {
     /// The configured provider(s) behind retries, deadlines and breakers.
     provider: Arc<dyn Provider>,
     bus: Arc<dyn Bus>,
+    /// Quotas and replies in progress, shared with other replicas (Redis)
+    /// or not (memory).
+    store: Arc<dyn AiStore>,
     /// Where prompts and replies are stored and history is read.
     chat: ServiceChannel,
     /// Where the service's metrics go (the gRPC server's among them).
@@ -68,6 +77,7 @@ impl std::fmt::Debug for AiApp {
         f.debug_struct("AiApp")
             .field("enabled", &self.config.enabled)
             .field("provider", &self.provider.name())
+            .field("backend", &self.config.backend)
             .field("credential", &self.credential)
             .finish_non_exhaustive()
     }
@@ -78,31 +88,40 @@ impl AiApp {
     /// one-process suite run it: the `[ai]` section, the service
     /// credential, `bus` for streamed replies, and chat-service through
     /// `clients`, and `metrics` to record into.
-    pub fn build(
+    pub async fn build(
         config: &Config,
         clients: &Clients,
         bus: Arc<dyn Bus>,
         metrics: &Arc<Metrics>,
     ) -> Result<AiApp, AiError> {
-        Self::new(
+        Self::connect(
             &config.ai,
             bus,
             clients.channel(Link::AiToChat),
             &config.services.credential,
             metrics,
         )
+        .await
     }
 
     /// Builds the service: the provider `config` names (with its fallback,
-    /// retries and breakers), the bus replies are streamed on, and a channel
-    /// to chat-service for storing messages and reading history.
-    pub fn new(
+    /// retries and breakers), the store of quotas and replies in progress
+    /// (connected to Redis with `backend = "redis"`), the bus replies are
+    /// streamed on, and a channel to chat-service for storing messages and
+    /// reading history.
+    pub async fn connect(
         config: &AiConfig,
         bus: Arc<dyn Bus>,
         chat: ServiceChannel,
         credential: &Secret,
         metrics: &Arc<Metrics>,
     ) -> Result<AiApp, AiError> {
+        let store: Arc<dyn AiStore> = match config.backend {
+            Backend::Memory => Arc::new(MemoryStore::new()),
+            Backend::Redis => {
+                Arc::new(RedisStore::connect(&config.redis_url, &config.redis_prefix).await?)
+            }
+        };
         let main: Arc<dyn Provider> = match config.provider {
             AiProvider::Offline => {
                 if config.enabled {
@@ -154,6 +173,7 @@ impl AiApp {
             config: config.clone(),
             provider: Arc::new(provider),
             bus,
+            store,
             chat,
             metrics: metrics.clone(),
             credential: credential.clone(),
@@ -177,6 +197,21 @@ impl AiApp {
         let (running, mut finished) = mpsc::channel::<()>(1);
         let config = &self.config;
         let backend = ChatBackendServiceClient::new(self.chat.clone());
+        let streams = Arc::new(Streams::new(self.store.clone(), self.bus.clone()));
+        let quotas = Quotas::new(
+            Limit {
+                per_minute: config.requests_per_minute,
+                concurrent: config.concurrent_streams,
+            },
+            Limit {
+                per_minute: config.anonymous_requests_per_minute,
+                concurrent: config.anonymous_concurrent_streams,
+            },
+            self.store.clone(),
+        );
+        let keeper =
+            Keeper::subscribe(&self.bus, streams.clone(), quotas.clone(), self.store).await;
+        tokio::spawn(keeper.run(shutdown.clone()));
         let handler = AiHandler {
             rules: Arc::new(Rules {
                 enabled: config.enabled,
@@ -192,23 +227,14 @@ impl AiApp {
                     system_prompt: config.system_prompt.clone(),
                     budget: config.context_tokens,
                 },
-                streams: Arc::new(Streams::default()),
+                streams,
                 limits: ReplyLimits {
                     total_timeout: Duration::from_millis(config.total_timeout_ms),
                     max_reply_chars: config.max_reply_chars,
                 },
                 metrics: self.metrics.ai.clone(),
             },
-            quotas: Quotas::new(
-                Limit {
-                    per_minute: config.requests_per_minute,
-                    concurrent: config.concurrent_streams,
-                },
-                Limit {
-                    per_minute: config.anonymous_requests_per_minute,
-                    concurrent: config.anonymous_concurrent_streams,
-                },
-            ),
+            quotas,
             backend,
             shutdown: shutdown.clone(),
             running,

@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
         let bus = common::bus::connect(&config.bus).await?;
         let metrics = Metrics::new(&["ai"]);
         let clients = Clients::from_config(&config, &metrics)?;
-        let app = AiApp::build(&config, &clients, bus, &metrics)?;
+        let app = AiApp::build(&config, &clients, bus, &metrics).await?;
         let listener = common::cli::bind("ai.listen", config.ai.listen).await?;
         println!("parley-ai listening on grpc {}", listener.local_addr()?);
         let shutdown = common::shutdown::on_os_signal();

@@ -1,18 +1,17 @@
 //! Per-user quotas on questions: how many per minute and how many replies
-//! streaming at once, with lower limits for anonymous users. Counted in
-//! this process (one ai-service replica's share).
+//! streaming at once, with lower limits for anonymous users. Counted in the
+//! [`AiStore`]: this process's memory, or Redis shared by every replica.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::grpc::Actor;
-use tokio::time::Instant;
+use tokio::sync::Notify;
 
 use crate::error::AiError;
+use crate::store::{AiStore, SlotRef, Take};
 
-/// The window requests are counted in.
-const WINDOW: Duration = Duration::from_secs(60);
 /// Retry hint when the concurrency limit is reached (no reply's end is known).
 const BUSY_RETRY: Duration = Duration::from_secs(1);
 
@@ -23,47 +22,52 @@ pub(crate) struct Limit {
     pub(crate) concurrent: u32,
 }
 
-#[derive(Debug, Default)]
-struct Usage {
-    /// When the questions of the last minute were accepted, oldest first.
-    recent: VecDeque<Instant>,
-    /// Replies streaming now.
-    running: u32,
-}
-
-/// Every user's usage.
-#[derive(Debug)]
+/// Every user's quota, in the store.
 pub(crate) struct Quotas {
     signed_in: Limit,
     anonymous: Limit,
-    users: Mutex<HashMap<String, Usage>>,
+    store: Arc<dyn AiStore>,
+    /// The slots this process holds, whose leases it renews.
+    held: Mutex<HashMap<String, SlotRef>>,
+    /// Signalled when a slot is taken, so the renewal starts.
+    pub(crate) activity: Notify,
 }
 
-/// One of a user's concurrent replies; released when dropped.
+impl std::fmt::Debug for Quotas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quotas")
+            .field("signed_in", &self.signed_in)
+            .field("anonymous", &self.anonymous)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One of a user's concurrent replies; give it back with [`Slot::release`]
+/// or [`Slot::refund`] (dropped, it is released in the background).
 #[derive(Debug)]
 pub(crate) struct Slot {
     quotas: Arc<Quotas>,
-    user: String,
-    /// When the question was counted, so a retried question can be refunded.
-    at: Instant,
+    slot: Option<SlotRef>,
 }
 
 impl Quotas {
-    pub(crate) fn new(signed_in: Limit, anonymous: Limit) -> Arc<Self> {
+    pub(crate) fn new(signed_in: Limit, anonymous: Limit, store: Arc<dyn AiStore>) -> Arc<Self> {
         Arc::new(Self {
             signed_in,
             anonymous,
-            users: Mutex::default(),
+            store,
+            held: Mutex::default(),
+            activity: Notify::new(),
         })
     }
 
-    fn users(&self) -> MutexGuard<'_, HashMap<String, Usage>> {
-        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    fn held(&self) -> MutexGuard<'_, HashMap<String, SlotRef>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts a question of `actor` and takes one of their reply slots, or
     /// says why not.
-    pub(crate) fn acquire(self: &Arc<Self>, actor: &Actor) -> Result<Slot, AiError> {
+    pub(crate) async fn acquire(self: &Arc<Self>, actor: &Actor) -> Result<Slot, AiError> {
         let limit = if actor.anonymous {
             self.anonymous
         } else {
@@ -72,66 +76,81 @@ impl Quotas {
         if limit.per_minute == 0 {
             return Err(AiError::Disabled);
         }
-        let now = Instant::now();
-        let mut users = self.users();
-        let usage = users.entry(actor.user_id.clone()).or_default();
-        while usage
-            .recent
-            .front()
-            .is_some_and(|at| now.duration_since(*at) >= WINDOW)
-        {
-            usage.recent.pop_front();
+        let slot = SlotRef {
+            user: actor.user_id.clone(),
+            ticket: common::ids::new_id("q"),
+        };
+        match self.store.take(&slot, limit, common::ids::now_ms()).await? {
+            Take::Granted => {}
+            Take::Busy => {
+                return Err(AiError::RateLimited {
+                    message: "too many assistant replies in progress",
+                    retry_after: BUSY_RETRY,
+                });
+            }
+            Take::TooMany { retry_after_ms } => {
+                return Err(AiError::RateLimited {
+                    message: "too many questions to the assistant this minute",
+                    retry_after: Duration::from_millis(retry_after_ms.max(0).unsigned_abs()),
+                });
+            }
         }
-        if usage.running >= limit.concurrent {
-            return Err(AiError::RateLimited {
-                message: "too many assistant replies in progress",
-                retry_after: BUSY_RETRY,
-            });
-        }
-        if usage.recent.len() >= limit.per_minute as usize {
-            let oldest = usage.recent.front().copied().unwrap_or(now);
-            return Err(AiError::RateLimited {
-                message: "too many questions to the assistant this minute",
-                retry_after: WINDOW.saturating_sub(now.duration_since(oldest)),
-            });
-        }
-        usage.recent.push_back(now);
-        usage.running += 1;
+        self.held().insert(slot.ticket.clone(), slot.clone());
+        self.activity.notify_one();
         Ok(Slot {
             quotas: self.clone(),
-            user: actor.user_id.clone(),
-            at: now,
+            slot: Some(slot),
         })
     }
 
-    /// Replies streaming now for `user`.
-    #[cfg(test)]
-    fn running(&self, user: &str) -> u32 {
-        self.users().get(user).map_or(0, |u| u.running)
+    /// The slots this process holds (to renew their leases).
+    pub(crate) fn holding(&self) -> Vec<SlotRef> {
+        self.held().values().cloned().collect()
+    }
+
+    pub(crate) fn has_held(&self) -> bool {
+        !self.held().is_empty()
+    }
+
+    async fn give_back(&self, slot: SlotRef, refund: bool) {
+        self.held().remove(&slot.ticket);
+        let given = if refund {
+            self.store.refund(&slot).await
+        } else {
+            self.store.release(&slot).await
+        };
+        if let Err(error) = given {
+            // The slot's lease ends it within `store::LEASE`.
+            tracing::warn!(%error, user_id = %slot.user, "cannot give back a reply slot");
+        }
     }
 }
 
 impl Slot {
-    /// Gives the question back (it started no reply: a retry, or a failure
-    /// before anything was asked).
-    pub(crate) fn refund(self) {
-        let mut users = self.quotas.users();
-        if let Some(usage) = users.get_mut(&self.user)
-            && let Some(position) = usage.recent.iter().rposition(|at| *at == self.at)
-        {
-            usage.recent.remove(position);
+    /// Frees the slot: the reply ended.
+    pub(crate) async fn release(mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.quotas.give_back(slot, false).await;
+        }
+    }
+
+    /// Gives the question back too (it started no reply: a retry, or a
+    /// failure before anything was asked).
+    pub(crate) async fn refund(mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.quotas.give_back(slot, true).await;
         }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut users = self.quotas.users();
-        if let Some(usage) = users.get_mut(&self.user) {
-            usage.running = usage.running.saturating_sub(1);
-            if usage.running == 0 && usage.recent.is_empty() {
-                users.remove(&self.user);
-            }
+        // Dropped unused, e.g. when the caller went away mid-`Ask`.
+        if let Some(slot) = self.slot.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let quotas = self.quotas.clone();
+            runtime.spawn(async move { quotas.give_back(slot, false).await });
         }
     }
 }
@@ -139,6 +158,7 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryStore;
 
     fn user(id: &str, anonymous: bool) -> Actor {
         Actor {
@@ -151,63 +171,55 @@ mod tests {
     fn quotas() -> Arc<Quotas> {
         Quotas::new(
             Limit {
-                per_minute: 3,
-                concurrent: 2,
+                per_minute: 2,
+                concurrent: 1,
             },
             Limit {
                 per_minute: 1,
                 concurrent: 1,
             },
+            Arc::new(MemoryStore::new()),
         )
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn questions_per_minute_are_counted_in_a_sliding_window() {
+    #[tokio::test]
+    async fn slots_are_held_until_released_and_refunds_return_questions() {
         let quotas = quotas();
         let alice = user("alice", false);
-        for _ in 0..3 {
-            drop(quotas.acquire(&alice).expect("within the limit"));
-            tokio::time::advance(Duration::from_secs(10)).await;
-        }
-        match quotas.acquire(&alice) {
+        let slot = quotas.acquire(&alice).await.expect("one");
+        assert_eq!(quotas.holding().len(), 1, "renewed while held");
+        match quotas.acquire(&alice).await {
             Err(AiError::RateLimited { retry_after, .. }) => {
-                assert_eq!(
-                    retry_after,
-                    Duration::from_secs(30),
-                    "until the oldest leaves the window"
-                );
+                assert_eq!(retry_after, BUSY_RETRY);
             }
             other => panic!("expected rate_limited, got {other:?}"),
         }
-        tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(quotas.acquire(&alice).is_ok());
-        assert!(quotas.acquire(&user("bob", false)).is_ok(), "per user");
+        slot.release().await;
+        assert!(quotas.holding().is_empty());
+        quotas.acquire(&alice).await.expect("two").refund().await;
+        quotas
+            .acquire(&alice)
+            .await
+            .expect("the refund gave it back")
+            .release()
+            .await;
+        match quotas.acquire(&alice).await {
+            Err(AiError::RateLimited { retry_after, .. }) => {
+                assert!(retry_after > Duration::from_secs(59), "{retry_after:?}");
+            }
+            other => panic!("expected rate_limited, got {other:?}"),
+        }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn concurrent_replies_are_limited_until_a_slot_is_released() {
-        let quotas = quotas();
-        let alice = user("alice", false);
-        let first = quotas.acquire(&alice).expect("one");
-        let _second = quotas.acquire(&alice).expect("two");
-        assert!(matches!(
-            quotas.acquire(&alice),
-            Err(AiError::RateLimited { .. })
-        ));
-        drop(first);
-        assert_eq!(quotas.running("alice"), 1);
-        assert!(quotas.acquire(&alice).is_ok());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn anonymous_users_get_the_lower_limits_and_refunds_return_questions() {
+    #[tokio::test]
+    async fn a_dropped_slot_is_released_and_anonymous_limits_apply() {
         let quotas = quotas();
         let guest = user("guest", true);
-        quotas.acquire(&guest).expect("one").refund();
-        let _slot = quotas.acquire(&guest).expect("the refund gave it back");
-        drop(_slot);
+        drop(quotas.acquire(&guest).await.expect("one"));
+        tokio::task::yield_now().await;
+        assert!(quotas.holding().is_empty());
         assert!(matches!(
-            quotas.acquire(&guest),
+            quotas.acquire(&guest).await,
             Err(AiError::RateLimited { .. })
         ));
         let closed = Quotas::new(
@@ -219,7 +231,11 @@ mod tests {
                 per_minute: 0,
                 concurrent: 0,
             },
+            Arc::new(MemoryStore::new()),
         );
-        assert!(matches!(closed.acquire(&guest), Err(AiError::Disabled)));
+        assert!(matches!(
+            closed.acquire(&guest).await,
+            Err(AiError::Disabled)
+        ));
     }
 }

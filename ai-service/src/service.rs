@@ -82,7 +82,7 @@ impl AiService for AiHandler {
         }
         let text = self.prompt_text(&prompt)?;
         let model = self.model(model)?;
-        let slot = self.quotas.acquire(&actor)?;
+        let slot = self.quotas.acquire(&actor).await?;
         let client_msg_id = if client_msg_id.is_empty() {
             common::ids::new_id("ask")
         } else {
@@ -105,12 +105,12 @@ impl AiService for AiHandler {
         let stored = match stored {
             Ok(response) => response.into_inner(),
             Err(status) => {
-                slot.refund();
+                slot.refund().await;
                 return Err(AiError::Chat(status).into());
             }
         };
         let Some(message) = stored.message else {
-            slot.refund();
+            slot.refund().await;
             return Err(AiError::MissingMessage.into());
         };
         // Derived from the stored question, so a retried ask (same
@@ -121,9 +121,9 @@ impl AiService for AiHandler {
             Some(room_id.clone()),
             Some(actor.user_id.clone()),
         ));
-        if stored.duplicate || !self.generator.streams.start(stream.clone()) {
+        if stored.duplicate || !self.generator.streams.start(stream.clone()).await {
             tracing::info!(room = %room_id, stream_id = %stream_id, "retried question; no second reply");
-            slot.refund();
+            slot.refund().await;
             return Ok(Response::new(AskResponse {
                 stream_id,
                 message: Some(message),
@@ -160,14 +160,16 @@ impl AiService for AiHandler {
         let stream = self
             .generator
             .streams
-            .get(&stream_id)
+            .find(&stream_id)
+            .await?
             .ok_or(AiError::NotFound("stream"))?;
         if stream.asker.as_deref() != Some(actor.user_id.as_str()) {
-            let room_id = stream.room_id.clone().unwrap_or_default();
             let room = self
                 .backend
                 .clone()
-                .get_room(GetRoomRequest { room_id })
+                .get_room(GetRoomRequest {
+                    room_id: stream.room_id.clone(),
+                })
                 .await
                 .map_err(AiError::Chat)?
                 .into_inner()
@@ -181,7 +183,7 @@ impl AiService for AiHandler {
             }
         }
         tracing::info!(stream_id = %stream_id, user_id = %actor.user_id, "assistant reply cancel requested");
-        stream.cancel.cancel();
+        self.generator.streams.cancel(&stream_id).await?;
         Ok(Response::new(CancelResponse {}))
     }
 
@@ -192,7 +194,7 @@ impl AiService for AiHandler {
         let room_id = request.into_inner().room_id;
         check_id("room_id", &room_id)?;
         Ok(Response::new(ListStreamsResponse {
-            streams: self.generator.streams.in_room(&room_id),
+            streams: self.generator.streams.in_room(&room_id).await?,
         }))
     }
 
@@ -248,7 +250,7 @@ impl AiService for AiHandler {
             None,
         ));
         if scope.is_some() {
-            self.generator.streams.start(stream.clone());
+            self.generator.streams.start(stream.clone()).await;
         }
         let (tap, events) = mpsc::channel(TAP_BUFFER);
         tracing::info!(stream_id = %stream_id, room = %room_id, "generation for a backend started");

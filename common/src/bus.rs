@@ -38,6 +38,10 @@ pub const PRESENCE_WATCH_CHANNEL: &str = "presence.watch";
 /// Channel of control messages for every edge (e.g. revocations).
 pub const EDGE_CONTROL_CHANNEL: &str = "edge:control";
 
+/// Channel of control messages for every ai-service replica (e.g. a cancel
+/// of a reply another replica is writing).
+pub const AI_CONTROL_CHANNEL: &str = "ai:control";
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("bus unavailable: {0}")]

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod http_server;
 pub mod ids;
 pub mod metrics;
+pub mod redis_connection;
 pub mod secret;
 pub mod security;
 pub mod shutdown;

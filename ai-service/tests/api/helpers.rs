@@ -77,6 +77,10 @@ pub struct TestApp {
     pub chat: ChatServiceClient<ServiceChannel>,
     pub bus: Arc<MemoryBus>,
     pub model: FakeOpenAi,
+    /// What the service was started with (to start a replica of it).
+    pub config: AiConfig,
+    pub chat_url: String,
+    pub credential: Secret,
     pub shutdown: Shutdown,
     pub server: JoinHandle<Result<(), tonic::transport::Error>>,
     _chat_shutdown: Shutdown,
@@ -133,13 +137,14 @@ pub async fn start_ai(
     model: FakeOpenAi,
 ) -> TestApp {
     let chat_channel = channel(chat_url, &settings(credential)).expect("chat channel");
-    let app = AiApp::new(
+    let app = AiApp::connect(
         &config,
         bus.clone(),
         chat_channel.clone(),
         credential,
         &common::metrics::Metrics::new(&["ai"]),
     )
+    .await
     .expect("ai app");
     let server = serve_grpc(|listener, signal| app.run_until_stopped(listener, signal)).await;
     let client = AiServiceClient::new(server.channel(&settings(credential)));
@@ -149,6 +154,9 @@ pub async fn start_ai(
         chat: ChatServiceClient::new(chat_channel),
         bus,
         model,
+        config,
+        chat_url: chat_url.to_string(),
+        credential: credential.clone(),
         shutdown: server.shutdown,
         server: server.task,
         _chat_shutdown: Shutdown::new(),
@@ -222,6 +230,25 @@ pub fn joined(deltas: &[Value]) -> String {
 }
 
 impl TestApp {
+    /// A second AI service with the same configuration, chat-service and
+    /// bus, in front of a model server of its own answering `reply`: a
+    /// replica (with `backend = "redis"`, sharing the store).
+    pub async fn replica(&self, reply: Reply) -> TestApp {
+        let model = FakeOpenAi::start(reply).await;
+        let config = AiConfig {
+            base_url: model.base_url.clone(),
+            ..self.config.clone()
+        };
+        start_ai(
+            config,
+            &self.chat_url,
+            self.bus.clone(),
+            &self.credential,
+            model,
+        )
+        .await
+    }
+
     pub async fn room(&self, owner: &Actor, visibility: Visibility, members: &[&Actor]) -> Room {
         self.chat
             .clone()

@@ -1,12 +1,12 @@
 //! The `[ai]` section: which model provider answers, how the prompt's
-//! context is built, the deadlines and failure handling of a reply, and the
-//! per-user quotas.
+//! context is built, the deadlines and failure handling of a reply, the
+//! per-user quotas, and where replies in progress and quotas are kept.
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, string_or_list};
+use super::{Backend, ConfigError, redis_url, string_or_list};
 use crate::secret::Secret;
 
 /// Which model provider the AI service uses.
@@ -87,6 +87,13 @@ pub struct AiConfig {
     /// The same two limits for anonymous users; 0 requests keeps them from asking.
     pub anonymous_requests_per_minute: u32,
     pub anonymous_concurrent_streams: u32,
+    /// Where replies in progress (for late joiners and cancels) and quota
+    /// counters live: `memory` (one process) or `redis` (shared by every
+    /// replica).
+    pub backend: Backend,
+    pub redis_url: String,
+    /// Prefix of every Redis key.
+    pub redis_prefix: String,
 }
 
 impl Default for AiConfig {
@@ -122,6 +129,9 @@ impl Default for AiConfig {
             concurrent_streams: 2,
             anonymous_requests_per_minute: 2,
             anonymous_concurrent_streams: 1,
+            backend: Backend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "ai:".into(),
         }
     }
 }
@@ -182,6 +192,10 @@ impl AiConfig {
                 "key `ai.models`: model names must not be empty".into(),
             ));
         }
+        if self.redis_prefix.is_empty() {
+            return Err(ConfigError::new("key `ai.redis_prefix`: must not be empty"));
+        }
+        redis_url("ai.redis_url", &self.redis_url)?;
         if self.provider == AiProvider::Openai {
             http_url("ai.base_url", &self.base_url)?;
         }
@@ -226,6 +240,21 @@ mod tests {
         assert_eq!((ai.requests_per_minute, ai.concurrent_streams), (5, 2));
         assert_eq!(ai.max_prompt_chars, 8000);
         assert_eq!(ai.allowed_models(), ["llama3.2"]);
+        assert_eq!(ai.backend, Backend::Memory, "one process needs no Redis");
+    }
+
+    #[test]
+    fn replicas_share_streams_and_quotas_through_redis() {
+        let ai = load(&[
+            ("PARLEY_AI_BACKEND", "redis"),
+            ("PARLEY_AI_REDIS_URL", "rediss://user:pw@redis.example:6380"),
+            ("PARLEY_AI_REDIS_PREFIX", "ai2:"),
+        ])
+        .expect("valid")
+        .ai;
+        assert_eq!(ai.backend, Backend::Redis);
+        assert_eq!(ai.redis_url, "rediss://user:pw@redis.example:6380");
+        assert_eq!(ai.redis_prefix, "ai2:");
     }
 
     #[test]
@@ -266,6 +295,9 @@ mod tests {
             (("PARLEY_AI_RETRIES", "50"), "ai.retries"),
             (("PARLEY_AI_MODEL", " "), "ai.model"),
             (("PARLEY_AI_FALLBACK", "openai"), "ai.fallback_base_url"),
+            (("PARLEY_AI_BACKEND", "etcd"), "ai.backend"),
+            (("PARLEY_AI_REDIS_URL", "127.0.0.1:6379"), "ai.redis_url"),
+            (("PARLEY_AI_REDIS_PREFIX", ""), "ai.redis_prefix"),
         ] {
             let e = load(&[env]).expect_err(key);
             assert!(e.to_string().contains(key), "{key}: {e}");

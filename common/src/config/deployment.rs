@@ -53,6 +53,9 @@ impl Config {
                 "auth" if self.auth.backend == Backend::Redis => {
                     urls.push(("auth.redis_url", self.auth.redis_url.as_str()));
                 }
+                "ai" if self.ai.backend == Backend::Redis => {
+                    urls.push(("ai.redis_url", self.ai.redis_url.as_str()));
+                }
                 "presence" if self.presence.backend == Backend::Redis => {
                     urls.push(("presence.redis_url", self.presence.redis_url.as_str()));
                 }
@@ -129,6 +132,8 @@ mod tests {
             ("PARLEY_SERVICES_REQUIRE_BACKEND_TLS", "true"),
             ("PARLEY_PRESENCE_BACKEND", "redis"),
             ("PARLEY_PRESENCE_REDIS_URL", "redis://redis.example:6379"),
+            ("PARLEY_AI_BACKEND", "redis"),
+            ("PARLEY_AI_REDIS_URL", "redis://redis.example:6379"),
             (
                 "PARLEY_CHAT_DATABASE_URL",
                 "postgres://db.example/parley?sslrootcert=/ca.crt&sslmode=verify-full",
@@ -140,5 +145,9 @@ mod tests {
             .check_components(&["presence"], true)
             .expect_err("redis:// is plain text");
         assert!(e.to_string().contains("presence.redis_url"), "{e}");
+        let e = c
+            .check_components(&["ai"], true)
+            .expect_err("redis:// is plain text");
+        assert!(e.to_string().contains("ai.redis_url"), "{e}");
     }
 }
