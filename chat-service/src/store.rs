@@ -5,8 +5,13 @@
 //! Every persistent change to a room takes the room's next `seq` (an
 //! `UPDATE rooms … RETURNING last_seq`, which also serialises appends to one
 //! room) and stores its log event in the same transaction, so the log never
-//! has a gap or a change without its event. Every operation runs in a `sql`
-//! span, a child of the gRPC call that caused it.
+//! has a gap or a change without its event. The update holds the room's row
+//! lock until the transaction ends, which makes this hold across replicas
+//! sharing a Postgres database too: another writer's append waits for the
+//! commit and then reads the committed `last_seq`, so no seq is taken twice,
+//! and seq k+1 is taken only after seq k committed — a reader never sees a
+//! seq before every lower one (docs/architecture.md, "Replicas"). Every
+//! operation runs in a `sql` span, a child of the gRPC call that caused it.
 
 mod messages;
 mod moderation;

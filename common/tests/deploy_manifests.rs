@@ -1,13 +1,15 @@
 //! The Kubernetes manifests and the code agree: every overlay under
 //! deploy/k8s renders with `kubectl kustomize`, and each Deployment's
 //! rendered config file and environment (secrets replaced by samples of the
-//! shape deploy/README.md asks for) pass the binary's own config validation.
+//! shape deploy/README.md asks for) pass the binary's own config validation,
+//! and the services whose replicas share state (auth, ai, presence) keep it
+//! in Redis.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::config::Config;
+use common::config::{Backend, Config};
 use serde_norway::Value;
 
 /// The repository's deploy/k8s folder.
@@ -174,6 +176,18 @@ fn check_overlay(overlay: &str) {
         let config = Config::load(Some(&file), component.env.clone())
             .and_then(|c| c.check_components(&[&component.name], true).map(|()| c))
             .unwrap_or_else(|e| panic!("{overlay}: parley-{}: {e}", component.name));
+        // Replicas of a stateful service act as one only through Redis.
+        let shared = match component.name.as_str() {
+            "auth" => Some(config.auth.backend),
+            "ai" => Some(config.ai.backend),
+            "presence" => Some(config.presence.backend),
+            _ => None,
+        };
+        assert!(
+            shared.is_none_or(|backend| backend == Backend::Redis),
+            "{overlay}: parley-{} must keep its state in Redis",
+            component.name
+        );
         let listen = listen_port(&config, &component.name);
         assert!(
             listen.ip().is_unspecified(),

@@ -45,8 +45,17 @@ pub struct TestApp {
     pub client: ChatServiceClient<ServiceChannel>,
     pub backend: ChatBackendServiceClient<ServiceChannel>,
     pub bus: Arc<MemoryBus>,
+    /// The service credential its clients hold.
+    pub credential: Secret,
     _shutdown: Shutdown,
     _db: TestDatabase,
+}
+
+/// A second chat service on a test app's database (its own pools and
+/// writer, as another replica would have), and a client of it.
+pub struct Replica {
+    pub client: ChatServiceClient<ServiceChannel>,
+    _shutdown: Shutdown,
 }
 
 pub fn settings(credential: &Secret) -> ClientSettings {
@@ -90,6 +99,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ChatConfig)) -> TestApp 
         client,
         backend,
         bus,
+        credential,
         _shutdown: server.shutdown,
         _db: db,
     }
@@ -128,6 +138,28 @@ pub fn message(room_id: &str, text: &str) -> SendMessageRequest {
 }
 
 impl TestApp {
+    /// Another chat-service on the same database and bus.
+    pub async fn replica(&self) -> Replica {
+        let config = ChatConfig {
+            database_url: self.database_url.clone(),
+            ..Default::default()
+        };
+        let app = ChatApp::connect(
+            &config,
+            self.bus.clone(),
+            None,
+            &self.credential,
+            &common::metrics::Metrics::new(&["chat"]),
+        )
+        .await
+        .expect("replica");
+        let server = serve_grpc(|listener, signal| app.run_until_stopped(listener, signal)).await;
+        Replica {
+            client: ChatServiceClient::new(server.channel(&settings(&self.credential))),
+            _shutdown: server.shutdown,
+        }
+    }
+
     pub async fn create_room(
         &self,
         user: &str,

@@ -11,7 +11,9 @@
 //! - `edits`: editing and deleting messages;
 //! - `reactions`, `receipts` and `notifications` (mentions);
 //! - `backend`: the `ChatBackendService` API for other backends;
-//! - `health`: gRPC health following the database.
+//! - `health`: gRPC health following the database;
+//! - `replicas`: two chat-services appending to the same rooms of one
+//!   Postgres database (seqs taken once, without gaps, in order).
 
 mod backend;
 mod edits;
@@ -22,4 +24,5 @@ mod messages;
 mod notifications;
 mod reactions;
 mod receipts;
+mod replicas;
 mod rooms;
