@@ -310,7 +310,7 @@ pub(crate) mod contract {
         assert!(!store.flag_cancel("s_nope").await.expect("flag"));
         assert_eq!(
             store.renew(&both, &[], now).await.expect("renew"),
-            [other.id.clone()],
+            std::slice::from_ref(&other.id),
             "the replica running it learns of the cancel"
         );
 
