@@ -145,12 +145,19 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // Dropped unused, e.g. when the caller went away mid-`Ask`.
-        if let Some(slot) = self.slot.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let quotas = self.quotas.clone();
-            runtime.spawn(async move { quotas.give_back(slot, false).await });
+        // Dropped unused, e.g. when the caller went away mid-`Ask`: no longer
+        // renewed from now on, and released in the store in the background
+        // (without a runtime its lease ends it).
+        if let Some(slot) = self.slot.take() {
+            self.quotas.held().remove(&slot.ticket);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let store = self.quotas.store.clone();
+                runtime.spawn(async move {
+                    if let Err(error) = store.release(&slot).await {
+                        tracing::warn!(%error, user_id = %slot.user, "cannot give back a reply slot");
+                    }
+                });
+            }
         }
     }
 }
