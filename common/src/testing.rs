@@ -2,7 +2,8 @@
 //! database per test, the Redis URL to test against, an
 //! OpenAI-compatible model server ([`FakeOpenAi`]), log capture
 //! ([`logs`]), a gRPC service served on `127.0.0.1:0` ([`serve_grpc`]), and
-//! a TCP proxy that cuts a dependency off ([`TcpProxy`]).
+//! a TCP proxy that cuts a dependency off ([`TcpProxy`]), and certificates
+//! for TLS tests ([`tls`]).
 //!
 //! Without environment variables a test gets a new SQLite file and no Redis,
 //! so `cargo test` passes on a fresh machine. With
@@ -15,6 +16,7 @@ mod fake_openai;
 mod grpc;
 pub mod logs;
 mod proxy;
+pub mod tls;
 
 use std::path::PathBuf;
 
