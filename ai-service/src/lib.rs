@@ -118,9 +118,14 @@ impl AiApp {
     ) -> Result<AiApp, AiError> {
         let store: Arc<dyn AiStore> = match config.backend {
             Backend::Memory => Arc::new(MemoryStore::new()),
-            Backend::Redis => {
-                Arc::new(RedisStore::connect(&config.redis_url, &config.redis_prefix).await?)
-            }
+            Backend::Redis => Arc::new(
+                RedisStore::connect(
+                    &config.redis_url,
+                    common::redis_client::ca_path(&config.redis_ca_file),
+                    &config.redis_prefix,
+                )
+                .await?,
+            ),
         };
         let main: Arc<dyn Provider> = match config.provider {
             AiProvider::Offline => {

@@ -79,7 +79,10 @@ impl AuthApp {
         let store: Arc<dyn AuthStore> = match config.backend {
             Backend::Memory => Arc::new(MemoryStore::new()),
             Backend::Redis => {
-                Arc::new(RedisStore::connect(&config.redis_url, &config.redis_prefix).await?)
+                let ca_file = common::redis_client::ca_path(&config.redis_ca_file);
+                Arc::new(
+                    RedisStore::connect(&config.redis_url, ca_file, &config.redis_prefix).await?,
+                )
             }
         };
         if config.dev_login {

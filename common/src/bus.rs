@@ -128,6 +128,7 @@ pub async fn connect(
         crate::config::Backend::Redis => std::sync::Arc::new(
             RedisBus::connect(
                 &config.redis_url,
+                crate::redis_client::ca_path(&config.redis_ca_file),
                 &config.channel_prefix,
                 BusKeys::new(
                     config.signing_key.clone(),

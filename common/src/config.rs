@@ -1,5 +1,6 @@
 //! Layered configuration: built-in defaults, then an optional TOML file, then
-//! `PARLEY_<SECTION>_<KEY>` environment variables.
+//! `PARLEY_<SECTION>_<KEY>` environment variables. Secret keys may name a
+//! file instead (`<key>_file`, see [`files`]).
 //!
 //! The environment is passed in as a list of pairs, so tests build configs
 //! without touching the process environment. Every key has a default (see
@@ -13,12 +14,15 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use self::files::Resolved;
+
 mod ai;
 mod auth;
 mod bus;
 mod chat;
 mod deployment;
 mod edge;
+mod files;
 mod log;
 mod presence;
 mod services;
@@ -109,25 +113,10 @@ impl Config {
                     path.display()
                 )));
             }
-            figment = figment.merge(Toml::file(path));
+            figment = figment.merge(Resolved::new(&Toml::file(path))?);
         }
-        figment = figment.merge(EnvPairs::new(env)?);
-        let config: Config = figment.extract().map_err(|e| {
-            let mut message = String::new();
-            for err in e {
-                if !message.is_empty() {
-                    message.push_str("; ");
-                }
-                let key = err.path.join(".");
-                let source = err
-                    .metadata
-                    .as_ref()
-                    .map(|m| m.name.to_string())
-                    .unwrap_or_default();
-                message.push_str(&format!("key `{key}` ({source}): {}", err.kind));
-            }
-            ConfigError(message)
-        })?;
+        figment = figment.merge(Resolved::new(&EnvPairs::new(env)?)?);
+        let config: Config = figment.extract().map_err(describe)?;
         config.validate()?;
         Ok(config)
     }
@@ -158,6 +147,24 @@ impl Config {
         self.ai.validate()?;
         self.log.validate()
     }
+}
+
+/// A figment error as a [`ConfigError`] naming each key and its layer.
+fn describe(error: figment::Error) -> ConfigError {
+    let mut message = String::new();
+    for err in error {
+        if !message.is_empty() {
+            message.push_str("; ");
+        }
+        let key = err.path.join(".");
+        let source = err
+            .metadata
+            .as_ref()
+            .map(|m| m.name.to_string())
+            .unwrap_or_default();
+        message.push_str(&format!("key `{key}` ({source}): {}", err.kind));
+    }
+    ConfigError(message)
 }
 
 /// `value` is at least `min`; the error names `key`.
@@ -193,6 +200,16 @@ pub(crate) fn redis_url(key: &str, url: &str) -> Result<(), ConfigError> {
         Err(ConfigError(format!(
             "key `{key}`: must start with redis:// or rediss://"
         )))
+    }
+}
+
+/// `key`, when set, names a readable file of PEM CA certificates that a
+/// `rediss://` connection can trust; the error names `key`.
+pub(crate) fn redis_ca_file(key: &str, path: &str) -> Result<(), ConfigError> {
+    match crate::redis_client::ca_path(path) {
+        Some(path) => crate::redis_client::check_ca(path)
+            .map_err(|e| ConfigError(format!("key `{key}`: {e}"))),
+        None => Ok(()),
     }
 }
 
@@ -253,6 +270,7 @@ impl Provider for EnvPairs {
 /// Keys whose values are strings even when they look like numbers or booleans.
 fn is_string_key(key: &str) -> bool {
     key.ends_with("_url")
+        || key.ends_with("_file")
         || key.ends_with("secret")
         || key.ends_with("api_key")
         || key.ends_with("model")
@@ -438,6 +456,23 @@ mod tests {
         assert!(!e.to_string().contains("short"), "secret value leaked: {e}");
         let e = load(&[("PARLEY_EDGE_NO_SUCH_KEY", "1")]).expect_err("unknown key");
         assert!(e.to_string().contains("no_such_key"), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_redis_ca_file_stops_loading_naming_its_key() {
+        for key in [
+            "bus.redis_ca_file",
+            "auth.redis_ca_file",
+            "presence.redis_ca_file",
+            "edge.rate_limit_redis_ca_file",
+        ] {
+            let var = format!("PARLEY_{}", key.replace('.', "_").to_ascii_uppercase());
+            let e = load(&[(var.as_str(), "/nonexistent/parley/ca.crt")]).expect_err(key);
+            assert!(e.to_string().contains(&format!("key `{key}`")), "{e}");
+            assert!(e.to_string().contains("/nonexistent/parley/ca.crt"), "{e}");
+        }
+        let c = load(&[]).expect("defaults");
+        assert!(c.bus.redis_ca_file.is_empty() && c.edge.rate_limit_redis_ca_file.is_empty());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What every Parley component shares: configuration, telemetry, W3C trace
 //! propagation over gRPC, gRPC server/client plumbing, the event bus, the
-//! error-code table, ids and shutdown.
+//! error-code table, ids, shutdown, and opening Redis.
 
 pub mod auth_reason;
 pub mod bus;
@@ -14,7 +14,7 @@ pub mod grpc;
 pub mod http_server;
 pub mod ids;
 pub mod metrics;
-pub mod redis_connection;
+pub mod redis_client;
 pub mod secret;
 pub mod security;
 pub mod shutdown;

@@ -2,8 +2,8 @@
 //! database per test, the Redis URL to test against, an
 //! OpenAI-compatible model server ([`FakeOpenAi`]), log capture
 //! ([`logs`]), a gRPC service served on `127.0.0.1:0` ([`serve_grpc`]), and
-//! a TCP proxy that cuts a dependency off ([`TcpProxy`]), and the rendered
-//! Kubernetes manifests ([`deploy`]).
+//! a TCP proxy that cuts a dependency off ([`TcpProxy`]), certificates for
+//! TLS tests ([`tls`]), and the rendered Kubernetes manifests ([`deploy`]).
 //!
 //! Without environment variables a test gets a new SQLite file and no Redis,
 //! so `cargo test` passes on a fresh machine. With
@@ -17,6 +17,7 @@ mod fake_openai;
 mod grpc;
 pub mod logs;
 mod proxy;
+pub mod tls;
 
 use std::path::PathBuf;
 

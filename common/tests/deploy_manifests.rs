@@ -1,15 +1,19 @@
 //! The Kubernetes manifests and the code agree: every overlay under
 //! deploy/k8s renders with `kubectl kustomize`, and each Deployment's
-//! rendered config file and environment (secrets replaced by samples of the
-//! shape deploy/README.md asks for) pass the binary's own config validation,
-//! and the services whose replicas share state (auth, ai, presence) keep it
-//! in Redis.
+//! rendered config file and environment pass the binary's own config
+//! validation, and the services whose replicas share state (auth, ai,
+//! presence) keep it in Redis. Secrets reach Parley only as files (Secret
+//! volumes named by `PARLEY_*_FILE` variables, never `secretKeyRef`
+//! variables); the test mounts each Secret volume in a temporary directory,
+//! holding samples of the shape deploy/README.md asks for (a real CA
+//! certificate for `parley-backend-ca`), and points the paths there.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::config::{Backend, Config};
+use common::testing::tls::TestCerts;
 use serde_norway::Value;
 
 /// The repository's deploy/k8s folder.
@@ -52,24 +56,36 @@ fn render(overlay: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A value of the shape each Secret key must hold in `overlay`.
-fn sample_secret(overlay: &str, key: &str) -> String {
+/// A value of the shape each Secret key must hold in `overlay`; `certs`
+/// gives the CA certificate.
+fn sample_secret(overlay: &str, secret: &str, key: &str, certs: &TestCerts) -> String {
     let production = overlay == "production";
-    match key {
+    if secret == "parley-backend-ca" {
+        assert_eq!(key, "ca.crt", "parley-backend-ca holds ca.crt only");
+        return std::fs::read_to_string(certs.ca()).expect("test CA");
+    }
+    assert_eq!(
+        secret, "parley-secrets",
+        "a Secret deploy/README.md does not name"
+    );
+    // Files end with a newline, as `echo` or an editor leaves them.
+    let value = match key {
         "services-credential"
         | "bus-signing-key"
         | "auth-hs256-secret"
         | "postgres-password"
-        | "redis-password" => "0123456789abcdef0123456789abcdef".into(),
-        "ai-api-key" => "sk-sample".into(),
-        "database-url" if production => "postgres://parley:pw@db.example:5432/parley\
+        | "redis-password" => "0123456789abcdef0123456789abcdef",
+        "ai-api-key" => "sk-sample",
+        "database-url" if production => {
+            "postgres://parley:pw@db.example:5432/parley\
              ?sslmode=verify-full&sslrootcert=/etc/parley/tls/ca.crt"
-            .into(),
-        "database-url" => "postgres://parley:pw@postgres:5432/parley".into(),
-        "redis-url" if production => "rediss://parley:pw@redis.example:6380".into(),
-        "redis-url" => "redis://:pw@redis:6379".into(),
+        }
+        "database-url" => "postgres://parley:pw@postgres:5432/parley",
+        "redis-url" if production => "rediss://parley:pw@redis.example:6380",
+        "redis-url" => "redis://:pw@redis:6379",
         other => panic!("secret key {other} has no sample: document it and add one here"),
-    }
+    };
+    format!("{value}\n")
 }
 
 fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -82,13 +98,84 @@ fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
 struct Component {
     name: String,
     env: BTreeMap<String, String>,
+    /// Secret volumes: mount path, then each file's Secret and key.
+    secret_mounts: Vec<(String, Vec<SecretFile>)>,
     config_file: String,
     container_port: u16,
     grace_s: u64,
     pre_stop_s: u64,
 }
 
-fn components(overlay: &str, docs: &[Value]) -> Vec<Component> {
+/// One file of a mounted Secret.
+#[derive(Clone)]
+struct SecretFile {
+    secret: String,
+    key: String,
+    /// Its path under the mount.
+    path: String,
+}
+
+/// The files a Secret volume source (`secret:` or one of `projected:`'s
+/// `sources`) puts in the volume: its `items`, or every key the README
+/// documents for it when it lists none.
+fn secret_files(secret: &str, source: &Value) -> Vec<SecretFile> {
+    let file = |key: &str, path: &str| SecretFile {
+        secret: secret.to_string(),
+        key: key.to_string(),
+        path: path.to_string(),
+    };
+    match source["items"].as_sequence() {
+        Some(items) => items
+            .iter()
+            .map(|item| {
+                file(
+                    str_at(item, &["key"]).expect("key"),
+                    str_at(item, &["path"]).expect("path"),
+                )
+            })
+            .collect(),
+        None if secret == "parley-backend-ca" => vec![file("ca.crt", "ca.crt")],
+        None => panic!("Secret volume of {secret} without items: list the keys it needs"),
+    }
+}
+
+/// The Secret volumes of a pod `spec`'s first container, by mount path.
+fn secret_mounts(spec: &Value) -> Vec<(String, Vec<SecretFile>)> {
+    let volumes = spec["volumes"].as_sequence().expect("volumes");
+    let mounts = spec["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts");
+    mounts
+        .iter()
+        .filter_map(|mount| {
+            let name = str_at(mount, &["name"]).expect("mount name");
+            let volume = volumes
+                .iter()
+                .find(|v| str_at(v, &["name"]) == Some(name))
+                .expect("a mounted volume exists");
+            let files: Vec<SecretFile> = if let Some(secret) = volume.get("secret") {
+                let secret_name = str_at(secret, &["secretName"]).expect("secretName");
+                secret_files(secret_name, secret)
+            } else if let Some(projected) = volume.get("projected") {
+                projected["sources"]
+                    .as_sequence()
+                    .expect("sources")
+                    .iter()
+                    .flat_map(|source| {
+                        let secret = source.get("secret").expect("only Secret sources");
+                        secret_files(str_at(secret, &["name"]).expect("name"), secret)
+                    })
+                    .collect()
+            } else {
+                return None;
+            };
+            let path = str_at(mount, &["mountPath"]).expect("mountPath");
+            Some((path.to_string(), files))
+        })
+        .collect()
+}
+
+fn components(docs: &[Value]) -> Vec<Component> {
     let deployments = docs.iter().filter(|d| {
         str_at(d, &["kind"]) == Some("Deployment")
             && str_at(d, &["metadata", "labels", "app.kubernetes.io/part-of"]) == Some("parley")
@@ -109,18 +196,15 @@ fn components(overlay: &str, docs: &[Value]) -> Vec<Component> {
             let mut env = BTreeMap::new();
             for var in container["env"].as_sequence().expect("env") {
                 let key = str_at(var, &["name"]).expect("name").to_string();
-                let value = match str_at(var, &["value"]) {
-                    Some(v) => v.to_string(),
-                    None => sample_secret(
-                        overlay,
-                        str_at(var, &["valueFrom", "secretKeyRef", "key"]).expect("secret key"),
-                    ),
-                };
-                env.insert(key, value);
+                // checkov's CKV_K8S_35: secrets as files, not variables.
+                let value = str_at(var, &["value"])
+                    .unwrap_or_else(|| panic!("parley-{name}: {key} must be a plain value"));
+                env.insert(key, value.to_string());
             }
             Component {
                 name: name.to_string(),
                 env,
+                secret_mounts: secret_mounts(spec),
                 config_file: command[2].to_string(),
                 container_port: container["ports"][0]["containerPort"]
                     .as_u64()
@@ -136,22 +220,76 @@ fn components(overlay: &str, docs: &[Value]) -> Vec<Component> {
         .collect()
 }
 
-/// Writes the rendered `parley.toml` of `overlay` to a temporary file.
-fn config_file(overlay: &str, docs: &[Value]) -> PathBuf {
-    let toml = docs
-        .iter()
+/// The rendered `parley.toml` of `overlay`.
+fn config_text(docs: &[Value]) -> String {
+    docs.iter()
         .find(|d| {
             str_at(d, &["kind"]) == Some("ConfigMap")
                 && str_at(d, &["metadata", "name"]).is_some_and(|n| n.starts_with("parley-config-"))
         })
         .and_then(|d| str_at(d, &["data", "parley.toml"]))
-        .expect("a hashed parley-config ConfigMap with parley.toml");
-    let path = std::env::temp_dir().join(format!(
-        "parley-deploy-{overlay}-{}.toml",
-        std::process::id()
-    ));
-    std::fs::write(&path, toml).expect("write config");
-    path
+        .expect("a hashed parley-config ConfigMap with parley.toml")
+        .to_string()
+}
+
+/// One component's files as its container would see them, under a
+/// temporary directory (removed on drop): the Secret volumes filled with
+/// samples, and the config file with those mount paths pointing there.
+struct Mounted {
+    root: PathBuf,
+    /// Mount paths in the container and where they are here.
+    paths: Vec<(String, PathBuf)>,
+    config_file: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts `component`'s Secret volumes; `sample` gives each file's
+    /// contents from its Secret and key.
+    fn new(component: &Component, toml: &str, sample: impl Fn(&str, &str) -> String) -> Self {
+        let root = std::env::temp_dir().join(common::ids::new_id("parley-deploy"));
+        let mut paths = Vec::new();
+        for (i, (mount, files)) in component.secret_mounts.iter().enumerate() {
+            let dir = root.join(format!("mount-{i}"));
+            std::fs::create_dir_all(&dir).expect("mount dir");
+            for file in files {
+                std::fs::write(dir.join(&file.path), sample(&file.secret, &file.key))
+                    .expect("write sample");
+            }
+            paths.push((mount.clone(), dir));
+        }
+        let mut mounted = Self {
+            root,
+            paths,
+            config_file: PathBuf::new(),
+        };
+        mounted.config_file = mounted.root.join("parley.toml");
+        std::fs::write(&mounted.config_file, mounted.rewrite(toml)).expect("write config");
+        mounted
+    }
+
+    /// `text` with every Secret mount path replaced by where it is here.
+    fn rewrite(&self, text: &str) -> String {
+        self.paths
+            .iter()
+            .fold(text.to_string(), |text, (mount, dir)| {
+                text.replace(&format!("{mount}/"), &format!("{}/", dir.display()))
+            })
+    }
+
+    /// The component's environment with the mount paths rewritten.
+    fn env(&self, component: &Component) -> BTreeMap<String, String> {
+        component
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), self.rewrite(v)))
+            .collect()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
 }
 
 fn listen_port(config: &Config, component: &str) -> std::net::SocketAddr {
@@ -167,13 +305,17 @@ fn listen_port(config: &Config, component: &str) -> std::net::SocketAddr {
 
 fn check_overlay(overlay: &str) {
     let docs = render(overlay);
-    let file = config_file(overlay, &docs);
-    let components = components(overlay, &docs);
+    let toml = config_text(&docs);
+    let certs = TestCerts::new("parley-deploy-ca");
+    let components = components(&docs);
     let names: Vec<&str> = components.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names.len(), 5, "{overlay}: five components, got {names:?}");
     for component in &components {
         assert_eq!(component.config_file, "/etc/parley/parley.toml");
-        let config = Config::load(Some(&file), component.env.clone())
+        let mounted = Mounted::new(component, &toml, |secret, key| {
+            sample_secret(overlay, secret, key, &certs)
+        });
+        let config = Config::load(Some(&mounted.config_file), mounted.env(component))
             .and_then(|c| c.check_components(&[&component.name], true).map(|()| c))
             .unwrap_or_else(|e| panic!("{overlay}: parley-{}: {e}", component.name));
         // Replicas of a stateful service act as one only through Redis.
@@ -225,7 +367,6 @@ fn check_overlay(overlay: &str) {
             assert!(headless, "{overlay}: {url} is not a headless Service");
         }
     }
-    let _ = std::fs::remove_file(file);
 }
 
 #[test]
@@ -250,19 +391,33 @@ fn the_production_overlay_refuses_a_database_without_tls() {
         return;
     }
     let docs = render("production");
-    let file = config_file("production-plain", &docs);
-    let chat = components("production", &docs)
+    let toml = config_text(&docs);
+    let certs = TestCerts::new("parley-deploy-ca");
+    let chat = components(&docs)
         .into_iter()
         .find(|c| c.name == "chat")
         .expect("chat");
-    let mut env = chat.env;
-    env.insert(
-        "PARLEY_CHAT_DATABASE_URL".into(),
-        "postgres://parley:pw@db.example/parley".into(),
-    );
-    let e = Config::load(Some(&file), env)
+    let mounted = Mounted::new(&chat, &toml, |secret, key| match key {
+        "database-url" => "postgres://parley:pw@db.example/parley\n".into(),
+        _ => sample_secret("production", secret, key, &certs),
+    });
+    let e = Config::load(Some(&mounted.config_file), mounted.env(&chat))
         .and_then(|c| c.check_components(&["chat"], true))
         .expect_err("plain text refused");
-    assert!(e.to_string().contains("chat.database_url"), "{e}");
-    let _ = std::fs::remove_file(file);
+    assert!(e.to_string().contains("key `chat.database_url`"), "{e}");
+}
+
+#[test]
+fn a_missing_secret_file_stops_the_component_naming_the_key() {
+    if !enabled() {
+        return;
+    }
+    let docs = render("dev");
+    let edge = components(&docs)
+        .into_iter()
+        .find(|c| c.name == "edge")
+        .expect("edge");
+    // The Secret is not mounted: the paths lead nowhere.
+    let e = Config::load(None, edge.env.clone()).expect_err("no secret files");
+    assert!(e.to_string().contains("_file"), "{e}");
 }

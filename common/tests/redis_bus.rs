@@ -26,7 +26,7 @@ async fn test_bus() -> Option<TestBus> {
         return None;
     };
     let prefix = common::ids::new_id("bustest");
-    let bus = RedisBus::connect(&url, &prefix, keys("k", ""))
+    let bus = RedisBus::connect(&url, None, &prefix, keys("k", ""))
         .await
         .unwrap_or_else(|e| panic!("PARLEY_TEST_REDIS_URL is set but Redis is unusable: {e}"));
     Some(TestBus { url, prefix, bus })
@@ -231,7 +231,7 @@ async fn dropping_the_subscriber_ends_it() {
 #[tokio::test]
 async fn connect_reports_an_unreachable_redis_as_unavailable() {
     // Port 1 (tcpmux) is closed on any test machine: the connection is refused.
-    let result = RedisBus::connect("redis://127.0.0.1:1", "unreachable", keys("k", "")).await;
+    let result = RedisBus::connect("redis://127.0.0.1:1", None, "unreachable", keys("k", "")).await;
     assert!(matches!(result, Err(BusError::Unavailable(_))));
 }
 
@@ -256,7 +256,7 @@ async fn forged_payloads_are_dropped_and_counted_and_a_rotated_key_still_verifie
         .query_async(&mut admin)
         .await
         .expect("publish");
-    let forger = RedisBus::connect(&test.url, &test.prefix, keys("x", ""))
+    let forger = RedisBus::connect(&test.url, None, &test.prefix, keys("x", ""))
         .await
         .expect("forger");
     forger
@@ -264,7 +264,7 @@ async fn forged_payloads_are_dropped_and_counted_and_a_rotated_key_still_verifie
         .await
         .expect("publish");
     // A component already on the next key, with ours as the previous one.
-    let rotated = RedisBus::connect(&test.url, &test.prefix, keys("n", "k"))
+    let rotated = RedisBus::connect(&test.url, None, &test.prefix, keys("n", "k"))
         .await
         .expect("rotated");
     let old_keys_seen_by_rotated = rotated.subscriber().await.expect("subscriber");

@@ -1276,7 +1276,7 @@ mod tests {
         let prefix = common::ids::new_id("hub");
         let key = Secret::new(common::ids::random_secret(32));
         let keys = common::bus::BusKeys::new(key, Secret::default());
-        let bus = RedisBus::connect(&redis_url, &prefix, keys)
+        let bus = RedisBus::connect(&redis_url, None, &prefix, keys)
             .await
             .unwrap_or_else(|e| panic!("PARLEY_TEST_REDIS_URL is set but Redis is unusable: {e}"));
         let chat = chat().await;

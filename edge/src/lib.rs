@@ -218,14 +218,19 @@ impl EdgeApp {
             .store(config.ai.enabled, Ordering::Relaxed);
         self.shared.readiness.watch_services(config);
         let prefix = format!("{}:rl:", config.bus.channel_prefix);
+        let ca_path = common::redis_client::ca_path;
         if !config.edge.rate_limit_redis_url.is_empty() {
-            self.shared
-                .limiter
-                .use_redis(&config.edge.rate_limit_redis_url, &prefix);
+            self.shared.limiter.use_redis(
+                &config.edge.rate_limit_redis_url,
+                ca_path(&config.edge.rate_limit_redis_ca_file),
+                &prefix,
+            );
         } else if config.bus.backend == common::config::Backend::Redis {
-            self.shared
-                .limiter
-                .use_redis(&config.bus.redis_url, &prefix);
+            self.shared.limiter.use_redis(
+                &config.bus.redis_url,
+                ca_path(&config.bus.redis_ca_file),
+                &prefix,
+            );
         }
         self
     }

@@ -137,9 +137,10 @@ impl Limiter {
         }
     }
 
-    /// Shares the windows through the Redis at `url`, under `prefix`.
-    pub fn use_redis(&self, url: &str, prefix: &str) {
-        match shared::RedisWindows::new(url, prefix) {
+    /// Shares the windows through the Redis at `url` (a `rediss://` one
+    /// verified against `ca_file`), under `prefix`.
+    pub fn use_redis(&self, url: &str, ca_file: Option<&std::path::Path>, prefix: &str) {
+        match shared::RedisWindows::new(url, ca_file, prefix) {
             Ok(redis) => {
                 let _ = self.redis.set(redis);
             }
@@ -413,9 +414,13 @@ return {0}
     }
 
     impl RedisWindows {
-        pub fn new(url: &str, prefix: &str) -> redis::RedisResult<Self> {
+        pub fn new(
+            url: &str,
+            ca_file: Option<&std::path::Path>,
+            prefix: &str,
+        ) -> redis::RedisResult<Self> {
             Ok(Self {
-                client: redis::Client::open(url)?,
+                client: common::redis_client::open(url, ca_file)?,
                 prefix: prefix.to_string(),
                 script: redis::Script::new(SCRIPT),
                 state: Default::default(),
@@ -675,8 +680,8 @@ mod tests {
         };
         let prefix = format!("{}:rl:", common::ids::new_id("test"));
         let (a, b) = (Limiter::new(), Limiter::new());
-        a.use_redis(&url, &prefix);
-        b.use_redis(&url, &prefix);
+        a.use_redis(&url, None, &prefix);
+        b.use_redis(&url, None, &prefix);
         let c = [check("u:alice:m", 4, 60)];
         for limiter in [&a, &b, &a, &b] {
             limiter.check(&c).await.expect("four between both edges");
@@ -702,7 +707,7 @@ mod tests {
             l.local_addr().expect("addr")
         };
         let limiter = Limiter::new();
-        limiter.use_redis(&format!("redis://{dead}"), "x:");
+        limiter.use_redis(&format!("redis://{dead}"), None, "x:");
         let c = [check("k", 2, 60)];
         limiter.check(&c).await.expect("first, locally");
         limiter.check(&c).await.expect("second, locally");

@@ -98,6 +98,7 @@ impl PresenceApp {
             Backend::Redis => Arc::new(
                 RedisStore::connect(
                     &config.redis_url,
+                    common::redis_client::ca_path(&config.redis_ca_file),
                     &config.redis_prefix,
                     Arc::new(SystemClock),
                 )

@@ -107,9 +107,13 @@ impl From<redis::RedisError> for StoreError {
 
 impl RedisStore {
     /// Connects to `url` (checked with `PING`); keys go under `prefix`.
-    pub(crate) async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+    pub(crate) async fn connect(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        prefix: &str,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
-            connection: common::redis_connection::connect(url).await?,
+            connection: common::redis_client::connect(url, ca_file).await?,
             prefix: prefix.to_string(),
             take: Script::new(TAKE),
             open: Script::new(OPEN),
@@ -326,7 +330,7 @@ mod tests {
         let url = common::testing::test_redis_url()?;
         let prefix = format!("{}:", common::ids::new_id("ai-test"));
         Some(
-            RedisStore::connect(&url, &prefix)
+            RedisStore::connect(&url, None, &prefix)
                 .await
                 .unwrap_or_else(|e| {
                     panic!("PARLEY_TEST_REDIS_URL is set but Redis is unusable: {e}")

@@ -2,6 +2,7 @@
 //! prefix and carry TTLs, so nothing outlives the tokens it is about.
 //! Read-modify-write steps (rotation, failure counting) are Lua scripts.
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -62,9 +63,14 @@ impl From<redis::RedisError> for StoreError {
 }
 
 impl RedisStore {
-    /// Connects to `url` (checked with `PING`); keys go under `prefix`.
-    pub(crate) async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
+    /// Connects to `url` (checked with `PING`; a `rediss://` one verified
+    /// against `ca_file`); keys go under `prefix`.
+    pub(crate) async fn connect(
+        url: &str,
+        ca_file: Option<&Path>,
+        prefix: &str,
+    ) -> Result<Self, StoreError> {
+        let client = common::redis_client::open(url, ca_file)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(RESPONSE_TIMEOUT)
@@ -245,7 +251,7 @@ mod tests {
             return;
         };
         let prefix = format!("{}:", common::ids::new_id("auth-test"));
-        let store = RedisStore::connect(&url, &prefix)
+        let store = RedisStore::connect(&url, None, &prefix)
             .await
             .unwrap_or_else(|e| panic!("PARLEY_TEST_REDIS_URL is set but Redis is unusable: {e}"));
         super::super::contract::run(&store).await;

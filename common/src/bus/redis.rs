@@ -13,6 +13,7 @@
 //! forge an event.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -58,10 +59,16 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    /// Connects to `url` and checks the connection with `PING`;
+    /// Connects to `url` (a `rediss://` one verified against `ca_file`, see
+    /// [`crate::redis_client::open`]) and checks the connection with `PING`;
     /// [`BusError::Unavailable`] when Redis cannot be reached.
-    pub async fn connect(url: &str, prefix: &str, keys: BusKeys) -> Result<Self, BusError> {
-        let client = Client::open(url).map_err(unavailable)?;
+    pub async fn connect(
+        url: &str,
+        ca_file: Option<&Path>,
+        prefix: &str,
+        keys: BusKeys,
+    ) -> Result<Self, BusError> {
+        let client = crate::redis_client::open(url, ca_file).map_err(unavailable)?;
         // One connection attempt per reconnect: while Redis is down a publish
         // fails within the connect timeout instead of waiting out the
         // library's backoff (which starts at a second), and the next publish
@@ -78,6 +85,7 @@ impl RedisBus {
             .exec_async(&mut publisher)
             .await
             .map_err(unavailable)?;
+        // The connection info keeps the TLS settings (the CA) of `client`.
         let mut info = client.get_connection_info().clone();
         info.redis.protocol = ProtocolVersion::RESP3;
         let subscriber_client = Client::open(info).map_err(unavailable)?;

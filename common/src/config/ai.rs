@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, ConfigError, redis_url, string_or_list};
+use super::{Backend, ConfigError, redis_ca_file, redis_url, string_or_list};
 use crate::secret::Secret;
 
 /// Which model provider the AI service uses.
@@ -92,6 +92,9 @@ pub struct AiConfig {
     /// replica).
     pub backend: Backend,
     pub redis_url: String,
+    /// PEM CA certificates a `rediss://` `redis_url` must chain to; empty:
+    /// the system's roots.
+    pub redis_ca_file: String,
     /// Prefix of every Redis key.
     pub redis_prefix: String,
 }
@@ -131,6 +134,7 @@ impl Default for AiConfig {
             anonymous_concurrent_streams: 1,
             backend: Backend::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca_file: String::new(),
             redis_prefix: "ai:".into(),
         }
     }
@@ -196,6 +200,7 @@ impl AiConfig {
             return Err(ConfigError::new("key `ai.redis_prefix`: must not be empty"));
         }
         redis_url("ai.redis_url", &self.redis_url)?;
+        redis_ca_file("ai.redis_ca_file", &self.redis_ca_file)?;
         if self.provider == AiProvider::Openai {
             http_url("ai.base_url", &self.base_url)?;
         }

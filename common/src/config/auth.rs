@@ -72,6 +72,9 @@ pub struct AuthConfig {
     /// `memory` (one process) or `redis` (shared by every replica).
     pub backend: Backend,
     pub redis_url: String,
+    /// PEM CA certificates a `rediss://` `redis_url` must chain to; empty:
+    /// the system's roots.
+    pub redis_ca_file: String,
     /// Prefix of every Redis key.
     pub redis_prefix: String,
 }
@@ -102,6 +105,7 @@ impl Default for AuthConfig {
             block_s: 900,
             backend: Backend::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca_file: String::new(),
             redis_prefix: "auth:".into(),
         }
     }
@@ -193,11 +197,8 @@ impl AuthConfig {
                 "key `auth.redis_prefix`: must not be empty",
             ));
         }
-        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
-            return Err(ConfigError::new(
-                "key `auth.redis_url`: must start with redis:// or rediss://",
-            ));
-        }
+        super::redis_url("auth.redis_url", &self.redis_url)?;
+        super::redis_ca_file("auth.redis_ca_file", &self.redis_ca_file)?;
         let mut kids = std::collections::HashSet::new();
         for (i, key) in self.keys.iter().enumerate() {
             let at = format!("auth.keys[{i}]");

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, ConfigError, redis_url};
+use super::{Backend, ConfigError, redis_ca_file, redis_url};
 use crate::secret::Secret;
 
 /// Shortest bus signing key, in bytes.
@@ -15,6 +15,9 @@ pub struct BusConfig {
     /// `memory` (one process only) or `redis` (pub/sub).
     pub backend: Backend,
     pub redis_url: String,
+    /// PEM CA certificates a `rediss://` `redis_url` must chain to; empty:
+    /// the system's roots.
+    pub redis_ca_file: String,
     /// Prefix of every channel name, so several deployments can share a Redis.
     pub channel_prefix: String,
     /// Key every payload on a Redis bus is signed with (32+ bytes, the same
@@ -29,6 +32,7 @@ impl Default for BusConfig {
         Self {
             backend: Backend::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca_file: String::new(),
             channel_prefix: "parley".into(),
             signing_key: Secret::default(),
             previous_signing_key: Secret::default(),
@@ -40,6 +44,7 @@ impl BusConfig {
     /// Checks what types alone cannot; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         redis_url("bus.redis_url", &self.redis_url)?;
+        redis_ca_file("bus.redis_ca_file", &self.redis_ca_file)?;
         if self.backend == Backend::Redis && self.signing_key.expose().len() < MIN_SIGNING_KEY_BYTES
         {
             return Err(ConfigError(format!(

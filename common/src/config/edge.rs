@@ -123,6 +123,9 @@ pub struct EdgeConfig {
     /// edge. Empty: the bus's Redis when `bus.backend = "redis"`, else this
     /// edge's memory.
     pub rate_limit_redis_url: String,
+    /// PEM CA certificates a `rediss://` `rate_limit_redis_url` must chain
+    /// to; empty: the system's roots.
+    pub rate_limit_redis_ca_file: String,
     /// Content inspection of message text: `off`, `flag` or `block`.
     pub content_inspection: InspectionMode,
     /// Bearer token of `GET /status`; empty disables the endpoint (404).
@@ -195,6 +198,7 @@ impl Default for EdgeConfig {
             rate_global_connects_per_min: 0,
             rate_violations_close: 10,
             rate_limit_redis_url: String::new(),
+            rate_limit_redis_ca_file: String::new(),
             content_inspection: InspectionMode::Flag,
             admin_token: Secret::default(),
             signed_frames: false,
@@ -262,6 +266,10 @@ impl EdgeConfig {
                 "key `edge.rate_limit_redis_url`: must be empty or start with redis:// or rediss://",
             ));
         }
+        super::redis_ca_file(
+            "edge.rate_limit_redis_ca_file",
+            &self.rate_limit_redis_ca_file,
+        )?;
         if !self.admin_token.is_empty() && self.admin_token.expose().len() < 16 {
             return Err(ConfigError::new(
                 "key `edge.admin_token`: must be at least 16 bytes (or empty to disable /status)",

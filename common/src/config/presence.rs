@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, ConfigError, at_least, redis_url};
+use super::{Backend, ConfigError, at_least, redis_ca_file, redis_url};
 
 /// The presence service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,6 +17,9 @@ pub struct PresenceConfig {
     pub metrics_listen: SocketAddr,
     pub backend: Backend,
     pub redis_url: String,
+    /// PEM CA certificates a `rediss://` `redis_url` must chain to; empty:
+    /// the system's roots.
+    pub redis_ca_file: String,
     /// Prefix of every Redis key, so several deployments can share a Redis.
     pub redis_prefix: String,
     /// Lease lifetime; an edge that stops renewing loses its users after this.
@@ -39,6 +42,7 @@ impl Default for PresenceConfig {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9454)),
             backend: Backend::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca_file: String::new(),
             redis_prefix: "presence:".into(),
             lease_ttl_ms: 30_000,
             grace_ms: 5_000,
@@ -60,7 +64,8 @@ impl PresenceConfig {
             ));
         }
         at_least("presence.call_ring_ms", self.call_ring_ms, 100)?;
-        redis_url("presence.redis_url", &self.redis_url)
+        redis_url("presence.redis_url", &self.redis_url)?;
+        redis_ca_file("presence.redis_ca_file", &self.redis_ca_file)
     }
 }
 

@@ -65,6 +65,8 @@ pub enum MountSource {
         name: String,
         items: Vec<(String, String)>,
     },
+    /// Several sources in one folder.
+    Projected(Vec<MountSource>),
     /// An empty writable folder.
     EmptyDir,
 }
@@ -253,28 +255,43 @@ impl Rendered {
                 })
                 .unwrap_or_default();
             MountSource::ConfigMap(data)
+        } else if let Some(sources) = volume["projected"]["sources"].as_sequence() {
+            MountSource::Projected(
+                sources
+                    .iter()
+                    .map(|source| match str_at(source, &["secret", "name"]) {
+                        Some(name) => secret_source(name, &source["secret"]),
+                        None => self.mount_source(source),
+                    })
+                    .collect(),
+            )
         } else if let Some(name) = str_at(volume, &["secret", "secretName"]) {
-            let items = volume["secret"]["items"]
-                .as_sequence()
-                .map(|items| {
-                    items
-                        .iter()
-                        .map(|i| {
-                            (
-                                str_at(i, &["key"]).expect("key").to_string(),
-                                str_at(i, &["path"]).expect("path").to_string(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            MountSource::Secret {
-                name: name.to_string(),
-                items,
-            }
+            secret_source(name, &volume["secret"])
         } else {
             MountSource::EmptyDir
         }
+    }
+}
+
+/// A Secret volume source: its `items`, or every key when it lists none.
+fn secret_source(name: &str, secret: &Value) -> MountSource {
+    let items = secret["items"]
+        .as_sequence()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| {
+                    (
+                        str_at(i, &["key"]).expect("key").to_string(),
+                        str_at(i, &["path"]).expect("path").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    MountSource::Secret {
+        name: name.to_string(),
+        items,
     }
 }
 
@@ -291,32 +308,69 @@ impl Deployment {
         for mount in &self.mounts {
             let dir = self.localize_path(root, &mount.path);
             std::fs::create_dir_all(&dir)?;
-            match &mount.source {
-                MountSource::ConfigMap(files) => {
-                    for (name, text) in files {
-                        std::fs::write(dir.join(name), text)?;
-                    }
-                }
-                MountSource::Secret { name, items } => {
-                    let Some(values) = secrets.get(name) else {
-                        continue;
-                    };
-                    if items.is_empty() {
-                        for (key, value) in values {
-                            std::fs::write(dir.join(key), value)?;
-                        }
-                    } else {
-                        for (key, path) in items {
-                            if let Some(value) = values.get(key) {
-                                std::fs::write(dir.join(path), value)?;
-                            }
-                        }
-                    }
-                }
-                MountSource::EmptyDir => {}
-            }
+            self.fill(root, &dir, &mount.source, secrets)?;
         }
         Ok(())
+    }
+
+    fn fill(
+        &self,
+        root: &Path,
+        dir: &Path,
+        source: &MountSource,
+        secrets: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> std::io::Result<()> {
+        match source {
+            // Files of the ConfigMap name mounted paths: as here.
+            MountSource::ConfigMap(files) => {
+                for (name, text) in files {
+                    std::fs::write(dir.join(name), self.localize_text(root, text))?;
+                }
+            }
+            MountSource::Secret { name, items } => {
+                let Some(values) = secrets.get(name) else {
+                    return Ok(());
+                };
+                if items.is_empty() {
+                    for (key, value) in values {
+                        std::fs::write(dir.join(key), value)?;
+                    }
+                } else {
+                    for (key, path) in items {
+                        if let Some(value) = values.get(key) {
+                            std::fs::write(dir.join(path), value)?;
+                        }
+                    }
+                }
+            }
+            MountSource::Projected(sources) => {
+                for source in sources {
+                    self.fill(root, dir, source, secrets)?;
+                }
+            }
+            MountSource::EmptyDir => {}
+        }
+        Ok(())
+    }
+
+    /// `text` with every path under a mounted ConfigMap or Secret moved
+    /// under `root` (writable empty folders such as `/tmp` are left alone).
+    pub fn localize_text(&self, root: &Path, text: &str) -> String {
+        let mut tops: Vec<&str> = self
+            .mounts
+            .iter()
+            .filter(|m| !matches!(m.source, MountSource::EmptyDir))
+            .map(|m| m.path.as_str())
+            .collect();
+        // A mount inside another is moved with it.
+        tops.sort();
+        tops.dedup_by(|inner, outer| inner.starts_with(&format!("{outer}/")));
+        tops.iter().fold(text.to_string(), |text, top| {
+            text.replace(
+                &format!("{top}/"),
+                &format!("{}/", root.join(top.trim_start_matches('/')).display()),
+            )
+        })
     }
 
     /// `path` inside the container, as a path under `root` when a mount
@@ -358,10 +412,7 @@ impl Deployment {
             .iter()
             .filter_map(|(name, value)| {
                 let value = match value {
-                    EnvValue::Literal(v) if v.starts_with('/') => {
-                        self.localize_path(root, v).display().to_string()
-                    }
-                    EnvValue::Literal(v) => v.clone(),
+                    EnvValue::Literal(v) => self.localize_text(root, v),
                     EnvValue::Secret { key, optional } => match secret(key) {
                         Some(v) => v,
                         None if *optional => return None,

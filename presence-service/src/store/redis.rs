@@ -29,6 +29,7 @@
 //! clock. Scripts build key names from the prefix, so the store needs a
 //! single Redis node (or a primary with replicas), not Redis Cluster.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -365,13 +366,15 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `url` (checked with `PING`); keys go under `prefix`.
+    /// Connects to `url` (checked with `PING`; a `rediss://` one verified
+    /// against `ca_file`); keys go under `prefix`.
     pub async fn connect(
         url: &str,
+        ca_file: Option<&Path>,
         prefix: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, PresenceError> {
-        let client = redis::Client::open(url)?;
+        let client = common::redis_client::open(url, ca_file)?;
         // One attempt per reconnect: while Redis is down calls fail within the
         // connect timeout rather than waiting out the library's backoff.
         let config = ConnectionManagerConfig::new()

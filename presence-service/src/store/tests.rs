@@ -57,7 +57,7 @@ impl Harness {
         };
         let prefix = format!("{}:", common::ids::new_id("presencetest"));
         let clock = Arc::new(ManualClock(AtomicI64::new(common::ids::now_ms())));
-        let store = RedisStore::connect(&url, &prefix, clock.clone())
+        let store = RedisStore::connect(&url, None, &prefix, clock.clone())
             .await
             .unwrap_or_else(|e| panic!("PARLEY_TEST_REDIS_URL is set but Redis is unusable: {e}"));
         Some(Harness {
