@@ -2,6 +2,7 @@
 //! and membership checks, the store calls, and publishing each new log event
 //! on the room's bus channel once it is committed.
 
+mod blocks;
 mod messages;
 mod moderation;
 mod notifications;
@@ -15,6 +16,10 @@ use common::bus::Bus;
 use common::config::InvitePolicy;
 use common::grpc::{Actor, ServiceChannel};
 use proto::chat::v1::chat_service_server::ChatService;
+use proto::chat::v1::{
+    BlockRequest, BlockResponse, CheckRelationRequest, CheckRelationResponse, ListBlocksRequest,
+    ListBlocksResponse,
+};
 use proto::chat::v1::{
     CheckPostRequest, CheckPostResponse, ClearNotificationsRequest, ClearNotificationsResponse,
     DeleteRoomRequest, DeleteRoomResponse, DirectoryRequest, DirectoryResponse, ListMembersRequest,
@@ -61,6 +66,8 @@ pub(crate) struct Limits {
     pub max_mentions: usize,
     /// Whether admins may give roles (`chat.admins_set_roles`).
     pub admins_set_roles: bool,
+    /// Most members `room.create` may name (`chat.max_initial_members`).
+    pub max_initial_members: usize,
 }
 
 impl Limits {
@@ -403,6 +410,45 @@ impl ChatService for ChatHandler {
             .await?;
         self.may_post(&membership)?;
         Ok(Response::new(CheckPostResponse {}))
+    }
+
+    async fn block_user(
+        &self,
+        request: Request<BlockRequest>,
+    ) -> Result<Response<BlockResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        self.block(&actor, &request.into_inner().user_id, true)
+            .await?;
+        Ok(Response::new(BlockResponse {}))
+    }
+
+    async fn unblock_user(
+        &self,
+        request: Request<BlockRequest>,
+    ) -> Result<Response<BlockResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        self.block(&actor, &request.into_inner().user_id, false)
+            .await?;
+        Ok(Response::new(BlockResponse {}))
+    }
+
+    async fn list_blocks(
+        &self,
+        request: Request<ListBlocksRequest>,
+    ) -> Result<Response<ListBlocksResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let blocks = self.store.blocks(&actor.user_id).await?;
+        Ok(Response::new(ListBlocksResponse { blocks }))
+    }
+
+    async fn check_relation(
+        &self,
+        request: Request<CheckRelationRequest>,
+    ) -> Result<Response<CheckRelationResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        Ok(Response::new(
+            self.relation(&actor, request.into_inner()).await?,
+        ))
     }
 
     async fn directory(

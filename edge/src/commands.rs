@@ -6,6 +6,7 @@
 
 mod assistant;
 mod auth;
+mod blocks;
 mod messages;
 mod moderation;
 mod presence;
@@ -482,6 +483,9 @@ async fn dispatch(
         C::CallReject(args) => presence::call_act(s, "reject", args).await,
         C::CallEnd(args) => presence::call_act(s, "end", args).await,
         C::CallIce(args) => presence::call_act(s, "ice", args).await,
+        C::UserBlock(args) => blocks::block(s, args, true).await,
+        C::UserUnblock(args) => blocks::block(s, args, false).await,
+        C::UserBlocks(_) => blocks::list(s).await,
     }
 }
 

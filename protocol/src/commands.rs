@@ -525,6 +525,18 @@ impl Validate for RoomUser {
     }
 }
 
+/// A user: `user.block`, `user.unblock`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserArg {
+    pub user: String,
+}
+
+impl Validate for UserArg {
+    fn validate(&mut self) -> Result<(), DecodeError> {
+        required("user", &self.user, ID_MAX)
+    }
+}
+
 /// `message.send`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MessageSend {
@@ -1105,6 +1117,12 @@ commands! {
     "call.end" => CallEnd(CallAct) {},
     /// Relay an ICE candidate (either party).
     "call.ice" => CallIce(CallAct) {},
+    /// Block a user: no direct room, direct message, call or mention from them.
+    "user.block" => UserBlock(UserArg) {},
+    /// Undo a block.
+    "user.unblock" => UserUnblock(UserArg) {},
+    /// The users you block, newest first.
+    "user.blocks" => UserBlocks(NoArgs) {},
 }
 
 #[cfg(test)]

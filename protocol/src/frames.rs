@@ -185,6 +185,7 @@ pub enum ReplyResult {
     Members(MembersReply),
     Directory(DirectoryReply),
     Report(ReportReply),
+    Blocks(BlocksReply),
     /// Commands that answer with `ok` alone.
     Empty(Empty),
 }
@@ -354,6 +355,19 @@ pub struct ReceiptReply {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct NotificationListReply {
     pub notifications: Vec<Notification>,
+}
+
+/// `user.blocks`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct BlocksReply {
+    pub blocks: Vec<BlockedUser>,
+}
+
+/// A user you block, and since when.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct BlockedUser {
+    pub user: String,
+    pub blocked_at: i64,
 }
 
 /// `presence.subscribe`.

@@ -600,6 +600,18 @@ impl Client {
         reply["room"]["id"].as_str().expect("room id").to_string()
     }
 
+    /// Creates a private room with `members` (calls and presence follows
+    /// need a shared room) and returns its id.
+    pub async fn share_room(&mut self, members: &[&str]) -> String {
+        let reply = self
+            .ok(
+                "room.create",
+                json!({"name": "shared", "visibility": "private", "members": members}),
+            )
+            .await;
+        reply["room"]["id"].as_str().expect("room id").to_string()
+    }
+
     /// A command that must succeed; returns the reply.
     pub async fn ok(&mut self, kind: &str, fields: Value) -> Value {
         let reply = self.request(kind, fields).await;

@@ -113,6 +113,7 @@ impl Store {
             .await?;
             let mut events = Vec::with_capacity(members.len());
             for (index, user) in members.iter().enumerate() {
+                check_memberships(&mut tx, &user.id, self.caps.memberships).await?;
                 let role = if index == 0 { "owner" } else { "member" };
                 insert_member(&mut tx, &room.id, user, role, new.created_at).await?;
                 let event = member_event(true, &room.id, index as i64 + 1, user);
@@ -144,6 +145,10 @@ impl Store {
             if banned(&mut tx, room_id, &user.id, now).await? {
                 tx.rollback().await?;
                 return Err(ChatError::Denied(Denial::Banned));
+            }
+            if let Err(error) = check_memberships(&mut tx, &user.id, self.caps.memberships).await {
+                tx.rollback().await?;
+                return Err(error);
             }
             insert_member(&mut tx, room_id, user, "member", now).await?;
             let event = member_event(true, room_id, seq, user);
@@ -289,6 +294,25 @@ pub(super) async fn member_exists(
         .fetch_optional(&mut **tx)
         .await?;
     Ok(row.is_some())
+}
+
+/// `TooLarge` when `user_id` is already a member of `cap` rooms.
+async fn check_memberships(
+    tx: &mut Transaction<'_, Any>,
+    user_id: &str,
+    cap: u32,
+) -> Result<(), ChatError> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM members WHERE user_id = $1")
+        .bind(user_id.to_string())
+        .fetch_one(&mut **tx)
+        .await?;
+    let count: i64 = row.try_get("n")?;
+    if count >= i64::from(cap) {
+        return Err(ChatError::TooLarge(format!(
+            "{user_id} is a member of {cap} rooms, the most one user may be in"
+        )));
+    }
+    Ok(())
 }
 
 async fn insert_member(

@@ -71,6 +71,9 @@ const RESULT_DEFS = {
   "call.reject": "Empty",
   "call.end": "Empty",
   "call.ice": "Empty",
+  "user.block": "Empty",
+  "user.unblock": "Empty",
+  "user.blocks": "BlocksReply",
 } as const satisfies Record<ClientCommandType, keyof SchemaDefs>;
 
 /** The result fields of each command's `reply`. */
