@@ -599,3 +599,43 @@ async fn a_blocked_user_cannot_message_call_or_mention_the_blocker() {
         .err("user.block", json!({"user": "alice"}), "bad_request")
         .await;
 }
+
+#[tokio::test]
+async fn refused_bus_payloads_are_counted_in_metrics() {
+    use common::metrics::find_sample;
+    const REFUSED: &str = "parley_bus_refused_payloads_total";
+    let app = spawn_app_with(|_| {}).await;
+    let scrape = app.scrape().await;
+    assert_eq!(find_sample(&scrape, REFUSED, &[]), Some(0.0), "exported at 0");
+    let Some(redis_url) = common::testing::test_redis_url() else {
+        return;
+    };
+    let mut alice = app.user("alice", "Alice").await;
+    let room = alice.public_room("bus").await;
+    alice.ok("room.join", json!({"room": room})).await;
+    // A raw PUBLISH, as someone on the Redis network would send it.
+    let channel = format!(
+        "{}:{}",
+        app.config.bus.channel_prefix,
+        common::bus::room_channel(&room)
+    );
+    let client = redis::Client::open(redis_url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let forged = json!({"room_id": room, "seq": 99, "kind": "message.new", "json": "{}"});
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg(forged.to_string())
+        .query_async(&mut conn)
+        .await
+        .expect("publish");
+    let scrape = app
+        .scrape_until(|text| find_sample(text, REFUSED, &[]).is_some_and(|n| n >= 1.0))
+        .await;
+    assert!(
+        find_sample(&scrape, REFUSED, &[]).is_some_and(|n| n >= 1.0),
+        "the forged payload is counted"
+    );
+}

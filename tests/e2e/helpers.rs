@@ -188,9 +188,10 @@ impl TestApp {
             ai: AiServiceClient::new(channel(a.ai)),
             presence: PresenceServiceClient::new(channel(a.presence)),
         };
+        let metrics = common::metrics::Metrics::new(&["edge"]);
         // A Redis bus gets a connection of its own, as another process would.
         let bus = match self.config.bus.backend {
-            Backend::Redis => common::bus::connect(&self.config.bus)
+            Backend::Redis => common::bus::connect(&self.config.bus, &metrics)
                 .await
                 .expect("redis bus"),
             Backend::Memory => self.bus.clone(),
@@ -201,7 +202,7 @@ impl TestApp {
             bus,
             false,
             self.extra_edges.signal(),
-            &common::metrics::Metrics::new(&["edge"]),
+            &metrics,
         )
         .await
         .expect("second edge")

@@ -539,7 +539,9 @@ async fn edge_process_for_the_kill_test() {
             channel(&s.presence_url),
         ),
     };
-    let bus = common::bus::connect(&config.bus).await.expect("bus");
+    let bus = common::bus::connect(&config.bus, &common::metrics::Metrics::new(&["edge"]))
+        .await
+        .expect("bus");
     let edge = edge::EdgeApp::new(
         &config.edge,
         backends,
