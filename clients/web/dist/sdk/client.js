@@ -52,6 +52,9 @@ const RESULT_DEFS = {
     "call.reject": "Empty",
     "call.end": "Empty",
     "call.ice": "Empty",
+    "user.block": "Empty",
+    "user.unblock": "Empty",
+    "user.blocks": "BlocksReply",
 };
 /** A failed request: the server's error object, or a client-side cause. */
 export class ParleyError extends Error {

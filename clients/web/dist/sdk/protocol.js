@@ -45,6 +45,9 @@ export const COMMAND_REQUIRED = {
     "call.reject": ["call_id"],
     "call.end": ["call_id"],
     "call.ice": ["call_id"],
+    "user.block": ["user"],
+    "user.unblock": ["user"],
+    "user.blocks": [],
 };
 /** Every ServerFrame `type`, and each one's required fields. */
 export const SERVER_FRAME_REQUIRED = {
@@ -88,6 +91,8 @@ export const SERVER_FRAME_SCHEMA = {
     "AiDone": { "properties": { "message": { "anyOf": [{ "$ref": "#/$defs/Message" }, { "type": "null" }] }, "room": { "type": "string" }, "stream_id": { "type": "string" } }, "required": ["room", "stream_id"], "type": "object" },
     "AiError": { "properties": { "error": { "$ref": "#/$defs/StreamError" }, "message": { "anyOf": [{ "$ref": "#/$defs/Message" }, { "type": "null" }] }, "room": { "type": "string" }, "stream_id": { "type": "string" } }, "required": ["room", "stream_id", "error"], "type": "object" },
     "AuthReply": { "properties": { "expires_at": { "type": "integer" }, "frame_secret": { "type": ["string", "null"] }, "session_id": { "type": "string" }, "token": { "type": ["string", "null"] }, "user": { "$ref": "#/$defs/User" } }, "required": ["user", "session_id", "expires_at"], "type": "object" },
+    "BlockedUser": { "properties": { "blocked_at": { "type": "integer" }, "user": { "type": "string" } }, "required": ["user", "blocked_at"], "type": "object" },
+    "BlocksReply": { "properties": { "blocks": { "items": { "$ref": "#/$defs/BlockedUser" }, "type": "array" } }, "required": ["blocks"], "type": "object" },
     "CallEvent": { "properties": { "call_id": { "type": "string" }, "from": { "anyOf": [{ "$ref": "#/$defs/UserRef" }, { "type": "null" }] }, "payload": true, "reason": { "type": ["string", "null"] } }, "required": ["call_id"], "type": "object" },
     "CallIncoming": { "properties": { "call_id": { "type": "string" }, "expires_in_ms": { "minimum": 0, "type": "integer" }, "from": { "$ref": "#/$defs/UserRef" }, "payload": {}, "room": { "type": ["string", "null"] } }, "required": ["call_id", "from", "payload", "expires_in_ms"], "type": "object" },
     "CallInviteReply": { "properties": { "call_id": { "type": "string" } }, "required": ["call_id"], "type": "object" },
@@ -125,7 +130,7 @@ export const SERVER_FRAME_SCHEMA = {
     "ReceiptKind": { "enum": ["read", "delivered"], "type": "string" },
     "ReceiptReply": { "properties": { "seq": { "type": "integer" } }, "required": ["seq"], "type": "object" },
     "RefreshReply": { "properties": { "expires_at": { "type": "integer" } }, "required": ["expires_at"], "type": "object" },
-    "ReplyFrame": { "anyOf": [{ "$ref": "#/$defs/PingReply" }, { "$ref": "#/$defs/AuthReply" }, { "$ref": "#/$defs/RefreshReply" }, { "$ref": "#/$defs/RoomReply" }, { "$ref": "#/$defs/RoomJoinReply" }, { "$ref": "#/$defs/RoomListReply" }, { "$ref": "#/$defs/MessageReply" }, { "$ref": "#/$defs/HistoryReply" }, { "$ref": "#/$defs/AiAskReply" }, { "$ref": "#/$defs/ReceiptReply" }, { "$ref": "#/$defs/NotificationListReply" }, { "$ref": "#/$defs/PresenceReply" }, { "$ref": "#/$defs/CallInviteReply" }, { "$ref": "#/$defs/RoomJoinManyReply" }, { "$ref": "#/$defs/MembersReply" }, { "$ref": "#/$defs/DirectoryReply" }, { "$ref": "#/$defs/ReportReply" }, { "$ref": "#/$defs/Empty" }, {}], "properties": { "error": { "anyOf": [{ "$ref": "#/$defs/ErrorObject" }, { "type": "null" }] }, "id": { "minimum": 0, "type": "integer" }, "ok": { "type": "boolean" } }, "required": ["id", "ok"], "type": "object" },
+    "ReplyFrame": { "anyOf": [{ "$ref": "#/$defs/PingReply" }, { "$ref": "#/$defs/AuthReply" }, { "$ref": "#/$defs/RefreshReply" }, { "$ref": "#/$defs/RoomReply" }, { "$ref": "#/$defs/RoomJoinReply" }, { "$ref": "#/$defs/RoomListReply" }, { "$ref": "#/$defs/MessageReply" }, { "$ref": "#/$defs/HistoryReply" }, { "$ref": "#/$defs/AiAskReply" }, { "$ref": "#/$defs/ReceiptReply" }, { "$ref": "#/$defs/NotificationListReply" }, { "$ref": "#/$defs/PresenceReply" }, { "$ref": "#/$defs/CallInviteReply" }, { "$ref": "#/$defs/RoomJoinManyReply" }, { "$ref": "#/$defs/MembersReply" }, { "$ref": "#/$defs/DirectoryReply" }, { "$ref": "#/$defs/ReportReply" }, { "$ref": "#/$defs/BlocksReply" }, { "$ref": "#/$defs/Empty" }, {}], "properties": { "error": { "anyOf": [{ "$ref": "#/$defs/ErrorObject" }, { "type": "null" }] }, "id": { "minimum": 0, "type": "integer" }, "ok": { "type": "boolean" } }, "required": ["id", "ok"], "type": "object" },
     "ReportReply": { "properties": { "report_id": { "type": "string" } }, "required": ["report_id"], "type": "object" },
     "Role": { "enum": ["owner", "admin", "member"], "type": "string" },
     "Room": { "properties": { "created_at": { "type": "integer" }, "deleted": { "type": "boolean" }, "id": { "type": "string" }, "last_seq": { "type": "integer" }, "metadata": { "additionalProperties": true, "type": ["object", "null"] }, "name": { "type": "string" }, "owner": { "type": "string" }, "topic": { "type": "string" }, "unread": { "type": "integer" }, "visibility": { "$ref": "#/$defs/Visibility" } }, "required": ["id", "name", "visibility", "owner", "last_seq", "created_at", "unread", "topic"], "type": "object" },
