@@ -572,6 +572,11 @@ async fn a_blocked_user_cannot_message_call_or_mention_the_blocker() {
             .err("call.invite", json!({"to": "alice", "payload": {}}), "forbidden")
             .await,
     );
+    refused(
+        mallory
+            .err("presence.subscribe", json!({"users": ["alice"]}), "forbidden")
+            .await,
+    );
     // In a group the message is posted, but the mention notifies no one.
     mallory.send(&group, "@alice look").await;
     let mut carol = app.user("carol", "Carol").await;
