@@ -86,7 +86,10 @@ impl CallGuard {
         let now = Instant::now();
         let mut state = self.state();
         let times = state.invites.entry(callee.to_string()).or_default();
-        while times.front().is_some_and(|t| now.duration_since(*t) >= MINUTE) {
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+        {
             times.pop_front();
         }
         if times.len() >= max {
@@ -141,7 +144,9 @@ impl CallGuard {
         let ring = self.ring;
         let mut state = self.state();
         state.invites.retain(|_, times| {
-            times.back().is_some_and(|t| now.duration_since(*t) < MINUTE)
+            times
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < MINUTE)
         });
         state
             .ice
@@ -181,7 +186,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ice_before_the_answer_is_limited_in_number_and_size() {
         let guard = guard();
-        assert!(matches!(guard.ice_size(11), Err(PresenceError::TooLarge(_))));
+        assert!(matches!(
+            guard.ice_size(11),
+            Err(PresenceError::TooLarge(_))
+        ));
         guard.ice_size(10).expect("fits");
         guard.ice_unanswered("c1").expect("one");
         guard.ice_unanswered("c1").expect("two");

@@ -22,8 +22,7 @@ pub use commands::{
     MessageSend, NoArgs, NotificationIds, NotificationList, PresenceSet, PresenceUsers, RateFamily,
     ReactionArgs, ReceiptArgs, Refresh, RoomCreate, RoomDirectory, RoomJoin, RoomLeave,
     RoomMembers, RoomRef, RoomSanction, RoomSetRole, RoomUpdate, RoomUser, SignIn, Spec, Typing,
-    UserArg,
-    page_size,
+    UserArg, page_size,
 };
 pub use frames::*;
 pub use objects::*;

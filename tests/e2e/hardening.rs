@@ -274,7 +274,9 @@ async fn memberships_per_user_are_capped_however_they_are_made() {
         )
         .await;
     assert!(
-        error["message"].as_str().is_some_and(|m| m.contains("victim")),
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("victim")),
         "{error}"
     );
     // Joining and creating count too.
@@ -360,7 +362,10 @@ async fn a_member_removed_banned_or_gone_can_no_longer_type_there() {
         clients.push(client);
     }
     owner
-        .ok("room.remove_member", json!({"room": room, "user": "removed"}))
+        .ok(
+            "room.remove_member",
+            json!({"room": room, "user": "removed"}),
+        )
         .await;
     owner
         .ok("room.ban", json!({"room": room, "user": "banned"}))
@@ -380,7 +385,10 @@ async fn a_member_removed_banned_or_gone_can_no_longer_type_there() {
     let mut witness = app.user("witness", "Witness").await;
     witness.ok("room.join", json!({"room": room})).await;
     owner.send(&room, "marker").await;
-    assert_eq!(witness.event("message.new").await["message"]["text"], "marker");
+    assert_eq!(
+        witness.event("message.new").await["message"]["text"],
+        "marker"
+    );
     for client in &mut clients {
         client.ok("ping", json!({})).await;
         let heard: Vec<Value> = client
@@ -405,7 +413,11 @@ async fn a_call_needs_a_shared_room_and_leaves_no_trace_when_refused() {
     let mut stranger = app.anonymous("stranger").await;
     let mut victim = app.user("victim", "Victim").await;
     let error = stranger
-        .err("call.invite", json!({"to": "victim", "payload": {}}), "forbidden")
+        .err(
+            "call.invite",
+            json!({"to": "victim", "payload": {}}),
+            "forbidden",
+        )
         .await;
     assert_eq!(error["reason"], "no_shared_room");
     // A room the caller names must be one both are in.
@@ -442,7 +454,10 @@ async fn a_call_needs_a_shared_room_and_leaves_no_trace_when_refused() {
     );
     // With a shared room, the call goes through.
     friend
-        .ok("call.invite", json!({"to": "victim", "room": theirs, "payload": {}}))
+        .ok(
+            "call.invite",
+            json!({"to": "victim", "room": theirs, "payload": {}}),
+        )
         .await;
     victim.event("call.incoming").await;
 }
@@ -517,7 +532,11 @@ async fn presence_follows_need_a_shared_room() {
     let mut stalker = app.anonymous("stalker").await;
     let _victim = app.user("victim", "Victim").await;
     let error = stalker
-        .err("presence.subscribe", json!({"users": ["victim"]}), "forbidden")
+        .err(
+            "presence.subscribe",
+            json!({"users": ["victim"]}),
+            "forbidden",
+        )
         .await;
     assert_eq!(error["reason"], "no_shared_room");
     let mut friend = app.user("friend", "Friend").await;
@@ -535,7 +554,10 @@ async fn a_blocked_user_cannot_message_call_or_mention_the_blocker() {
     let mut mallory = app.user("mallory", "Mallory").await;
     // An existing direct room and a group they share.
     let direct = mallory
-        .ok("room.create", json!({"visibility": "direct", "members": ["alice"]}))
+        .ok(
+            "room.create",
+            json!({"visibility": "direct", "members": ["alice"]}),
+        )
         .await["room"]["id"]
         .as_str()
         .expect("room")
@@ -569,12 +591,20 @@ async fn a_blocked_user_cannot_message_call_or_mention_the_blocker() {
     );
     refused(
         mallory
-            .err("call.invite", json!({"to": "alice", "payload": {}}), "forbidden")
+            .err(
+                "call.invite",
+                json!({"to": "alice", "payload": {}}),
+                "forbidden",
+            )
             .await,
     );
     refused(
         mallory
-            .err("presence.subscribe", json!({"users": ["alice"]}), "forbidden")
+            .err(
+                "presence.subscribe",
+                json!({"users": ["alice"]}),
+                "forbidden",
+            )
             .await,
     );
     // In a group the message is posted, but the mention notifies no one.
@@ -611,7 +641,11 @@ async fn refused_bus_payloads_are_counted_in_metrics() {
     const REFUSED: &str = "parley_bus_refused_payloads_total";
     let app = spawn_app_with(|_| {}).await;
     let scrape = app.scrape().await;
-    assert_eq!(find_sample(&scrape, REFUSED, &[]), Some(0.0), "exported at 0");
+    assert_eq!(
+        find_sample(&scrape, REFUSED, &[]),
+        Some(0.0),
+        "exported at 0"
+    );
     let Some(redis_url) = common::testing::test_redis_url() else {
         return;
     };

@@ -11,7 +11,11 @@ use super::{Outcome, done, failed, reply};
 use crate::frames::{CommandError, Reason};
 use crate::session::Session;
 
-pub(super) async fn block(s: &mut Session, args: UserArg, on: bool) -> Result<Outcome, CommandError> {
+pub(super) async fn block(
+    s: &mut Session,
+    args: UserArg,
+    on: bool,
+) -> Result<Outcome, CommandError> {
     let request = s.actor()?.request(BlockRequest { user_id: args.user });
     let mut chat = s.chat();
     let result = if on {
