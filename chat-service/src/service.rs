@@ -51,8 +51,8 @@ pub const MAX_ROOM_NAME_CHARS: usize = 100;
 pub const MAX_ID_BYTES: usize = 128;
 /// Largest `metadata` object, in bytes of JSON.
 pub const MAX_METADATA_BYTES: usize = 4 * 1024;
-/// Most rooms `ListRooms` returns.
-pub const MAX_LISTED_ROOMS: u32 = 1_000;
+/// Most rooms one page of `ListRooms` returns.
+pub const MAX_LISTED_ROOMS: u32 = 100;
 /// Most notifications one call lists or marks read.
 const MAX_NOTIFICATIONS_PAGE: u32 = 100;
 
@@ -206,11 +206,27 @@ impl ChatService for ChatHandler {
         request: Request<ListRoomsRequest>,
     ) -> Result<Response<ListRoomsResponse>, Status> {
         let actor = Actor::of(&request)?;
-        let rooms = self
-            .store
-            .rooms_of(&actor.user_id, MAX_LISTED_ROOMS)
-            .await?;
-        Ok(Response::new(ListRoomsResponse { rooms }))
+        let request = request.into_inner();
+        let after = match request.cursor.as_deref() {
+            None => None,
+            Some(cursor) => Some(
+                cursor
+                    .split_once(':')
+                    .and_then(|(at, room)| Some((at.parse::<i64>().ok()?, room.to_string())))
+                    .filter(|(_, room)| !room.is_empty())
+                    .ok_or_else(|| ChatError::BadRequest("cursor is not valid".into()))?,
+            ),
+        };
+        let limit = page(request.limit, MAX_LISTED_ROOMS);
+        let (rooms, more) = self.store.rooms_of(&actor.user_id, after, limit).await?;
+        let next_cursor = more
+            .then(|| rooms.last())
+            .flatten()
+            .map(|(room, since)| format!("{since}:{}", room.id));
+        Ok(Response::new(ListRoomsResponse {
+            rooms: rooms.into_iter().map(|(room, _)| room).collect(),
+            next_cursor,
+        }))
     }
 
     async fn send_message(

@@ -444,7 +444,7 @@ async fn dispatch(
         C::RoomCreate(args) => rooms::create(s, args).await,
         C::RoomJoin(args) => rooms::join(s, args, id).await,
         C::RoomLeave(args) => rooms::leave(s, args).await,
-        C::RoomList(_) => rooms::list(s).await,
+        C::RoomList(args) => rooms::list(s, args).await,
         C::RoomInvite(args) => rooms::invite(s, args).await,
         C::RoomRemoveMember(args) => rooms::remove_member(s, args).await,
         command @ (C::MessageSend(_)

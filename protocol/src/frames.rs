@@ -297,7 +297,11 @@ pub struct ReadMark {
 /// `room.list`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RoomListReply {
+    /// The most recently joined first.
     pub rooms: Vec<RoomSummary>,
+    /// Set when more rooms follow: pass it as `cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// A room as `room.list` shows it.

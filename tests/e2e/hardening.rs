@@ -678,3 +678,50 @@ async fn refused_bus_payloads_are_counted_in_metrics() {
         "the forged payload is counted"
     );
 }
+
+#[tokio::test]
+async fn room_list_is_newest_first_and_paged() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut victim = app.user("victim", "Victim").await;
+    let own = victim.public_room("my own").await;
+    // Rooms others put the victim in later come first, but the victim's
+    // own room is never pushed out of reach: every page can be read.
+    let mut spammer = app.user("spammer", "Spammer").await;
+    for _ in 0..5 {
+        spammer.share_room(&["victim"]).await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut args = json!({"limit": 2});
+        if let Some(cursor) = &cursor {
+            args["cursor"] = json!(cursor);
+        }
+        let page = victim.ok("room.list", args).await;
+        let rooms = page["rooms"].as_array().expect("rooms");
+        assert!(rooms.len() <= 2, "{page}");
+        seen.extend(
+            rooms
+                .iter()
+                .map(|r| r["id"].as_str().expect("id").to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert_eq!(seen.last(), Some(&own), "the oldest membership comes last");
+    let all = victim.ok("room.list", json!({})).await;
+    assert_eq!(
+        all["rooms"][0]["id"].as_str(),
+        seen.first().map(String::as_str)
+    );
+    assert!(all["next_cursor"].is_null());
+    victim
+        .err("room.list", json!({"cursor": "nonsense"}), "bad_request")
+        .await;
+    victim
+        .err("room.list", json!({"limit": 0}), "bad_request")
+        .await;
+}

@@ -597,8 +597,19 @@ export interface RoomLeave {
   room: string;
 }
 
+/** `room.list`: your rooms, the most recently joined first, a page at a time. */
+export interface RoomListArgs {
+  /** `next_cursor` of the previous page. */
+  cursor?: string | null;
+  /** 1–100, default 100. */
+  limit?: number | null;
+}
+
 /** `room.list`. */
 export interface RoomListReply {
+  /** Set when more rooms follow: pass it as `cursor`. */
+  next_cursor?: string | null;
+  /** The most recently joined first. */
   rooms: RoomSummary[];
 }
 
@@ -819,6 +830,7 @@ export interface SchemaDefs {
   RoomJoinReply: RoomJoinReply;
   RoomJoinResult: RoomJoinResult;
   RoomLeave: RoomLeave;
+  RoomListArgs: RoomListArgs;
   RoomListReply: RoomListReply;
   RoomMembers: RoomMembers;
   RoomRef: RoomRef;
@@ -865,7 +877,7 @@ export interface ClientCommandMap {
   /** Stop receiving a room's events on this connection. */
   "room.leave": RoomLeave;
   /** The rooms you are a member of. */
-  "room.list": NoArgs;
+  "room.list": RoomListArgs;
   /** Post a message. */
   "message.send": MessageSend;
   /** A page of a room's messages. */
@@ -1165,7 +1177,7 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "RoomJoinManyReply": {"properties":{"results":{"items":{"$ref":"#/$defs/RoomJoinResult"},"type":"array"}},"required":["results"],"type":"object"},
   "RoomJoinReply": {"properties":{"events":{"items":{"$ref":"#/$defs/ServerFrame"},"type":"array"},"has_more":{"type":"boolean"},"last_seq":{"type":"integer"},"online":{"items":{"type":"string"},"type":"array"},"read_marks":{"items":{"$ref":"#/$defs/ReadMark"},"type":"array"},"recovered":{"type":"boolean"},"room":{"anyOf":[{"$ref":"#/$defs/Room"},{"type":"null"}]},"streams":{"items":{"$ref":"#/$defs/StreamInProgress"},"type":"array"}},"required":["last_seq","events","recovered","has_more","streams","online","read_marks"],"type":"object"},
   "RoomJoinResult": {"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"joined":{"anyOf":[{"$ref":"#/$defs/RoomJoinReply"},{"type":"null"}]},"ok":{"type":"boolean"},"room":{"type":"string"}},"required":["room","ok"],"type":"object"},
-  "RoomListReply": {"properties":{"rooms":{"items":{"$ref":"#/$defs/RoomSummary"},"type":"array"}},"required":["rooms"],"type":"object"},
+  "RoomListReply": {"properties":{"next_cursor":{"type":["string","null"]},"rooms":{"items":{"$ref":"#/$defs/RoomSummary"},"type":"array"}},"required":["rooms"],"type":"object"},
   "RoomReply": {"properties":{"room":{"$ref":"#/$defs/Room"}},"required":["room"],"type":"object"},
   "RoomSummary": {"properties":{"id":{"type":"string"},"last_seq":{"type":"integer"},"name":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","last_seq","unread"],"type":"object"},
   "RoomUpdated": {"properties":{"by":{"$ref":"#/$defs/UserRef"},"metadata":{"additionalProperties":true,"type":["object","null"]},"name":{"type":"string"},"room":{"type":"string"},"seq":{"type":"integer"},"topic":{"type":"string"}},"required":["room","seq","name","topic","by"],"type":"object"},
