@@ -116,8 +116,11 @@ pub(super) async fn call_invite(
 ) -> Result<Outcome, CommandError> {
     // A call needs a relationship: a shared room (the one named, if any)
     // and no block.
-    super::blocks::require_relation(s, std::slice::from_ref(&args.to), args.room.as_deref())
-        .await?;
+    // (Calling yourself is left to presence-service, which refuses it.)
+    if args.to != s.actor()?.user_id {
+        super::blocks::require_relation(s, std::slice::from_ref(&args.to), args.room.as_deref())
+            .await?;
+    }
     let request = s.actor()?.request(InviteCallRequest {
         to: args.to,
         room_id: args.room.unwrap_or_default(),
