@@ -219,7 +219,7 @@ pub async fn start(
     let metrics = Metrics::new(COMPONENTS);
     let clients = Clients::from_config(&config, &metrics).map_err(component("grpc client"))?;
 
-    let bus = common::bus::connect(&config.bus)
+    let bus = common::bus::connect(&config.bus, &metrics)
         .await
         .map_err(component("bus"))?;
     let shutdown = Shutdown::new();

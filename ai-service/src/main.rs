@@ -11,8 +11,8 @@ use common::metrics::Metrics;
 async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["ai"], true);
     let result = async {
-        let bus = common::bus::connect(&config.bus).await?;
         let metrics = Metrics::new(&["ai"]);
+        let bus = common::bus::connect(&config.bus, &metrics).await?;
         let clients = Clients::from_config(&config, &metrics)?;
         let app = AiApp::build(&config, &clients, bus, &metrics).await?;
         let listener = common::cli::bind("ai.listen", config.ai.listen).await?;

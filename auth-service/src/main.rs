@@ -10,8 +10,8 @@ use common::metrics::Metrics;
 async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["auth"], true);
     let result = async {
-        let bus = common::bus::connect(&config.bus).await?;
         let metrics = Metrics::new(&["auth"]);
+        let bus = common::bus::connect(&config.bus, &metrics).await?;
         // Drift fixed: a key only this service can parse used to end the
         // process with `std::process::exit(64)` here, before telemetry was
         // flushed; it now goes through `finish` like every other error.

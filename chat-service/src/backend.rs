@@ -251,7 +251,10 @@ impl ChatBackendService for BackendHandler {
             .store
             .all_rooms(request.user_id.as_deref(), request.before.as_deref(), limit)
             .await?;
-        Ok(Response::new(ListRoomsResponse { rooms }))
+        Ok(Response::new(ListRoomsResponse {
+            rooms,
+            next_cursor: None,
+        }))
     }
 
     async fn get_history(

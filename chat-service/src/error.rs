@@ -114,6 +114,8 @@ fn denied_message(denial: Denial) -> &'static str {
     match denial {
         Denial::Muted => "you are muted in this room",
         Denial::Banned => "you are banned from this room",
+        Denial::Blocked => "this user blocks you",
+        Denial::NoSharedRoom => "you share no room with this user",
     }
 }
 

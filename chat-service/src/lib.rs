@@ -36,7 +36,7 @@ pub use crate::backend::{BOT_PREFIX, SYSTEM_SENDER};
 pub use crate::error::ChatError;
 use crate::service::{ChatHandler, Limits};
 pub use crate::service::{MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_ROOM_NAME_CHARS};
-use crate::store::Store;
+use crate::store::{Caps, Store};
 
 /// The chat service, ready to serve.
 pub struct ChatApp {
@@ -90,13 +90,19 @@ impl ChatApp {
         credential: &Secret,
         metrics: &Arc<Metrics>,
     ) -> Result<ChatApp, ChatError> {
-        let store = Store::connect(&config.database_url, config.max_connections).await?;
+        let mut store = Store::connect(&config.database_url, config.max_connections).await?;
+        store.caps = Caps {
+            memberships: config.max_memberships_per_user,
+            notifications: config.max_notifications_per_user,
+            blocks: config.max_blocks_per_user,
+        };
         let limits = Limits {
             max_text_chars: config.max_text_chars,
             page_limit: config.page_limit,
             invite_policy: config.invite_policy,
             max_mentions: config.max_mentions_per_message,
             admins_set_roles: config.admins_set_roles,
+            max_initial_members: config.max_initial_members,
         };
         Ok(ChatApp {
             handler: ChatHandler::new(store, bus, presence, limits, metrics.chat.clone()),

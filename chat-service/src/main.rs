@@ -11,8 +11,8 @@ use common::metrics::Metrics;
 async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["chat"], true);
     let result = async {
-        let bus = common::bus::connect(&config.bus).await?;
         let metrics = Metrics::new(&["chat"]);
+        let bus = common::bus::connect(&config.bus, &metrics).await?;
         let clients = Clients::from_config(&config, &metrics)?;
         let app = ChatApp::build(&config, &clients, bus, &metrics).await?;
         let listener = common::cli::bind("chat.listen", config.chat.listen).await?;

@@ -2,6 +2,7 @@
 //! and membership checks, the store calls, and publishing each new log event
 //! on the room's bus channel once it is committed.
 
+mod blocks;
 mod messages;
 mod moderation;
 mod notifications;
@@ -15,6 +16,10 @@ use common::bus::Bus;
 use common::config::InvitePolicy;
 use common::grpc::{Actor, ServiceChannel};
 use proto::chat::v1::chat_service_server::ChatService;
+use proto::chat::v1::{
+    BlockRequest, BlockResponse, CheckRelationRequest, CheckRelationResponse, ListBlocksRequest,
+    ListBlocksResponse,
+};
 use proto::chat::v1::{
     CheckPostRequest, CheckPostResponse, ClearNotificationsRequest, ClearNotificationsResponse,
     DeleteRoomRequest, DeleteRoomResponse, DirectoryRequest, DirectoryResponse, ListMembersRequest,
@@ -46,8 +51,8 @@ pub const MAX_ROOM_NAME_CHARS: usize = 100;
 pub const MAX_ID_BYTES: usize = 128;
 /// Largest `metadata` object, in bytes of JSON.
 pub const MAX_METADATA_BYTES: usize = 4 * 1024;
-/// Most rooms `ListRooms` returns.
-pub const MAX_LISTED_ROOMS: u32 = 1_000;
+/// Most rooms one page of `ListRooms` returns.
+pub const MAX_LISTED_ROOMS: u32 = 100;
 /// Most notifications one call lists or marks read.
 const MAX_NOTIFICATIONS_PAGE: u32 = 100;
 
@@ -61,6 +66,8 @@ pub(crate) struct Limits {
     pub max_mentions: usize,
     /// Whether admins may give roles (`chat.admins_set_roles`).
     pub admins_set_roles: bool,
+    /// Most members `room.create` may name (`chat.max_initial_members`).
+    pub max_initial_members: usize,
 }
 
 impl Limits {
@@ -199,11 +206,27 @@ impl ChatService for ChatHandler {
         request: Request<ListRoomsRequest>,
     ) -> Result<Response<ListRoomsResponse>, Status> {
         let actor = Actor::of(&request)?;
-        let rooms = self
-            .store
-            .rooms_of(&actor.user_id, MAX_LISTED_ROOMS)
-            .await?;
-        Ok(Response::new(ListRoomsResponse { rooms }))
+        let request = request.into_inner();
+        let after = match request.cursor.as_deref() {
+            None => None,
+            Some(cursor) => Some(
+                cursor
+                    .split_once(':')
+                    .and_then(|(at, room)| Some((at.parse::<i64>().ok()?, room.to_string())))
+                    .filter(|(_, room)| !room.is_empty())
+                    .ok_or_else(|| ChatError::BadRequest("cursor is not valid".into()))?,
+            ),
+        };
+        let limit = page(request.limit, MAX_LISTED_ROOMS);
+        let (rooms, more) = self.store.rooms_of(&actor.user_id, after, limit).await?;
+        let next_cursor = more
+            .then(|| rooms.last())
+            .flatten()
+            .map(|(room, since)| format!("{since}:{}", room.id));
+        Ok(Response::new(ListRoomsResponse {
+            rooms: rooms.into_iter().map(|(room, _)| room).collect(),
+            next_cursor,
+        }))
     }
 
     async fn send_message(
@@ -403,6 +426,45 @@ impl ChatService for ChatHandler {
             .await?;
         self.may_post(&membership)?;
         Ok(Response::new(CheckPostResponse {}))
+    }
+
+    async fn block_user(
+        &self,
+        request: Request<BlockRequest>,
+    ) -> Result<Response<BlockResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        self.block(&actor, &request.into_inner().user_id, true)
+            .await?;
+        Ok(Response::new(BlockResponse {}))
+    }
+
+    async fn unblock_user(
+        &self,
+        request: Request<BlockRequest>,
+    ) -> Result<Response<BlockResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        self.block(&actor, &request.into_inner().user_id, false)
+            .await?;
+        Ok(Response::new(BlockResponse {}))
+    }
+
+    async fn list_blocks(
+        &self,
+        request: Request<ListBlocksRequest>,
+    ) -> Result<Response<ListBlocksResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let blocks = self.store.blocks(&actor.user_id).await?;
+        Ok(Response::new(ListBlocksResponse { blocks }))
+    }
+
+    async fn check_relation(
+        &self,
+        request: Request<CheckRelationRequest>,
+    ) -> Result<Response<CheckRelationResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        Ok(Response::new(
+            self.relation(&actor, request.into_inner()).await?,
+        ))
     }
 
     async fn directory(

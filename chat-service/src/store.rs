@@ -13,6 +13,7 @@
 //! seq before every lower one (docs/architecture.md, "Replicas"). Every
 //! operation runs in a `sql` span, a child of the gRPC call that caused it.
 
+mod blocks;
 mod messages;
 mod moderation;
 mod notifications;
@@ -57,6 +58,30 @@ pub(crate) struct Store {
     /// health probe checks it is still there and still a database, which
     /// open connections reading from their cache would not notice.
     sqlite_file: Option<std::path::PathBuf>,
+    /// Per-user caps checked in the transaction that would pass them.
+    pub(crate) caps: Caps,
+}
+
+/// Per-user caps from configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caps {
+    /// Most rooms one user is a member of (`chat.max_memberships_per_user`).
+    pub memberships: u32,
+    /// Most notifications stored per user (`chat.max_notifications_per_user`):
+    /// a new one drops the oldest.
+    pub notifications: u32,
+    /// Most users one user blocks (`chat.max_blocks_per_user`).
+    pub blocks: u32,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Self {
+            memberships: 1_000,
+            notifications: 1_000,
+            blocks: 1_000,
+        }
+    }
 }
 
 /// A room to create.
@@ -138,6 +163,7 @@ impl Store {
             positional: sqlite,
             system: if sqlite { "sqlite" } else { "postgresql" },
             sqlite_file,
+            caps: Caps::default(),
         })
     }
 

@@ -119,9 +119,11 @@ pub fn lag_seconds(envelope: &Envelope) -> Option<f64> {
     (lag >= 0).then(|| lag as f64 / 1e6)
 }
 
-/// The bus a [`crate::config::BusConfig`] asks for.
+/// The bus a [`crate::config::BusConfig`] asks for; a Redis bus counts the
+/// payloads it refuses in `metrics` (`parley_bus_refused_payloads_total`).
 pub async fn connect(
     config: &crate::config::BusConfig,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<std::sync::Arc<dyn Bus>, BusError> {
     Ok(match config.backend {
         crate::config::Backend::Memory => std::sync::Arc::new(MemoryBus::new()),
@@ -135,7 +137,8 @@ pub async fn connect(
                     config.previous_signing_key.clone(),
                 ),
             )
-            .await?,
+            .await?
+            .count_refused_in(metrics.bus_refused_payloads.clone()),
         ),
     })
 }

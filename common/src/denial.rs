@@ -15,17 +15,29 @@ pub enum Denial {
     Muted,
     /// The user is banned from the room: no joining, no invitation.
     Banned,
+    /// The other user blocks the caller: no direct room, direct message,
+    /// call or mention notification.
+    Blocked,
+    /// The caller shares no room with the user (calls, presence follows).
+    NoSharedRoom,
 }
 
 impl Denial {
     /// Every denial.
-    pub const ALL: &'static [Denial] = &[Denial::Muted, Denial::Banned];
+    pub const ALL: &'static [Denial] = &[
+        Denial::Muted,
+        Denial::Banned,
+        Denial::Blocked,
+        Denial::NoSharedRoom,
+    ];
 
     /// The wire name, also the protocol error's `reason`.
     pub fn as_str(self) -> &'static str {
         match self {
             Denial::Muted => "muted",
             Denial::Banned => "banned",
+            Denial::Blocked => "blocked",
+            Denial::NoSharedRoom => "no_shared_room",
         }
     }
 

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub ai: AiMetrics,
     pub presence: PresenceMetrics,
     pub auth: AuthMetrics,
+    /// Bus payloads this process's subscribers dropped because they did not
+    /// verify (unsigned, another key, another channel, too old).
+    pub bus_refused_payloads: prometheus_client::metrics::counter::Counter,
 }
 
 impl Metrics {
@@ -70,6 +73,12 @@ impl Metrics {
         let http = HttpMetrics::default();
         http.register(&mut registry);
         registry.register_collector(Box::new(process::ProcessCollector));
+        let bus_refused_payloads = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "parley_bus_refused_payloads",
+            "Bus payloads dropped because their signature did not verify",
+            bus_refused_payloads.clone(),
+        );
         let runs = |name: &str| components.contains(&name);
         let edge = EdgeMetrics::default();
         if runs("edge") {
@@ -100,6 +109,7 @@ impl Metrics {
             ai,
             presence,
             auth,
+            bus_refused_payloads,
         })
     }
 

@@ -238,7 +238,7 @@ async fn the_configuration_reaches_redis_over_tls_and_requires_it() {
     config
         .check_components(&["edge"], true)
         .expect("rediss:// satisfies services.require_backend_tls");
-    let bus = common::bus::connect(&config.bus)
+    let bus = common::bus::connect(&config.bus, &common::metrics::Metrics::new(&["edge"]))
         .await
         .expect("the configured bus connects");
     round_trip(bus.as_ref()).await;
@@ -246,7 +246,7 @@ async fn the_configuration_reaches_redis_over_tls_and_requires_it() {
     let other_ca = redis.certs.other_ca().display().to_string();
     let config = Config::load(None, env("PARLEY_BUS_REDIS_URL_FILE", &url_file, &other_ca))
         .expect("valid configuration");
-    common::bus::connect(&config.bus)
+    common::bus::connect(&config.bus, &common::metrics::Metrics::new(&["edge"]))
         .await
         .err()
         .expect("another CA is refused");

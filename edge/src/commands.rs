@@ -6,6 +6,7 @@
 
 mod assistant;
 mod auth;
+mod blocks;
 mod messages;
 mod moderation;
 mod presence;
@@ -443,7 +444,7 @@ async fn dispatch(
         C::RoomCreate(args) => rooms::create(s, args).await,
         C::RoomJoin(args) => rooms::join(s, args, id).await,
         C::RoomLeave(args) => rooms::leave(s, args).await,
-        C::RoomList(_) => rooms::list(s).await,
+        C::RoomList(args) => rooms::list(s, args).await,
         C::RoomInvite(args) => rooms::invite(s, args).await,
         C::RoomRemoveMember(args) => rooms::remove_member(s, args).await,
         command @ (C::MessageSend(_)
@@ -482,6 +483,9 @@ async fn dispatch(
         C::CallReject(args) => presence::call_act(s, "reject", args).await,
         C::CallEnd(args) => presence::call_act(s, "end", args).await,
         C::CallIce(args) => presence::call_act(s, "ice", args).await,
+        C::UserBlock(args) => blocks::block(s, args, true).await,
+        C::UserUnblock(args) => blocks::block(s, args, false).await,
+        C::UserBlocks(_) => blocks::list(s).await,
     }
 }
 

@@ -10,8 +10,8 @@ use edge::EdgeApp;
 async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["edge"], true);
     let result = async {
-        let bus = common::bus::connect(&config.bus).await?;
         let metrics = common::metrics::Metrics::new(&["edge"]);
+        let bus = common::bus::connect(&config.bus, &metrics).await?;
         let clients = Clients::from_config(&config, &metrics)?;
         let shutdown = common::shutdown::on_os_signal();
         let app = EdgeApp::build(

@@ -18,6 +18,7 @@ use protocol::{CallEvent, CallIncoming, PresenceState, ServerFrame, UserRef};
 use serde_json::{Value, json};
 
 use crate::error::PresenceError;
+use crate::guard::{CallGuard, CallLimits};
 use crate::store::{Call, CallAction, Ended, PresenceStore, WentOffline};
 
 /// Statuses a user may set.
@@ -38,6 +39,8 @@ pub struct Timings {
     pub sweep_every: Duration,
     /// How long a call rings before it is missed.
     pub call_ring: Duration,
+    /// Limits that protect callees.
+    pub calls: CallLimits,
 }
 
 impl Timings {
@@ -47,6 +50,7 @@ impl Timings {
             grace: Duration::from_millis(config.grace_ms),
             sweep_every: Duration::from_millis(config.sweep_ms),
             call_ring: Duration::from_millis(config.call_ring_ms),
+            calls: CallLimits::from_config(config),
         }
     }
 }
@@ -93,6 +97,8 @@ pub(crate) struct Engine {
     pub(crate) timings: Timings,
     /// Lease and online-user gauges, refreshed by each sweep.
     pub(crate) metrics: common::metrics::PresenceMetrics,
+    /// Invitations per callee and ICE before the answer.
+    calls: CallGuard,
 }
 
 impl Engine {
@@ -104,6 +110,7 @@ impl Engine {
         metrics: common::metrics::PresenceMetrics,
     ) -> Self {
         Self {
+            calls: CallGuard::new(timings.calls, timings.call_ring),
             store,
             bus,
             chat,
@@ -235,8 +242,10 @@ impl Engine {
         self.disconnected(&sweep.ended).await;
         self.went_offline(&sweep.offline).await;
         for call in &sweep.missed_calls {
+            self.calls.forget_call(&call.id);
             self.missed(call).await;
         }
+        self.calls.prune();
         let counts = self.store.counts().await?;
         self.metrics.leases.set(counts.leases as i64);
         self.metrics.online_users.set(counts.online_users as i64);
@@ -300,6 +309,7 @@ impl Engine {
         room_id: &str,
         payload: Value,
     ) -> Result<String, PresenceError> {
+        self.calls.invite(callee)?;
         let call = Call {
             id: common::ids::new_id("call"),
             caller: caller.user_id.clone(),
@@ -331,10 +341,19 @@ impl Engine {
         call_id: &str,
         payload: Option<Value>,
     ) -> Result<(), PresenceError> {
+        if action == CallAction::Ice {
+            let bytes = payload.as_ref().map_or(0, |p| p.to_string().len());
+            self.calls.ice_size(bytes)?;
+        }
         let call = self
             .store
             .act_on_call(call_id, &actor.user_id, action)
             .await?;
+        match action {
+            CallAction::Ice if !call.answered => self.calls.ice_unanswered(&call.id)?,
+            CallAction::Ice => {}
+            _ => self.calls.forget_call(&call.id),
+        }
         let relayed = CallEvent {
             call_id: call.id.clone(),
             from: Some(UserRef::new(&actor.user_id, &actor.name)),
@@ -392,6 +411,7 @@ mod tests {
             grace: GRACE,
             sweep_every: SWEEP,
             call_ring: RING,
+            calls: CallLimits::default(),
         };
         let engine = Arc::new(Engine::new(
             Arc::new(MemoryStore::new()),

@@ -18,6 +18,12 @@ pub enum PresenceError {
     /// The caller may not do this to it.
     #[error("{0}")]
     Forbidden(String),
+    /// Over a limit; retrying after `retry_after` may succeed.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// It is not in a state that allows this.
     #[error("{0}")]
     Conflict(String),
@@ -46,6 +52,7 @@ impl PresenceError {
             PresenceError::NotFound(_) => ErrorCode::NotFound,
             PresenceError::Forbidden(_) => ErrorCode::Forbidden,
             PresenceError::Conflict(_) => ErrorCode::Conflict,
+            PresenceError::RateLimited { .. } => ErrorCode::RateLimited,
             PresenceError::Unavailable(_) => ErrorCode::Unavailable,
             PresenceError::Store(_) => ErrorCode::Internal,
         }
@@ -69,12 +76,19 @@ impl From<redis::RedisError> for PresenceError {
 
 impl From<PresenceError> for Status {
     fn from(error: PresenceError) -> Self {
+        if let PresenceError::RateLimited {
+            message,
+            retry_after,
+        } = &error
+        {
+            return ErrorCode::RateLimited.status_retry_after(message.clone(), *retry_after);
+        }
         let message = match &error {
             PresenceError::BadRequest(message)
             | PresenceError::TooLarge(message)
             | PresenceError::Forbidden(message)
             | PresenceError::Conflict(message) => message.clone(),
-            PresenceError::NotFound(_) => error.to_string(),
+            PresenceError::NotFound(_) | PresenceError::RateLimited { .. } => error.to_string(),
             PresenceError::Unavailable(_) => "presence store unavailable".to_string(),
             PresenceError::Store(_) => "internal error".to_string(),
         };

@@ -10,6 +10,7 @@
 
 mod engine;
 mod error;
+mod guard;
 mod service;
 mod store;
 
@@ -33,6 +34,7 @@ pub use crate::engine::{
     visible_status,
 };
 pub use crate::error::PresenceError;
+pub use crate::guard::CallLimits;
 use crate::service::PresenceHandler;
 pub use crate::service::{MAX_CONNS_PER_CALL, MAX_ID_BYTES, MAX_USERS_PER_CALL};
 pub use crate::store::{

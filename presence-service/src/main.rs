@@ -11,8 +11,8 @@ use presence_service::PresenceApp;
 async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["presence"], true);
     let result = async {
-        let bus = common::bus::connect(&config.bus).await?;
         let metrics = Metrics::new(&["presence"]);
+        let bus = common::bus::connect(&config.bus, &metrics).await?;
         let clients = Clients::from_config(&config, &metrics)?;
         let app = PresenceApp::build(&config, &clients, bus, &metrics).await?;
         let listener = common::cli::bind("presence.listen", config.presence.listen).await?;

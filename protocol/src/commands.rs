@@ -525,6 +525,18 @@ impl Validate for RoomUser {
     }
 }
 
+/// A user: `user.block`, `user.unblock`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserArg {
+    pub user: String,
+}
+
+impl Validate for UserArg {
+    fn validate(&mut self) -> Result<(), DecodeError> {
+        required("user", &self.user, ID_MAX)
+    }
+}
+
 /// `message.send`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MessageSend {
@@ -787,6 +799,24 @@ impl Validate for RoomMembers {
     }
 }
 
+/// `room.list`: your rooms, the most recently joined first, a page at a time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RoomListArgs {
+    /// `next_cursor` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// 1–100, default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+impl Validate for RoomListArgs {
+    fn validate(&mut self) -> Result<(), DecodeError> {
+        optional("cursor", &self.cursor, CURSOR_MAX)?;
+        page_limit(self.limit)
+    }
+}
+
 /// `room.directory`: public rooms by name prefix.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RoomDirectory {
@@ -1034,7 +1064,7 @@ commands! {
     /// Stop receiving a room's events on this connection.
     "room.leave" => RoomLeave(RoomLeave) {},
     /// The rooms you are a member of.
-    "room.list" => RoomList(NoArgs) {},
+    "room.list" => RoomList(RoomListArgs) {},
     /// Post a message.
     "message.send" => MessageSend(MessageSend) { message: true, inspects_text: true, room_ordered: true },
     /// A page of a room's messages.
@@ -1105,6 +1135,12 @@ commands! {
     "call.end" => CallEnd(CallAct) {},
     /// Relay an ICE candidate (either party).
     "call.ice" => CallIce(CallAct) {},
+    /// Block a user: no direct room, direct message, call or mention from them.
+    "user.block" => UserBlock(UserArg) {},
+    /// Undo a block.
+    "user.unblock" => UserUnblock(UserArg) {},
+    /// The users you block, newest first.
+    "user.blocks" => UserBlocks(NoArgs) {},
 }
 
 #[cfg(test)]

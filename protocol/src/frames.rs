@@ -185,6 +185,7 @@ pub enum ReplyResult {
     Members(MembersReply),
     Directory(DirectoryReply),
     Report(ReportReply),
+    Blocks(BlocksReply),
     /// Commands that answer with `ok` alone.
     Empty(Empty),
 }
@@ -296,7 +297,11 @@ pub struct ReadMark {
 /// `room.list`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RoomListReply {
+    /// The most recently joined first.
     pub rooms: Vec<RoomSummary>,
+    /// Set when more rooms follow: pass it as `cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// A room as `room.list` shows it.
@@ -354,6 +359,19 @@ pub struct ReceiptReply {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct NotificationListReply {
     pub notifications: Vec<Notification>,
+}
+
+/// `user.blocks`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct BlocksReply {
+    pub blocks: Vec<BlockedUser>,
+}
+
+/// A user you block, and since when.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct BlockedUser {
+    pub user: String,
+    pub blocked_at: i64,
 }
 
 /// `presence.subscribe`.

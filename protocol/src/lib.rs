@@ -21,8 +21,8 @@ pub use commands::{
     JOIN_ROOMS_MAX, JoinTarget, MessageDelete, MessageEdit, MessageHistory, MessageReport,
     MessageSend, NoArgs, NotificationIds, NotificationList, PresenceSet, PresenceUsers, RateFamily,
     ReactionArgs, ReceiptArgs, Refresh, RoomCreate, RoomDirectory, RoomJoin, RoomLeave,
-    RoomMembers, RoomRef, RoomSanction, RoomSetRole, RoomUpdate, RoomUser, SignIn, Spec, Typing,
-    page_size,
+    RoomListArgs, RoomMembers, RoomRef, RoomSanction, RoomSetRole, RoomUpdate, RoomUser, SignIn,
+    Spec, Typing, UserArg, page_size,
 };
 pub use frames::*;
 pub use objects::*;

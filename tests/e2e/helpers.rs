@@ -188,9 +188,10 @@ impl TestApp {
             ai: AiServiceClient::new(channel(a.ai)),
             presence: PresenceServiceClient::new(channel(a.presence)),
         };
+        let metrics = common::metrics::Metrics::new(&["edge"]);
         // A Redis bus gets a connection of its own, as another process would.
         let bus = match self.config.bus.backend {
-            Backend::Redis => common::bus::connect(&self.config.bus)
+            Backend::Redis => common::bus::connect(&self.config.bus, &metrics)
                 .await
                 .expect("redis bus"),
             Backend::Memory => self.bus.clone(),
@@ -201,7 +202,7 @@ impl TestApp {
             bus,
             false,
             self.extra_edges.signal(),
-            &common::metrics::Metrics::new(&["edge"]),
+            &metrics,
         )
         .await
         .expect("second edge")
@@ -596,6 +597,18 @@ impl Client {
     pub async fn public_room(&mut self, name: &str) -> String {
         let reply = self
             .ok("room.create", json!({"name": name, "visibility": "public"}))
+            .await;
+        reply["room"]["id"].as_str().expect("room id").to_string()
+    }
+
+    /// Creates a private room with `members` (calls and presence follows
+    /// need a shared room) and returns its id.
+    pub async fn share_room(&mut self, members: &[&str]) -> String {
+        let reply = self
+            .ok(
+                "room.create",
+                json!({"name": "shared", "visibility": "private", "members": members}),
+            )
             .await;
         reply["room"]["id"].as_str().expect("room id").to_string()
     }

@@ -54,6 +54,7 @@ async fn status_reaches_subscribers_and_invisible_looks_offline() {
     let app = spawn_presence_app(|_| {}).await;
     let mut alice = app.user("alice", "Alice").await;
     let mut bob = app.user("bob", "Bob").await;
+    bob.share_room(&["alice", "nobody"]).await;
     let reply = bob
         .ok("presence.subscribe", json!({"users": ["alice", "nobody"]}))
         .await;
@@ -173,6 +174,7 @@ async fn a_reconnect_to_another_edge_within_grace_does_not_flap() {
     let second = app.second_edge().await;
     let mut carol = app.user("carol", "Carol").await;
     let mut alice = app.user_at(&second, "alice").await.expect("second edge");
+    carol.share_room(&["alice"]).await;
     carol
         .ok("presence.subscribe", json!({"users": ["alice"]}))
         .await;
@@ -339,18 +341,19 @@ async fn a_call_is_relayed_between_its_two_parties_on_any_edge() {
     let mut bob = app.user_at(&second, "bob").await.expect("second edge");
     let mut mallory = app.user("mallory", "Mallory").await;
 
+    let room = alice.share_room(&["bob"]).await;
     let offer = json!({"sdp": "v=0 offer", "nested": [1, 2, {"x": null}]});
     let reply = alice
         .ok(
             "call.invite",
-            json!({"to": "bob", "room": "r_1", "payload": offer}),
+            json!({"to": "bob", "room": room, "payload": offer}),
         )
         .await;
     let call_id = reply["call_id"].as_str().expect("call_id").to_string();
     let incoming = bob.event("call.incoming").await;
     assert_eq!(incoming["call_id"], call_id.as_str());
     assert_eq!(incoming["from"], json!({"id": "alice", "name": "Alice"}));
-    assert_eq!(incoming["room"], "r_1");
+    assert_eq!(incoming["room"], room.as_str());
     assert_eq!(incoming["payload"], offer, "opaque payload relayed as is");
 
     mallory
@@ -418,6 +421,7 @@ async fn an_unanswered_call_ends_and_leaves_a_missed_call_notification() {
     let app = spawn_presence_app(|c| c.presence.call_ring_ms = 300).await;
     let mut alice = app.user("alice", "Alice").await;
     let mut bob = app.user("bob", "Bob").await;
+    alice.share_room(&["bob"]).await;
     let reply = alice
         .ok(
             "call.invite",
@@ -482,6 +486,7 @@ async fn bad_presence_input_is_refused_without_closing_the_connection() {
             "too_large",
         )
         .await;
+    alice.share_room(&["a", "b", "c"]).await;
     alice
         .ok("presence.subscribe", json!({"users": ["a", "b"]}))
         .await;
@@ -534,7 +539,9 @@ async fn edge_process_for_the_kill_test() {
             channel(&s.presence_url),
         ),
     };
-    let bus = common::bus::connect(&config.bus).await.expect("bus");
+    let bus = common::bus::connect(&config.bus, &common::metrics::Metrics::new(&["edge"]))
+        .await
+        .expect("bus");
     let edge = edge::EdgeApp::new(
         &config.edge,
         backends,
@@ -605,6 +612,7 @@ async fn users_of_a_killed_edge_process_go_offline_within_the_ttl() {
     .expect("the edge process prints its address");
 
     let mut carol = app.user("carol", "Carol").await;
+    carol.share_room(&["alice"]).await;
     carol
         .ok("presence.subscribe", json!({"users": ["alice"]}))
         .await;

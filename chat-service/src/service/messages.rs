@@ -30,6 +30,9 @@ impl ChatHandler {
                 return Err(ChatError::Forbidden("join the room before sending".into()));
             };
             self.may_post(&membership)?;
+            if room.visibility == proto::chat::v1::Visibility::Direct as i32 {
+                self.not_blocked_in_direct(&room.id, &actor.user_id).await?;
+            }
             room
         };
         self.post(&room, sender, request).await

@@ -10,7 +10,8 @@ use crate::error::ChatError;
 
 impl ChatHandler {
     /// A `mention` notification for every member named as `@id` or `@name`
-    /// in the text (not the sender, each once), at most
+    /// in the text (not the sender, each once, not those who block the
+    /// sender), at most
     /// `chat.max_mentions_per_message` of them.
     pub(super) async fn mentions(&self, message: &Message) -> Result<Vec<Notification>, ChatError> {
         let handles = mention_handles(&message.text);
@@ -23,12 +24,21 @@ impl ChatHandler {
             .members(&message.room_id, MAX_MENTION_LOOKUP)
             .await?;
         let mut notified = HashSet::new();
+        let named: Vec<_> = members
+            .into_iter()
+            .filter(|member| {
+                handles
+                    .iter()
+                    .any(|h| h == &member.id.to_lowercase() || h == &member.name.to_lowercase())
+            })
+            .filter(|member| member.id != sender.id && notified.insert(member.id.clone()))
+            .collect();
+        // Whoever blocks the sender hears nothing of their mentions.
+        let ids: Vec<String> = named.iter().map(|m| m.id.clone()).collect();
+        let blockers = self.store.blockers_of(&sender.id, &ids).await?;
         let mut notifications = Vec::new();
-        for member in members {
-            let named = handles
-                .iter()
-                .any(|h| h == &member.id.to_lowercase() || h == &member.name.to_lowercase());
-            if !named || member.id == sender.id || !notified.insert(member.id.clone()) {
+        for member in named {
+            if blockers.contains(&member.id) {
                 continue;
             }
             if notifications.len() >= self.limits.max_mentions {

@@ -81,9 +81,10 @@ impl ChatHandler {
         let visibility =
             Visibility::try_from(request.visibility).unwrap_or(Visibility::Unspecified);
         let name = check_room_name(&request.name)?;
-        if request.members.len() > MAX_INITIAL_MEMBERS {
+        let max_members = self.limits.max_initial_members;
+        if request.members.len() > max_members {
             return Err(ChatError::TooLarge(format!(
-                "at most {MAX_INITIAL_MEMBERS} members"
+                "a new room may name at most {max_members} members"
             )));
         }
         let mut seen = HashSet::from([actor.user_id.clone()]);
@@ -116,6 +117,14 @@ impl ChatHandler {
                         "a direct room needs exactly one other member".into(),
                     ));
                 };
+                if !self
+                    .store
+                    .blockers_of(&actor.user_id, std::slice::from_ref(&other.id))
+                    .await?
+                    .is_empty()
+                {
+                    return Err(ChatError::Denied(Denial::Blocked));
+                }
                 let mut pair = [actor.user_id.as_str(), other.id.as_str()];
                 pair.sort_unstable();
                 let key = pair.join("\n");
@@ -377,9 +386,6 @@ pub(super) fn check_room_name(name: &str) -> Result<String, ChatError> {
     }
     Ok(name)
 }
-
-/// Most members named when creating a room.
-const MAX_INITIAL_MEMBERS: usize = 1_000;
 
 /// Most members whose presence `JoinRoom` looks up for `online`.
 const MAX_PRESENCE_LOOKUP: u32 = 1_000;

@@ -105,7 +105,7 @@ impl Store {
             let event = message_new(&message);
             insert_event(&mut tx, &event, Some(&message.id), message.created_at).await?;
             for notification in notifications {
-                insert_notification(&mut tx, notification).await?;
+                insert_notification(&mut tx, notification, self.caps.notifications).await?;
             }
             tx.commit().await?;
             Ok((message, event))
@@ -166,7 +166,7 @@ impl Store {
             }
             for (_, notifications) in batch {
                 for notification in notifications {
-                    insert_notification(&mut tx, notification).await?;
+                    insert_notification(&mut tx, notification, self.caps.notifications).await?;
                 }
             }
             tx.commit().await?;

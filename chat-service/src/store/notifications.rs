@@ -56,7 +56,7 @@ impl Store {
     ) -> Result<(), ChatError> {
         async {
             let mut tx = self.reader.begin().await?;
-            insert_notification(&mut tx, notification).await?;
+            insert_notification(&mut tx, notification, self.caps.notifications).await?;
             tx.commit().await?;
             Ok(())
         }
@@ -146,9 +146,11 @@ impl Store {
     }
 }
 
+/// Stores a notification and drops the user's oldest beyond `cap`.
 pub(super) async fn insert_notification(
     tx: &mut Transaction<'_, Any>,
     n: &Notification,
+    cap: u32,
 ) -> Result<(), ChatError> {
     sqlx::query(
         "INSERT INTO notifications (id, user_id, kind, room_id, message_id, body, created_at) \
@@ -161,6 +163,16 @@ pub(super) async fn insert_notification(
     .bind(n.message_id.clone())
     .bind(n.json.clone())
     .bind(n.created_at)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM notifications WHERE user_id = $1 AND id NOT IN \
+         (SELECT id FROM notifications WHERE user_id = $2 \
+          ORDER BY created_at DESC, id DESC LIMIT $3)",
+    )
+    .bind(n.user_id.clone())
+    .bind(n.user_id.clone())
+    .bind(i64::from(cap))
     .execute(&mut **tx)
     .await?;
     Ok(())

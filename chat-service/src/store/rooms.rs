@@ -113,6 +113,7 @@ impl Store {
             .await?;
             let mut events = Vec::with_capacity(members.len());
             for (index, user) in members.iter().enumerate() {
+                check_memberships(&mut tx, &user.id, self.caps.memberships).await?;
                 let role = if index == 0 { "owner" } else { "member" };
                 insert_member(&mut tx, &room.id, user, role, new.created_at).await?;
                 let event = member_event(true, &room.id, index as i64 + 1, user);
@@ -144,6 +145,10 @@ impl Store {
             if banned(&mut tx, room_id, &user.id, now).await? {
                 tx.rollback().await?;
                 return Err(ChatError::Denied(Denial::Banned));
+            }
+            if let Err(error) = check_memberships(&mut tx, &user.id, self.caps.memberships).await {
+                tx.rollback().await?;
+                return Err(error);
             }
             insert_member(&mut tx, room_id, user, "member", now).await?;
             let event = member_event(true, room_id, seq, user);
@@ -190,31 +195,50 @@ impl Store {
         .await
     }
 
-    /// The rooms `user_id` is a member of, with the messages from others
-    /// after their read mark as `unread`.
-    pub(crate) async fn rooms_of(&self, user_id: &str, limit: u32) -> Result<Vec<Room>, ChatError> {
+    /// The rooms `user_id` is a member of, the most recently joined first
+    /// (after the membership `after` = (joined_at, room id), when paging),
+    /// at most `limit`, with the messages from others after their read mark
+    /// as `unread`; and whether more follow.
+    pub(crate) async fn rooms_of(
+        &self,
+        user_id: &str,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<(Vec<(Room, i64)>, bool), ChatError> {
         async {
+            let mut binds = vec![Bind::Text(user_id.to_string())];
+            let mut page = String::new();
+            if let Some((joined_at, room_id)) = after {
+                binds.push(Bind::Int(joined_at));
+                binds.push(Bind::Text(room_id));
+                page.push_str(" AND (mem.joined_at < $2 OR (mem.joined_at = $2 AND r.id < $3))");
+            }
+            binds.push(Bind::Int(i64::from(limit) + 1));
+            let limit_at = binds.len();
             let sql = format!(
                 "SELECT {ROOM_COLUMNS_R}, \
+                   mem.joined_at AS member_since, \
                    (SELECT COUNT(*) FROM messages m \
                      WHERE m.room_id = r.id AND m.seq > mem.read_seq \
                        AND m.sender_id <> mem.user_id AND m.deleted_at IS NULL) AS unread \
                  FROM members mem JOIN rooms r ON r.id = mem.room_id \
-                 WHERE mem.user_id = $1 AND r.deleted_at IS NULL \
-                 ORDER BY r.created_at, r.id LIMIT $2"
+                 WHERE mem.user_id = $1 AND r.deleted_at IS NULL{page} \
+                 ORDER BY mem.joined_at DESC, r.id DESC LIMIT ${limit_at}"
             );
-            let rows = sqlx::query(&sql)
-                .bind(user_id.to_string())
-                .bind(i64::from(limit))
+            let rows = bind_all(sqlx::query(&sql), binds)
                 .fetch_all(&self.reader)
                 .await?;
-            rows.iter()
+            let mut rooms = rows
+                .iter()
                 .map(|row| {
                     let mut room = room_from(row)?;
                     room.unread = row.try_get::<i64, _>("unread")?;
-                    Ok(room)
+                    Ok((room, row.try_get::<i64, _>("member_since")?))
                 })
-                .collect()
+                .collect::<Result<Vec<_>, ChatError>>()?;
+            let more = rooms.len() > limit as usize;
+            rooms.truncate(limit as usize);
+            Ok((rooms, more))
         }
         .instrument(self.span("sql SELECT rooms"))
         .await
@@ -289,6 +313,25 @@ pub(super) async fn member_exists(
         .fetch_optional(&mut **tx)
         .await?;
     Ok(row.is_some())
+}
+
+/// `TooLarge` when `user_id` is already a member of `cap` rooms.
+async fn check_memberships(
+    tx: &mut Transaction<'_, Any>,
+    user_id: &str,
+    cap: u32,
+) -> Result<(), ChatError> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM members WHERE user_id = $1")
+        .bind(user_id.to_string())
+        .fetch_one(&mut **tx)
+        .await?;
+    let count: i64 = row.try_get("n")?;
+    if count >= i64::from(cap) {
+        return Err(ChatError::TooLarge(format!(
+            "{user_id} is a member of {cap} rooms, the most one user may be in"
+        )));
+    }
+    Ok(())
 }
 
 async fn insert_member(

@@ -270,7 +270,7 @@ impl TestApp {
     pub async fn list_rooms(&self, user: &str) -> Vec<Room> {
         self.client
             .clone()
-            .list_rooms(actor(user).request(ListRoomsRequest {}))
+            .list_rooms(actor(user).request(ListRoomsRequest::default()))
             .await
             .expect("list rooms")
             .into_inner()

@@ -103,7 +103,7 @@ async fn public_room_names_are_unique_but_private_ones_are_not() {
 #[tokio::test]
 async fn calls_need_the_service_credential_and_an_actor() {
     let app = spawn_app().await;
-    let list = || actor(ALICE).request(ListRoomsRequest {});
+    let list = || actor(ALICE).request(ListRoomsRequest::default());
 
     let stranger = Secret::new(common::ids::random_secret(32));
     let mut wrong =
@@ -117,7 +117,7 @@ async fn calls_need_the_service_credential_and_an_actor() {
     assert_eq!(code(bare.list_rooms(list()).await), Code::Unauthenticated);
 
     let mut client = app.client.clone();
-    let anonymous = client.list_rooms(ListRoomsRequest {}).await;
+    let anonymous = client.list_rooms(ListRoomsRequest::default()).await;
     assert_eq!(code(anonymous), Code::Unauthenticated, "no actor metadata");
     let create = client
         .create_room(CreateRoomRequest {

@@ -71,6 +71,9 @@ const RESULT_DEFS = {
   "call.reject": "Empty",
   "call.end": "Empty",
   "call.ice": "Empty",
+  "user.block": "Empty",
+  "user.unblock": "Empty",
+  "user.blocks": "BlocksReply",
 } as const satisfies Record<ClientCommandType, keyof SchemaDefs>;
 
 /** The result fields of each command's `reply`. */
@@ -772,8 +775,16 @@ export class ParleyClient extends Emitter<ClientEvents> {
   createRoom(name: string, visibility: "public" | "private" | "direct" = "public", members: string[] = []) {
     return this.request("room.create", { name, visibility, members }).then((r) => r.room);
   }
-  listRooms() {
-    return this.request("room.list", {}).then((r) => r.rooms);
+  /** Every room you are a member of, the most recently joined first (all pages). */
+  async listRooms() {
+    const rooms: CommandResults["room.list"]["rooms"] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.request("room.list", cursor === undefined ? {} : { cursor });
+      rooms.push(...page.rooms);
+      cursor = page.next_cursor ?? undefined;
+    } while (cursor !== undefined);
+    return rooms;
   }
   /** One page of history (ascending seq). */
   history(room: string, opts: { before?: number; after?: number; limit?: number; thread?: string } = {}) {

@@ -73,6 +73,17 @@ export interface AuthReply {
   user: User;
 }
 
+/** A user you block, and since when. */
+export interface BlockedUser {
+  blocked_at: number;
+  user: string;
+}
+
+/** `user.blocks`. */
+export interface BlocksReply {
+  blocks: BlockedUser[];
+}
+
 /** `call.answer`, `call.reject`, `call.end`, `call.ice`. */
 export interface CallAct {
   call_id: string;
@@ -586,8 +597,19 @@ export interface RoomLeave {
   room: string;
 }
 
+/** `room.list`: your rooms, the most recently joined first, a page at a time. */
+export interface RoomListArgs {
+  /** `next_cursor` of the previous page. */
+  cursor?: string | null;
+  /** 1–100, default 100. */
+  limit?: number | null;
+}
+
 /** `room.list`. */
 export interface RoomListReply {
+  /** Set when more rooms follow: pass it as `cursor`. */
+  next_cursor?: string | null;
+  /** The most recently joined first. */
   rooms: RoomSummary[];
 }
 
@@ -718,6 +740,11 @@ export interface User {
   name: string;
 }
 
+/** A user: `user.block`, `user.unblock`. */
+export interface UserArg {
+  user: string;
+}
+
 /** A user as frames name them: `{id, name}`. */
 export interface UserRef {
   id: string;
@@ -737,6 +764,8 @@ export interface SchemaDefs {
   AiError: AiError;
   Auth: Auth;
   AuthReply: AuthReply;
+  BlockedUser: BlockedUser;
+  BlocksReply: BlocksReply;
   CallAct: CallAct;
   CallEvent: CallEvent;
   CallIncoming: CallIncoming;
@@ -801,6 +830,7 @@ export interface SchemaDefs {
   RoomJoinReply: RoomJoinReply;
   RoomJoinResult: RoomJoinResult;
   RoomLeave: RoomLeave;
+  RoomListArgs: RoomListArgs;
   RoomListReply: RoomListReply;
   RoomMembers: RoomMembers;
   RoomRef: RoomRef;
@@ -818,6 +848,7 @@ export interface SchemaDefs {
   Typing: Typing;
   TypingEvent: TypingEvent;
   User: User;
+  UserArg: UserArg;
   UserRef: UserRef;
   Visibility: Visibility;
 }
@@ -846,7 +877,7 @@ export interface ClientCommandMap {
   /** Stop receiving a room's events on this connection. */
   "room.leave": RoomLeave;
   /** The rooms you are a member of. */
-  "room.list": NoArgs;
+  "room.list": RoomListArgs;
   /** Post a message. */
   "message.send": MessageSend;
   /** A page of a room's messages. */
@@ -917,6 +948,12 @@ export interface ClientCommandMap {
   "call.end": CallAct;
   /** Relay an ICE candidate (either party). */
   "call.ice": CallAct;
+  /** Block a user: no direct room, direct message, call or mention from them. */
+  "user.block": UserArg;
+  /** Undo a block. */
+  "user.unblock": UserArg;
+  /** The users you block, newest first. */
+  "user.blocks": NoArgs;
 }
 
 export type ClientCommandType = keyof ClientCommandMap;
@@ -970,6 +1007,9 @@ export const COMMAND_REQUIRED: Readonly<Record<ClientCommandType, readonly strin
   "call.reject": ["call_id"],
   "call.end": ["call_id"],
   "call.ice": ["call_id"],
+  "user.block": ["user"],
+  "user.unblock": ["user"],
+  "user.blocks": [],
 };
 
 /** Body of each ServerFrame by its `type`. */
@@ -1090,6 +1130,8 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "AiDone": {"properties":{"message":{"anyOf":[{"$ref":"#/$defs/Message"},{"type":"null"}]},"room":{"type":"string"},"stream_id":{"type":"string"}},"required":["room","stream_id"],"type":"object"},
   "AiError": {"properties":{"error":{"$ref":"#/$defs/StreamError"},"message":{"anyOf":[{"$ref":"#/$defs/Message"},{"type":"null"}]},"room":{"type":"string"},"stream_id":{"type":"string"}},"required":["room","stream_id","error"],"type":"object"},
   "AuthReply": {"properties":{"expires_at":{"type":"integer"},"frame_secret":{"type":["string","null"]},"session_id":{"type":"string"},"token":{"type":["string","null"]},"user":{"$ref":"#/$defs/User"}},"required":["user","session_id","expires_at"],"type":"object"},
+  "BlockedUser": {"properties":{"blocked_at":{"type":"integer"},"user":{"type":"string"}},"required":["user","blocked_at"],"type":"object"},
+  "BlocksReply": {"properties":{"blocks":{"items":{"$ref":"#/$defs/BlockedUser"},"type":"array"}},"required":["blocks"],"type":"object"},
   "CallEvent": {"properties":{"call_id":{"type":"string"},"from":{"anyOf":[{"$ref":"#/$defs/UserRef"},{"type":"null"}]},"payload":true,"reason":{"type":["string","null"]}},"required":["call_id"],"type":"object"},
   "CallIncoming": {"properties":{"call_id":{"type":"string"},"expires_in_ms":{"minimum":0,"type":"integer"},"from":{"$ref":"#/$defs/UserRef"},"payload":{},"room":{"type":["string","null"]}},"required":["call_id","from","payload","expires_in_ms"],"type":"object"},
   "CallInviteReply": {"properties":{"call_id":{"type":"string"}},"required":["call_id"],"type":"object"},
@@ -1127,7 +1169,7 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "ReceiptKind": {"enum":["read","delivered"],"type":"string"},
   "ReceiptReply": {"properties":{"seq":{"type":"integer"}},"required":["seq"],"type":"object"},
   "RefreshReply": {"properties":{"expires_at":{"type":"integer"}},"required":["expires_at"],"type":"object"},
-  "ReplyFrame": {"anyOf":[{"$ref":"#/$defs/PingReply"},{"$ref":"#/$defs/AuthReply"},{"$ref":"#/$defs/RefreshReply"},{"$ref":"#/$defs/RoomReply"},{"$ref":"#/$defs/RoomJoinReply"},{"$ref":"#/$defs/RoomListReply"},{"$ref":"#/$defs/MessageReply"},{"$ref":"#/$defs/HistoryReply"},{"$ref":"#/$defs/AiAskReply"},{"$ref":"#/$defs/ReceiptReply"},{"$ref":"#/$defs/NotificationListReply"},{"$ref":"#/$defs/PresenceReply"},{"$ref":"#/$defs/CallInviteReply"},{"$ref":"#/$defs/RoomJoinManyReply"},{"$ref":"#/$defs/MembersReply"},{"$ref":"#/$defs/DirectoryReply"},{"$ref":"#/$defs/ReportReply"},{"$ref":"#/$defs/Empty"},{}],"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"id":{"minimum":0,"type":"integer"},"ok":{"type":"boolean"}},"required":["id","ok"],"type":"object"},
+  "ReplyFrame": {"anyOf":[{"$ref":"#/$defs/PingReply"},{"$ref":"#/$defs/AuthReply"},{"$ref":"#/$defs/RefreshReply"},{"$ref":"#/$defs/RoomReply"},{"$ref":"#/$defs/RoomJoinReply"},{"$ref":"#/$defs/RoomListReply"},{"$ref":"#/$defs/MessageReply"},{"$ref":"#/$defs/HistoryReply"},{"$ref":"#/$defs/AiAskReply"},{"$ref":"#/$defs/ReceiptReply"},{"$ref":"#/$defs/NotificationListReply"},{"$ref":"#/$defs/PresenceReply"},{"$ref":"#/$defs/CallInviteReply"},{"$ref":"#/$defs/RoomJoinManyReply"},{"$ref":"#/$defs/MembersReply"},{"$ref":"#/$defs/DirectoryReply"},{"$ref":"#/$defs/ReportReply"},{"$ref":"#/$defs/BlocksReply"},{"$ref":"#/$defs/Empty"},{}],"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"id":{"minimum":0,"type":"integer"},"ok":{"type":"boolean"}},"required":["id","ok"],"type":"object"},
   "ReportReply": {"properties":{"report_id":{"type":"string"}},"required":["report_id"],"type":"object"},
   "Role": {"enum":["owner","admin","member"],"type":"string"},
   "Room": {"properties":{"created_at":{"type":"integer"},"deleted":{"type":"boolean"},"id":{"type":"string"},"last_seq":{"type":"integer"},"metadata":{"additionalProperties":true,"type":["object","null"]},"name":{"type":"string"},"owner":{"type":"string"},"topic":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","owner","last_seq","created_at","unread","topic"],"type":"object"},
@@ -1135,7 +1177,7 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "RoomJoinManyReply": {"properties":{"results":{"items":{"$ref":"#/$defs/RoomJoinResult"},"type":"array"}},"required":["results"],"type":"object"},
   "RoomJoinReply": {"properties":{"events":{"items":{"$ref":"#/$defs/ServerFrame"},"type":"array"},"has_more":{"type":"boolean"},"last_seq":{"type":"integer"},"online":{"items":{"type":"string"},"type":"array"},"read_marks":{"items":{"$ref":"#/$defs/ReadMark"},"type":"array"},"recovered":{"type":"boolean"},"room":{"anyOf":[{"$ref":"#/$defs/Room"},{"type":"null"}]},"streams":{"items":{"$ref":"#/$defs/StreamInProgress"},"type":"array"}},"required":["last_seq","events","recovered","has_more","streams","online","read_marks"],"type":"object"},
   "RoomJoinResult": {"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"joined":{"anyOf":[{"$ref":"#/$defs/RoomJoinReply"},{"type":"null"}]},"ok":{"type":"boolean"},"room":{"type":"string"}},"required":["room","ok"],"type":"object"},
-  "RoomListReply": {"properties":{"rooms":{"items":{"$ref":"#/$defs/RoomSummary"},"type":"array"}},"required":["rooms"],"type":"object"},
+  "RoomListReply": {"properties":{"next_cursor":{"type":["string","null"]},"rooms":{"items":{"$ref":"#/$defs/RoomSummary"},"type":"array"}},"required":["rooms"],"type":"object"},
   "RoomReply": {"properties":{"room":{"$ref":"#/$defs/Room"}},"required":["room"],"type":"object"},
   "RoomSummary": {"properties":{"id":{"type":"string"},"last_seq":{"type":"integer"},"name":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","last_seq","unread"],"type":"object"},
   "RoomUpdated": {"properties":{"by":{"$ref":"#/$defs/UserRef"},"metadata":{"additionalProperties":true,"type":["object","null"]},"name":{"type":"string"},"room":{"type":"string"},"seq":{"type":"integer"},"topic":{"type":"string"}},"required":["room","seq","name","topic","by"],"type":"object"},

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, RedisResult};
 use tokio::sync::{mpsc, oneshot};
@@ -54,8 +55,9 @@ pub struct RedisBus {
     prefix: String,
     /// Signs what this bus publishes and checks what it receives.
     keys: Arc<BusKeys>,
-    /// Payloads dropped because they did not verify.
-    refused: Arc<AtomicU64>,
+    /// Payloads dropped because they did not verify
+    /// (`parley_bus_refused_payloads_total` once [`RedisBus::count_refused_in`]).
+    refused: Counter,
 }
 
 impl RedisBus {
@@ -94,14 +96,20 @@ impl RedisBus {
             subscriber_client,
             prefix: prefix.to_string(),
             keys: Arc::new(keys),
-            refused: Arc::default(),
+            refused: Counter::default(),
         })
+    }
+
+    /// Counts refused payloads in `counter` (the process's metric).
+    pub fn count_refused_in(mut self, counter: Counter) -> Self {
+        self.refused = counter;
+        self
     }
 
     /// Payloads this bus's subscribers dropped because they were unsigned,
     /// signed with another key, for another channel, or too old.
     pub fn refused_payloads(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.refused.get()
     }
 
     /// The Redis channel of a logical channel.
@@ -299,7 +307,7 @@ struct Driver {
     /// Checks each payload's signature.
     keys: Arc<BusKeys>,
     /// Counts payloads that did not verify.
-    refused: Arc<AtomicU64>,
+    refused: Counter,
 }
 
 impl Driver {
@@ -422,7 +430,7 @@ impl Driver {
                 })
                 .is_ok(),
             Err(refused) => {
-                let n = self.refused.fetch_add(1, Ordering::Relaxed);
+                let n = self.refused.inc();
                 // The first, then one in a thousand: a flood must not flood the log.
                 if n.is_multiple_of(1000) {
                     tracing::warn!(connection = %self.name, channel, reason = ?refused, refused_so_far = n + 1, "bus payload refused");

@@ -31,6 +31,15 @@ pub struct ChatConfig {
     /// Whether a room's admins may give roles (`room.set_role` to `admin`
     /// or `member`); otherwise only the owner.
     pub admins_set_roles: bool,
+    /// Most rooms one user may be a member of; joining, creating or being
+    /// added past it is refused with `too_large`.
+    pub max_memberships_per_user: u32,
+    /// Most members `room.create` may name besides the creator.
+    pub max_initial_members: usize,
+    /// Most notifications stored per user; a new one drops the oldest.
+    pub max_notifications_per_user: u32,
+    /// Most users one user may block.
+    pub max_blocks_per_user: u32,
 }
 
 /// Who may add people to a private room.
@@ -55,6 +64,10 @@ impl Default for ChatConfig {
             invite_policy: InvitePolicy::Members,
             max_mentions_per_message: 20,
             admins_set_roles: false,
+            max_memberships_per_user: 1_000,
+            max_initial_members: 100,
+            max_notifications_per_user: 1_000,
+            max_blocks_per_user: 1_000,
         }
     }
 }
@@ -72,6 +85,27 @@ impl ChatConfig {
                 self.max_mentions_per_message
             )));
         }
+        at_least(
+            "chat.max_memberships_per_user",
+            u64::from(self.max_memberships_per_user),
+            1,
+        )?;
+        if self.max_initial_members > 1_000 {
+            return Err(ConfigError(format!(
+                "key `chat.max_initial_members`: must be at most 1000, got {}",
+                self.max_initial_members
+            )));
+        }
+        at_least(
+            "chat.max_notifications_per_user",
+            u64::from(self.max_notifications_per_user),
+            1,
+        )?;
+        at_least(
+            "chat.max_blocks_per_user",
+            u64::from(self.max_blocks_per_user),
+            1,
+        )?;
         let db = &self.database_url;
         if !(db.starts_with("sqlite:")
             || db.starts_with("postgres://")

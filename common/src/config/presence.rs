@@ -33,6 +33,13 @@ pub struct PresenceConfig {
     /// An unanswered call ends after this long and leaves a missed-call
     /// notification.
     pub call_ring_ms: u64,
+    /// `call.invite`s one callee may receive per minute, from all callers
+    /// together (0: no limit).
+    pub call_invites_per_callee_per_min: u32,
+    /// `call.ice` relayed on one call before the callee answers.
+    pub call_ice_before_answer: u32,
+    /// Largest `call.ice` payload, in bytes of JSON.
+    pub call_ice_max_bytes: usize,
 }
 
 impl Default for PresenceConfig {
@@ -48,6 +55,9 @@ impl Default for PresenceConfig {
             grace_ms: 5_000,
             sweep_ms: 1_000,
             call_ring_ms: 45_000,
+            call_invites_per_callee_per_min: 10,
+            call_ice_before_answer: 50,
+            call_ice_max_bytes: 2_048,
         }
     }
 }
@@ -64,6 +74,16 @@ impl PresenceConfig {
             ));
         }
         at_least("presence.call_ring_ms", self.call_ring_ms, 100)?;
+        at_least(
+            "presence.call_ice_before_answer",
+            u64::from(self.call_ice_before_answer),
+            1,
+        )?;
+        at_least(
+            "presence.call_ice_max_bytes",
+            self.call_ice_max_bytes as u64,
+            256,
+        )?;
         redis_url("presence.redis_url", &self.redis_url)?;
         redis_ca_file("presence.redis_ca_file", &self.redis_ca_file)
     }

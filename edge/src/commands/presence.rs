@@ -48,6 +48,13 @@ pub(super) async fn subscribe(
             format!("a connection may follow at most {max} users"),
         ));
     }
+    // Only users who share a room with the caller, and do not block them.
+    let fresh: Vec<String> = users
+        .iter()
+        .filter(|u| **u != me && !followed.contains(*u))
+        .cloned()
+        .collect();
+    super::blocks::require_relation(s, &fresh, None).await?;
     s.follows.subscribe(&s.link, &me, &users).await?;
     let mut presence = Vec::with_capacity(users.len());
     for batch in users.chunks(PRESENCE_BATCH) {
@@ -107,6 +114,13 @@ pub(super) async fn call_invite(
     s: &mut Session,
     args: CallInvite,
 ) -> Result<Outcome, CommandError> {
+    // A call needs a relationship: a shared room (the one named, if any)
+    // and no block.
+    // (Calling yourself is left to presence-service, which refuses it.)
+    if args.to != s.actor()?.user_id {
+        super::blocks::require_relation(s, std::slice::from_ref(&args.to), args.room.as_deref())
+            .await?;
+    }
     let request = s.actor()?.request(InviteCallRequest {
         to: args.to,
         room_id: args.room.unwrap_or_default(),

@@ -8,7 +8,7 @@ use proto::chat::v1::{
 };
 use protocol::{
     JoinTarget, ReplyResult, Room, RoomCreate, RoomJoin, RoomJoinManyReply, RoomJoinReply,
-    RoomJoinResult, RoomLeave, RoomListReply, RoomReply, RoomSummary, RoomUser,
+    RoomJoinResult, RoomLeave, RoomListArgs, RoomListReply, RoomReply, RoomSummary, RoomUser,
 };
 use serde_json::value::RawValue;
 
@@ -242,17 +242,21 @@ pub(super) async fn leave(s: &mut Session, args: RoomLeave) -> Result<Outcome, C
     Ok(done())
 }
 
-pub(super) async fn list(s: &mut Session) -> Result<Outcome, CommandError> {
-    let request = s.actor()?.request(ListRoomsRequest {});
-    let rooms = s
+pub(super) async fn list(s: &mut Session, args: RoomListArgs) -> Result<Outcome, CommandError> {
+    let request = s.actor()?.request(ListRoomsRequest {
+        cursor: args.cursor,
+        // 0: chat-service's largest page.
+        limit: args.limit.and_then(|l| u32::try_from(l).ok()).unwrap_or(0),
+    });
+    let response = s
         .chat()
         .list_rooms(request)
         .await
         .map_err(failed("chat"))?
-        .into_inner()
-        .rooms;
+        .into_inner();
     Ok(reply(ReplyResult::RoomList(RoomListReply {
-        rooms: rooms.iter().map(RoomSummary::from).collect(),
+        rooms: response.rooms.iter().map(RoomSummary::from).collect(),
+        next_cursor: response.next_cursor,
     })))
 }
 

@@ -52,6 +52,9 @@ const RESULT_DEFS = {
     "call.reject": "Empty",
     "call.end": "Empty",
     "call.ice": "Empty",
+    "user.block": "Empty",
+    "user.unblock": "Empty",
+    "user.blocks": "BlocksReply",
 };
 /** A failed request: the server's error object, or a client-side cause. */
 export class ParleyError extends Error {
@@ -668,8 +671,16 @@ export class ParleyClient extends Emitter {
     createRoom(name, visibility = "public", members = []) {
         return this.request("room.create", { name, visibility, members }).then((r) => r.room);
     }
-    listRooms() {
-        return this.request("room.list", {}).then((r) => r.rooms);
+    /** Every room you are a member of, the most recently joined first (all pages). */
+    async listRooms() {
+        const rooms = [];
+        let cursor;
+        do {
+            const page = await this.request("room.list", cursor === undefined ? {} : { cursor });
+            rooms.push(...page.rooms);
+            cursor = page.next_cursor ?? undefined;
+        } while (cursor !== undefined);
+        return rooms;
     }
     /** One page of history (ascending seq). */
     history(room, opts = {}) {
