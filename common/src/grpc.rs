@@ -346,8 +346,14 @@ impl Health {
     }
 }
 
+/// How long calls in flight may go on once the server stops. Server streams
+/// that never end by themselves (a health `Watch`) are cut after it, so a
+/// stopping pod ends within its termination grace period.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves `routes` plus the standard health and reflection services on an
-/// already-bound listener until `shutdown` fires. Each request gets a server
+/// already-bound listener until `shutdown` fires, then lets calls in flight
+/// finish for at most [`SHUTDOWN_GRACE`]. Each request gets a server
 /// span whose parent is the caller's trace context and is recorded in the
 /// `grpc_server_*` metrics of `metrics`. `health` is the component's health
 /// reporter (see [`Health`]).
@@ -360,7 +366,7 @@ pub async fn serve(
     shutdown: ShutdownSignal,
 ) -> Result<(), tonic::transport::Error> {
     health.set(health.is_serving()).await;
-    let health = tonic_health::pb::health_server::HealthServer::new(
+    let health_service = tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(health.reporter.clone()),
     );
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -374,11 +380,11 @@ pub async fn serve(
         .build_v1alpha()
         .expect("bundled descriptors are valid");
     let routes = routes
-        .add_service(health)
+        .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .layer(metrics.layer(Side::Server))
         .trace_fn(move |req: &http::Request<()>| {
             let span = tracing::info_span!(
@@ -394,14 +400,63 @@ pub async fn serve(
             span
         })
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.wait())
-        .await
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().wait());
+    let cut_off = async {
+        shutdown.wait().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served,
+        () = cut_off => {
+            tracing::warn!(component, "calls still open after the shutdown grace: closing them");
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tonic::service::Interceptor;
+
+    #[tokio::test]
+    async fn a_stopped_server_cuts_streams_that_never_end_after_the_grace() {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = crate::shutdown::Shutdown::new();
+        let metrics = crate::metrics::Metrics::new(&["test"]);
+        let server = tokio::spawn(serve(
+            "test",
+            listener,
+            Routes::default(),
+            Health::new(&["x"]),
+            metrics.grpc.clone(),
+            stop.signal(),
+        ));
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        // A health watch never ends by itself.
+        let mut watch = HealthClient::new(channel)
+            .watch(HealthCheckRequest {
+                service: "x".into(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        watch.message().await.expect("first status");
+        tokio::time::pause();
+        stop.trigger();
+        let stopped = tokio::time::timeout(SHUTDOWN_GRACE * 3, server).await;
+        assert!(
+            matches!(stopped, Ok(Ok(Ok(())))),
+            "the server stops within its grace despite the open stream"
+        );
+    }
 
     #[test]
     fn actor_round_trips_with_unicode_ids_and_names() {
