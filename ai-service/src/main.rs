@@ -12,19 +12,27 @@ async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["ai"], true);
     let result = async {
         let metrics = Metrics::new(&["ai"]);
-        let bus = common::bus::connect(&config.bus, &metrics).await?;
-        let clients = Clients::from_config(&config, &metrics)?;
-        let app = AiApp::build(&config, &clients, bus, &metrics).await?;
-        let listener = common::cli::bind("ai.listen", config.ai.listen).await?;
-        println!("parley-ai listening on grpc {}", listener.local_addr()?);
         let shutdown = common::shutdown::on_os_signal();
+        // Metrics and `/healthz` first: the process is alive while it waits
+        // for its backends.
         common::metrics::spawn_listener(
             "ai.metrics_listen",
             config.ai.metrics_listen,
-            metrics,
+            metrics.clone(),
             shutdown.clone(),
         )
         .await?;
+        let Some(app) = common::cli::until_ready("parley-ai", &shutdown, || async {
+            let bus = common::bus::connect(&config.bus, &metrics).await?;
+            let clients = Clients::from_config(&config, &metrics)?;
+            Ok::<_, Failure>(AiApp::build(&config, &clients, bus, &metrics).await?)
+        })
+        .await?
+        else {
+            return Ok(());
+        };
+        let listener = common::cli::bind("ai.listen", config.ai.listen).await?;
+        println!("parley-ai listening on grpc {}", listener.local_addr()?);
         app.run_until_stopped(listener, shutdown).await?;
         Ok::<(), Failure>(())
     }

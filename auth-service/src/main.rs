@@ -11,23 +11,28 @@ async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["auth"], true);
     let result = async {
         let metrics = Metrics::new(&["auth"]);
-        let bus = common::bus::connect(&config.bus, &metrics).await?;
-        // Drift fixed: a key only this service can parse used to end the
-        // process with `std::process::exit(64)` here, before telemetry was
-        // flushed; it now goes through `finish` like every other error.
-        let app = AuthApp::build(&config, bus, &metrics)
-            .await
-            .map_err(AuthError::into_failure)?;
-        let listener = common::cli::bind("auth.listen", config.auth.listen).await?;
-        println!("parley-auth listening on grpc {}", listener.local_addr()?);
         let shutdown = common::shutdown::on_os_signal();
+        // Metrics and `/healthz` first: the process is alive while it waits
+        // for its backends.
         common::metrics::spawn_listener(
             "auth.metrics_listen",
             config.auth.metrics_listen,
-            metrics,
+            metrics.clone(),
             shutdown.clone(),
         )
         .await?;
+        let Some(app) = common::cli::until_ready("parley-auth", &shutdown, || async {
+            let bus = common::bus::connect(&config.bus, &metrics).await?;
+            AuthApp::build(&config, bus, &metrics)
+                .await
+                .map_err(AuthError::into_failure)
+        })
+        .await?
+        else {
+            return Ok(());
+        };
+        let listener = common::cli::bind("auth.listen", config.auth.listen).await?;
+        println!("parley-auth listening on grpc {}", listener.local_addr()?);
         app.run_until_stopped(listener, shutdown).await?;
         Ok::<(), Failure>(())
     }

@@ -12,19 +12,27 @@ async fn main() -> ExitCode {
     let (config, telemetry) = common::cli::bootstrap(&["chat"], true);
     let result = async {
         let metrics = Metrics::new(&["chat"]);
-        let bus = common::bus::connect(&config.bus, &metrics).await?;
-        let clients = Clients::from_config(&config, &metrics)?;
-        let app = ChatApp::build(&config, &clients, bus, &metrics).await?;
-        let listener = common::cli::bind("chat.listen", config.chat.listen).await?;
-        println!("parley-chat listening on grpc {}", listener.local_addr()?);
         let shutdown = common::shutdown::on_os_signal();
+        // Metrics and `/healthz` first: the process is alive while it waits
+        // for its backends.
         common::metrics::spawn_listener(
             "chat.metrics_listen",
             config.chat.metrics_listen,
-            metrics,
+            metrics.clone(),
             shutdown.clone(),
         )
         .await?;
+        let Some(app) = common::cli::until_ready("parley-chat", &shutdown, || async {
+            let bus = common::bus::connect(&config.bus, &metrics).await?;
+            let clients = Clients::from_config(&config, &metrics)?;
+            Ok::<_, Failure>(ChatApp::build(&config, &clients, bus, &metrics).await?)
+        })
+        .await?
+        else {
+            return Ok(());
+        };
+        let listener = common::cli::bind("chat.listen", config.chat.listen).await?;
+        println!("parley-chat listening on grpc {}", listener.local_addr()?);
         app.run_until_stopped(listener, shutdown).await?;
         Ok::<(), Failure>(())
     }

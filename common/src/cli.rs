@@ -117,3 +117,93 @@ fn exit_config(message: &str) -> ! {
     eprintln!("{message}");
     std::process::exit(EXIT_CONFIG)
 }
+
+/// First wait after a failed start-up attempt; it doubles up to
+/// [`START_RETRY_MAX`].
+pub const START_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+/// Longest wait between two start-up attempts.
+pub const START_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `attempt` (connecting a component to its backends and building it)
+/// until it succeeds, so a component started before its Redis or database
+/// answers waits for them, not ready, instead of exiting and being
+/// restarted. Each failure is logged with the wait before the next try. A
+/// configuration error ends it at once; `shutdown` ends it with `None`.
+pub async fn until_ready<T, F, Fut>(
+    what: &'static str,
+    shutdown: &crate::shutdown::ShutdownSignal,
+    mut attempt: F,
+) -> Result<Option<T>, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let mut wait = START_RETRY_FIRST;
+    loop {
+        match attempt().await {
+            Ok(ready) => return Ok(Some(ready)),
+            Err(Failure::Config(message)) => return Err(Failure::Config(message)),
+            Err(Failure::Other(error)) => {
+                tracing::warn!(
+                    component = what,
+                    %error,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "backends not reachable yet: waiting"
+                );
+                tokio::select! {
+                    () = shutdown.clone().wait() => return Ok(None),
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(START_RETRY_MAX);
+            }
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::shutdown::Shutdown;
+
+    fn unreachable() -> Failure {
+        Failure::Other(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn start_up_waits_for_backends_with_growing_pauses() {
+        let stop = Shutdown::new();
+        let tries = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let ready = until_ready("test", &stop.signal(), || async {
+            match tries.fetch_add(1, Ordering::SeqCst) {
+                0..=3 => Err(unreachable()),
+                _ => Ok("built"),
+            }
+        })
+        .await;
+        assert!(matches!(ready, Ok(Some("built"))));
+        assert_eq!(tries.load(Ordering::SeqCst), 5);
+        // 250 + 500 + 1000 + 2000 ms of pauses.
+        assert_eq!(started.elapsed(), Duration::from_millis(3750));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_config_error_ends_start_up_and_a_stop_ends_the_wait() {
+        let stop = Shutdown::new();
+        let config = until_ready::<(), _, _>("test", &stop.signal(), || async {
+            Err(Failure::Config("key `x`: bad".into()))
+        })
+        .await;
+        assert!(matches!(config, Err(Failure::Config(_))));
+        let signal = stop.signal();
+        let waiting = until_ready::<(), _, _>("test", &signal, || async { Err(unreachable()) });
+        stop.trigger();
+        assert!(matches!(waiting.await, Ok(None)), "stopped while waiting");
+    }
+}

@@ -87,7 +87,7 @@ fn configure(stream: &tokio::net::TcpStream) {
 /// accepting and lets requests in flight finish (upgraded WebSockets are
 /// not HTTP connections any more: their tasks drain on their own).
 pub async fn serve(
-    listener: TcpListener,
+    listener: &TcpListener,
     router: Router,
     limits: HttpLimits,
     stop: impl Future<Output = ()>,
@@ -147,7 +147,6 @@ pub async fn serve(
             let _ = connection.await;
         });
     }
-    drop(listener);
     let _ = tokio::time::timeout(REQUEST_GRACE, graceful.shutdown()).await;
 }
 

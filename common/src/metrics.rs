@@ -195,16 +195,19 @@ async fn scrape(State(metrics): State<Arc<Metrics>>, headers: HeaderMap) -> Resp
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-/// Serves `/metrics` on an already-bound listener until `shutdown` fires
-/// (the service binaries' `<section>.metrics_listen`).
+/// Serves `/metrics` and `/healthz` on an already-bound listener until
+/// `shutdown` fires (the service binaries' `<section>.metrics_listen`).
 pub async fn serve(
     metrics: Arc<Metrics>,
     listener: TcpListener,
     shutdown: ShutdownSignal,
 ) -> std::io::Result<()> {
+    // `/healthz`: the process runs (liveness), whether or not its backends
+    // answer yet (readiness is the gRPC health check).
+    let routes = router(metrics).route("/healthz", get(|| async { "ok" }));
     crate::http_server::serve(
-        listener,
-        router(metrics),
+        &listener,
+        routes,
         crate::http_server::HttpLimits::metrics(),
         shutdown.wait(),
     )

@@ -263,7 +263,7 @@ impl EdgeApp {
             max_per_ip: shared.config.max_http_conns_per_ip,
             exempt: shared.trusted_proxies.clone(),
         };
-        common::http_server::serve(listener, router, limits, async move {
+        common::http_server::serve(&listener, router, limits, async move {
             signal.wait().await;
             drain_flag.draining.store(true, Ordering::SeqCst);
         })

@@ -769,3 +769,113 @@ async fn a_rolling_update_of_every_component_loses_nothing() {
     drop(backends);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A process of `binary` from the build, with only `env` (and PATH).
+fn start_binary(binary: &str, env: &[(&str, String)], log: &Path) -> Child {
+    let bins = std::env::current_exe()
+        .expect("test binary path")
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
+    let log = std::fs::File::create(log).expect("log");
+    Command::new(bins.join(binary))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{binary} starts (cargo build --workspace --bins): {e}"))
+}
+
+/// Polls `check` until it holds or `READY_WITHIN` passes; `child` must stay
+/// alive meanwhile.
+async fn eventually<F: Future<Output = bool>>(
+    what: &str,
+    child: &mut Child,
+    mut check: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    loop {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "{what}: the process exited"
+        );
+        if check().await {
+            return;
+        }
+        assert!(started.elapsed() < READY_WITHIN, "{what}: not in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET path` at `addr`: the status, or 0 when nothing answers.
+async fn status_of(addr: SocketAddr, path: &str) -> u16 {
+    if tokio::net::TcpStream::connect(addr).await.is_err() {
+        return 0;
+    }
+    http_get(addr, path, &[]).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_started_before_redis_wait_alive_and_not_ready() {
+    if std::env::var_os("PARLEY_TEST_TOPOLOGY").is_none() {
+        eprintln!("note: PARLEY_TEST_TOPOLOGY is not set; skipping the start-up test");
+        return;
+    }
+    let dir = std::env::temp_dir().join(common::ids::new_id("startup"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // Nothing listens on the Redis port yet.
+    let redis_port = free_port();
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let key = "startup-test-signing-key-0123456789abcdef".to_string();
+    let credential = "startup-test-credential-0123456789abcdef".to_string();
+    let (grpc, metrics, edge) = (free_port(), free_port(), free_port());
+    let common_env = [
+        ("PARLEY_SERVICES_CREDENTIAL", credential),
+        ("PARLEY_BUS_BACKEND", "redis".to_string()),
+        ("PARLEY_BUS_REDIS_URL", redis_url.clone()),
+        ("PARLEY_BUS_SIGNING_KEY", key),
+    ];
+    let mut presence_env = common_env.to_vec();
+    presence_env.extend([
+        ("PARLEY_PRESENCE_BACKEND", "redis".to_string()),
+        ("PARLEY_PRESENCE_REDIS_URL", redis_url.clone()),
+        ("PARLEY_PRESENCE_LISTEN", format!("127.0.0.1:{grpc}")),
+        ("PARLEY_PRESENCE_METRICS_LISTEN", format!("127.0.0.1:{metrics}")),
+    ]);
+    let mut edge_env = common_env.to_vec();
+    edge_env.push(("PARLEY_EDGE_LISTEN", format!("127.0.0.1:{edge}")));
+    let mut presence = start_binary("parley-presence", &presence_env, &dir.join("presence.log"));
+    let mut edge_process = start_binary("parley-edge", &edge_env, &dir.join("edge.log"));
+    let grpc = SocketAddr::from(([127, 0, 0, 1], grpc));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], metrics));
+    let edge = SocketAddr::from(([127, 0, 0, 1], edge));
+
+    // Alive (liveness answers) and not ready, for as long as Redis is away.
+    eventually("presence is alive", &mut presence, || async {
+        status_of(metrics, "/healthz").await == 200
+    })
+    .await;
+    eventually("the edge is alive", &mut edge_process, || async {
+        status_of(edge, "/healthz").await == 200
+    })
+    .await;
+    assert!(!grpc_serving(grpc).await, "presence is not ready without Redis");
+    assert_ne!(status_of(edge, "/readyz").await, 200, "the edge is not ready");
+    assert_ne!(status_of(edge, "/metrics").await, 200, "the edge waits");
+
+    // Redis comes: both finish starting on their own.
+    let _redis = PrivateRedis::start_with(&["--port".into(), redis_port.to_string()]).await;
+    eventually("presence becomes ready", &mut presence, || grpc_serving(grpc)).await;
+    eventually("the edge starts", &mut edge_process, || async {
+        status_of(edge, "/metrics").await == 200
+    })
+    .await;
+    for child in [&mut presence, &mut edge_process] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
