@@ -95,6 +95,8 @@ impl Resilient {
 
     /// Joins (again) from the last seq seen, page by page.
     pub async fn join(&mut self) -> bool {
+        let mut later_page = false;
+        let mut held = Vec::new();
         loop {
             let since = self.last();
             let Some(reply) = self
@@ -114,11 +116,29 @@ impl Resilient {
             for event in reply["events"].as_array().expect("events") {
                 self.take(event);
             }
-            // Live events that arrived after the reply come next.
-            self.take_pending();
+            // Frames read while waiting for this reply. After a first page
+            // the room is joined and live: its live events may come before
+            // the next page's reply, which then holds some of them again
+            // (the client asked for them with `since`). Like the SDK, the
+            // client keeps them until the last page, then takes those past
+            // it, each seq once.
+            for frame in self.client.take_pending() {
+                let live_here = frame["room"] == self.room.as_str() && frame["seq"].is_i64();
+                if later_page && live_here {
+                    held.push(frame);
+                } else {
+                    self.take(&frame);
+                }
+            }
             if reply["has_more"] != true {
+                for frame in std::mem::take(&mut held) {
+                    if frame["seq"].as_i64() > Some(self.last()) {
+                        self.take(&frame);
+                    }
+                }
                 return true;
             }
+            later_page = true;
         }
     }
 
