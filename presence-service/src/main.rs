@@ -32,7 +32,10 @@ async fn main() -> ExitCode {
             return Ok(());
         };
         let listener = common::cli::bind("presence.listen", config.presence.listen).await?;
-        println!("parley-presence listening on grpc {}", listener.local_addr()?);
+        println!(
+            "parley-presence listening on grpc {}",
+            listener.local_addr()?
+        );
         app.run_until_stopped(listener, shutdown).await?;
         Ok::<(), Failure>(())
     }

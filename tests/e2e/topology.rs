@@ -843,7 +843,10 @@ async fn components_started_before_redis_wait_alive_and_not_ready() {
         ("PARLEY_PRESENCE_BACKEND", "redis".to_string()),
         ("PARLEY_PRESENCE_REDIS_URL", redis_url.clone()),
         ("PARLEY_PRESENCE_LISTEN", format!("127.0.0.1:{grpc}")),
-        ("PARLEY_PRESENCE_METRICS_LISTEN", format!("127.0.0.1:{metrics}")),
+        (
+            "PARLEY_PRESENCE_METRICS_LISTEN",
+            format!("127.0.0.1:{metrics}"),
+        ),
     ]);
     let mut edge_env = common_env.to_vec();
     edge_env.push(("PARLEY_EDGE_LISTEN", format!("127.0.0.1:{edge}")));
@@ -862,13 +865,23 @@ async fn components_started_before_redis_wait_alive_and_not_ready() {
         status_of(edge, "/healthz").await == 200
     })
     .await;
-    assert!(!grpc_serving(grpc).await, "presence is not ready without Redis");
-    assert_ne!(status_of(edge, "/readyz").await, 200, "the edge is not ready");
+    assert!(
+        !grpc_serving(grpc).await,
+        "presence is not ready without Redis"
+    );
+    assert_ne!(
+        status_of(edge, "/readyz").await,
+        200,
+        "the edge is not ready"
+    );
     assert_ne!(status_of(edge, "/metrics").await, 200, "the edge waits");
 
     // Redis comes: both finish starting on their own.
     let _redis = PrivateRedis::start_with(&["--port".into(), redis_port.to_string()]).await;
-    eventually("presence becomes ready", &mut presence, || grpc_serving(grpc)).await;
+    eventually("presence becomes ready", &mut presence, || {
+        grpc_serving(grpc)
+    })
+    .await;
     eventually("the edge starts", &mut edge_process, || async {
         status_of(edge, "/metrics").await == 200
     })
