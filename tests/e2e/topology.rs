@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::testing::deploy::{Deployment, Rendered};
+use common::testing::tls::{TestCerts, free_port, run_ok};
 use serde_json::json;
 
 use crate::helpers::{Client, PrivateRedis, SECRET, http_get, token};
@@ -48,7 +49,8 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 /// The test's own certificate authority, a server certificate for
 /// `localhost` signed by it, and the backends that serve it.
 struct Backends {
-    dir: PathBuf,
+    /// The CA and server files; Postgres's data lives beside them.
+    certs: TestCerts,
     postgres: Child,
     postgres_port: u16,
     /// Stopped on drop.
@@ -59,76 +61,10 @@ struct Backends {
 const REDIS_USER: &str = "parley";
 const REDIS_PASSWORD: &str = "topology-redis-password-0123456789";
 
-fn run_ok(command: &mut Command) {
-    let output = command.output().expect("command runs");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 impl Backends {
-    async fn start(dir: &Path) -> Backends {
-        let dir = dir.join("backends");
-        std::fs::create_dir_all(&dir).expect("backends dir");
-        let openssl = |args: &[&str]| run_ok(Command::new("openssl").args(args).current_dir(&dir));
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=parley-test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ]);
-        std::fs::write(
-            dir.join("san.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-        )
-        .expect("write");
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.crt",
-        ]);
+    async fn start() -> Backends {
+        let certs = TestCerts::new("topology-backends");
+        let dir = certs.dir().to_path_buf();
 
         // Postgres refuses to run as root: its files belong to `postgres`.
         run_ok(
@@ -162,12 +98,9 @@ impl Backends {
             .arg("-p")
             .arg(postgres_port.to_string())
             .arg("-c")
-            .arg(format!(
-                "ssl_cert_file={}",
-                dir.join("server.crt").display()
-            ))
+            .arg(format!("ssl_cert_file={}", certs.server_cert().display()))
             .arg("-c")
-            .arg(format!("ssl_key_file={}", dir.join("server.key").display()))
+            .arg(format!("ssl_key_file={}", certs.server_key().display()))
             .arg("-c")
             .arg("max_connections=200")
             .stdout(Stdio::null())
@@ -180,11 +113,11 @@ impl Backends {
             "--tls-port".into(),
             redis_port.to_string(),
             "--tls-cert-file".into(),
-            dir.join("server.crt").display().to_string(),
+            certs.server_cert().display().to_string(),
             "--tls-key-file".into(),
-            dir.join("server.key").display().to_string(),
+            certs.server_key().display().to_string(),
             "--tls-ca-cert-file".into(),
-            dir.join("ca.crt").display().to_string(),
+            certs.ca().display().to_string(),
             "--tls-auth-clients".into(),
             "no".into(),
             "--user".into(),
@@ -201,7 +134,7 @@ impl Backends {
         .await;
 
         let backends = Backends {
-            dir,
+            certs,
             postgres,
             postgres_port,
             _redis: redis,
@@ -212,7 +145,7 @@ impl Backends {
     }
 
     fn ca(&self) -> PathBuf {
-        self.dir.join("ca.crt")
+        self.certs.ca()
     }
 
     fn database_url(&self) -> String {
@@ -254,9 +187,9 @@ impl Backends {
 
 impl Drop for Backends {
     fn drop(&mut self) {
+        // Before the certificates' directory, which holds its data, goes.
         let _ = self.postgres.kill();
         let _ = self.postgres.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -296,12 +229,7 @@ fn octet(component: &str) -> u8 {
 
 impl Cluster {
     fn new(root: &Path, rendered: &Rendered, backends: &Backends) -> Cluster {
-        let bins = std::env::current_exe()
-            .expect("test binary path")
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
+        let bins = bins_dir();
         let deployments: BTreeMap<String, Deployment> = rendered
             .deployments()
             .into_iter()
@@ -637,7 +565,7 @@ async fn a_rolling_update_of_every_component_loses_nothing() {
     let root = std::env::temp_dir().join(common::ids::new_id("topology"));
     std::fs::create_dir_all(&root).expect("root");
     let rendered = Rendered::overlay("production");
-    let backends = Backends::start(&root).await;
+    let backends = Backends::start().await;
     let mut cluster = Cluster::new(&root, &rendered, &backends);
     let drain = Duration::from_millis(cluster.config("edge").edge.drain_ms);
     cluster.deploy().await;
@@ -770,14 +698,19 @@ async fn a_rolling_update_of_every_component_loses_nothing() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// A process of `binary` from the build, with only `env` (and PATH).
-fn start_binary(binary: &str, env: &[(&str, String)], log: &Path) -> Child {
-    let bins = std::env::current_exe()
+/// Where the workspace's binaries are built: beside this test's directory.
+fn bins_dir() -> PathBuf {
+    std::env::current_exe()
         .expect("test binary path")
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>")
-        .to_path_buf();
+        .to_path_buf()
+}
+
+/// A process of `binary` from the build, with only `env` (and PATH).
+fn start_binary(binary: &str, env: &[(&str, String)], log: &Path) -> Child {
+    let bins = bins_dir();
     let log = std::fs::File::create(log).expect("log");
     Command::new(bins.join(binary))
         .env_clear()
