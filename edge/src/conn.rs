@@ -7,9 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
 use proto::auth::v1::Identity;
 use protocol::{CloseCode, User};
 use tokio::time::Instant;
@@ -20,6 +17,7 @@ use crate::frames::{self, CommandError};
 use crate::outbox::{Outbound, Outbox, OutboxReceiver, outbox};
 use crate::pipeline::Pipeline;
 use crate::session::Session;
+use crate::socket::{Batch, Incoming, Io, ReadError, Reader, Writer};
 use crate::token_life::Step;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -32,15 +30,20 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// and an unsplit socket is large; every idle connection would carry it.
 pub(crate) fn run(
     shared: Arc<Shared>,
-    socket: WebSocket,
+    socket: Io,
     peer: SocketAddr,
     identity: Option<Identity>,
     parent: opentelemetry::Context,
     slot: crate::admission::Slot,
 ) -> impl Future<Output = ()> + Send {
-    let (sink, stream) = socket.split();
+    let (read, write) = tokio::io::split(socket);
+    let stream = Reader::new(read, shared.config.max_message_bytes);
     let (outbox, out_rx) = outbox(shared.config.outbound_queue_bytes);
-    let writer = tokio::spawn(write_loop(sink, out_rx, shared.metrics.clone()));
+    let writer = tokio::spawn(write_loop(
+        Writer::new(write),
+        out_rx,
+        shared.metrics.clone(),
+    ));
     serve(shared, stream, writer, outbox, peer, identity, parent, slot)
 }
 
@@ -48,7 +51,7 @@ pub(crate) fn run(
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     shared: Arc<Shared>,
-    mut stream: SplitStream<WebSocket>,
+    mut stream: Reader<ReadHalf>,
     mut writer: tokio::task::JoinHandle<()>,
     outbox: Outbox,
     peer: SocketAddr,
@@ -161,18 +164,19 @@ async fn serve(
             }
             // At the bound, the next frame waits until a command finishes.
             frame = stream.next(), if pipeline.as_ref().is_none_or(|p| p.in_flight() < max_in_flight) => match frame {
-                None => break,
-                Some(Ok(Message::Close(frame))) => {
-                    client_close = Some(frame.map_or(NO_STATUS, |f| f.code));
+                Ok(None) => break,
+                Ok(Some(Incoming::Close(code))) => {
+                    outbox.close_reply(code);
+                    client_close = Some(code.unwrap_or(NO_STATUS));
                     break;
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     if let Some(close) = close_for(&e) {
                         outbox.close(close);
                     }
                     break;
                 }
-                Some(Ok(Message::Text(text))) => {
+                Ok(Some(Incoming::Text(text))) => {
                     metrics.frames_received.inc();
                     last_pong = Instant::now();
                     last_command = last_pong;
@@ -182,7 +186,7 @@ async fn serve(
                         break;
                     }
                 }
-                Some(Ok(Message::Binary(_))) => {
+                Ok(Some(Incoming::Binary)) => {
                     metrics.frames_received.inc();
                     binary_frames += 1;
                     if binary_frames > 1 {
@@ -192,8 +196,8 @@ async fn serve(
                     let error = CommandError::bad_request("binary frames are not supported; send JSON text frames");
                     outbox.push(frames::failure(None, None, &error, None));
                 }
-                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
-                Some(Ok(Message::Ping(_))) => {}
+                Ok(Some(Incoming::Pong)) => last_pong = Instant::now(),
+                Ok(Some(Incoming::Ping(payload))) => outbox.pong(payload),
             },
         }
     }
@@ -284,76 +288,112 @@ fn drain_delay(key: u64, drain: Duration) -> Duration {
 
 /// The close a read error deserves: 1009 for a frame over the size
 /// limit, 1007 for a text frame that is not UTF-8; none when the socket
-/// itself failed.
-fn close_for(error: &axum::Error) -> Option<CloseCode> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        match e.downcast_ref::<tungstenite::Error>() {
-            Some(tungstenite::Error::Capacity(_)) => return Some(CloseCode::TooLarge),
-            Some(tungstenite::Error::Utf8(_)) => return Some(CloseCode::InvalidUtf8),
-            _ => {}
+/// itself failed or the client broke the protocol.
+fn close_for(error: &ReadError) -> Option<CloseCode> {
+    match error {
+        ReadError::TooLarge => Some(CloseCode::TooLarge),
+        ReadError::InvalidUtf8 => Some(CloseCode::InvalidUtf8),
+        ReadError::Protocol(reason) => {
+            tracing::debug!(reason, "websocket protocol error");
+            None
         }
-        source = e.source();
+        ReadError::Io(error) => {
+            tracing::debug!(%error, "websocket read failed");
+            None
+        }
     }
-    None
 }
 
+/// The connection's two halves.
+type ReadHalf = tokio::io::ReadHalf<Io>;
+type WriteHalf = tokio::io::WriteHalf<Io>;
+
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: Writer<WriteHalf>,
     out: OutboxReceiver,
     metrics: common::metrics::EdgeMetrics,
 ) {
     let closing = tokio::select! {
         closing = pump(&mut sink, &out, &metrics) => closing,
         // Even while a write waits on a client that stopped reading.
-        () = out.overflow() => Some(CloseCode::SlowConsumer),
+        () = out.overflow() => Some(Closing::Server(CloseCode::SlowConsumer)),
     };
-    if let Some(code) = closing {
-        out.closing(code);
-        // A client that stopped reading may never take the close frame.
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, close(&mut sink, code)).await;
+    let mut batch = Batch::default();
+    match closing {
+        Some(Closing::Server(code)) => {
+            out.closing(code);
+            batch.close(Some(code.code()), code.reason());
+        }
+        Some(Closing::Reply(code)) => batch.close(code, ""),
+        None => return,
     }
+    // A client that stopped reading may never take the close frame.
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+        sink.write(batch).await?;
+        sink.shutdown().await
+    })
+    .await;
 }
 
-/// Writes everything queued, then flushes once; returns the close to send
-/// (`None` when the connection ended or the socket failed).
+/// The close frame the writer ends with.
+enum Closing {
+    /// The server closes with this code.
+    Server(CloseCode),
+    /// The client closed; its status echoed.
+    Reply(Option<u16>),
+}
+
+/// Writes everything queued as one batch at a time; returns the close to
+/// send (`None` when the connection ended or the socket failed).
 async fn pump(
-    sink: &mut SplitSink<WebSocket, Message>,
+    sink: &mut Writer<WriteHalf>,
     out: &OutboxReceiver,
     metrics: &common::metrics::EdgeMetrics,
-) -> Option<CloseCode> {
-    while let Some(batch) = out.next_batch().await {
-        for item in batch {
-            if out.overflowed() {
-                return Some(CloseCode::SlowConsumer);
-            }
+) -> Option<Closing> {
+    while let Some(queued) = out.next_batch().await {
+        if out.overflowed() {
+            return Some(Closing::Server(CloseCode::SlowConsumer));
+        }
+        let payload: usize = queued
+            .iter()
+            .map(|item| match item {
+                Outbound::Text(text) => text.len(),
+                _ => 0,
+            })
+            .sum();
+        let mut batch = Batch::with_capacity(payload, queued.len());
+        let (mut frames, mut text_bytes) = (0u64, 0usize);
+        let mut closing = None;
+        for item in queued {
             match item {
                 Outbound::Text(text) => {
-                    let len = text.len();
-                    sink.feed(Message::Text(text)).await.ok()?;
-                    out.sent(len);
-                    metrics.frames_sent.inc();
-                    metrics.bytes_sent.inc_by(len as u64);
+                    batch.text(text.as_str());
+                    frames += 1;
+                    text_bytes += text.len();
                 }
-                Outbound::Ping => sink.feed(Message::Ping(bytes::Bytes::new())).await.ok()?,
-                Outbound::Close(code) => return Some(code),
+                Outbound::Ping => batch.ping(),
+                Outbound::Pong(payload) => batch.pong(&payload),
+                Outbound::Close(code) => {
+                    closing = Some(Closing::Server(code));
+                    break;
+                }
+                Outbound::CloseReply(code) => {
+                    closing = Some(Closing::Reply(code));
+                    break;
+                }
             }
         }
-        sink.flush().await.ok()?;
+        if !batch.is_empty() {
+            sink.write(batch).await.ok()?;
+        }
+        out.sent(text_bytes);
+        metrics.frames_sent.inc_by(frames);
+        metrics.bytes_sent.inc_by(text_bytes as u64);
+        if closing.is_some() {
+            return closing;
+        }
     }
     None
-}
-
-async fn close(
-    sink: &mut SplitSink<WebSocket, Message>,
-    code: CloseCode,
-) -> Result<(), axum::Error> {
-    sink.send(Message::Close(Some(CloseFrame {
-        code: code.code(),
-        reason: Utf8Bytes::from_static(code.reason()),
-    })))
-    .await?;
-    sink.close().await
 }
 
 #[cfg(test)]
@@ -365,7 +405,7 @@ mod tests {
     where
         F: FnOnce(
             Arc<Shared>,
-            SplitStream<WebSocket>,
+            Reader<ReadHalf>,
             tokio::task::JoinHandle<()>,
             Outbox,
             SocketAddr,

@@ -18,6 +18,7 @@ mod presence;
 mod ready;
 mod session;
 mod signed;
+mod socket;
 mod status;
 mod token_life;
 mod typing;
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -292,7 +293,7 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    ws: WebSocketUpgrade,
+    ws: socket::Upgrade,
 ) -> Response {
     // From here on "peer" is the client, also behind a trusted proxy.
     let peer = client_addr(&shared.trusted_proxies, peer, &headers);
@@ -346,16 +347,11 @@ async fn upgrade(
         },
         None => None,
     };
-    let max = shared.config.max_message_bytes;
-    ws.protocols(["parley.v1"])
-        .max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(4 * 1024)
-        .max_write_buffer_size(max.saturating_mul(2).max(64 * 1024))
-        // The slot is given back when the connection ends (or the upgrade
-        // never completes and this closure is dropped).
-        .on_upgrade(move |socket| conn::run(shared, socket, peer, identity, parent, slot))
+    // The slot is given back when the connection ends (or the upgrade
+    // never completes and this closure is dropped).
+    ws.respond("parley.v1", move |socket| {
+        conn::run(shared, socket, peer, identity, parent, slot)
+    })
 }
 
 /// The new-connection rate of the address, then a concurrency slot; a
@@ -394,11 +390,6 @@ async fn admit_connection(
         ("conn_limit", response)
     })
 }
-
-/// Each connection's WebSocket read buffer. It is allocated up front and
-/// zero-filled on every read, so it is resident for every idle connection;
-/// a command usually fits, and a larger message is read in more steps.
-const READ_BUFFER_BYTES: usize = 1024;
 
 /// The client's address: the TCP peer, unless the peer is a trusted proxy;
 /// then the right-most `X-Forwarded-For` address that is not a trusted

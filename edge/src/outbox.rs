@@ -18,7 +18,11 @@ use tokio::sync::Notify;
 pub enum Outbound {
     Text(Utf8Bytes),
     Ping,
+    /// The answer to a client's ping.
+    Pong(bytes::Bytes),
     Close(CloseCode),
+    /// The answer to a client's close frame: its status echoed.
+    CloseReply(Option<u16>),
 }
 
 struct Shared {
@@ -106,6 +110,15 @@ impl Outbox {
 
     pub fn ping(&self) {
         self.enqueue(Outbound::Ping);
+    }
+
+    pub fn pong(&self, payload: bytes::Bytes) {
+        self.enqueue(Outbound::Pong(payload));
+    }
+
+    /// Answers the client's close frame after what is queued.
+    pub fn close_reply(&self, code: Option<u16>) {
+        self.enqueue(Outbound::CloseReply(code));
     }
 
     /// Asks the writer to close the connection after what is queued.
@@ -208,7 +221,8 @@ mod tests {
             .map(|item| match item {
                 Outbound::Text(text) => text.as_str(),
                 Outbound::Ping => "<ping>",
-                Outbound::Close(..) => "<close>",
+                Outbound::Pong(..) => "<pong>",
+                Outbound::Close(..) | Outbound::CloseReply(..) => "<close>",
             })
             .collect()
     }
