@@ -17,6 +17,9 @@ use common::config::InvitePolicy;
 use common::grpc::{Actor, ServiceChannel};
 use proto::chat::v1::chat_service_server::ChatService;
 use proto::chat::v1::{
+    InvitationRequest, InvitationResponse, ListInvitationsRequest, ListInvitationsResponse,
+};
+use proto::chat::v1::{
     BlockRequest, BlockResponse, CheckRelationRequest, CheckRelationResponse, ListBlocksRequest,
     ListBlocksResponse,
 };
@@ -266,6 +269,36 @@ impl ChatService for ChatHandler {
         let actor = Actor::of(&request)?;
         self.invite(&actor, request.into_inner()).await?;
         Ok(Response::new(InviteMemberResponse {}))
+    }
+
+    async fn list_invitations(
+        &self,
+        request: Request<ListInvitationsRequest>,
+    ) -> Result<Response<ListInvitationsResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let invitations = self.store.invitations(&actor.user_id).await?;
+        Ok(Response::new(ListInvitationsResponse { invitations }))
+    }
+
+    async fn accept_invitation(
+        &self,
+        request: Request<InvitationRequest>,
+    ) -> Result<Response<InvitationResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let room = self
+            .answer_invitation(&actor, &request.into_inner().room_id, true)
+            .await?;
+        Ok(Response::new(InvitationResponse { room }))
+    }
+
+    async fn decline_invitation(
+        &self,
+        request: Request<InvitationRequest>,
+    ) -> Result<Response<InvitationResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        self.answer_invitation(&actor, &request.into_inner().room_id, false)
+            .await?;
+        Ok(Response::new(InvitationResponse { room: None }))
     }
 
     async fn remove_member(

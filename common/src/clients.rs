@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tonic::transport::Endpoint;
 
-use crate::config::Config;
+use crate::config::{Config, Presenter};
 use crate::grpc::{ClientSettings, ServiceChannel, metered_channel_to};
 use crate::metrics::{GrpcMetrics, Metrics};
 use crate::secret::Secret;
@@ -55,6 +55,15 @@ pub struct ClientError {
     source: tonic::transport::Error,
 }
 
+/// The credential each calling component presents.
+#[derive(Debug, Clone)]
+struct Credentials {
+    edge: Secret,
+    ai: Secret,
+    presence: Secret,
+    chat: Secret,
+}
+
 /// The endpoints of the four services and what every client of them
 /// shares; hands out a lazily connecting channel per [`Link`].
 #[derive(Debug, Clone)]
@@ -63,8 +72,8 @@ pub struct Clients {
     chat: Endpoint,
     ai: Endpoint,
     presence: Endpoint,
-    /// Carried by every call (`services.credential`).
-    credential: Secret,
+    /// What each caller presents: its own credential, else the shared one.
+    credentials: Credentials,
     /// `services.connect_timeout_ms`.
     connect_timeout: Duration,
     /// `edge.call_timeout_ms`: the deadline of every call the edge makes.
@@ -86,7 +95,12 @@ impl Clients {
             chat: endpoint("services.chat_url", &services.chat_url)?,
             ai: endpoint("services.ai_url", &services.ai_url)?,
             presence: endpoint("services.presence_url", &services.presence_url)?,
-            credential: services.credential.clone(),
+            credentials: Credentials {
+                edge: services.presented(Presenter::Edge).1.clone(),
+                ai: services.presented(Presenter::Ai).1.clone(),
+                presence: services.presented(Presenter::Presence).1.clone(),
+                chat: services.presented(Presenter::Chat).1.clone(),
+            },
             connect_timeout: Duration::from_millis(services.connect_timeout_ms),
             edge_deadline: Duration::from_millis(config.edge.call_timeout_ms),
             metrics: metrics.grpc.clone(),
@@ -115,13 +129,24 @@ impl Clients {
         }
     }
 
+    /// The credential the caller of `link` presents.
+    pub fn credential(&self, link: Link) -> &Secret {
+        let c = &self.credentials;
+        match link {
+            Link::EdgeToAuth | Link::EdgeToChat | Link::EdgeToAi | Link::EdgeToPresence => &c.edge,
+            Link::AiToChat => &c.ai,
+            Link::PresenceToChat => &c.presence,
+            Link::ChatToPresence => &c.chat,
+        }
+    }
+
     /// A new lazily connecting channel for `link`, with its deadline and
-    /// the service credential.
+    /// its caller's credential.
     pub fn channel(&self, link: Link) -> ServiceChannel {
         metered_channel_to(
             self.endpoint(link),
             &ClientSettings {
-                credential: self.credential.clone(),
+                credential: self.credential(link).clone(),
                 connect_timeout: self.connect_timeout,
                 timeout: self.deadline(link),
             },

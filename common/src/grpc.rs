@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod balance;
+pub mod callers;
+
+pub use callers::{CallerLayer, CallerName, Callers};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -106,7 +109,7 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -125,43 +128,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Server-side check of the service credential; use with
-/// `XServer::with_interceptor(service, CredentialCheck::new(..))`.
-#[derive(Clone)]
-pub struct CredentialCheck {
-    expected: Arc<String>,
-}
-
-impl CredentialCheck {
-    pub fn new(credential: &Secret) -> Self {
-        Self {
-            expected: Arc::new(format!("Bearer {}", credential.expose())),
-        }
-    }
-}
-
-impl tonic::service::Interceptor for CredentialCheck {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let given = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if constant_time_eq(given, self.expected.as_bytes()) {
-            Ok(request)
-        } else {
-            Err(ErrorCode::Unauthorized.status("missing or invalid service credential"))
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Client-side stack: injects trace context and the service credential.
@@ -356,13 +322,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// finish for at most [`SHUTDOWN_GRACE`]. Each request gets a server
 /// span whose parent is the caller's trace context and is recorded in the
 /// `grpc_server_*` metrics of `metrics`. `health` is the component's health
-/// reporter (see [`Health`]).
+/// reporter (see [`Health`]); every call but health and reflection must come
+/// from one of `callers` and be allowed to it ([`CallerLayer`]).
 pub async fn serve(
     component: &'static str,
     listener: TcpListener,
     routes: Routes,
     health: Health,
     metrics: GrpcMetrics,
+    callers: Arc<Callers>,
     shutdown: ShutdownSignal,
 ) -> Result<(), tonic::transport::Error> {
     health.set(health.is_serving()).await;
@@ -384,8 +352,10 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
+    // Refused callers are recorded in metrics too.
     let server = tonic::transport::Server::builder()
         .layer(metrics.layer(Side::Server))
+        .layer(CallerLayer::new(callers))
         .trace_fn(move |req: &http::Request<()>| {
             let span = tracing::info_span!(
                 "grpc.server",
@@ -417,7 +387,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::service::Interceptor;
 
     #[tokio::test]
     async fn a_stopped_server_cuts_streams_that_never_end_after_the_grace() {
@@ -433,6 +402,7 @@ mod tests {
             Routes::default(),
             Health::new(&["x"]),
             metrics.grpc.clone(),
+            Arc::new(Callers::default()),
             stop.signal(),
         ));
         let channel = Endpoint::from_shared(format!("http://{addr}"))
@@ -470,27 +440,5 @@ mod tests {
             actor.apply(&mut md);
             assert_eq!(Actor::from_metadata(&md), Some(actor));
         }
-    }
-
-    #[test]
-    fn credential_check_accepts_only_the_exact_credential() {
-        let secret = Secret::new("s".repeat(32));
-        let mut check = CredentialCheck::new(&secret);
-        let mut ok = Request::new(());
-        ok.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", "s".repeat(32)).parse().expect("ascii"),
-        );
-        assert!(check.call(ok).is_ok());
-        let mut bad = Request::new(());
-        bad.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", "t".repeat(32)).parse().expect("ascii"),
-        );
-        assert_eq!(
-            check.call(bad).expect_err("wrong").code(),
-            tonic::Code::Unauthenticated
-        );
-        assert!(check.call(Request::new(())).is_err());
     }
 }

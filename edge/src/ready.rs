@@ -304,6 +304,7 @@ mod tests {
             tonic::service::Routes::default(),
             common::grpc::Health::new(names),
             common::metrics::GrpcMetrics::default(),
+            std::sync::Arc::new(common::grpc::Callers::default()),
             stop.signal(),
         ));
         (url, stop)

@@ -15,6 +15,7 @@ mod dashboards;
 mod delivery;
 mod faults;
 mod hardening;
+mod invitations;
 mod messages;
 mod metrics;
 mod pipelining;
