@@ -139,6 +139,7 @@ impl AuthApp {
             Routes::new(server),
             self.health,
             self.metrics.grpc.clone(),
+            self.callers,
             shutdown,
         )
         .await

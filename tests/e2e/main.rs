@@ -25,4 +25,5 @@ mod replies;
 mod resilient;
 mod rooms_admin;
 mod rooms_many;
+mod service_credentials;
 mod topology;

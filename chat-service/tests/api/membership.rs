@@ -8,7 +8,7 @@ use tonic::Code;
 use crate::helpers::*;
 
 #[tokio::test]
-async fn a_member_invites_someone_into_a_private_room() {
+async fn a_member_invites_someone_into_a_private_room_who_then_accepts() {
     let app = spawn_app().await;
     let room = app.private_room(ALICE, "secret", &[BOB]).await;
     assert_eq!(code(app.join(CAROL, &room.id, None).await), Code::NotFound);
@@ -16,25 +16,42 @@ async fn a_member_invites_someone_into_a_private_room() {
     app.invite(BOB, &room.id, CAROL)
         .await
         .expect("a member invites");
+    // Invited is not a member: no room, no list, no sending.
+    assert_eq!(code(app.join(CAROL, &room.id, None).await), Code::NotFound);
+    assert!(app.list_rooms(CAROL).await.is_empty());
+    assert_eq!(
+        code(app.send(CAROL, &room.id, "sneaking in").await),
+        Code::NotFound
+    );
     let log = app.log(ALICE, &room.id).await;
     assert_eq!(
         kinds(&log),
-        ["member.joined", "member.joined", "member.joined"]
+        ["member.joined", "member.invited", "member.joined", "member.invited"]
     );
-    let joined = &log[2];
-    assert_eq!(joined.seq, 3);
-    assert_eq!(json(joined)["user"]["id"], CAROL);
-    assert_eq!(json(joined)["seq"], 3);
-    assert_eq!(json(joined)["room"], room.id.as_str());
+    let invited = json(&log[3]);
+    assert_eq!(invited["user"]["id"], CAROL);
+    assert_eq!(invited["by"]["id"], BOB);
+    assert_eq!(invited["seq"], 4);
+    let pending = app.invitations(CAROL).await;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].room.as_ref().map(|r| r.id.as_str()), Some(room.id.as_str()));
+    assert_eq!(pending[0].by.as_ref().map(|u| u.id.as_str()), Some(BOB));
 
+    let accepted = app.accept(CAROL, &room.id).await.expect("carol accepts");
+    assert_eq!(accepted.last_seq, 5);
+    let log = app.log(ALICE, &room.id).await;
+    assert_eq!(kinds(&log).last(), Some(&"member.joined"));
+    assert_eq!(json(&log[4])["user"]["id"], CAROL);
     let carol = app.join(CAROL, &room.id, None).await.expect("carol joins");
-    assert_eq!(carol.last_seq, 3, "joining as a member logs nothing");
+    assert_eq!(carol.last_seq, 5, "joining as a member logs nothing");
     let sent = app
         .send(CAROL, &room.id, "hello")
         .await
         .expect("carol sends");
-    assert_eq!(sent.seq, 4);
+    assert_eq!(sent.seq, 6);
     assert_eq!(room_ids(&app.list_rooms(CAROL).await), [room.id.as_str()]);
+    assert!(app.invitations(CAROL).await.is_empty());
+    assert_eq!(code(app.accept(CAROL, &room.id).await), Code::NotFound);
 
     app.invite(ALICE, &room.id, CAROL)
         .await
@@ -44,9 +61,31 @@ async fn a_member_invites_someone_into_a_private_room() {
         .expect("inviting a member succeeds");
     assert_eq!(
         app.log(ALICE, &room.id).await.len(),
-        4,
+        6,
         "inviting existing members logs nothing"
     );
+}
+
+#[tokio::test]
+async fn a_declined_invitation_is_logged_and_leaves_no_membership() {
+    let app = spawn_app().await;
+    let room = app.private_room(ALICE, "secret", &[]).await;
+    app.invite(ALICE, &room.id, CAROL).await.expect("invite");
+    app.invite(ALICE, &room.id, CAROL)
+        .await
+        .expect("inviting again changes nothing");
+    app.decline(CAROL, &room.id).await.expect("carol declines");
+    let log = app.log(ALICE, &room.id).await;
+    assert_eq!(
+        kinds(&log),
+        ["member.joined", "member.invited", "member.declined"]
+    );
+    assert_eq!(json(&log[2])["user"]["id"], CAROL);
+    assert_eq!(json(&log[2])["by"]["id"], ALICE);
+    assert_eq!(code(app.decline(CAROL, &room.id).await), Code::NotFound);
+    assert_eq!(code(app.accept(CAROL, &room.id).await), Code::NotFound);
+    assert_eq!(code(app.accept(DAVE, &room.id).await), Code::NotFound);
+    assert!(app.list_rooms(CAROL).await.is_empty());
 }
 
 #[tokio::test]
