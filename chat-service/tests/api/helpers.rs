@@ -180,17 +180,22 @@ impl TestApp {
         Ok(response.into_inner().room.expect("a created room"))
     }
 
-    /// A public room `members` were invited to and accepted (its log:
-    /// the owner joined, each member invited, each member joined).
+    /// A public room `members` joined (its log: the owner joined, then
+    /// each member).
     pub async fn public_room(&self, user: &str, name: &str, members: &[&str]) -> Room {
-        let room = self
-            .create_room(user, name, Visibility::Public, members)
+        let mut room = self
+            .create_room(user, name, Visibility::Public, &[])
             .await
             .expect("create public room");
-        self.accept_all(room, members).await
+        for member in members {
+            let joined = self.join(member, &room.id, None).await.expect("join");
+            room.last_seq = joined.last_seq;
+        }
+        room
     }
 
-    /// A private room `members` were invited to and accepted.
+    /// A private room `members` were invited to and accepted (its log: the
+    /// owner joined, each member invited, then each member joined).
     pub async fn private_room(&self, user: &str, name: &str, members: &[&str]) -> Room {
         let room = self
             .create_room(user, name, Visibility::Private, members)

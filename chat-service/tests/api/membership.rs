@@ -113,7 +113,7 @@ async fn outsiders_cannot_invite_and_direct_rooms_take_no_invites() {
         assert_eq!(code(refused), Code::PermissionDenied, "{user}");
     }
 
-    assert_eq!(app.log(ALICE, &private.id).await.len(), 2);
+    assert_eq!(app.log(ALICE, &private.id).await.len(), 3);
     assert_eq!(app.log(ALICE, &public.id).await.len(), 1);
     assert_eq!(app.log(ALICE, &direct.id).await.len(), 2);
     assert!(app.list_rooms(DAVE).await.is_empty());
@@ -131,14 +131,15 @@ async fn under_the_owner_policy_only_the_owner_invites_into_private_rooms() {
         code(app.join(CAROL, &private.id, None).await),
         Code::NotFound
     );
-    assert_eq!(app.log(ALICE, &private.id).await.len(), 2, "nothing logged");
+    assert_eq!(app.log(ALICE, &private.id).await.len(), 3, "nothing logged");
 
     app.invite(ALICE, &private.id, CAROL)
         .await
         .expect("the owner invites");
     let log = app.log(ALICE, &private.id).await;
-    assert_eq!(kinds(&log).last(), Some(&"member.joined"));
-    assert_eq!(json(&log[2])["user"]["id"], CAROL);
+    assert_eq!(kinds(&log).last(), Some(&"member.invited"));
+    assert_eq!(json(&log[3])["user"]["id"], CAROL);
+    app.accept(CAROL, &private.id).await.expect("carol accepts");
     app.send(CAROL, &private.id, "thanks")
         .await
         .expect("carol is a member");
@@ -148,6 +149,8 @@ async fn under_the_owner_policy_only_the_owner_invites_into_private_rooms() {
     app.invite(BOB, &public.id, DAVE)
         .await
         .expect("a member invites into a public room");
+    assert!(app.list_rooms(DAVE).await.is_empty(), "invited, not a member");
+    app.accept(DAVE, &public.id).await.expect("dave accepts");
     assert_eq!(room_ids(&app.list_rooms(DAVE).await), [public.id.as_str()]);
 }
 
@@ -164,15 +167,17 @@ async fn the_owner_removes_a_member() {
         kinds(&log),
         [
             "member.joined",
+            "member.invited",
+            "member.invited",
             "member.joined",
             "member.joined",
             "member.left"
         ]
     );
-    let left = &log[3];
-    assert_eq!(left.seq, 4);
+    let left = &log[5];
+    assert_eq!(left.seq, 6);
     assert_eq!(json(left)["user"]["id"], BOB);
-    assert_eq!(json(left)["seq"], 4);
+    assert_eq!(json(left)["seq"], 6);
 
     assert_eq!(code(app.join(BOB, &room.id, None).await), Code::NotFound);
     assert_eq!(
@@ -203,7 +208,7 @@ async fn only_the_owner_removes_and_only_other_members() {
     let herself = app.remove_member(ALICE, &room.id, ALICE).await;
     assert_eq!(code(herself), Code::InvalidArgument);
 
-    assert_eq!(app.log(ALICE, &room.id).await.len(), 3, "nothing logged");
+    assert_eq!(app.log(ALICE, &room.id).await.len(), 5, "nothing logged");
     for user in [ALICE, BOB, CAROL] {
         assert_eq!(
             room_ids(&app.list_rooms(user).await),

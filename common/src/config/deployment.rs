@@ -63,7 +63,8 @@ impl Config {
                 let (key, secret) = services.presented(presenter);
                 if secret.is_empty() {
                     return Err(ConfigError::new(format!(
-                        "key `{key}` must be set: the {component} component presents it on its calls"
+                        "key `services.{component}_credential` (or the shared services.credential) \
+                         must be set: the {component} component presents it on its calls"
                     )));
                 }
                 if secret.expose().starts_with("sha256:") {
