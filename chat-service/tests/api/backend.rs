@@ -85,7 +85,7 @@ async fn a_bot_posts_into_a_private_room_once_per_client_msg_id() {
         ],
         "one message.new"
     );
-    assert_eq!(json(&log[2])["message"]["sender"]["id"], WEATHER);
+    assert_eq!(json(&log[3])["message"]["sender"]["id"], WEATHER);
     let seen = app.message_in_history(BOB, &room.id, &posted.id).await;
     assert_eq!(seen.text, "Sunny, 21 °C");
     assert!(
