@@ -422,7 +422,7 @@ async fn a_call_needs_a_shared_room_and_leaves_no_trace_when_refused() {
     assert_eq!(error["reason"], "no_shared_room");
     // A room the caller names must be one both are in.
     let mut friend = app.user("friend", "Friend").await;
-    let theirs = friend.share_room(&["victim"]).await;
+    let theirs = friend.share_room_with(&mut [&mut victim]).await;
     let error = stranger
         .err(
             "call.invite",
