@@ -63,7 +63,8 @@ impl AuthApp {
         bus: Arc<dyn Bus>,
         metrics: &Arc<Metrics>,
     ) -> Result<AuthApp, AuthError> {
-        let mut app = Self::connect(&config.auth, &config.services.credential, bus, metrics).await?;
+        let mut app =
+            Self::connect(&config.auth, &config.services.credential, bus, metrics).await?;
         app.callers = Arc::new(Callers::of_config(&config.services));
         Ok(app)
     }

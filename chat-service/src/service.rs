@@ -17,9 +17,6 @@ use common::config::InvitePolicy;
 use common::grpc::{Actor, ServiceChannel};
 use proto::chat::v1::chat_service_server::ChatService;
 use proto::chat::v1::{
-    InvitationRequest, InvitationResponse, ListInvitationsRequest, ListInvitationsResponse,
-};
-use proto::chat::v1::{
     BlockRequest, BlockResponse, CheckRelationRequest, CheckRelationResponse, ListBlocksRequest,
     ListBlocksResponse,
 };
@@ -38,6 +35,9 @@ use proto::chat::v1::{
     MarkReceiptRequest, MarkReceiptResponse, ReactionRequest, ReactionResponse,
     ReadNotificationsRequest, ReadNotificationsResponse, RemoveMemberRequest, RemoveMemberResponse,
     SendMessageRequest, SendMessageResponse, User,
+};
+use proto::chat::v1::{
+    InvitationRequest, InvitationResponse, ListInvitationsRequest, ListInvitationsResponse,
 };
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use serde_json::Value;

@@ -324,9 +324,7 @@ async fn apply(store: &Store, conn: &mut AnyConnection, op: Op) -> Result<Applie
         Op::RemoveMember { room_id, user } => {
             event(store.remove_member(conn, &room_id, &user).await?)
         }
-        Op::Invite { room_id, user, by } => {
-            event(store.invite(conn, &room_id, &user, &by).await?)
-        }
+        Op::Invite { room_id, user, by } => event(store.invite(conn, &room_id, &user, &by).await?),
         Op::AcceptInvitation { room_id, user } => {
             let (room, event) = store.accept_invitation(conn, &room_id, &user).await?;
             Applied {

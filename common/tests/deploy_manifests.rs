@@ -82,10 +82,9 @@ fn sample_secret(overlay: &str, secret: &str, key: &str, certs: &TestCerts) -> S
     }
     // Files end with a newline, as `echo` or an editor leaves them.
     let value = match key {
-        "bus-signing-key"
-        | "auth-hs256-secret"
-        | "postgres-password"
-        | "redis-password" => "0123456789abcdef0123456789abcdef",
+        "bus-signing-key" | "auth-hs256-secret" | "postgres-password" | "redis-password" => {
+            "0123456789abcdef0123456789abcdef"
+        }
         "ai-api-key" => "sk-sample",
         "database-url" if production => {
             "postgres://parley:pw@db.example:5432/parley\

@@ -271,7 +271,11 @@ async fn memberships_per_user_are_capped_however_they_are_made() {
         victim.ok("invitation.accept", json!({"room": room})).await;
     }
     // A pending invitation does not count; accepting it would.
-    let third = app.anonymous("attacker").await.share_room(&["victim"]).await;
+    let third = app
+        .anonymous("attacker")
+        .await
+        .share_room(&["victim"])
+        .await;
     let error = victim
         .err("invitation.accept", json!({"room": third}), "too_large")
         .await;

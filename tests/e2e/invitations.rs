@@ -198,9 +198,7 @@ async fn an_invitation_is_accepted_or_declined_and_the_room_log_says_so() {
         .await;
 
     // Carol declines: alice sees it in the log, carol stays outside.
-    carol
-        .ok("invitation.decline", json!({"room": room}))
-        .await;
+    carol.ok("invitation.decline", json!({"room": room})).await;
     let declined = alice.event("member.declined").await;
     assert_eq!(declined["user"]["id"], "carol");
     assert_eq!(declined["by"]["id"], "alice");
@@ -210,10 +208,7 @@ async fn an_invitation_is_accepted_or_declined_and_the_room_log_says_so() {
     carol
         .err("room.join", json!({"room": room}), "not_found")
         .await;
-    assert_eq!(
-        carol.ok("room.list", json!({})).await["rooms"],
-        json!([])
-    );
+    assert_eq!(carol.ok("room.list", json!({})).await["rooms"], json!([]));
     // No one else can answer an invitation that is not theirs.
     let mut mallory = app.user("mallory", "Mallory").await;
     mallory

@@ -244,9 +244,7 @@ async fn an_invited_user_reads_a_private_room_and_a_removed_one_cannot() {
     guest
         .err("room.join", json!({"room": room}), "not_found")
         .await;
-    guest
-        .ok("invitation.accept", json!({"room": room}))
-        .await;
+    guest.ok("invitation.accept", json!({"room": room})).await;
     guest.ok("room.join", json!({"room": room})).await;
     send(&mut guest, &room, "thanks for the invite").await;
     guest

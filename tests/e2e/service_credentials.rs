@@ -151,7 +151,10 @@ async fn a_credential_reaches_only_its_methods_and_acts_only_for_whom_it_may() {
         })
         .await
         .expect("in scope");
-    assert_eq!(alice.event("message.new").await["message"]["text"], "v1.2 is live");
+    assert_eq!(
+        alice.event("message.new").await["message"]["text"],
+        "v1.2 is live"
+    );
 
     // The AI service's credential may not do what the edge does.
     let refused = ChatServiceClient::new(with(AI, a.chat))

@@ -40,7 +40,17 @@ impl Store {
                 tx.rollback().await?;
                 return Err(ChatError::Denied(Denial::Banned));
             }
-            let event = match insert_invitation(&mut tx, room_id, seq, user, by, now, self.caps.invitations).await {
+            let event = match insert_invitation(
+                &mut tx,
+                room_id,
+                seq,
+                user,
+                by,
+                now,
+                self.caps.invitations,
+            )
+            .await
+            {
                 Ok(event) => event,
                 Err(error) => {
                     tx.rollback().await?;
@@ -166,11 +176,12 @@ pub(super) async fn insert_invitation(
     now: i64,
     cap: u32,
 ) -> Result<RoomEvent, ChatError> {
-    let blocks = sqlx::query("SELECT blocker_id FROM user_blocks WHERE blocker_id = $1 AND blocked_id = $2")
-        .bind(user.id.clone())
-        .bind(by.id.clone())
-        .fetch_optional(&mut **tx)
-        .await?;
+    let blocks =
+        sqlx::query("SELECT blocker_id FROM user_blocks WHERE blocker_id = $1 AND blocked_id = $2")
+            .bind(user.id.clone())
+            .bind(by.id.clone())
+            .fetch_optional(&mut **tx)
+            .await?;
     if blocks.is_some() {
         return Err(ChatError::Denied(Denial::Blocked));
     }

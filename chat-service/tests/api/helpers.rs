@@ -16,8 +16,8 @@ use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use proto::chat::v1::chat_service_client::ChatServiceClient;
 use proto::chat::v1::{
     BackendListRoomsRequest, CreateRoomRequest, DeleteMessageRequest, EditMessageRequest,
-    GetEventsRequest, GetEventsResponse, GetHistoryRequest, GetHistoryResponse,
-    InvitationRequest, InviteMemberRequest, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest,
+    GetEventsRequest, GetEventsResponse, GetHistoryRequest, GetHistoryResponse, InvitationRequest,
+    InviteMemberRequest, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest,
     ListNotificationsRequest, ListRoomsRequest, MarkReceiptRequest, Message, Notification,
     PostMessageRequest, PublishEventRequest, ReactionRequest, ReadNotificationsRequest,
     ReceiptKind, RemoveMemberRequest, Room, RoomEvent, SendMessageRequest, SendMessageResponse,

@@ -26,7 +26,12 @@ async fn a_member_invites_someone_into_a_private_room_who_then_accepts() {
     let log = app.log(ALICE, &room.id).await;
     assert_eq!(
         kinds(&log),
-        ["member.joined", "member.invited", "member.joined", "member.invited"]
+        [
+            "member.joined",
+            "member.invited",
+            "member.joined",
+            "member.invited"
+        ]
     );
     let invited = json(&log[3]);
     assert_eq!(invited["user"]["id"], CAROL);
@@ -34,7 +39,10 @@ async fn a_member_invites_someone_into_a_private_room_who_then_accepts() {
     assert_eq!(invited["seq"], 4);
     let pending = app.invitations(CAROL).await;
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].room.as_ref().map(|r| r.id.as_str()), Some(room.id.as_str()));
+    assert_eq!(
+        pending[0].room.as_ref().map(|r| r.id.as_str()),
+        Some(room.id.as_str())
+    );
     assert_eq!(pending[0].by.as_ref().map(|u| u.id.as_str()), Some(BOB));
 
     let accepted = app.accept(CAROL, &room.id).await.expect("carol accepts");
@@ -149,7 +157,10 @@ async fn under_the_owner_policy_only_the_owner_invites_into_private_rooms() {
     app.invite(BOB, &public.id, DAVE)
         .await
         .expect("a member invites into a public room");
-    assert!(app.list_rooms(DAVE).await.is_empty(), "invited, not a member");
+    assert!(
+        app.list_rooms(DAVE).await.is_empty(),
+        "invited, not a member"
+    );
     app.accept(DAVE, &public.id).await.expect("dave accepts");
     assert_eq!(room_ids(&app.list_rooms(DAVE).await), [public.id.as_str()]);
 }

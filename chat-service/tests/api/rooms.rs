@@ -162,7 +162,10 @@ async fn a_private_room_looks_missing_to_outsiders() {
     assert_eq!(code(app.join(BOB, &room.id, None).await), Code::NotFound);
     app.accept(BOB, &room.id).await.expect("bob accepts");
     let joined = app.join(BOB, &room.id, None).await.expect("member joins");
-    assert_eq!(joined.last_seq, 3, "owner joined, member invited, member joined");
+    assert_eq!(
+        joined.last_seq, 3,
+        "owner joined, member invited, member joined"
+    );
     let sent = app.send(BOB, &room.id, "hi").await.expect("member sends");
     assert_eq!(sent.seq, 4);
     let history = app

@@ -144,11 +144,15 @@ mod tests {
             ("PARLEY_SERVICES_AI_CREDENTIAL", &digest),
         ])
         .expect("valid");
-        c.check_components(&["edge"], true).expect("the edge presents its own");
-        c.check_components(&["auth"], true).expect("auth only checks");
+        c.check_components(&["edge"], true)
+            .expect("the edge presents its own");
+        c.check_components(&["auth"], true)
+            .expect("auth only checks");
         let e = c.check_components(&["ai"], true).expect_err("a digest");
         assert!(e.to_string().contains("services.ai_credential"), "{e}");
-        let e = c.check_components(&["chat"], true).expect_err("nothing to present");
+        let e = c
+            .check_components(&["chat"], true)
+            .expect_err("nothing to present");
         assert!(e.to_string().contains("services.chat_credential"), "{e}");
     }
 

@@ -231,7 +231,8 @@ impl Callers {
                     backend.name
                 )));
             }
-            let digest = credential_digest(&format!("{at}.credential"), backend.credential.expose())?;
+            let digest =
+                credential_digest(&format!("{at}.credential"), backend.credential.expose())?;
             let mut allowed = Vec::new();
             for method in &backend.methods {
                 allowed.push(Allowed::parse(method).ok_or_else(|| {
@@ -323,10 +324,9 @@ impl Callers {
         }
         let caller = found.ok_or_else(unauthenticated)?;
         if !caller.allowed.iter().any(|a| a.covers(path)) {
-            return Err(ErrorCode::Forbidden.status(format!(
-                "caller {} may not call {path}",
-                caller.name
-            )));
+            return Err(
+                ErrorCode::Forbidden.status(format!("caller {} may not call {path}", caller.name))
+            );
         }
         if let Some(user) = actor {
             let may = match &caller.acting {
@@ -421,10 +421,8 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures::future::Either<
-        S::Future,
-        std::future::Ready<Result<Self::Response, Self::Error>>,
-    >;
+    type Future =
+        futures::future::Either<S::Future, std::future::Ready<Result<Self::Response, Self::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -513,13 +511,19 @@ mod tests {
     #[test]
     fn each_caller_reaches_only_its_methods() {
         let callers = callers();
-        let check = |path, secret: &str| callers.check(path, Some(&bearer(secret)), None).map(str::to_owned);
+        let check = |path, secret: &str| {
+            callers
+                .check(path, Some(&bearer(secret)), None)
+                .map(str::to_owned)
+        };
         assert_eq!(check(JOIN, EDGE).ok().as_deref(), Some("edge"));
         assert_eq!(check(SEND, AI).ok().as_deref(), Some("ai"));
         let refused = check(JOIN, AI).expect_err("ai may not join rooms");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         assert_eq!(
-            check("/parley.chat.v1.ChatBackendService/PostMessage", OPS).ok().as_deref(),
+            check("/parley.chat.v1.ChatBackendService/PostMessage", OPS)
+                .ok()
+                .as_deref(),
             Some("ops")
         );
         assert_eq!(
@@ -547,7 +551,9 @@ mod tests {
             assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         }
         assert_eq!(
-            callers.check(ISSUE_TOKENS, Some(&bearer(ISSUER)), None).ok(),
+            callers
+                .check(ISSUE_TOKENS, Some(&bearer(ISSUER)), None)
+                .ok(),
             Some("issuer"),
             "a digest checks the credential"
         );
@@ -556,9 +562,21 @@ mod tests {
     #[test]
     fn only_the_edge_acts_for_users_and_ai_only_relays_the_asker() {
         let callers = callers();
-        assert!(callers.check(JOIN, Some(&bearer(EDGE)), Some("alice")).is_ok());
-        assert!(callers.check(SEND, Some(&bearer(AI)), Some("alice")).is_ok());
-        assert!(callers.check(SEND, Some(&bearer(AI)), Some("assistant")).is_ok());
+        assert!(
+            callers
+                .check(JOIN, Some(&bearer(EDGE)), Some("alice"))
+                .is_ok()
+        );
+        assert!(
+            callers
+                .check(SEND, Some(&bearer(AI)), Some("alice"))
+                .is_ok()
+        );
+        assert!(
+            callers
+                .check(SEND, Some(&bearer(AI)), Some("assistant"))
+                .is_ok()
+        );
         let backend = callers
             .check(SEND, Some(&bearer(OPS)), Some("alice"))
             .expect_err("a backend acts for no user");
@@ -566,7 +584,11 @@ mod tests {
         assert!(backend.message().contains("act for users"), "{backend:?}");
         let history = "/parley.chat.v1.ChatBackendService/GetHistory";
         assert!(callers.check(history, Some(&bearer(AI)), None).is_ok());
-        assert!(callers.check(history, Some(&bearer(AI)), Some("alice")).is_err());
+        assert!(
+            callers
+                .check(history, Some(&bearer(AI)), Some("alice"))
+                .is_err()
+        );
     }
 
     #[test]
@@ -576,7 +598,11 @@ mod tests {
             ..ServicesConfig::default()
         };
         let callers = Callers::from_config(&services).expect("valid");
-        for path in [ISSUE_TOKENS, JOIN, "/parley.presence.v1.PresenceService/Watch"] {
+        for path in [
+            ISSUE_TOKENS,
+            JOIN,
+            "/parley.presence.v1.PresenceService/Watch",
+        ] {
             assert_eq!(
                 callers.check(path, Some(&bearer(EDGE)), Some("alice")).ok(),
                 Some("shared")
@@ -592,7 +618,9 @@ mod tests {
                 backends: vec![backend],
                 ..ServicesConfig::default()
             };
-            Callers::from_config(&services).expect_err("invalid").to_string()
+            Callers::from_config(&services)
+                .expect_err("invalid")
+                .to_string()
         };
         let backend = |name: &str, credential: &str, method: &str| BackendCaller {
             name: name.into(),

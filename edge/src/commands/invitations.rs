@@ -3,7 +3,9 @@
 //! an invitation, and only the invitee turns it into a membership.
 
 use proto::chat::v1::{InvitationRequest, ListInvitationsRequest};
-use protocol::{Invitation, InvitationsReply, ReplyResult, Room, RoomRef, RoomReply, RoomSummary, UserRef};
+use protocol::{
+    Invitation, InvitationsReply, ReplyResult, Room, RoomRef, RoomReply, RoomSummary, UserRef,
+};
 
 use super::{Outcome, done, failed, missing, reply};
 use crate::frames::CommandError;
