@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::config::{Config, Presenter};
-use crate::grpc::{ClientSettings, ServiceChannel, metered_channel_to};
+use crate::grpc::tls::MutualTls;
+use crate::grpc::{ClientSettings, ServiceChannel, metered_tls_channel_to};
 use crate::metrics::{GrpcMetrics, Metrics};
 use crate::secret::Secret;
 
@@ -47,13 +48,11 @@ impl Link {
     ];
 }
 
-/// A `services.*_url` that is not a usable gRPC endpoint.
+/// A `services.*_url` that is not a usable gRPC endpoint, or TLS files
+/// that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
-#[error("key `{key}`: {source}")]
-pub struct ClientError {
-    key: &'static str,
-    source: tonic::transport::Error,
-}
+#[error("{0}")]
+pub struct ClientError(String);
 
 /// The credential each calling component presents.
 #[derive(Debug, Clone)]
@@ -80,6 +79,8 @@ pub struct Clients {
     edge_deadline: Duration,
     /// Where every channel records its `grpc_client_*` metrics.
     metrics: GrpcMetrics,
+    /// Mutual TLS to every service (`services.tls_*`), when on.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Clients {
@@ -87,7 +88,8 @@ impl Clients {
     /// in `metrics`.
     pub fn from_config(config: &Config, metrics: &Metrics) -> Result<Self, ClientError> {
         let endpoint = |key: &'static str, url: &str| {
-            Endpoint::from_shared(url.to_string()).map_err(|source| ClientError { key, source })
+            Endpoint::from_shared(url.to_string())
+                .map_err(|source| ClientError(format!("key `{key}`: {source}")))
         };
         let services = &config.services;
         Ok(Self {
@@ -104,6 +106,9 @@ impl Clients {
             connect_timeout: Duration::from_millis(services.connect_timeout_ms),
             edge_deadline: Duration::from_millis(config.edge.call_timeout_ms),
             metrics: metrics.grpc.clone(),
+            tls: MutualTls::from_config(services)
+                .map_err(|e| ClientError(e.to_string()))?
+                .map(|tls| tls.client()),
         })
     }
 
@@ -143,7 +148,7 @@ impl Clients {
     /// A new lazily connecting channel for `link`, with its deadline and
     /// its caller's credential.
     pub fn channel(&self, link: Link) -> ServiceChannel {
-        metered_channel_to(
+        metered_tls_channel_to(
             self.endpoint(link),
             &ClientSettings {
                 credential: self.credential(link).clone(),
@@ -151,6 +156,7 @@ impl Clients {
                 timeout: self.deadline(link),
             },
             &self.metrics,
+            self.tls.as_ref(),
         )
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 pub mod balance;
 pub mod callers;
+pub mod tls;
 
 pub use callers::{CallerLayer, CallerName, Callers};
 
@@ -183,9 +184,27 @@ pub fn metered_channel_to(
     settings: &ClientSettings,
     metrics: &GrpcMetrics,
 ) -> ServiceChannel {
+    metered_tls_channel_to(endpoint, settings, metrics, None)
+}
+
+/// Like [`metered_channel_to`], over TLS with `tls` when given (the
+/// endpoint's host is the name the server's certificate must carry).
+pub fn metered_tls_channel_to(
+    endpoint: &Endpoint,
+    settings: &ClientSettings,
+    metrics: &GrpcMetrics,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> ServiceChannel {
     use tower::Layer;
     let (connect_timeout, timeout) = (settings.connect_timeout, settings.timeout);
+    let host = endpoint.uri().host().unwrap_or_default().to_string();
+    let tls = tls.map(|tls| tls.clone().domain_name(host));
     let configure = move |endpoint: Endpoint| {
+        let endpoint = match &tls {
+            // Only a URI without a host fails here, and those never parse.
+            Some(tls) => endpoint.clone().tls_config(tls.clone()).unwrap_or(endpoint),
+            None => endpoint,
+        };
         endpoint
             .connect_timeout(connect_timeout)
             .timeout(timeout)
@@ -352,8 +371,12 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = callers.tls() {
+        builder = builder.tls_config(tls.server())?;
+    }
     // Refused callers are recorded in metrics too.
-    let server = tonic::transport::Server::builder()
+    let server = builder
         .layer(metrics.layer(Side::Server))
         .layer(CallerLayer::new(callers))
         .trace_fn(move |req: &http::Request<()>| {
@@ -426,6 +449,91 @@ mod tests {
             matches!(stopped, Ok(Ok(Ok(())))),
             "the server stops within its grace despite the open stream"
         );
+    }
+
+    /// A health check over mutual TLS with `identity` (cert, key) as the
+    /// client's certificate, or none.
+    async fn health_over_tls(
+        addr: std::net::SocketAddr,
+        ca: &std::path::Path,
+        identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Result<(), String> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("pem");
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(ca)))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(read(&cert), read(&key)));
+        }
+        let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+            .expect("url")
+            .tls_config(tls)
+            .expect("tls");
+        let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(drop)
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    #[tokio::test]
+    async fn with_mutual_tls_only_a_client_certificate_of_the_ca_gets_in() {
+        let certs = crate::testing::tls::TestCerts::new("mtls");
+        let read = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("pem");
+        let tls = tls::MutualTls::from_pem(
+            &read(certs.server_cert()),
+            &read(certs.server_key()),
+            &read(certs.ca()),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = crate::shutdown::Shutdown::new();
+        tokio::spawn(serve(
+            "test",
+            listener,
+            Routes::default(),
+            Health::new(&["x"]),
+            GrpcMetrics::default(),
+            Arc::new(Callers::default().with_tls(tls)),
+            stop.signal(),
+        ));
+        let good = certs.client_cert("ca");
+        health_over_tls(addr, &certs.ca(), Some(good))
+            .await
+            .expect("a client certificate signed by the CA");
+        let none = health_over_tls(addr, &certs.ca(), None).await;
+        assert!(none.is_err(), "no client certificate: {none:?}");
+        let foreign = health_over_tls(addr, &certs.ca(), Some(certs.client_cert("other-ca"))).await;
+        assert!(foreign.is_err(), "a certificate of another CA: {foreign:?}");
+        // A client that does not trust the server's CA does not talk either.
+        let distrusted =
+            health_over_tls(addr, &certs.other_ca(), Some(certs.client_cert("ca"))).await;
+        assert!(distrusted.is_err(), "{distrusted:?}");
+        stop.trigger();
+    }
+
+    #[test]
+    fn mutual_tls_keys_come_together_and_name_the_key() {
+        let services = crate::config::ServicesConfig {
+            tls_cert_file: "/nonexistent/cert.pem".into(),
+            ..Default::default()
+        };
+        let e = tls::MutualTls::from_config(&services).expect_err("partial");
+        assert!(e.to_string().contains("services.tls_key_file"), "{e}");
+        let services = crate::config::ServicesConfig {
+            tls_cert_file: "/nonexistent/cert.pem".into(),
+            tls_key_file: "/nonexistent/key.pem".into(),
+            tls_ca_file: "/nonexistent/ca.pem".into(),
+            ..Default::default()
+        };
+        let e = tls::MutualTls::from_config(&services).expect_err("missing file");
+        assert!(e.to_string().contains("services.tls_cert_file"), "{e}");
     }
 
     #[test]

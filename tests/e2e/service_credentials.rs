@@ -181,3 +181,35 @@ async fn a_credential_reaches_only_its_methods_and_acts_only_for_whom_it_may() {
         .expect_err("unknown");
     assert_eq!(refused.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn the_suite_runs_over_mutual_tls_and_refuses_a_caller_without_a_certificate() {
+    let certs = common::testing::tls::TestCerts::new("e2e-mtls");
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    // One certificate for 127.0.0.1 serves as every component's server and
+    // client certificate.
+    let (cert, key, ca) = (
+        path(certs.server_cert()),
+        path(certs.server_key()),
+        path(certs.ca()),
+    );
+    let app = spawn_app_with(|c| {
+        c.services.tls_cert_file = cert;
+        c.services.tls_key_file = key;
+        c.services.tls_ca_file = ca;
+    })
+    .await;
+    let mut alice = app.user("alice", "Alice").await;
+    let room = alice.public_room("over tls").await;
+    alice.ok("room.join", json!({"room": room})).await;
+    alice.send(&room, "hello").await;
+    // The edge's readiness reaches every service over TLS too.
+    let (status, body) = crate::helpers::http_get(app.addrs.edge, "/readyz", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    // A caller with the suite's own credential but without TLS and a
+    // client certificate is refused.
+    app.chat_backend_client()
+        .get_room(GetRoomRequest { room_id: room })
+        .await
+        .expect_err("no TLS, no certificate");
+}

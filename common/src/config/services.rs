@@ -33,6 +33,14 @@ pub struct ServicesConfig {
     pub chat_credential: Secret,
     /// Other backends, each with its credential and allowed methods.
     pub backends: Vec<BackendCaller>,
+    /// This component's certificate (PEM): its server certificate, and the
+    /// client certificate it presents (mutual TLS; with the two below).
+    pub tls_cert_file: String,
+    /// The certificate's private key (PEM).
+    pub tls_key_file: String,
+    /// The CA (PEM) that signs every component's certificate: servers
+    /// require client certificates from it, clients trust only it.
+    pub tls_ca_file: String,
     /// Timeout for establishing a gRPC connection.
     pub connect_timeout_ms: u64,
     /// Every Postgres and Redis URL a component uses must be TLS (managed
@@ -53,6 +61,9 @@ impl Default for ServicesConfig {
             presence_credential: Secret::default(),
             chat_credential: Secret::default(),
             backends: Vec::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_ca_file: String::new(),
             connect_timeout_ms: 2_000,
             require_backend_tls: false,
         }
@@ -124,6 +135,11 @@ impl ServicesConfig {
             {
                 return Err(ConfigError(format!(
                     "key `{key}`: `{url}` is not an http(s) URL"
+                )));
+            }
+            if !self.tls_cert_file.is_empty() && !url.starts_with("https://") {
+                return Err(ConfigError(format!(
+                    "key `{key}`: mutual TLS is on (services.tls_cert_file), so it must be https://"
                 )));
             }
         }

@@ -20,6 +20,7 @@ use tonic::Status;
 
 use crate::config::{ConfigError, ServicesConfig};
 use crate::error::ErrorCode;
+use crate::grpc::tls::MutualTls;
 
 /// `IssueTokens`: no wildcard covers it; an allowlist must name it.
 pub const ISSUE_TOKENS: &str = "/parley.auth.v1.AuthService/IssueTokens";
@@ -141,10 +142,12 @@ struct Caller {
     acting: Acting,
 }
 
-/// The callers one server accepts; built from `[services]`.
+/// The callers one server accepts; built from `[services]`. With mutual
+/// TLS on, a caller must also present a client certificate of the CA.
 #[derive(Debug, Clone, Default)]
 pub struct Callers {
     callers: Vec<Caller>,
+    tls: Option<MutualTls>,
 }
 
 /// The caller a request was accepted from (in the request's extensions).
@@ -174,7 +177,10 @@ impl Callers {
     /// allowed everything), the edge, ai, presence and chat credentials
     /// with their built-in allowlists, and each `[[services.backends]]`.
     pub fn from_config(services: &ServicesConfig) -> Result<Self, ConfigError> {
-        let mut callers = Callers::default();
+        let mut callers = Callers {
+            tls: MutualTls::from_config(services)?,
+            ..Callers::default()
+        };
         let builtin = |list: &[&str]| -> Vec<Allowed> {
             list.iter().filter_map(|m| Allowed::parse(m)).collect()
         };
@@ -294,6 +300,17 @@ impl Callers {
             acting,
         });
         Ok(())
+    }
+
+    /// The server's mutual TLS, when on.
+    pub fn tls(&self) -> Option<&MutualTls> {
+        self.tls.as_ref()
+    }
+
+    /// These callers over `tls` (tests).
+    pub fn with_tls(mut self, tls: MutualTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Whether no caller is configured (every call would be refused).
