@@ -93,14 +93,15 @@ impl Readiness {
             .map(|tls| tls.client());
         let mut channels = Vec::new();
         for (name, service, url, required) in services {
-            let channel = tonic::transport::Endpoint::from_shared(url.to_string()).map(|endpoint| {
-                common::grpc::metered_tls_channel_to(
-                    &endpoint,
-                    &settings,
-                    &common::metrics::GrpcMetrics::default(),
-                    tls.as_ref(),
-                )
-            });
+            let channel =
+                tonic::transport::Endpoint::from_shared(url.to_string()).map(|endpoint| {
+                    common::grpc::metered_tls_channel_to(
+                        &endpoint,
+                        &settings,
+                        &common::metrics::GrpcMetrics::default(),
+                        tls.as_ref(),
+                    )
+                });
             match channel {
                 Ok(channel) => channels.push(Checked {
                     name,

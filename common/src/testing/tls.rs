@@ -98,8 +98,16 @@ impl TestCerts {
             .expect("write client.ext");
             let csr = format!("client-{ca}.csr");
             self.openssl(&[
-                "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=client", "-keyout", &key,
-                "-out", &csr,
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=client",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
             ]);
             self.openssl(&[
                 "x509",
