@@ -21,6 +21,7 @@ use tonic::Status;
 use crate::config::{ConfigError, ServicesConfig};
 use crate::error::ErrorCode;
 use crate::grpc::tls::MutualTls;
+use crate::security::SecurityEvent;
 
 /// `IssueTokens`: no wildcard covers it; an allowlist must name it.
 pub const ISSUE_TOKENS: &str = "/parley.auth.v1.AuthService/IssueTokens";
@@ -467,13 +468,13 @@ where
                 futures::future::Either::Left(self.inner.call(request))
             }
             Err(status) => {
-                tracing::warn!(
-                    target: "security",
-                    event = "caller_refused",
-                    path,
-                    reason = status.message(),
-                    "service call refused"
-                );
+                let reason = match status.code() {
+                    tonic::Code::Unauthenticated => "unknown_credential",
+                    _ if status.message().contains("act for users") => "may_not_act",
+                    _ => "method_not_allowed",
+                };
+                crate::security::log(SecurityEvent::CallerRefused, None, None, reason);
+                tracing::debug!(path, message = status.message(), "service call refused");
                 futures::future::Either::Right(std::future::ready(Ok(status.into_http())))
             }
         }
