@@ -184,12 +184,32 @@ async fn supervise_chat(
 /// clients and deadlines included, is built from it exactly as the separate
 /// binaries build it from theirs.
 pub fn one_process_config(mut config: Config, addrs: &Addrs) -> Config {
-    config.services.auth_url = format!("http://{}", addrs.auth);
-    config.services.chat_url = format!("http://{}", addrs.chat);
-    config.services.ai_url = format!("http://{}", addrs.ai);
-    config.services.presence_url = format!("http://{}", addrs.presence);
-    if config.services.credential.is_empty() {
-        config.services.credential = Secret::new(common::ids::random_secret(32));
+    // With mutual TLS every call is https (the certificate must name 127.0.0.1).
+    let scheme = if config.services.tls_cert_file.is_empty() {
+        "http"
+    } else {
+        "https"
+    };
+    config.services.auth_url = format!("{scheme}://{}", addrs.auth);
+    config.services.chat_url = format!("{scheme}://{}", addrs.chat);
+    config.services.ai_url = format!("{scheme}://{}", addrs.ai);
+    config.services.presence_url = format!("{scheme}://{}", addrs.presence);
+    let services = &mut config.services;
+    if services.credential.is_empty() && !services.per_caller() {
+        services.credential = Secret::new(common::ids::random_secret(32));
+    } else if services.credential.is_empty() {
+        // Per-caller credentials: the ones not given are made up (every
+        // component of this process knows them).
+        for own in [
+            &mut services.edge_credential,
+            &mut services.ai_credential,
+            &mut services.presence_credential,
+            &mut services.chat_credential,
+        ] {
+            if own.is_empty() {
+                *own = Secret::new(common::ids::random_secret(32));
+            }
+        }
     }
     config
 }

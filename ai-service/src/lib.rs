@@ -25,7 +25,7 @@ use common::Secret;
 use common::bus::Bus;
 use common::clients::{Clients, Link};
 use common::config::{AiConfig, AiFallback, AiProvider, Backend, Config};
-use common::grpc::{CredentialCheck, Health, ServiceChannel};
+use common::grpc::{Callers, Health, ServiceChannel};
 use common::metrics::Metrics;
 use common::shutdown::ShutdownSignal;
 use proto::ai::v1::ai_service_server::{AiServiceServer, SERVICE_NAME};
@@ -69,7 +69,8 @@ pub struct AiApp {
     /// Where the service's metrics go (the gRPC server's among them).
     metrics: Arc<Metrics>,
     /// Credential callers must present (`authorization: Bearer …`).
-    credential: Secret,
+    /// Who may call, and what (`[services]`).
+    callers: Arc<Callers>,
 }
 
 impl std::fmt::Debug for AiApp {
@@ -78,7 +79,7 @@ impl std::fmt::Debug for AiApp {
             .field("enabled", &self.config.enabled)
             .field("provider", &self.provider.name())
             .field("backend", &self.config.backend)
-            .field("credential", &self.credential)
+            .field("callers", &self.callers)
             .finish_non_exhaustive()
     }
 }
@@ -94,14 +95,16 @@ impl AiApp {
         bus: Arc<dyn Bus>,
         metrics: &Arc<Metrics>,
     ) -> Result<AiApp, AiError> {
-        Self::connect(
+        let mut app = Self::connect(
             &config.ai,
             bus,
             clients.channel(Link::AiToChat),
             &config.services.credential,
             metrics,
         )
-        .await
+        .await?;
+        app.callers = Arc::new(Callers::of_config(&config.services));
+        Ok(app)
     }
 
     /// Builds the service: the provider `config` names (with its fallback,
@@ -181,7 +184,7 @@ impl AiApp {
             store,
             chat,
             metrics: metrics.clone(),
-            credential: credential.clone(),
+            callers: Arc::new(Callers::shared(credential)),
         })
     }
 
@@ -244,14 +247,14 @@ impl AiApp {
             shutdown: shutdown.clone(),
             running,
         };
-        let server =
-            AiServiceServer::with_interceptor(handler, CredentialCheck::new(&self.credential));
+        let server = AiServiceServer::new(handler);
         common::grpc::serve(
             "ai",
             listener,
             Routes::new(server),
             Health::new(&[SERVICE_NAME]),
             self.metrics.grpc.clone(),
+            self.callers,
             shutdown,
         )
         .await?;

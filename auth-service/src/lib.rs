@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::Secret;
 use common::bus::Bus;
 use common::config::{AuthConfig, Backend, Config};
-use common::grpc::{CredentialCheck, Health};
+use common::grpc::{Callers, Health};
 use common::metrics::Metrics;
 use common::shutdown::ShutdownSignal;
 use proto::auth::v1::auth_service_server::{AuthServiceServer, SERVICE_NAME};
@@ -40,14 +40,15 @@ pub struct AuthApp {
     /// SERVING while the store (Redis, with `backend = "redis"`) answers.
     health: Health,
     /// Credential callers must present (`authorization: Bearer …`).
-    credential: Secret,
+    /// Who may call, and what (`[services]`).
+    callers: Arc<Callers>,
 }
 
 impl std::fmt::Debug for AuthApp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthApp")
             .field("handler", &self.handler)
-            .field("credential", &self.credential)
+            .field("callers", &self.callers)
             .finish()
     }
 }
@@ -62,7 +63,10 @@ impl AuthApp {
         bus: Arc<dyn Bus>,
         metrics: &Arc<Metrics>,
     ) -> Result<AuthApp, AuthError> {
-        Self::connect(&config.auth, &config.services.credential, bus, metrics).await
+        let mut app =
+            Self::connect(&config.auth, &config.services.credential, bus, metrics).await?;
+        app.callers = Arc::new(Callers::of_config(&config.services));
+        Ok(app)
     }
 
     /// Builds the service from its configuration: parses every key (an
@@ -113,7 +117,7 @@ impl AuthApp {
             },
             metrics: metrics.clone(),
             health: Health::new(&[SERVICE_NAME]),
-            credential: credential.clone(),
+            callers: Arc::new(Callers::shared(credential)),
         })
     }
 
@@ -129,16 +133,14 @@ impl AuthApp {
         let ping = |store: Arc<dyn AuthStore>| async move { store.ping().await };
         self.health
             .follow("store", store, ping, up, shutdown.clone());
-        let server = AuthServiceServer::with_interceptor(
-            self.handler,
-            CredentialCheck::new(&self.credential),
-        );
+        let server = AuthServiceServer::new(self.handler);
         common::grpc::serve(
             "auth",
             listener,
             Routes::new(server),
             self.health,
             self.metrics.grpc.clone(),
+            self.callers,
             shutdown,
         )
         .await

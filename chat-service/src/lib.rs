@@ -20,7 +20,7 @@ use common::Secret;
 use common::bus::Bus;
 use common::clients::{Clients, Link};
 use common::config::{ChatConfig, Config};
-use common::grpc::{CredentialCheck, Health, ServiceChannel};
+use common::grpc::{Callers, Health, ServiceChannel};
 use common::metrics::Metrics;
 use common::shutdown::ShutdownSignal;
 use proto::chat::v1::chat_backend_service_server::{
@@ -46,14 +46,15 @@ pub struct ChatApp {
     /// SERVING while the database answers.
     health: Health,
     /// Credential callers must present (`authorization: Bearer …`).
-    credential: Secret,
+    /// Who may call, and what (`[services]`).
+    callers: Arc<Callers>,
 }
 
 impl std::fmt::Debug for ChatApp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatApp")
             .field("limits", &self.handler.limits)
-            .field("credential", &self.credential)
+            .field("callers", &self.callers)
             .finish_non_exhaustive()
     }
 }
@@ -70,14 +71,16 @@ impl ChatApp {
         metrics: &Arc<Metrics>,
     ) -> Result<ChatApp, ChatError> {
         let presence = PresenceServiceClient::new(clients.channel(Link::ChatToPresence));
-        Self::connect(
+        let mut app = Self::connect(
             &config.chat,
             bus,
             Some(presence),
             &config.services.credential,
             metrics,
         )
-        .await
+        .await?;
+        app.callers = Arc::new(Callers::of_config(&config.services));
+        Ok(app)
     }
 
     /// Connects to the database (running the migrations), and keeps the bus
@@ -95,6 +98,7 @@ impl ChatApp {
             memberships: config.max_memberships_per_user,
             notifications: config.max_notifications_per_user,
             blocks: config.max_blocks_per_user,
+            invitations: config.max_pending_invitations_per_user,
         };
         let limits = Limits {
             max_text_chars: config.max_text_chars,
@@ -108,7 +112,7 @@ impl ChatApp {
             handler: ChatHandler::new(store, bus, presence, limits, metrics.chat.clone()),
             metrics: metrics.clone(),
             health: Health::new(&[SERVICE_NAME, BACKEND_SERVICE_NAME]),
-            credential: credential.clone(),
+            callers: Arc::new(Callers::shared(credential)),
         })
     }
 
@@ -121,15 +125,11 @@ impl ChatApp {
         shutdown: ShutdownSignal,
     ) -> Result<(), tonic::transport::Error> {
         let store = self.handler.store.clone();
-        let check = CredentialCheck::new(&self.credential);
         let backend = BackendHandler {
             chat: self.handler.clone(),
         };
-        let routes = Routes::new(ChatServiceServer::with_interceptor(
-            self.handler,
-            check.clone(),
-        ))
-        .add_service(ChatBackendServiceServer::with_interceptor(backend, check));
+        let routes = Routes::new(ChatServiceServer::new(self.handler))
+            .add_service(ChatBackendServiceServer::new(backend));
         let up = self.metrics.chat.database_up.clone();
         let ping = |store: Store| async move { store.ping().await };
         self.health
@@ -140,6 +140,7 @@ impl ChatApp {
             routes,
             self.health,
             self.metrics.grpc.clone(),
+            self.callers,
             shutdown,
         )
         .await

@@ -36,6 +36,9 @@ use proto::chat::v1::{
     ReadNotificationsRequest, ReadNotificationsResponse, RemoveMemberRequest, RemoveMemberResponse,
     SendMessageRequest, SendMessageResponse, User,
 };
+use proto::chat::v1::{
+    InvitationRequest, InvitationResponse, ListInvitationsRequest, ListInvitationsResponse,
+};
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
@@ -266,6 +269,36 @@ impl ChatService for ChatHandler {
         let actor = Actor::of(&request)?;
         self.invite(&actor, request.into_inner()).await?;
         Ok(Response::new(InviteMemberResponse {}))
+    }
+
+    async fn list_invitations(
+        &self,
+        request: Request<ListInvitationsRequest>,
+    ) -> Result<Response<ListInvitationsResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let invitations = self.store.invitations(&actor.user_id).await?;
+        Ok(Response::new(ListInvitationsResponse { invitations }))
+    }
+
+    async fn accept_invitation(
+        &self,
+        request: Request<InvitationRequest>,
+    ) -> Result<Response<InvitationResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let room = self
+            .answer_invitation(&actor, &request.into_inner().room_id, true)
+            .await?;
+        Ok(Response::new(InvitationResponse { room }))
+    }
+
+    async fn decline_invitation(
+        &self,
+        request: Request<InvitationRequest>,
+    ) -> Result<Response<InvitationResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        self.answer_invitation(&actor, &request.into_inner().room_id, false)
+            .await?;
+        Ok(Response::new(InvitationResponse { room: None }))
     }
 
     async fn remove_member(

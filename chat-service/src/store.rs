@@ -14,6 +14,7 @@
 //! operation runs in a `sql` span, a child of the gRPC call that caused it.
 
 mod blocks;
+mod invitations;
 mod messages;
 mod moderation;
 mod notifications;
@@ -72,6 +73,9 @@ pub(crate) struct Caps {
     pub notifications: u32,
     /// Most users one user blocks (`chat.max_blocks_per_user`).
     pub blocks: u32,
+    /// Most pending invitations one user may have
+    /// (`chat.max_pending_invitations_per_user`).
+    pub invitations: u32,
 }
 
 impl Default for Caps {
@@ -80,6 +84,7 @@ impl Default for Caps {
             memberships: 1_000,
             notifications: 1_000,
             blocks: 1_000,
+            invitations: 100,
         }
     }
 }

@@ -37,6 +37,19 @@ pub(crate) enum Op {
         room_id: String,
         user: User,
     },
+    Invite {
+        room_id: String,
+        user: User,
+        by: User,
+    },
+    AcceptInvitation {
+        room_id: String,
+        user: User,
+    },
+    DeclineInvitation {
+        room_id: String,
+        user: User,
+    },
     InsertMessage {
         message: Message,
         /// Mentions, stored with the message and sent to the users' channels.
@@ -310,6 +323,18 @@ async fn apply(store: &Store, conn: &mut AnyConnection, op: Op) -> Result<Applie
         Op::AddMember { room_id, user } => event(store.add_member(conn, &room_id, &user).await?),
         Op::RemoveMember { room_id, user } => {
             event(store.remove_member(conn, &room_id, &user).await?)
+        }
+        Op::Invite { room_id, user, by } => event(store.invite(conn, &room_id, &user, &by).await?),
+        Op::AcceptInvitation { room_id, user } => {
+            let (room, event) = store.accept_invitation(conn, &room_id, &user).await?;
+            Applied {
+                room: Some(room),
+                events: vec![event],
+                ..Applied::default()
+            }
+        }
+        Op::DeclineInvitation { room_id, user } => {
+            event(Some(store.decline_invitation(conn, &room_id, &user).await?))
         }
         Op::InsertMessage {
             message,

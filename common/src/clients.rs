@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
-use crate::config::Config;
-use crate::grpc::{ClientSettings, ServiceChannel, metered_channel_to};
+use crate::config::{Config, Presenter};
+use crate::grpc::tls::MutualTls;
+use crate::grpc::{ClientSettings, ServiceChannel, metered_tls_channel_to};
 use crate::metrics::{GrpcMetrics, Metrics};
 use crate::secret::Secret;
 
@@ -47,12 +48,19 @@ impl Link {
     ];
 }
 
-/// A `services.*_url` that is not a usable gRPC endpoint.
+/// A `services.*_url` that is not a usable gRPC endpoint, or TLS files
+/// that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
-#[error("key `{key}`: {source}")]
-pub struct ClientError {
-    key: &'static str,
-    source: tonic::transport::Error,
+#[error("{0}")]
+pub struct ClientError(String);
+
+/// The credential each calling component presents.
+#[derive(Debug, Clone)]
+struct Credentials {
+    edge: Secret,
+    ai: Secret,
+    presence: Secret,
+    chat: Secret,
 }
 
 /// The endpoints of the four services and what every client of them
@@ -63,14 +71,16 @@ pub struct Clients {
     chat: Endpoint,
     ai: Endpoint,
     presence: Endpoint,
-    /// Carried by every call (`services.credential`).
-    credential: Secret,
+    /// What each caller presents: its own credential, else the shared one.
+    credentials: Credentials,
     /// `services.connect_timeout_ms`.
     connect_timeout: Duration,
     /// `edge.call_timeout_ms`: the deadline of every call the edge makes.
     edge_deadline: Duration,
     /// Where every channel records its `grpc_client_*` metrics.
     metrics: GrpcMetrics,
+    /// Mutual TLS to every service (`services.tls_*`), when on.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Clients {
@@ -78,7 +88,8 @@ impl Clients {
     /// in `metrics`.
     pub fn from_config(config: &Config, metrics: &Metrics) -> Result<Self, ClientError> {
         let endpoint = |key: &'static str, url: &str| {
-            Endpoint::from_shared(url.to_string()).map_err(|source| ClientError { key, source })
+            Endpoint::from_shared(url.to_string())
+                .map_err(|source| ClientError(format!("key `{key}`: {source}")))
         };
         let services = &config.services;
         Ok(Self {
@@ -86,10 +97,18 @@ impl Clients {
             chat: endpoint("services.chat_url", &services.chat_url)?,
             ai: endpoint("services.ai_url", &services.ai_url)?,
             presence: endpoint("services.presence_url", &services.presence_url)?,
-            credential: services.credential.clone(),
+            credentials: Credentials {
+                edge: services.presented(Presenter::Edge).1.clone(),
+                ai: services.presented(Presenter::Ai).1.clone(),
+                presence: services.presented(Presenter::Presence).1.clone(),
+                chat: services.presented(Presenter::Chat).1.clone(),
+            },
             connect_timeout: Duration::from_millis(services.connect_timeout_ms),
             edge_deadline: Duration::from_millis(config.edge.call_timeout_ms),
             metrics: metrics.grpc.clone(),
+            tls: MutualTls::from_config(services)
+                .map_err(|e| ClientError(e.to_string()))?
+                .map(|tls| tls.client()),
         })
     }
 
@@ -115,17 +134,29 @@ impl Clients {
         }
     }
 
+    /// The credential the caller of `link` presents.
+    pub fn credential(&self, link: Link) -> &Secret {
+        let c = &self.credentials;
+        match link {
+            Link::EdgeToAuth | Link::EdgeToChat | Link::EdgeToAi | Link::EdgeToPresence => &c.edge,
+            Link::AiToChat => &c.ai,
+            Link::PresenceToChat => &c.presence,
+            Link::ChatToPresence => &c.chat,
+        }
+    }
+
     /// A new lazily connecting channel for `link`, with its deadline and
-    /// the service credential.
+    /// its caller's credential.
     pub fn channel(&self, link: Link) -> ServiceChannel {
-        metered_channel_to(
+        metered_tls_channel_to(
             self.endpoint(link),
             &ClientSettings {
-                credential: self.credential.clone(),
+                credential: self.credential(link).clone(),
                 connect_timeout: self.connect_timeout,
                 timeout: self.deadline(link),
             },
             &self.metrics,
+            self.tls.as_ref(),
         )
     }
 }

@@ -34,7 +34,7 @@ pub use self::chat::{ChatConfig, InvitePolicy};
 pub use self::edge::{EdgeConfig, InspectionMode};
 pub use self::log::{LogConfig, LogFormat};
 pub use self::presence::PresenceConfig;
-pub use self::services::ServicesConfig;
+pub use self::services::{BackendCaller, Presenter, ServicesConfig};
 
 /// Sections of the config file, in `PARLEY_<SECTION>_<KEY>` order.
 const SECTIONS: &[&str] = &[
@@ -278,6 +278,10 @@ fn is_string_key(key: &str) -> bool {
         || matches!(
             key,
             "credential"
+                | "edge_credential"
+                | "ai_credential"
+                | "presence_credential"
+                | "chat_credential"
                 | "admin_token"
                 | "issuer"
                 | "audience"

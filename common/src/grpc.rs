@@ -7,6 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod balance;
+pub mod callers;
+pub mod tls;
+
+pub use callers::{CallerLayer, CallerName, Callers};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -106,7 +110,7 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -125,43 +129,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Server-side check of the service credential; use with
-/// `XServer::with_interceptor(service, CredentialCheck::new(..))`.
-#[derive(Clone)]
-pub struct CredentialCheck {
-    expected: Arc<String>,
-}
-
-impl CredentialCheck {
-    pub fn new(credential: &Secret) -> Self {
-        Self {
-            expected: Arc::new(format!("Bearer {}", credential.expose())),
-        }
-    }
-}
-
-impl tonic::service::Interceptor for CredentialCheck {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let given = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if constant_time_eq(given, self.expected.as_bytes()) {
-            Ok(request)
-        } else {
-            Err(ErrorCode::Unauthorized.status("missing or invalid service credential"))
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Client-side stack: injects trace context and the service credential.
@@ -217,9 +184,27 @@ pub fn metered_channel_to(
     settings: &ClientSettings,
     metrics: &GrpcMetrics,
 ) -> ServiceChannel {
+    metered_tls_channel_to(endpoint, settings, metrics, None)
+}
+
+/// Like [`metered_channel_to`], over TLS with `tls` when given (the
+/// endpoint's host is the name the server's certificate must carry).
+pub fn metered_tls_channel_to(
+    endpoint: &Endpoint,
+    settings: &ClientSettings,
+    metrics: &GrpcMetrics,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> ServiceChannel {
     use tower::Layer;
     let (connect_timeout, timeout) = (settings.connect_timeout, settings.timeout);
+    let host = endpoint.uri().host().unwrap_or_default().to_string();
+    let tls = tls.map(|tls| tls.clone().domain_name(host));
     let configure = move |endpoint: Endpoint| {
+        let endpoint = match &tls {
+            // Only a URI without a host fails here, and those never parse.
+            Some(tls) => endpoint.clone().tls_config(tls.clone()).unwrap_or(endpoint),
+            None => endpoint,
+        };
         endpoint
             .connect_timeout(connect_timeout)
             .timeout(timeout)
@@ -356,13 +341,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// finish for at most [`SHUTDOWN_GRACE`]. Each request gets a server
 /// span whose parent is the caller's trace context and is recorded in the
 /// `grpc_server_*` metrics of `metrics`. `health` is the component's health
-/// reporter (see [`Health`]).
+/// reporter (see [`Health`]); every call but health and reflection must come
+/// from one of `callers` and be allowed to it ([`CallerLayer`]).
 pub async fn serve(
     component: &'static str,
     listener: TcpListener,
     routes: Routes,
     health: Health,
     metrics: GrpcMetrics,
+    callers: Arc<Callers>,
     shutdown: ShutdownSignal,
 ) -> Result<(), tonic::transport::Error> {
     health.set(health.is_serving()).await;
@@ -384,8 +371,14 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = callers.tls() {
+        builder = builder.tls_config(tls.server())?;
+    }
+    // Refused callers are recorded in metrics too.
+    let server = builder
         .layer(metrics.layer(Side::Server))
+        .layer(CallerLayer::new(callers))
         .trace_fn(move |req: &http::Request<()>| {
             let span = tracing::info_span!(
                 "grpc.server",
@@ -417,7 +410,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::service::Interceptor;
 
     #[tokio::test]
     async fn a_stopped_server_cuts_streams_that_never_end_after_the_grace() {
@@ -433,6 +425,7 @@ mod tests {
             Routes::default(),
             Health::new(&["x"]),
             metrics.grpc.clone(),
+            Arc::new(Callers::default()),
             stop.signal(),
         ));
         let channel = Endpoint::from_shared(format!("http://{addr}"))
@@ -458,6 +451,91 @@ mod tests {
         );
     }
 
+    /// A health check over mutual TLS with `identity` (cert, key) as the
+    /// client's certificate, or none.
+    async fn health_over_tls(
+        addr: std::net::SocketAddr,
+        ca: &std::path::Path,
+        identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Result<(), String> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("pem");
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(ca)))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(read(&cert), read(&key)));
+        }
+        let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+            .expect("url")
+            .tls_config(tls)
+            .expect("tls");
+        let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(drop)
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    #[tokio::test]
+    async fn with_mutual_tls_only_a_client_certificate_of_the_ca_gets_in() {
+        let certs = crate::testing::tls::TestCerts::new("mtls");
+        let read = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("pem");
+        let tls = tls::MutualTls::from_pem(
+            &read(certs.server_cert()),
+            &read(certs.server_key()),
+            &read(certs.ca()),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = crate::shutdown::Shutdown::new();
+        tokio::spawn(serve(
+            "test",
+            listener,
+            Routes::default(),
+            Health::new(&["x"]),
+            GrpcMetrics::default(),
+            Arc::new(Callers::default().with_tls(tls)),
+            stop.signal(),
+        ));
+        let good = certs.client_cert("ca");
+        health_over_tls(addr, &certs.ca(), Some(good))
+            .await
+            .expect("a client certificate signed by the CA");
+        let none = health_over_tls(addr, &certs.ca(), None).await;
+        assert!(none.is_err(), "no client certificate: {none:?}");
+        let foreign = health_over_tls(addr, &certs.ca(), Some(certs.client_cert("other-ca"))).await;
+        assert!(foreign.is_err(), "a certificate of another CA: {foreign:?}");
+        // A client that does not trust the server's CA does not talk either.
+        let distrusted =
+            health_over_tls(addr, &certs.other_ca(), Some(certs.client_cert("ca"))).await;
+        assert!(distrusted.is_err(), "{distrusted:?}");
+        stop.trigger();
+    }
+
+    #[test]
+    fn mutual_tls_keys_come_together_and_name_the_key() {
+        let services = crate::config::ServicesConfig {
+            tls_cert_file: "/nonexistent/cert.pem".into(),
+            ..Default::default()
+        };
+        let e = tls::MutualTls::from_config(&services).expect_err("partial");
+        assert!(e.to_string().contains("services.tls_key_file"), "{e}");
+        let services = crate::config::ServicesConfig {
+            tls_cert_file: "/nonexistent/cert.pem".into(),
+            tls_key_file: "/nonexistent/key.pem".into(),
+            tls_ca_file: "/nonexistent/ca.pem".into(),
+            ..Default::default()
+        };
+        let e = tls::MutualTls::from_config(&services).expect_err("missing file");
+        assert!(e.to_string().contains("services.tls_cert_file"), "{e}");
+    }
+
     #[test]
     fn actor_round_trips_with_unicode_ids_and_names() {
         for (user_id, name) in [("u_1", "Zoë 100%"), ("zoë", "Zoë"), ("bot:x/y", "b")] {
@@ -470,27 +548,5 @@ mod tests {
             actor.apply(&mut md);
             assert_eq!(Actor::from_metadata(&md), Some(actor));
         }
-    }
-
-    #[test]
-    fn credential_check_accepts_only_the_exact_credential() {
-        let secret = Secret::new("s".repeat(32));
-        let mut check = CredentialCheck::new(&secret);
-        let mut ok = Request::new(());
-        ok.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", "s".repeat(32)).parse().expect("ascii"),
-        );
-        assert!(check.call(ok).is_ok());
-        let mut bad = Request::new(());
-        bad.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", "t".repeat(32)).parse().expect("ascii"),
-        );
-        assert_eq!(
-            check.call(bad).expect_err("wrong").code(),
-            tonic::Code::Unauthenticated
-        );
-        assert!(check.call(Request::new(())).is_err());
     }
 }

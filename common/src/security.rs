@@ -25,9 +25,10 @@ pub enum SecurityEvent {
     IpBlocked,
     ContentFlagged,
     TokenRevoked,
+    CallerRefused,
 }
 
-const KINDS: usize = 7;
+const KINDS: usize = 8;
 
 impl SecurityEvent {
     fn index(self) -> usize {
@@ -43,6 +44,7 @@ impl SecurityEvent {
             Self::IpBlocked => "ip_blocked",
             Self::ContentFlagged => "content_flagged",
             Self::TokenRevoked => "token_revoked",
+            Self::CallerRefused => "caller_refused",
         }
     }
 }

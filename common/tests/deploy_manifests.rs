@@ -68,13 +68,23 @@ fn sample_secret(overlay: &str, secret: &str, key: &str, certs: &TestCerts) -> S
         secret, "parley-secrets",
         "a Secret deploy/README.md does not name"
     );
+    // Each caller's credential differs; a digest is `sha256:` and the hex
+    // SHA-256 of the credential it checks.
+    let credential = |caller: &str| format!("{caller}-credential-0123456789abcdef0123456789");
+    if let Some(caller) = key.strip_suffix("-credential-sha256") {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(credential(caller).as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        return format!("sha256:{hex}\n");
+    }
+    if let Some(caller) = key.strip_suffix("-credential") {
+        return format!("{}\n", credential(caller));
+    }
     // Files end with a newline, as `echo` or an editor leaves them.
     let value = match key {
-        "services-credential"
-        | "bus-signing-key"
-        | "auth-hs256-secret"
-        | "postgres-password"
-        | "redis-password" => "0123456789abcdef0123456789abcdef",
+        "bus-signing-key" | "auth-hs256-secret" | "postgres-password" | "redis-password" => {
+            "0123456789abcdef0123456789abcdef"
+        }
         "ai-api-key" => "sk-sample",
         "database-url" if production => {
             "postgres://parley:pw@db.example:5432/parley\

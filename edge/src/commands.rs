@@ -7,6 +7,7 @@
 mod assistant;
 mod auth;
 mod blocks;
+mod invitations;
 mod messages;
 mod moderation;
 mod presence;
@@ -486,6 +487,9 @@ async fn dispatch(
         C::UserBlock(args) => blocks::block(s, args, true).await,
         C::UserUnblock(args) => blocks::block(s, args, false).await,
         C::UserBlocks(_) => blocks::list(s).await,
+        C::InvitationList(_) => invitations::list(s).await,
+        C::InvitationAccept(args) => invitations::answer(s, args, true).await,
+        C::InvitationDecline(args) => invitations::answer(s, args, false).await,
     }
 }
 

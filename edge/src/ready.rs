@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::config::Config;
-use common::grpc::{ClientSettings, ServiceChannel, channel};
+use common::grpc::{ClientSettings, ServiceChannel};
 use tokio::time::Instant;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -86,9 +86,23 @@ impl Readiness {
                 false,
             ),
         ];
+        // Over mutual TLS when it is on (validated at start-up).
+        let tls = common::grpc::tls::MutualTls::from_config(s)
+            .ok()
+            .flatten()
+            .map(|tls| tls.client());
         let mut channels = Vec::new();
         for (name, service, url, required) in services {
-            match channel(url, &settings) {
+            let channel =
+                tonic::transport::Endpoint::from_shared(url.to_string()).map(|endpoint| {
+                    common::grpc::metered_tls_channel_to(
+                        &endpoint,
+                        &settings,
+                        &common::metrics::GrpcMetrics::default(),
+                        tls.as_ref(),
+                    )
+                });
+            match channel {
                 Ok(channel) => channels.push(Checked {
                     name,
                     service,
@@ -304,6 +318,7 @@ mod tests {
             tonic::service::Routes::default(),
             common::grpc::Health::new(names),
             common::metrics::GrpcMetrics::default(),
+            std::sync::Arc::new(common::grpc::Callers::default()),
             stop.signal(),
         ));
         (url, stop)

@@ -20,7 +20,7 @@ use common::Secret;
 use common::bus::Bus;
 use common::clients::{Clients, Link};
 use common::config::{Backend, Config, PresenceConfig};
-use common::grpc::{CredentialCheck, Health, ServiceChannel};
+use common::grpc::{Callers, Health, ServiceChannel};
 use common::metrics::Metrics;
 use common::shutdown::ShutdownSignal;
 use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
@@ -50,14 +50,15 @@ pub struct PresenceApp {
     /// SERVING while the store (Redis, with `backend = "redis"`) answers.
     health: Health,
     /// Credential callers must present (`authorization: Bearer …`).
-    credential: Secret,
+    /// Who may call, and what (`[services]`).
+    callers: Arc<Callers>,
 }
 
 impl std::fmt::Debug for PresenceApp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PresenceApp")
             .field("timings", &self.engine.timings)
-            .field("credential", &self.credential)
+            .field("callers", &self.callers)
             .finish_non_exhaustive()
     }
 }
@@ -74,14 +75,16 @@ impl PresenceApp {
         metrics: &Arc<Metrics>,
     ) -> Result<PresenceApp, PresenceError> {
         let chat = ChatBackendServiceClient::new(clients.channel(Link::PresenceToChat));
-        Self::connect(
+        let mut app = Self::connect(
             &config.presence,
             bus,
             Some(chat),
             &config.services.credential,
             metrics,
         )
-        .await
+        .await?;
+        app.callers = Arc::new(Callers::of_config(&config.services));
+        Ok(app)
     }
 
     /// Builds the service on the store `config.backend` names (Redis keys
@@ -137,7 +140,7 @@ impl PresenceApp {
             )),
             metrics: metrics.clone(),
             health: Health::new(&[SERVICE_NAME]),
-            credential: credential.clone(),
+            callers: Arc::new(Callers::shared(credential)),
         }
     }
 
@@ -158,16 +161,14 @@ impl PresenceApp {
             engine: self.engine,
             shutdown: shutdown.clone(),
         };
-        let server = PresenceServiceServer::with_interceptor(
-            handler,
-            CredentialCheck::new(&self.credential),
-        );
+        let server = PresenceServiceServer::new(handler);
         common::grpc::serve(
             "presence",
             listener,
             Routes::new(server),
             self.health,
             self.metrics.grpc.clone(),
+            self.callers,
             shutdown,
         )
         .await

@@ -1073,7 +1073,7 @@ commands! {
     "ai.ask" => AiAsk(AiAsk) { assistant: true, inspects_text: true },
     /// Stop an assistant reply.
     "ai.cancel" => AiCancel(AiCancel) { assistant: true },
-    /// Add a member to a room.
+    /// Invite a user to a room; they become a member when they accept.
     "room.invite" => RoomInvite(RoomUser) {},
     /// Remove a member from a room (owner only).
     "room.remove_member" => RoomRemoveMember(RoomUser) {},
@@ -1141,6 +1141,12 @@ commands! {
     "user.unblock" => UserUnblock(UserArg) {},
     /// The users you block, newest first.
     "user.blocks" => UserBlocks(NoArgs) {},
+    /// Your pending invitations to rooms, newest first.
+    "invitation.list" => InvitationList(NoArgs) {},
+    /// Accept an invitation: you become a member of the room.
+    "invitation.accept" => InvitationAccept(RoomRef) {},
+    /// Decline an invitation.
+    "invitation.decline" => InvitationDecline(RoomRef) {},
 }
 
 #[cfg(test)]

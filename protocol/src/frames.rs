@@ -61,8 +61,12 @@ frames! {
     "reaction.added" => ReactionAdded(ReactionEvent),
     /// A reaction removed (room log).
     "reaction.removed" => ReactionRemoved(ReactionEvent),
-    /// A member joined or was invited (room log).
+    /// A member joined, or accepted an invitation (room log).
     "member.joined" => MemberJoined(MemberEvent),
+    /// A user was invited; they are not a member until they accept (room log).
+    "member.invited" => MemberInvited(InvitationEvent),
+    /// An invited user declined (room log).
+    "member.declined" => MemberDeclined(InvitationEvent),
     /// A member left or was removed (room log).
     "member.left" => MemberLeft(MemberEvent),
     /// A room's name, topic or metadata changed (room log).
@@ -186,6 +190,7 @@ pub enum ReplyResult {
     Directory(DirectoryReply),
     Report(ReportReply),
     Blocks(BlocksReply),
+    Invitations(InvitationsReply),
     /// Commands that answer with `ok` alone.
     Empty(Empty),
 }
@@ -374,6 +379,21 @@ pub struct BlockedUser {
     pub blocked_at: i64,
 }
 
+/// `invitation.list`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct InvitationsReply {
+    pub invitations: Vec<Invitation>,
+}
+
+/// A pending invitation to a room.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Invitation {
+    pub room: RoomSummary,
+    /// Who invited you.
+    pub by: UserRef,
+    pub invited_at: i64,
+}
+
 /// `presence.subscribe`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct PresenceReply {
@@ -422,6 +442,17 @@ pub struct MemberEvent {
     pub room: String,
     pub seq: i64,
     pub user: UserRef,
+}
+
+/// `member.invited`, `member.declined`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct InvitationEvent {
+    pub room: String,
+    pub seq: i64,
+    /// The invited user.
+    pub user: UserRef,
+    /// Who invited them.
+    pub by: UserRef,
 }
 
 /// `room.updated`: the room's settings after the change.
@@ -488,6 +519,7 @@ impl ServerFrame {
             F::MessageDeleted(e) => Some((&e.room, e.seq)),
             F::ReactionAdded(e) | F::ReactionRemoved(e) => Some((&e.room, e.seq)),
             F::MemberJoined(e) | F::MemberLeft(e) => Some((&e.room, e.seq)),
+            F::MemberInvited(e) | F::MemberDeclined(e) => Some((&e.room, e.seq)),
             F::RoomUpdated(e) => Some((&e.room, e.seq)),
             F::RoomDeleted(e) => Some((&e.room, e.seq)),
             F::MemberRole(e) => Some((&e.room, e.seq)),

@@ -254,24 +254,30 @@ async fn room_creation_is_rate_limited_lower_for_anonymous_users() {
 async fn memberships_per_user_are_capped_however_they_are_made() {
     let app = spawn_app_with(|c| c.chat.max_memberships_per_user = 2).await;
     let mut victim = app.user("victim", "Victim").await;
-    // Being added counts: two private rooms fill the victim's places
-    // (made by two attackers, each at their own cap's first place).
+    // Accepted invitations count: two fill the victim's places (made by
+    // two attackers, each at their own cap's first place).
     for n in 0..2 {
-        app.anonymous("attacker")
+        let room = app
+            .anonymous("attacker")
             .await
             .ok(
                 "room.create",
                 json!({"name": format!("trap {n}"), "visibility": "private", "members": ["victim"]}),
             )
-            .await;
+            .await["room"]["id"]
+            .as_str()
+            .expect("room")
+            .to_string();
+        victim.ok("invitation.accept", json!({"room": room})).await;
     }
-    let mut attacker = app.anonymous("attacker").await;
-    let error = attacker
-        .err(
-            "room.create",
-            json!({"name": "trap 3", "visibility": "private", "members": ["victim"]}),
-            "too_large",
-        )
+    // A pending invitation does not count; accepting it would.
+    let third = app
+        .anonymous("attacker")
+        .await
+        .share_room(&["victim"])
+        .await;
+    let error = victim
+        .err("invitation.accept", json!({"room": third}), "too_large")
         .await;
     assert!(
         error["message"]
@@ -279,7 +285,7 @@ async fn memberships_per_user_are_capped_however_they_are_made() {
             .is_some_and(|m| m.contains("victim")),
         "{error}"
     );
-    // Joining and creating count too.
+    // Joining, creating and opening a direct room count too.
     let mut other = app.user("other", "Other").await;
     let public = other.public_room("open").await;
     victim
@@ -292,22 +298,20 @@ async fn memberships_per_user_are_capped_however_they_are_made() {
             "too_large",
         )
         .await;
-    // So does an invitation.
-    let private = other.share_room(&[]).await;
     other
         .err(
-            "room.invite",
-            json!({"room": private, "user": "victim"}),
+            "room.create",
+            json!({"visibility": "direct", "members": ["victim"]}),
             "too_large",
         )
         .await;
-    // Leaving for good gives a place back.
+    // Leaving for good gives a place back; the invitation is still there.
     let rooms = victim.ok("room.list", json!({})).await;
     let first = rooms["rooms"][0]["id"].as_str().expect("room").to_string();
     victim
         .ok("room.leave", json!({"room": first, "forget": true}))
         .await;
-    victim.ok("room.join", json!({"room": public})).await;
+    victim.ok("invitation.accept", json!({"room": third})).await;
 }
 
 #[tokio::test]
@@ -333,7 +337,7 @@ async fn stored_notifications_per_user_keep_the_newest() {
     let app = spawn_app_with(|c| c.chat.max_notifications_per_user = 3).await;
     let mut alice = app.user("alice", "Alice").await;
     let mut bob = app.user("bob", "Bob").await;
-    let room = bob.share_room(&["alice"]).await;
+    let room = bob.share_room_with(&mut [&mut alice]).await;
     for n in 1..=5 {
         bob.send(&room, &format!("@alice ping {n}")).await;
     }
@@ -422,7 +426,7 @@ async fn a_call_needs_a_shared_room_and_leaves_no_trace_when_refused() {
     assert_eq!(error["reason"], "no_shared_room");
     // A room the caller names must be one both are in.
     let mut friend = app.user("friend", "Friend").await;
-    let theirs = friend.share_room(&["victim"]).await;
+    let theirs = friend.share_room_with(&mut [&mut victim]).await;
     let error = stranger
         .err(
             "call.invite",
@@ -472,7 +476,7 @@ async fn ice_before_the_answer_and_invitations_per_callee_are_limited() {
     .await;
     let mut caller = app.user("caller", "Caller").await;
     let mut callee = app.user("callee", "Callee").await;
-    caller.share_room(&["callee"]).await;
+    caller.share_room_with(&mut [&mut callee]).await;
     let call = caller
         .ok("call.invite", json!({"to": "callee", "payload": {}}))
         .await["call_id"]
@@ -509,7 +513,7 @@ async fn ice_before_the_answer_and_invitations_per_callee_are_limited() {
     }
     // Invitations per callee count every caller.
     let mut second = app.user("second", "Second").await;
-    second.share_room(&["callee"]).await;
+    second.share_room_with(&mut [&mut callee]).await;
     second
         .ok("call.invite", json!({"to": "callee", "payload": {}}))
         .await;
@@ -530,7 +534,7 @@ async fn ice_before_the_answer_and_invitations_per_callee_are_limited() {
 async fn presence_follows_need_a_shared_room() {
     let app = spawn_app_with(|_| {}).await;
     let mut stalker = app.anonymous("stalker").await;
-    let _victim = app.user("victim", "Victim").await;
+    let mut victim = app.user("victim", "Victim").await;
     let error = stalker
         .err(
             "presence.subscribe",
@@ -540,7 +544,7 @@ async fn presence_follows_need_a_shared_room() {
         .await;
     assert_eq!(error["reason"], "no_shared_room");
     let mut friend = app.user("friend", "Friend").await;
-    friend.share_room(&["victim"]).await;
+    friend.share_room_with(&mut [&mut victim]).await;
     let reply = friend
         .ok("presence.subscribe", json!({"users": ["victim"]}))
         .await;
@@ -562,7 +566,7 @@ async fn a_blocked_user_cannot_message_call_or_mention_the_blocker() {
         .as_str()
         .expect("room")
         .to_string();
-    let group = mallory.share_room(&["alice"]).await;
+    let group = mallory.share_room_with(&mut [&mut alice]).await;
     mallory.send(&direct, "hello").await;
 
     alice.ok("user.block", json!({"user": "mallory"})).await;
@@ -610,8 +614,8 @@ async fn a_blocked_user_cannot_message_call_or_mention_the_blocker() {
     // In a group the message is posted, but the mention notifies no one.
     mallory.send(&group, "@alice look").await;
     let mut carol = app.user("carol", "Carol").await;
-    carol.share_room(&["alice"]).await;
-    let shared = carol.share_room(&["alice"]).await;
+    carol.share_room_with(&mut [&mut alice]).await;
+    let shared = carol.share_room_with(&mut [&mut alice]).await;
     carol.send(&shared, "@alice hi from carol").await;
     let notifications = alice.ok("notification.list", json!({})).await;
     let from: Vec<&str> = notifications["notifications"]
@@ -688,7 +692,8 @@ async fn room_list_is_newest_first_and_paged() {
     // own room is never pushed out of reach: every page can be read.
     let mut spammer = app.user("spammer", "Spammer").await;
     for _ in 0..5 {
-        spammer.share_room(&["victim"]).await;
+        let room = spammer.share_room(&["victim"]).await;
+        victim.ok("invitation.accept", json!({"room": room})).await;
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;

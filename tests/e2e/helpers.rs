@@ -601,13 +601,37 @@ impl Client {
         reply["room"]["id"].as_str().expect("room id").to_string()
     }
 
-    /// Creates a private room with `members` (calls and presence follows
-    /// need a shared room) and returns its id.
+    /// Creates a private room inviting `members` (who are not members
+    /// until they accept) and returns its id.
     pub async fn share_room(&mut self, members: &[&str]) -> String {
         let reply = self
             .ok(
                 "room.create",
                 json!({"name": "shared", "visibility": "private", "members": members}),
+            )
+            .await;
+        reply["room"]["id"].as_str().expect("room id").to_string()
+    }
+
+    /// Creates a private room inviting `others`, who each accept (calls,
+    /// presence follows and mentions need them to be members), and returns
+    /// its id.
+    pub async fn share_room_with(&mut self, others: &mut [&mut Client]) -> String {
+        let ids: Vec<&str> = others.iter().map(|c| c.user_id.as_str()).collect();
+        let room = self.share_room(&ids).await;
+        for other in others.iter_mut() {
+            other.ok("invitation.accept", json!({"room": room})).await;
+        }
+        room
+    }
+
+    /// Opens the direct room with `other` (a direct room needs no
+    /// acceptance) and returns its id.
+    pub async fn direct_room(&mut self, other: &str) -> String {
+        let reply = self
+            .ok(
+                "room.create",
+                json!({"visibility": "direct", "members": [other]}),
             )
             .await;
         reply["room"]["id"].as_str().expect("room id").to_string()

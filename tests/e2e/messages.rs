@@ -240,6 +240,11 @@ async fn an_invited_user_reads_a_private_room_and_a_removed_one_cannot() {
     owner
         .ok("room.invite", json!({"room": room, "user": "u-guest"}))
         .await;
+    // Invited is not a member yet.
+    guest
+        .err("room.join", json!({"room": room}), "not_found")
+        .await;
+    guest.ok("invitation.accept", json!({"room": room})).await;
     guest.ok("room.join", json!({"room": room})).await;
     send(&mut guest, &room, "thanks for the invite").await;
     guest

@@ -54,7 +54,8 @@ async fn status_reaches_subscribers_and_invisible_looks_offline() {
     let app = spawn_presence_app(|_| {}).await;
     let mut alice = app.user("alice", "Alice").await;
     let mut bob = app.user("bob", "Bob").await;
-    bob.share_room(&["alice", "nobody"]).await;
+    bob.share_room_with(&mut [&mut alice]).await;
+    bob.direct_room("nobody").await;
     let reply = bob
         .ok("presence.subscribe", json!({"users": ["alice", "nobody"]}))
         .await;
@@ -174,7 +175,7 @@ async fn a_reconnect_to_another_edge_within_grace_does_not_flap() {
     let second = app.second_edge().await;
     let mut carol = app.user("carol", "Carol").await;
     let mut alice = app.user_at(&second, "alice").await.expect("second edge");
-    carol.share_room(&["alice"]).await;
+    carol.share_room_with(&mut [&mut alice]).await;
     carol
         .ok("presence.subscribe", json!({"users": ["alice"]}))
         .await;
@@ -341,7 +342,7 @@ async fn a_call_is_relayed_between_its_two_parties_on_any_edge() {
     let mut bob = app.user_at(&second, "bob").await.expect("second edge");
     let mut mallory = app.user("mallory", "Mallory").await;
 
-    let room = alice.share_room(&["bob"]).await;
+    let room = alice.share_room_with(&mut [&mut bob]).await;
     let offer = json!({"sdp": "v=0 offer", "nested": [1, 2, {"x": null}]});
     let reply = alice
         .ok(
@@ -421,7 +422,7 @@ async fn an_unanswered_call_ends_and_leaves_a_missed_call_notification() {
     let app = spawn_presence_app(|c| c.presence.call_ring_ms = 300).await;
     let mut alice = app.user("alice", "Alice").await;
     let mut bob = app.user("bob", "Bob").await;
-    alice.share_room(&["bob"]).await;
+    alice.share_room_with(&mut [&mut bob]).await;
     let reply = alice
         .ok(
             "call.invite",
@@ -486,7 +487,9 @@ async fn bad_presence_input_is_refused_without_closing_the_connection() {
             "too_large",
         )
         .await;
-    alice.share_room(&["a", "b", "c"]).await;
+    for other in ["a", "b", "c"] {
+        alice.direct_room(other).await;
+    }
     alice
         .ok("presence.subscribe", json!({"users": ["a", "b"]}))
         .await;
@@ -612,7 +615,7 @@ async fn users_of_a_killed_edge_process_go_offline_within_the_ttl() {
     .expect("the edge process prints its address");
 
     let mut carol = app.user("carol", "Carol").await;
-    carol.share_room(&["alice"]).await;
+    carol.direct_room("alice").await;
     carol
         .ok("presence.subscribe", json!({"users": ["alice"]}))
         .await;

@@ -249,8 +249,10 @@ impl TestApp {
         .await
     }
 
+    /// A room `members` were invited to and, unless it is direct, accepted.
     pub async fn room(&self, owner: &Actor, visibility: Visibility, members: &[&Actor]) -> Room {
-        self.chat
+        let mut room = self
+            .chat
             .clone()
             .create_room(owner.request(CreateRoomRequest {
                 name: common::ids::new_id("room"),
@@ -261,7 +263,23 @@ impl TestApp {
             .expect("create room")
             .into_inner()
             .room
-            .expect("room")
+            .expect("room");
+        if visibility != Visibility::Direct {
+            for member in members {
+                room = self
+                    .chat
+                    .clone()
+                    .accept_invitation(member.request(proto::chat::v1::InvitationRequest {
+                        room_id: room.id.clone(),
+                    }))
+                    .await
+                    .expect("accept")
+                    .into_inner()
+                    .room
+                    .expect("room");
+            }
+        }
+        room
     }
 
     pub async fn tap(&self, room: &str) -> RoomTap {

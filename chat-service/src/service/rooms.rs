@@ -320,13 +320,39 @@ impl ChatHandler {
             id: request.user_id.clone(),
             name: request.user_id,
         };
+        // The invitee becomes a member only by accepting.
         self.writer
-            .submit(Op::AddMember {
+            .submit(Op::Invite {
                 room_id: room.id,
                 user: invitee,
+                by: user_of(actor)?,
             })
             .await?;
         Ok(())
+    }
+
+    /// The caller accepts (`accept`) or declines an invitation to `room_id`;
+    /// accepting answers the room they are now a member of.
+    pub(super) async fn answer_invitation(
+        &self,
+        actor: &Actor,
+        room_id: &str,
+        accept: bool,
+    ) -> Result<Option<Room>, ChatError> {
+        check_id("room_id", room_id)?;
+        let user = user_of(actor)?;
+        let room_id = room_id.to_string();
+        let op = if accept {
+            Op::AcceptInvitation { room_id, user }
+        } else {
+            Op::DeclineInvitation { room_id, user }
+        };
+        match self.writer.submit(op).await {
+            Ok(applied) => Ok(applied.room),
+            // A room that no longer exists has no invitation either.
+            Err(ChatError::NotFound(_)) => Err(ChatError::NotFound("invitation")),
+            Err(error) => Err(error),
+        }
     }
 
     pub(super) async fn remove(

@@ -6,6 +6,7 @@ use protocol::{MemberEvent, Role, ServerFrame, UserRef};
 use sqlx::{Any, AnyConnection, Connection, Row, Transaction};
 use tracing::Instrument;
 
+use super::invitations::{insert_invitation, take_invitation};
 use super::moderation::banned;
 use super::rows::{ROOM_COLUMNS, ROOM_COLUMNS_R, room_from};
 use super::{Bind, Membership, NewRoom, Store, bind_all, insert_event, log_event, next_seq};
@@ -113,10 +114,27 @@ impl Store {
             .await?;
             let mut events = Vec::with_capacity(members.len());
             for (index, user) in members.iter().enumerate() {
+                let seq = index as i64 + 1;
+                // The creator is the owner; the others of a room that is not
+                // direct are invited and become members when they accept.
+                if index > 0 && new.direct_key.is_none() {
+                    let event = insert_invitation(
+                        &mut tx,
+                        &room.id,
+                        seq,
+                        user,
+                        &new.owner,
+                        new.created_at,
+                        self.caps.invitations,
+                    )
+                    .await?;
+                    events.push(event);
+                    continue;
+                }
                 check_memberships(&mut tx, &user.id, self.caps.memberships).await?;
                 let role = if index == 0 { "owner" } else { "member" };
                 insert_member(&mut tx, &room.id, user, role, new.created_at).await?;
-                let event = member_event(true, &room.id, index as i64 + 1, user);
+                let event = member_event(true, &room.id, seq, user);
                 insert_event(&mut tx, &event, None, new.created_at).await?;
                 events.push(event);
             }
@@ -150,6 +168,8 @@ impl Store {
                 tx.rollback().await?;
                 return Err(error);
             }
+            // Joining a room one was invited to settles the invitation.
+            take_invitation(&mut tx, room_id, &user.id).await?;
             insert_member(&mut tx, room_id, user, "member", now).await?;
             let event = member_event(true, room_id, seq, user);
             insert_event(&mut tx, &event, None, now).await?;
@@ -316,7 +336,7 @@ pub(super) async fn member_exists(
 }
 
 /// `TooLarge` when `user_id` is already a member of `cap` rooms.
-async fn check_memberships(
+pub(super) async fn check_memberships(
     tx: &mut Transaction<'_, Any>,
     user_id: &str,
     cap: u32,
@@ -334,7 +354,7 @@ async fn check_memberships(
     Ok(())
 }
 
-async fn insert_member(
+pub(super) async fn insert_member(
     tx: &mut Transaction<'_, Any>,
     room_id: &str,
     user: &User,

@@ -58,7 +58,7 @@ async fn a_bot_posts_into_a_private_room_once_per_client_msg_id() {
     let first = app.post(request.clone()).await.expect("the bot posts");
     assert!(!first.duplicate);
     let posted = first.message.expect("message");
-    assert_eq!(posted.seq, 3);
+    assert_eq!(posted.seq, 4);
     assert_eq!(posted.room_id, room.id);
     assert_eq!(posted.text, "Sunny, 21 °C");
     assert_eq!(
@@ -72,15 +72,20 @@ async fn a_bot_posts_into_a_private_room_once_per_client_msg_id() {
     let retry = app.post(request).await.expect("a retried post");
     assert!(retry.duplicate);
     let retried = retry.message.expect("message");
-    assert_eq!((retried.id.as_str(), retried.seq), (posted.id.as_str(), 3));
+    assert_eq!((retried.id.as_str(), retried.seq), (posted.id.as_str(), 4));
 
     let log = app.log(ALICE, &room.id).await;
     assert_eq!(
         kinds(&log),
-        ["member.joined", "member.joined", "message.new"],
+        [
+            "member.joined",
+            "member.invited",
+            "member.joined",
+            "message.new"
+        ],
         "one message.new"
     );
-    assert_eq!(json(&log[2])["message"]["sender"]["id"], WEATHER);
+    assert_eq!(json(&log[3])["message"]["sender"]["id"], WEATHER);
     let seen = app.message_in_history(BOB, &room.id, &posted.id).await;
     assert_eq!(seen.text, "Sunny, 21 °C");
     assert!(
@@ -91,7 +96,7 @@ async fn a_bot_posts_into_a_private_room_once_per_client_msg_id() {
     );
     let system = post(&room.id, "system", "maintenance at noon");
     let by_system = app.post(system).await.expect("the system posts");
-    assert_eq!(by_system.message.expect("message").seq, 4);
+    assert_eq!(by_system.message.expect("message").seq, 5);
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use proto::chat::v1::chat_backend_service_client::ChatBackendServiceClient;
 use proto::chat::v1::chat_service_client::ChatServiceClient;
 use proto::chat::v1::{
     BackendListRoomsRequest, CreateRoomRequest, DeleteMessageRequest, EditMessageRequest,
-    GetEventsRequest, GetEventsResponse, GetHistoryRequest, GetHistoryResponse,
+    GetEventsRequest, GetEventsResponse, GetHistoryRequest, GetHistoryResponse, InvitationRequest,
     InviteMemberRequest, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest,
     ListNotificationsRequest, ListRoomsRequest, MarkReceiptRequest, Message, Notification,
     PostMessageRequest, PublishEventRequest, ReactionRequest, ReadNotificationsRequest,
@@ -180,16 +180,70 @@ impl TestApp {
         Ok(response.into_inner().room.expect("a created room"))
     }
 
+    /// A public room `members` joined (its log: the owner joined, then
+    /// each member).
     pub async fn public_room(&self, user: &str, name: &str, members: &[&str]) -> Room {
-        self.create_room(user, name, Visibility::Public, members)
+        let mut room = self
+            .create_room(user, name, Visibility::Public, &[])
             .await
-            .expect("create public room")
+            .expect("create public room");
+        for member in members {
+            let joined = self.join(member, &room.id, None).await.expect("join");
+            room.last_seq = joined.last_seq;
+        }
+        room
     }
 
+    /// A private room `members` were invited to and accepted (its log: the
+    /// owner joined, each member invited, then each member joined).
     pub async fn private_room(&self, user: &str, name: &str, members: &[&str]) -> Room {
-        self.create_room(user, name, Visibility::Private, members)
+        let room = self
+            .create_room(user, name, Visibility::Private, members)
             .await
-            .expect("create private room")
+            .expect("create private room");
+        self.accept_all(room, members).await
+    }
+
+    /// Each of `members` accepts their invitation to `room`; the room as
+    /// the last one left it.
+    async fn accept_all(&self, mut room: Room, members: &[&str]) -> Room {
+        for member in members {
+            room = self.accept(member, &room.id).await.expect("accept");
+        }
+        room
+    }
+
+    pub async fn accept(&self, user: &str, room_id: &str) -> Result<Room, Status> {
+        let request = InvitationRequest {
+            room_id: room_id.into(),
+        };
+        let response = self
+            .client
+            .clone()
+            .accept_invitation(actor(user).request(request))
+            .await?;
+        Ok(response.into_inner().room.expect("the room"))
+    }
+
+    pub async fn decline(&self, user: &str, room_id: &str) -> Result<(), Status> {
+        let request = InvitationRequest {
+            room_id: room_id.into(),
+        };
+        self.client
+            .clone()
+            .decline_invitation(actor(user).request(request))
+            .await
+            .map(drop)
+    }
+
+    pub async fn invitations(&self, user: &str) -> Vec<proto::chat::v1::Invitation> {
+        self.client
+            .clone()
+            .list_invitations(actor(user).request(proto::chat::v1::ListInvitationsRequest {}))
+            .await
+            .expect("invitations")
+            .into_inner()
+            .invitations
     }
 
     pub async fn send_request(

@@ -8,7 +8,7 @@ use tonic::Code;
 use crate::helpers::*;
 
 #[tokio::test]
-async fn a_member_invites_someone_into_a_private_room() {
+async fn a_member_invites_someone_into_a_private_room_who_then_accepts() {
     let app = spawn_app().await;
     let room = app.private_room(ALICE, "secret", &[BOB]).await;
     assert_eq!(code(app.join(CAROL, &room.id, None).await), Code::NotFound);
@@ -16,25 +16,50 @@ async fn a_member_invites_someone_into_a_private_room() {
     app.invite(BOB, &room.id, CAROL)
         .await
         .expect("a member invites");
+    // Invited is not a member: no room, no list, no sending.
+    assert_eq!(code(app.join(CAROL, &room.id, None).await), Code::NotFound);
+    assert!(app.list_rooms(CAROL).await.is_empty());
+    assert_eq!(
+        code(app.send(CAROL, &room.id, "sneaking in").await),
+        Code::NotFound
+    );
     let log = app.log(ALICE, &room.id).await;
     assert_eq!(
         kinds(&log),
-        ["member.joined", "member.joined", "member.joined"]
+        [
+            "member.joined",
+            "member.invited",
+            "member.joined",
+            "member.invited"
+        ]
     );
-    let joined = &log[2];
-    assert_eq!(joined.seq, 3);
-    assert_eq!(json(joined)["user"]["id"], CAROL);
-    assert_eq!(json(joined)["seq"], 3);
-    assert_eq!(json(joined)["room"], room.id.as_str());
+    let invited = json(&log[3]);
+    assert_eq!(invited["user"]["id"], CAROL);
+    assert_eq!(invited["by"]["id"], BOB);
+    assert_eq!(invited["seq"], 4);
+    let pending = app.invitations(CAROL).await;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        pending[0].room.as_ref().map(|r| r.id.as_str()),
+        Some(room.id.as_str())
+    );
+    assert_eq!(pending[0].by.as_ref().map(|u| u.id.as_str()), Some(BOB));
 
+    let accepted = app.accept(CAROL, &room.id).await.expect("carol accepts");
+    assert_eq!(accepted.last_seq, 5);
+    let log = app.log(ALICE, &room.id).await;
+    assert_eq!(kinds(&log).last(), Some(&"member.joined"));
+    assert_eq!(json(&log[4])["user"]["id"], CAROL);
     let carol = app.join(CAROL, &room.id, None).await.expect("carol joins");
-    assert_eq!(carol.last_seq, 3, "joining as a member logs nothing");
+    assert_eq!(carol.last_seq, 5, "joining as a member logs nothing");
     let sent = app
         .send(CAROL, &room.id, "hello")
         .await
         .expect("carol sends");
-    assert_eq!(sent.seq, 4);
+    assert_eq!(sent.seq, 6);
     assert_eq!(room_ids(&app.list_rooms(CAROL).await), [room.id.as_str()]);
+    assert!(app.invitations(CAROL).await.is_empty());
+    assert_eq!(code(app.accept(CAROL, &room.id).await), Code::NotFound);
 
     app.invite(ALICE, &room.id, CAROL)
         .await
@@ -44,9 +69,31 @@ async fn a_member_invites_someone_into_a_private_room() {
         .expect("inviting a member succeeds");
     assert_eq!(
         app.log(ALICE, &room.id).await.len(),
-        4,
+        6,
         "inviting existing members logs nothing"
     );
+}
+
+#[tokio::test]
+async fn a_declined_invitation_is_logged_and_leaves_no_membership() {
+    let app = spawn_app().await;
+    let room = app.private_room(ALICE, "secret", &[]).await;
+    app.invite(ALICE, &room.id, CAROL).await.expect("invite");
+    app.invite(ALICE, &room.id, CAROL)
+        .await
+        .expect("inviting again changes nothing");
+    app.decline(CAROL, &room.id).await.expect("carol declines");
+    let log = app.log(ALICE, &room.id).await;
+    assert_eq!(
+        kinds(&log),
+        ["member.joined", "member.invited", "member.declined"]
+    );
+    assert_eq!(json(&log[2])["user"]["id"], CAROL);
+    assert_eq!(json(&log[2])["by"]["id"], ALICE);
+    assert_eq!(code(app.decline(CAROL, &room.id).await), Code::NotFound);
+    assert_eq!(code(app.accept(CAROL, &room.id).await), Code::NotFound);
+    assert_eq!(code(app.accept(DAVE, &room.id).await), Code::NotFound);
+    assert!(app.list_rooms(CAROL).await.is_empty());
 }
 
 #[tokio::test]
@@ -74,7 +121,7 @@ async fn outsiders_cannot_invite_and_direct_rooms_take_no_invites() {
         assert_eq!(code(refused), Code::PermissionDenied, "{user}");
     }
 
-    assert_eq!(app.log(ALICE, &private.id).await.len(), 2);
+    assert_eq!(app.log(ALICE, &private.id).await.len(), 3);
     assert_eq!(app.log(ALICE, &public.id).await.len(), 1);
     assert_eq!(app.log(ALICE, &direct.id).await.len(), 2);
     assert!(app.list_rooms(DAVE).await.is_empty());
@@ -92,14 +139,15 @@ async fn under_the_owner_policy_only_the_owner_invites_into_private_rooms() {
         code(app.join(CAROL, &private.id, None).await),
         Code::NotFound
     );
-    assert_eq!(app.log(ALICE, &private.id).await.len(), 2, "nothing logged");
+    assert_eq!(app.log(ALICE, &private.id).await.len(), 3, "nothing logged");
 
     app.invite(ALICE, &private.id, CAROL)
         .await
         .expect("the owner invites");
     let log = app.log(ALICE, &private.id).await;
-    assert_eq!(kinds(&log).last(), Some(&"member.joined"));
-    assert_eq!(json(&log[2])["user"]["id"], CAROL);
+    assert_eq!(kinds(&log).last(), Some(&"member.invited"));
+    assert_eq!(json(&log[3])["user"]["id"], CAROL);
+    app.accept(CAROL, &private.id).await.expect("carol accepts");
     app.send(CAROL, &private.id, "thanks")
         .await
         .expect("carol is a member");
@@ -109,6 +157,11 @@ async fn under_the_owner_policy_only_the_owner_invites_into_private_rooms() {
     app.invite(BOB, &public.id, DAVE)
         .await
         .expect("a member invites into a public room");
+    assert!(
+        app.list_rooms(DAVE).await.is_empty(),
+        "invited, not a member"
+    );
+    app.accept(DAVE, &public.id).await.expect("dave accepts");
     assert_eq!(room_ids(&app.list_rooms(DAVE).await), [public.id.as_str()]);
 }
 
@@ -125,15 +178,17 @@ async fn the_owner_removes_a_member() {
         kinds(&log),
         [
             "member.joined",
+            "member.invited",
+            "member.invited",
             "member.joined",
             "member.joined",
             "member.left"
         ]
     );
-    let left = &log[3];
-    assert_eq!(left.seq, 4);
+    let left = &log[5];
+    assert_eq!(left.seq, 6);
     assert_eq!(json(left)["user"]["id"], BOB);
-    assert_eq!(json(left)["seq"], 4);
+    assert_eq!(json(left)["seq"], 6);
 
     assert_eq!(code(app.join(BOB, &room.id, None).await), Code::NotFound);
     assert_eq!(
@@ -164,7 +219,7 @@ async fn only_the_owner_removes_and_only_other_members() {
     let herself = app.remove_member(ALICE, &room.id, ALICE).await;
     assert_eq!(code(herself), Code::InvalidArgument);
 
-    assert_eq!(app.log(ALICE, &room.id).await.len(), 3, "nothing logged");
+    assert_eq!(app.log(ALICE, &room.id).await.len(), 5, "nothing logged");
     for user in [ALICE, BOB, CAROL] {
         assert_eq!(
             room_ids(&app.list_rooms(user).await),

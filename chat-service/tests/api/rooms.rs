@@ -158,10 +158,16 @@ async fn a_private_room_looks_missing_to_outsiders() {
     }
     assert!(app.list_rooms(CAROL).await.is_empty());
 
+    // Bob is only invited until he accepts.
+    assert_eq!(code(app.join(BOB, &room.id, None).await), Code::NotFound);
+    app.accept(BOB, &room.id).await.expect("bob accepts");
     let joined = app.join(BOB, &room.id, None).await.expect("member joins");
-    assert_eq!(joined.last_seq, 2, "owner and member joined at creation");
+    assert_eq!(
+        joined.last_seq, 3,
+        "owner joined, member invited, member joined"
+    );
     let sent = app.send(BOB, &room.id, "hi").await.expect("member sends");
-    assert_eq!(sent.seq, 3);
+    assert_eq!(sent.seq, 4);
     let history = app
         .history(ALICE, history_of(&room.id, 0))
         .await

@@ -74,6 +74,9 @@ const RESULT_DEFS = {
   "user.block": "Empty",
   "user.unblock": "Empty",
   "user.blocks": "BlocksReply",
+  "invitation.list": "InvitationsReply",
+  "invitation.accept": "RoomReply",
+  "invitation.decline": "Empty",
 } as const satisfies Record<ClientCommandType, keyof SchemaDefs>;
 
 /** The result fields of each command's `reply`. */

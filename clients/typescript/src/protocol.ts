@@ -197,6 +197,29 @@ export interface HistoryReply {
   messages: Message[];
 }
 
+/** A pending invitation to a room. */
+export interface Invitation {
+  /** Who invited you. */
+  by: UserRef;
+  invited_at: number;
+  room: RoomSummary;
+}
+
+/** `member.invited`, `member.declined`. */
+export interface InvitationEvent {
+  /** Who invited them. */
+  by: UserRef;
+  room: string;
+  seq: number;
+  /** The invited user. */
+  user: UserRef;
+}
+
+/** `invitation.list`. */
+export interface InvitationsReply {
+  invitations: Invitation[];
+}
+
 /** One room of a `room.join{rooms}`. */
 export interface JoinTarget {
   room: string;
@@ -780,6 +803,9 @@ export interface SchemaDefs {
   ErrorObject: ErrorObject;
   Hello: Hello;
   HistoryReply: HistoryReply;
+  Invitation: Invitation;
+  InvitationEvent: InvitationEvent;
+  InvitationsReply: InvitationsReply;
   JoinTarget: JoinTarget;
   Limits: Limits;
   Member: Member;
@@ -886,7 +912,7 @@ export interface ClientCommandMap {
   "ai.ask": AiAsk;
   /** Stop an assistant reply. */
   "ai.cancel": AiCancel;
-  /** Add a member to a room. */
+  /** Invite a user to a room; they become a member when they accept. */
   "room.invite": RoomUser;
   /** Remove a member from a room (owner only). */
   "room.remove_member": RoomUser;
@@ -954,6 +980,12 @@ export interface ClientCommandMap {
   "user.unblock": UserArg;
   /** The users you block, newest first. */
   "user.blocks": NoArgs;
+  /** Your pending invitations to rooms, newest first. */
+  "invitation.list": NoArgs;
+  /** Accept an invitation: you become a member of the room. */
+  "invitation.accept": RoomRef;
+  /** Decline an invitation. */
+  "invitation.decline": RoomRef;
 }
 
 export type ClientCommandType = keyof ClientCommandMap;
@@ -1010,6 +1042,9 @@ export const COMMAND_REQUIRED: Readonly<Record<ClientCommandType, readonly strin
   "user.block": ["user"],
   "user.unblock": ["user"],
   "user.blocks": [],
+  "invitation.list": [],
+  "invitation.accept": ["room"],
+  "invitation.decline": ["room"],
 };
 
 /** Body of each ServerFrame by its `type`. */
@@ -1030,8 +1065,12 @@ export interface ServerFrameMap {
   "reaction.added": ReactionEvent;
   /** A reaction removed (room log). */
   "reaction.removed": ReactionEvent;
-  /** A member joined or was invited (room log). */
+  /** A member joined, or accepted an invitation (room log). */
   "member.joined": MemberEvent;
+  /** A user was invited; they are not a member until they accept (room log). */
+  "member.invited": InvitationEvent;
+  /** An invited user declined (room log). */
+  "member.declined": InvitationEvent;
   /** A member left or was removed (room log). */
   "member.left": MemberEvent;
   /** A room's name, topic or metadata changed (room log). */
@@ -1098,6 +1137,8 @@ export const SERVER_FRAME_REQUIRED: Readonly<Record<ServerFrameType, readonly st
   "reaction.added": ["room","seq","message_id","emoji","user"],
   "reaction.removed": ["room","seq","message_id","emoji","user"],
   "member.joined": ["room","seq","user"],
+  "member.invited": ["room","seq","user","by"],
+  "member.declined": ["room","seq","user","by"],
   "member.left": ["room","seq","user"],
   "room.updated": ["room","seq","name","topic","by"],
   "room.deleted": ["room","seq","by"],
@@ -1144,6 +1185,9 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "ErrorObject": {"properties":{"code":{"$ref":"#/$defs/ErrorCode"},"message":{"type":"string"},"reason":{"type":["string","null"]},"retry_after_ms":{"minimum":0,"type":["integer","null"]},"temporary":{"type":"boolean"},"trace_id":{"type":["string","null"]}},"required":["code","message","temporary"],"type":"object"},
   "Hello": {"properties":{"auth_timeout_ms":{"minimum":0,"type":"integer"},"conn_id":{"type":"string"},"frame_secret":{"type":["string","null"]},"heartbeat_ms":{"minimum":0,"type":"integer"},"limits":{"$ref":"#/$defs/Limits"},"protocol":{"type":"string"},"server_time":{"type":"integer"},"user":{"anyOf":[{"$ref":"#/$defs/User"},{"type":"null"}]}},"required":["conn_id","protocol","server_time","auth_timeout_ms","heartbeat_ms","limits"],"type":"object"},
   "HistoryReply": {"properties":{"has_more":{"type":"boolean"},"messages":{"items":{"$ref":"#/$defs/Message"},"type":"array"}},"required":["messages","has_more"],"type":"object"},
+  "Invitation": {"properties":{"by":{"$ref":"#/$defs/UserRef"},"invited_at":{"type":"integer"},"room":{"$ref":"#/$defs/RoomSummary"}},"required":["room","by","invited_at"],"type":"object"},
+  "InvitationEvent": {"properties":{"by":{"$ref":"#/$defs/UserRef"},"room":{"type":"string"},"seq":{"type":"integer"},"user":{"$ref":"#/$defs/UserRef"}},"required":["room","seq","user","by"],"type":"object"},
+  "InvitationsReply": {"properties":{"invitations":{"items":{"$ref":"#/$defs/Invitation"},"type":"array"}},"required":["invitations"],"type":"object"},
   "Limits": {"properties":{"max_message_bytes":{"minimum":0,"type":"integer"}},"required":["max_message_bytes"],"type":"object"},
   "Member": {"properties":{"joined_at":{"type":"integer"},"muted":{"type":"boolean"},"muted_until":{"type":["integer","null"]},"role":{"$ref":"#/$defs/Role"},"status":{"$ref":"#/$defs/PresenceStatus"},"user":{"$ref":"#/$defs/UserRef"}},"required":["user","role","joined_at","status"],"type":"object"},
   "MemberEvent": {"properties":{"room":{"type":"string"},"seq":{"type":"integer"},"user":{"$ref":"#/$defs/UserRef"}},"required":["room","seq","user"],"type":"object"},
@@ -1169,7 +1213,7 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "ReceiptKind": {"enum":["read","delivered"],"type":"string"},
   "ReceiptReply": {"properties":{"seq":{"type":"integer"}},"required":["seq"],"type":"object"},
   "RefreshReply": {"properties":{"expires_at":{"type":"integer"}},"required":["expires_at"],"type":"object"},
-  "ReplyFrame": {"anyOf":[{"$ref":"#/$defs/PingReply"},{"$ref":"#/$defs/AuthReply"},{"$ref":"#/$defs/RefreshReply"},{"$ref":"#/$defs/RoomReply"},{"$ref":"#/$defs/RoomJoinReply"},{"$ref":"#/$defs/RoomListReply"},{"$ref":"#/$defs/MessageReply"},{"$ref":"#/$defs/HistoryReply"},{"$ref":"#/$defs/AiAskReply"},{"$ref":"#/$defs/ReceiptReply"},{"$ref":"#/$defs/NotificationListReply"},{"$ref":"#/$defs/PresenceReply"},{"$ref":"#/$defs/CallInviteReply"},{"$ref":"#/$defs/RoomJoinManyReply"},{"$ref":"#/$defs/MembersReply"},{"$ref":"#/$defs/DirectoryReply"},{"$ref":"#/$defs/ReportReply"},{"$ref":"#/$defs/BlocksReply"},{"$ref":"#/$defs/Empty"},{}],"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"id":{"minimum":0,"type":"integer"},"ok":{"type":"boolean"}},"required":["id","ok"],"type":"object"},
+  "ReplyFrame": {"anyOf":[{"$ref":"#/$defs/PingReply"},{"$ref":"#/$defs/AuthReply"},{"$ref":"#/$defs/RefreshReply"},{"$ref":"#/$defs/RoomReply"},{"$ref":"#/$defs/RoomJoinReply"},{"$ref":"#/$defs/RoomListReply"},{"$ref":"#/$defs/MessageReply"},{"$ref":"#/$defs/HistoryReply"},{"$ref":"#/$defs/AiAskReply"},{"$ref":"#/$defs/ReceiptReply"},{"$ref":"#/$defs/NotificationListReply"},{"$ref":"#/$defs/PresenceReply"},{"$ref":"#/$defs/CallInviteReply"},{"$ref":"#/$defs/RoomJoinManyReply"},{"$ref":"#/$defs/MembersReply"},{"$ref":"#/$defs/DirectoryReply"},{"$ref":"#/$defs/ReportReply"},{"$ref":"#/$defs/BlocksReply"},{"$ref":"#/$defs/InvitationsReply"},{"$ref":"#/$defs/Empty"},{}],"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"id":{"minimum":0,"type":"integer"},"ok":{"type":"boolean"}},"required":["id","ok"],"type":"object"},
   "ReportReply": {"properties":{"report_id":{"type":"string"}},"required":["report_id"],"type":"object"},
   "Role": {"enum":["owner","admin","member"],"type":"string"},
   "Room": {"properties":{"created_at":{"type":"integer"},"deleted":{"type":"boolean"},"id":{"type":"string"},"last_seq":{"type":"integer"},"metadata":{"additionalProperties":true,"type":["object","null"]},"name":{"type":"string"},"owner":{"type":"string"},"topic":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","owner","last_seq","created_at","unread","topic"],"type":"object"},
@@ -1182,7 +1226,7 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "RoomSummary": {"properties":{"id":{"type":"string"},"last_seq":{"type":"integer"},"name":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","last_seq","unread"],"type":"object"},
   "RoomUpdated": {"properties":{"by":{"$ref":"#/$defs/UserRef"},"metadata":{"additionalProperties":true,"type":["object","null"]},"name":{"type":"string"},"room":{"type":"string"},"seq":{"type":"integer"},"topic":{"type":"string"}},"required":["room","seq","name","topic","by"],"type":"object"},
   "SanctionEvent": {"properties":{"by":{"$ref":"#/$defs/UserRef"},"room":{"type":"string"},"seq":{"type":"integer"},"until":{"type":["integer","null"]},"user":{"$ref":"#/$defs/UserRef"}},"required":["room","seq","user","by"],"type":"object"},
-  "ServerFrame": {"oneOf":[{"$ref":"#/$defs/Hello","properties":{"type":{"const":"hello","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReplyFrame","properties":{"type":{"const":"reply","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ErrorFrame","properties":{"type":{"const":"error","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageEvent","properties":{"type":{"const":"message.new","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageEvent","properties":{"type":{"const":"message.updated","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageDeleted","properties":{"type":{"const":"message.deleted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReactionEvent","properties":{"type":{"const":"reaction.added","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReactionEvent","properties":{"type":{"const":"reaction.removed","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberEvent","properties":{"type":{"const":"member.joined","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberEvent","properties":{"type":{"const":"member.left","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/RoomUpdated","properties":{"type":{"const":"room.updated","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/RoomDeleted","properties":{"type":{"const":"room.deleted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberRoleEvent","properties":{"type":{"const":"member.role","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/SanctionEvent","properties":{"type":{"const":"member.muted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/SanctionEvent","properties":{"type":{"const":"member.unmuted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/SanctionEvent","properties":{"type":{"const":"member.banned","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/SanctionEvent","properties":{"type":{"const":"member.unbanned","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/NotificationCleared","properties":{"type":{"const":"notification.cleared","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReceiptEvent","properties":{"type":{"const":"receipt","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/NotificationNew","properties":{"type":{"const":"notification.new","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CustomEvent","properties":{"type":{"const":"custom","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiDelta","properties":{"type":{"const":"ai.delta","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiDone","properties":{"type":{"const":"ai.done","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiError","properties":{"type":{"const":"ai.error","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/TokenExpiring","properties":{"type":{"const":"token.expiring","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/PresenceState","properties":{"type":{"const":"presence","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/TypingEvent","properties":{"type":{"const":"typing","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallIncoming","properties":{"type":{"const":"call.incoming","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.answer","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.reject","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.end","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.ice","type":"string"}},"required":["type"],"type":"object"}]},
+  "ServerFrame": {"oneOf":[{"$ref":"#/$defs/Hello","properties":{"type":{"const":"hello","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReplyFrame","properties":{"type":{"const":"reply","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ErrorFrame","properties":{"type":{"const":"error","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageEvent","properties":{"type":{"const":"message.new","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageEvent","properties":{"type":{"const":"message.updated","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MessageDeleted","properties":{"type":{"const":"message.deleted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReactionEvent","properties":{"type":{"const":"reaction.added","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReactionEvent","properties":{"type":{"const":"reaction.removed","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberEvent","properties":{"type":{"const":"member.joined","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/InvitationEvent","properties":{"type":{"const":"member.invited","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/InvitationEvent","properties":{"type":{"const":"member.declined","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberEvent","properties":{"type":{"const":"member.left","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/RoomUpdated","properties":{"type":{"const":"room.updated","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/RoomDeleted","properties":{"type":{"const":"room.deleted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/MemberRoleEvent","properties":{"type":{"const":"member.role","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/SanctionEvent","properties":{"type":{"const":"member.muted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/SanctionEvent","properties":{"type":{"const":"member.unmuted","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/SanctionEvent","properties":{"type":{"const":"member.banned","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/SanctionEvent","properties":{"type":{"const":"member.unbanned","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/NotificationCleared","properties":{"type":{"const":"notification.cleared","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/ReceiptEvent","properties":{"type":{"const":"receipt","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/NotificationNew","properties":{"type":{"const":"notification.new","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CustomEvent","properties":{"type":{"const":"custom","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiDelta","properties":{"type":{"const":"ai.delta","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiDone","properties":{"type":{"const":"ai.done","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/AiError","properties":{"type":{"const":"ai.error","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/TokenExpiring","properties":{"type":{"const":"token.expiring","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/PresenceState","properties":{"type":{"const":"presence","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/TypingEvent","properties":{"type":{"const":"typing","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallIncoming","properties":{"type":{"const":"call.incoming","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.answer","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.reject","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.end","type":"string"}},"required":["type"],"type":"object"},{"$ref":"#/$defs/CallEvent","properties":{"type":{"const":"call.ice","type":"string"}},"required":["type"],"type":"object"}]},
   "StreamError": {"properties":{"code":{"type":"string"},"message":{"type":"string"},"temporary":{"type":"boolean"}},"required":["code","message","temporary"],"type":"object"},
   "StreamInProgress": {"properties":{"index":{"minimum":0,"type":"integer"},"stream_id":{"type":"string"},"text_so_far":{"type":"string"}},"required":["stream_id","text_so_far","index"],"type":"object"},
   "TokenExpiring": {"properties":{"expires_at":{"type":"integer"},"expires_in_ms":{"minimum":0,"type":"integer"}},"required":["expires_in_ms","expires_at"],"type":"object"},

@@ -40,6 +40,9 @@ pub struct ChatConfig {
     pub max_notifications_per_user: u32,
     /// Most users one user may block.
     pub max_blocks_per_user: u32,
+    /// Most pending invitations one user may have; one more
+    /// (`room.create{members}`, `room.invite`) is refused with `too_large`.
+    pub max_pending_invitations_per_user: u32,
 }
 
 /// Who may add people to a private room.
@@ -68,6 +71,7 @@ impl Default for ChatConfig {
             max_initial_members: 100,
             max_notifications_per_user: 1_000,
             max_blocks_per_user: 1_000,
+            max_pending_invitations_per_user: 100,
         }
     }
 }
@@ -104,6 +108,11 @@ impl ChatConfig {
         at_least(
             "chat.max_blocks_per_user",
             u64::from(self.max_blocks_per_user),
+            1,
+        )?;
+        at_least(
+            "chat.max_pending_invitations_per_user",
+            u64::from(self.max_pending_invitations_per_user),
             1,
         )?;
         let db = &self.database_url;

@@ -13,11 +13,8 @@ impl Config {
         components: &[&str],
         split_mode: bool,
     ) -> Result<(), ConfigError> {
-        if split_mode && self.services.credential.is_empty() {
-            return Err(ConfigError::new(
-                "key `services.credential` must be set (32+ bytes, the same in every component) \
-                 when services run as separate processes",
-            ));
+        if split_mode {
+            self.check_credentials(components)?;
         }
         if !self.services.require_backend_tls {
             return Ok(());
@@ -36,6 +33,46 @@ impl Config {
                     "key `{key}`: services.require_backend_tls is on, so it must be rediss:// \
                      (Redis) or postgres:// with sslmode=require, verify-ca or verify-full"
                 )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each of `components` has a credential to present on its calls (its
+    /// own or the shared one, not a `sha256:` digest), and each that serves
+    /// accepts some caller.
+    fn check_credentials(&self, components: &[&str]) -> Result<(), ConfigError> {
+        use super::Presenter;
+        let services = &self.services;
+        if !services.per_caller() && services.credential.is_empty() {
+            return Err(ConfigError::new(
+                "key `services.credential` must be set (32+ bytes, the same in every component), \
+                 or per-caller credentials (services.edge_credential, …), when services run as \
+                 separate processes",
+            ));
+        }
+        for component in components {
+            let presenter = match *component {
+                "edge" => Some(Presenter::Edge),
+                "ai" => Some(Presenter::Ai),
+                "presence" => Some(Presenter::Presence),
+                "chat" => Some(Presenter::Chat),
+                _ => None,
+            };
+            if let Some(presenter) = presenter {
+                let (key, secret) = services.presented(presenter);
+                if secret.is_empty() {
+                    return Err(ConfigError::new(format!(
+                        "key `services.{component}_credential` (or the shared services.credential) \
+                         must be set: the {component} component presents it on its calls"
+                    )));
+                }
+                if secret.expose().starts_with("sha256:") {
+                    return Err(ConfigError::new(format!(
+                        "key `{key}`: the {component} component presents it, so it must be the \
+                         credential itself, not its sha256 digest"
+                    )));
+                }
             }
         }
         Ok(())
@@ -97,6 +134,26 @@ mod tests {
             .expect_err("no credential");
         assert!(e.to_string().contains("services.credential"), "{e}");
         c.check_components(&["chat"], false).expect("one process");
+    }
+
+    #[test]
+    fn per_caller_credentials_must_be_presentable_by_their_component() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let c = load(&[
+            ("PARLEY_SERVICES_EDGE_CREDENTIAL", CREDENTIAL),
+            ("PARLEY_SERVICES_AI_CREDENTIAL", &digest),
+        ])
+        .expect("valid");
+        c.check_components(&["edge"], true)
+            .expect("the edge presents its own");
+        c.check_components(&["auth"], true)
+            .expect("auth only checks");
+        let e = c.check_components(&["ai"], true).expect_err("a digest");
+        assert!(e.to_string().contains("services.ai_credential"), "{e}");
+        let e = c
+            .check_components(&["chat"], true)
+            .expect_err("nothing to present");
+        assert!(e.to_string().contains("services.chat_credential"), "{e}");
     }
 
     #[test]

@@ -28,7 +28,14 @@ const SECRET_KEYS: &[(&str, &str)] = &[
     ("bus", "signing_key"),
     ("bus", "previous_signing_key"),
     ("services", "credential"),
+    ("services", "edge_credential"),
+    ("services", "ai_credential"),
+    ("services", "presence_credential"),
+    ("services", "chat_credential"),
 ];
+
+/// The secret inside each `[[services.backends]]` table, which also has a `_file` form.
+const BACKEND_SECRET: &str = "credential";
 
 /// The secret inside each `[[auth.keys]]` table, which also has a `_file` form.
 const AUTH_KEY_SECRET: &str = "secret";
@@ -77,6 +84,18 @@ fn resolve(root: &mut Dict, source: &str) -> Result<(), ConfigError> {
         for (i, key) in keys.iter_mut().enumerate() {
             if let Value::Dict(_, table) = key {
                 resolve_key(table, &format!("auth.keys[{i}]"), AUTH_KEY_SECRET, source)?;
+            }
+        }
+    }
+    let backends = match root.get_mut("services") {
+        Some(Value::Dict(_, services)) => services.get_mut("backends"),
+        _ => None,
+    };
+    if let Some(Value::Array(_, backends)) = backends {
+        for (i, backend) in backends.iter_mut().enumerate() {
+            if let Value::Dict(_, table) = backend {
+                let at = format!("services.backends[{i}]");
+                resolve_key(table, &at, BACKEND_SECRET, source)?;
             }
         }
     }

@@ -85,6 +85,51 @@ impl TestCerts {
         self.dir.join("server.key")
     }
 
+    /// A client certificate and key signed by the CA `ca` (`"ca"` or
+    /// `"other-ca"`), made on first use: `(cert, key)`.
+    pub fn client_cert(&self, ca: &str) -> (PathBuf, PathBuf) {
+        let (cert, key) = (format!("client-{ca}.crt"), format!("client-{ca}.key"));
+        if !self.dir.join(&cert).exists() {
+            // Extensions make it an X.509 v3 certificate (rustls takes no v1).
+            std::fs::write(
+                self.dir.join("client.ext"),
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+            )
+            .expect("write client.ext");
+            let csr = format!("client-{ca}.csr");
+            self.openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=client",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ]);
+            self.openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &format!("{ca}.crt"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "client.ext",
+                "-out",
+                &cert,
+            ]);
+        }
+        (self.dir.join(cert), self.dir.join(key))
+    }
+
     /// A self-signed CA `name.crt` with its key `name.key`.
     fn make_ca(&self, name: &str) {
         self.openssl(&[

@@ -55,6 +55,9 @@ const RESULT_DEFS = {
     "user.block": "Empty",
     "user.unblock": "Empty",
     "user.blocks": "BlocksReply",
+    "invitation.list": "InvitationsReply",
+    "invitation.accept": "RoomReply",
+    "invitation.decline": "Empty",
 };
 /** A failed request: the server's error object, or a client-side cause. */
 export class ParleyError extends Error {
