@@ -13,7 +13,10 @@
 //! seq before every lower one (docs/architecture.md, "Replicas"). Every
 //! operation runs in a `sql` span, a child of the gRPC call that caused it.
 
+mod attachments;
 mod blocks;
+mod cleanup;
+mod erasure;
 mod messages;
 mod moderation;
 mod notifications;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use self::files::Resolved;
 
 mod ai;
+mod attachments;
 mod auth;
 mod bus;
 mod chat;
@@ -28,6 +29,7 @@ mod presence;
 mod services;
 
 pub use self::ai::{AiConfig, AiFallback, AiProvider};
+pub use self::attachments::{AttachmentsConfig, StoreKind};
 pub use self::auth::{AuthConfig, JwksConfig, KeyConfig, MIN_SECRET_BYTES};
 pub use self::bus::BusConfig;
 pub use self::chat::{ChatConfig, InvitePolicy};
@@ -38,7 +40,15 @@ pub use self::services::ServicesConfig;
 
 /// Sections of the config file, in `PARLEY_<SECTION>_<KEY>` order.
 const SECTIONS: &[&str] = &[
-    "edge", "auth", "chat", "ai", "presence", "bus", "services", "log",
+    "edge",
+    "auth",
+    "chat",
+    "ai",
+    "presence",
+    "bus",
+    "services",
+    "log",
+    "attachments",
 ];
 
 /// The whole suite's configuration; each component reads its own section.
@@ -53,6 +63,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub services: ServicesConfig,
     pub log: LogConfig,
+    pub attachments: AttachmentsConfig,
 }
 
 /// Where state lives: this process or Redis.
@@ -145,6 +156,7 @@ impl Config {
         self.services.validate()?;
         self.bus.validate()?;
         self.ai.validate()?;
+        self.attachments.validate()?;
         self.log.validate()
     }
 }
@@ -284,6 +296,14 @@ fn is_string_key(key: &str) -> bool {
                 | "channel_prefix"
                 | "redis_prefix"
                 | "signing_key"
+                | "dir"
+                | "store"
+                | "allowed_types"
+                | "s3_bucket"
+                | "s3_endpoint"
+                | "s3_region"
+                | "s3_access_key_id"
+                | "s3_secret_access_key"
                 | "previous_signing_key"
                 | "level"
                 | "allowed_origins"

@@ -486,6 +486,7 @@ async fn dispatch(
         C::UserBlock(args) => blocks::block(s, args, true).await,
         C::UserUnblock(args) => blocks::block(s, args, false).await,
         C::UserBlocks(_) => blocks::list(s).await,
+        C::AttachmentUrl(args) => messages::attachment_url(s, args).await,
     }
 }
 

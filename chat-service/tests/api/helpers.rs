@@ -134,6 +134,7 @@ pub fn message(room_id: &str, text: &str) -> SendMessageRequest {
         thread_id: None,
         metadata_json: String::new(),
         reply_to: None,
+        ..SendMessageRequest::default()
     }
 }
 

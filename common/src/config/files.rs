@@ -28,6 +28,8 @@ const SECRET_KEYS: &[(&str, &str)] = &[
     ("bus", "signing_key"),
     ("bus", "previous_signing_key"),
     ("services", "credential"),
+    ("attachments", "signing_key"),
+    ("attachments", "s3_secret_access_key"),
 ];
 
 /// The secret inside each `[[auth.keys]]` table, which also has a `_file` form.
