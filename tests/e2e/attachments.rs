@@ -5,6 +5,7 @@
 //! expired or altered URL (403), a non-member (`not_found`) — and uploads
 //! no message took, removed by the clean-up job at an injected time.
 
+use object_store::ObjectStore;
 use serde_json::{Value, json};
 
 use crate::helpers::{Body, TestApp, http_request, spawn_app, spawn_app_with, token};
@@ -287,4 +288,94 @@ async fn an_upload_no_message_takes_is_removed_after_a_while() {
         download(&app, signed["url"].as_str().expect("url")).await.0,
         200
     );
+}
+
+/// The S3-compatible store given by `PARLEY_TEST_S3_URL` (e.g. `moto_server
+/// -p 5000`, any credentials): unset, the test does nothing; set, it fails
+/// loudly when the store cannot be reached.
+fn test_s3_url() -> Option<String> {
+    std::env::var("PARLEY_TEST_S3_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+#[tokio::test]
+async fn attachments_live_in_an_s3_compatible_store() {
+    let Some(endpoint) = test_s3_url() else {
+        return;
+    };
+    let bucket = common::ids::new_id("e2e").to_lowercase().replace('_', "-");
+    let authority = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let addr = tokio::net::lookup_host(&authority)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("PARLEY_TEST_S3_URL={endpoint}: not a host:port"));
+    let (status, _, body) = http_request(
+        addr,
+        "PUT",
+        &format!("/{bucket}"),
+        &[],
+        Body::Empty,
+    )
+    .await;
+    assert_eq!(
+        status,
+        200,
+        "creating bucket {bucket} at {endpoint}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let configure = |c: &mut common::config::Config| {
+        c.attachments.store = common::config::StoreKind::S3;
+        c.attachments.s3_endpoint = endpoint.clone();
+        c.attachments.s3_bucket = bucket.clone();
+        c.attachments.s3_allow_http = true;
+        c.attachments.s3_access_key_id = "test".into();
+        c.attachments.s3_secret_access_key = common::Secret::new("test");
+    };
+    let app = spawn_app_with(configure).await;
+    let mut config = common::config::Config::default();
+    configure(&mut config);
+    let blobs = common::attachments::open(&config.attachments).expect("s3 store");
+
+    let mut alice = app.user("alice", "Alice").await;
+    let room = alice.share_room(&[]).await;
+    let bytes = png(5, 4, 300 * 1024);
+    let (status, body) = upload(&app, "alice", &bytes, "image/png").await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["attachment"]["id"].as_str().expect("id").to_string();
+    let stored = blobs
+        .head(&common::attachments::path(&id))
+        .await
+        .expect("the object is in the bucket");
+    assert_eq!(stored.size, bytes.len() as u64);
+    assert!(stored_files(&app).is_empty(), "nothing on the local disk");
+
+    let reply = alice
+        .ok(
+            "message.send",
+            json!({"room": room, "text": "", "client_msg_id": "s3", "kind": "image",
+                   "attachments": [id]}),
+        )
+        .await;
+    let signed = alice
+        .ok("attachment.url", json!({"room": room, "attachment": id}))
+        .await;
+    let (status, body) = download(&app, signed["url"].as_str().expect("url")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, bytes);
+
+    // Deleted, then cleaned up: the object leaves the bucket.
+    let message_id = reply["message"]["id"].as_str().expect("message id");
+    alice
+        .ok("message.delete", json!({"room": room, "message_id": message_id}))
+        .await;
+    assert_eq!(app.clean_up_at(common::ids::now_ms()).await.attachments, 1);
+    assert!(matches!(
+        blobs.head(&common::attachments::path(&id)).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
 }

@@ -74,6 +74,7 @@ const RESULT_DEFS = {
   "user.block": "Empty",
   "user.unblock": "Empty",
   "user.blocks": "BlocksReply",
+  "attachment.url": "AttachmentUrlReply",
 } as const satisfies Record<ClientCommandType, keyof SchemaDefs>;
 
 /** The result fields of each command's `reply`. */

@@ -55,6 +55,7 @@ const RESULT_DEFS = {
     "user.block": "Empty",
     "user.unblock": "Empty",
     "user.blocks": "BlocksReply",
+    "attachment.url": "AttachmentUrlReply",
 };
 /** A failed request: the server's error object, or a client-side cause. */
 export class ParleyError extends Error {
