@@ -103,7 +103,9 @@ impl Cleanup {
     /// Runs every `interval` until `shutdown`.
     pub(crate) fn spawn(self, interval: Duration, shutdown: ShutdownSignal) {
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
+            // The first run one interval after start, not during it.
+            let mut ticks =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

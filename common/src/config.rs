@@ -524,4 +524,36 @@ mod tests {
         assert_eq!(c.edge.auth_timeout_ms, 900);
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    #[test]
+    fn attachment_and_retention_keys_are_checked_naming_the_key() {
+        let c = load(&[
+            ("PARLEY_ATTACHMENTS_STORE", "s3"),
+            ("PARLEY_ATTACHMENTS_S3_BUCKET", "files"),
+            ("PARLEY_ATTACHMENTS_S3_ENDPOINT", "http://127.0.0.1:5000"),
+            ("PARLEY_ATTACHMENTS_ALLOWED_TYPES", "image/png,application/pdf"),
+            ("PARLEY_ATTACHMENTS_MAX_BYTES", "1024"),
+            ("PARLEY_CHAT_RETENTION_DAYS", "30"),
+        ])
+        .expect("valid");
+        assert_eq!(c.attachments.store, StoreKind::S3);
+        assert_eq!(c.attachments.allowed_types, ["image/png", "application/pdf"]);
+        assert_eq!((c.attachments.max_bytes, c.chat.retention_days), (1024, 30));
+        for (env, key) in [
+            (("PARLEY_ATTACHMENTS_STORE", "s3"), "attachments.s3_bucket"),
+            (("PARLEY_ATTACHMENTS_STORE", "ftp"), "attachments.store"),
+            (("PARLEY_ATTACHMENTS_MAX_BYTES", "0"), "attachments.max_bytes"),
+            (("PARLEY_ATTACHMENTS_URL_TTL_S", "-1"), "attachments.url_ttl_s"),
+            (("PARLEY_ATTACHMENTS_ALLOWED_TYPES", "png"), "attachments.allowed_types"),
+            (("PARLEY_ATTACHMENTS_SIGNING_KEY", "short"), "attachments.signing_key"),
+            (("PARLEY_ATTACHMENTS_S3_ENDPOINT", "minio:9000"), "attachments.s3_endpoint"),
+            (("PARLEY_CHAT_RETENTION_DAYS", "many"), "chat.retention_days"),
+            (("PARLEY_CHAT_RETENTION_DAYS", "99999"), "chat.retention_days"),
+            (("PARLEY_CHAT_CLEANUP_BATCH", "0"), "chat.cleanup_batch"),
+        ] {
+            let e = load(&[env]).expect_err(key);
+            assert!(e.to_string().contains(key), "{key}: {e}");
+            assert!(!e.to_string().contains("short"), "secret leaked: {e}");
+        }
+    }
 }
