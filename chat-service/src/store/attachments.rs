@@ -34,7 +34,8 @@ impl Store {
     pub(crate) async fn attachment_usage(&self, owner: &str) -> Result<i64, ChatError> {
         async {
             let row = sqlx::query(
-                "SELECT COALESCE(SUM(size), 0) AS used FROM attachments WHERE owner_id = $1",
+                "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS used FROM attachments \
+                 WHERE owner_id = $1",
             )
             .bind(owner.to_string())
             .fetch_one(&self.reader)
@@ -55,7 +56,8 @@ impl Store {
         async {
             let mut tx = self.reader.begin().await?;
             let row = sqlx::query(
-                "SELECT COALESCE(SUM(size), 0) AS used FROM attachments WHERE owner_id = $1",
+                "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS used FROM attachments \
+                 WHERE owner_id = $1",
             )
             .bind(attachment.owner_id.clone())
             .fetch_one(&mut *tx)
