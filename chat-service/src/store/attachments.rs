@@ -47,30 +47,19 @@ impl Store {
     }
 
     /// Records an upload; `TooLarge` when it would take its owner past
-    /// `quota` bytes.
+    /// `quota` bytes. One statement checks and inserts, so it never reads
+    /// in a transaction before writing (SQLite could not then wait for the
+    /// write lock).
     pub(crate) async fn create_attachment(
         &self,
         attachment: &Attachment,
         quota: i64,
     ) -> Result<(), ChatError> {
         async {
-            let mut tx = self.reader.begin().await?;
-            let row = sqlx::query(
-                "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS used FROM attachments \
-                 WHERE owner_id = $1",
-            )
-            .bind(attachment.owner_id.clone())
-            .fetch_one(&mut *tx)
-            .await?;
-            let used: i64 = row.try_get("used")?;
-            if used.saturating_add(attachment.size) > quota {
-                return Err(ChatError::TooLarge(format!(
-                    "storage quota of {quota} bytes reached ({used} used)"
-                )));
-            }
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO attachments (id, owner_id, mime, size, width, height, name, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+                 WHERE (SELECT COALESCE(SUM(size), 0) FROM attachments WHERE owner_id = $2) + $4 <= $9",
             )
             .bind(attachment.id.clone())
             .bind(attachment.owner_id.clone())
@@ -80,9 +69,16 @@ impl Store {
             .bind(attachment.height)
             .bind(attachment.name.clone())
             .bind(attachment.created_at)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
+            .bind(quota)
+            .execute(&self.reader)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                let used = self.attachment_usage(&attachment.owner_id).await?;
+                return Err(ChatError::TooLarge(format!(
+                    "storage quota of {quota} bytes reached ({used} used)"
+                )));
+            }
             Ok(())
         }
         .instrument(self.span("sql INSERT attachments"))

@@ -47,7 +47,11 @@ impl Store {
         batch: u32,
     ) -> Result<u64, ChatError> {
         async {
-            let mut tx = self.reader.begin().await?;
+            // Read outside the transaction: on SQLite a transaction that
+            // reads first cannot take the write lock once the writer has
+            // committed meanwhile (it would fail with SQLITE_BUSY instead of
+            // waiting). Events up to `upto` never change once older than
+            // the cutoff, so reading first is safe.
             let row = sqlx::query(
                 "SELECT MAX(seq) AS upto, COUNT(*) AS n FROM (SELECT seq FROM room_events \
                  WHERE room_id = $1 AND created_at < $2 ORDER BY seq LIMIT $3) t",
@@ -55,12 +59,12 @@ impl Store {
             .bind(room_id.to_string())
             .bind(cutoff)
             .bind(i64::from(batch))
-            .fetch_one(&mut *tx)
+            .fetch_one(&self.reader)
             .await?;
             let Some(upto) = row.try_get::<Option<i64>, _>("upto")? else {
-                tx.rollback().await?;
                 return Ok(0);
             };
+            let mut tx = self.reader.begin().await?;
             let room = room_id.to_string();
             for sql in [
                 "DELETE FROM notifications WHERE room_id = $1 AND message_id IN \
