@@ -14,13 +14,13 @@ use proto::chat::v1::{
     PublishEventResponse, SendMessageRequest, SendMessageResponse, User,
 };
 use proto::chat::v1::{
-    EraseUserRequest, EraseUserResponse, ListErasuresRequest, ListErasuresResponse,
-    SetRetentionRequest, SetRetentionResponse,
-};
-use proto::chat::v1::{
     DeleteRoomRequest, DeleteRoomResponse, ListReportsRequest, ListReportsResponse,
     ModerateRequest, ModerateResponse, SetRoleRequest, SetRoleResponse, UpdateRoomRequest,
     UpdateRoomResponse,
+};
+use proto::chat::v1::{
+    EraseUserRequest, EraseUserResponse, ListErasuresRequest, ListErasuresResponse,
+    SetRetentionRequest, SetRetentionResponse,
 };
 use protocol::{CustomEvent, NotificationKind, NotificationNew, ServerFrame};
 use serde_json::Value;

@@ -88,8 +88,8 @@ impl Cleanup {
                 .store
                 .unwanted_attachments(now_ms - self.unreferenced_ttl_ms, self.batch)
                 .await?;
-            let gone = crate::service::delete_attachments(&self.store, self.blobs.as_ref(), &ids)
-                .await?;
+            let gone =
+                crate::service::delete_attachments(&self.store, self.blobs.as_ref(), &ids).await?;
             report.attachments += gone as u64;
             // Stop on a short batch, or when the store refused to delete
             // (tried again next run).

@@ -27,11 +27,11 @@ use common::config::{AttachmentsConfig, ChatConfig, Config};
 use common::grpc::{CredentialCheck, Health, ServiceChannel};
 use common::metrics::Metrics;
 use common::shutdown::ShutdownSignal;
+use proto::auth::v1::auth_service_client::AuthServiceClient;
 use proto::chat::v1::chat_backend_service_server::{
     ChatBackendServiceServer, SERVICE_NAME as BACKEND_SERVICE_NAME,
 };
 use proto::chat::v1::chat_service_server::{ChatServiceServer, SERVICE_NAME};
-use proto::auth::v1::auth_service_client::AuthServiceClient;
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -179,8 +179,7 @@ impl ChatApp {
         shutdown: ShutdownSignal,
     ) -> Result<(), tonic::transport::Error> {
         let store = self.handler.store.clone();
-        self.cleanup
-            .spawn(self.cleanup_interval, shutdown.clone());
+        self.cleanup.spawn(self.cleanup_interval, shutdown.clone());
         let check = CredentialCheck::new(&self.credential);
         let backend = BackendHandler {
             chat: self.handler.clone(),

@@ -16,7 +16,13 @@ use std::sync::Arc;
 use common::bus::Bus;
 use common::config::InvitePolicy;
 use common::grpc::{Actor, ServiceChannel};
+use proto::auth::v1::auth_service_client::AuthServiceClient;
 use proto::chat::v1::chat_service_server::ChatService;
+use proto::chat::v1::{
+    AttachmentUsageRequest, AttachmentUsageResponse, CreateAttachmentRequest,
+    CreateAttachmentResponse, GetAttachmentRequest, GetAttachmentResponse,
+    ResolveAttachmentRequest,
+};
 use proto::chat::v1::{
     BlockRequest, BlockResponse, CheckRelationRequest, CheckRelationResponse, ListBlocksRequest,
     ListBlocksResponse,
@@ -36,12 +42,6 @@ use proto::chat::v1::{
     MarkReceiptRequest, MarkReceiptResponse, ReactionRequest, ReactionResponse,
     ReadNotificationsRequest, ReadNotificationsResponse, RemoveMemberRequest, RemoveMemberResponse,
     SendMessageRequest, SendMessageResponse, User,
-};
-use proto::auth::v1::auth_service_client::AuthServiceClient;
-use proto::chat::v1::{
-    AttachmentUsageRequest, AttachmentUsageResponse, CreateAttachmentRequest,
-    CreateAttachmentResponse, GetAttachmentRequest, GetAttachmentResponse,
-    ResolveAttachmentRequest,
 };
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use serde_json::Value;
@@ -492,8 +492,7 @@ impl ChatService for ChatHandler {
         request: Request<CreateAttachmentRequest>,
     ) -> Result<Response<CreateAttachmentResponse>, Status> {
         let actor = Actor::of(&request)?;
-        let attachment =
-            ChatHandler::create_attachment(self, &actor, request.into_inner()).await?;
+        let attachment = ChatHandler::create_attachment(self, &actor, request.into_inner()).await?;
         Ok(Response::new(CreateAttachmentResponse {
             attachment: Some(attachment),
         }))

@@ -531,24 +531,51 @@ mod tests {
             ("PARLEY_ATTACHMENTS_STORE", "s3"),
             ("PARLEY_ATTACHMENTS_S3_BUCKET", "files"),
             ("PARLEY_ATTACHMENTS_S3_ENDPOINT", "http://127.0.0.1:5000"),
-            ("PARLEY_ATTACHMENTS_ALLOWED_TYPES", "image/png,application/pdf"),
+            (
+                "PARLEY_ATTACHMENTS_ALLOWED_TYPES",
+                "image/png,application/pdf",
+            ),
             ("PARLEY_ATTACHMENTS_MAX_BYTES", "1024"),
             ("PARLEY_CHAT_RETENTION_DAYS", "30"),
         ])
         .expect("valid");
         assert_eq!(c.attachments.store, StoreKind::S3);
-        assert_eq!(c.attachments.allowed_types, ["image/png", "application/pdf"]);
+        assert_eq!(
+            c.attachments.allowed_types,
+            ["image/png", "application/pdf"]
+        );
         assert_eq!((c.attachments.max_bytes, c.chat.retention_days), (1024, 30));
         for (env, key) in [
             (("PARLEY_ATTACHMENTS_STORE", "s3"), "attachments.s3_bucket"),
             (("PARLEY_ATTACHMENTS_STORE", "ftp"), "attachments.store"),
-            (("PARLEY_ATTACHMENTS_MAX_BYTES", "0"), "attachments.max_bytes"),
-            (("PARLEY_ATTACHMENTS_URL_TTL_S", "-1"), "attachments.url_ttl_s"),
-            (("PARLEY_ATTACHMENTS_ALLOWED_TYPES", "png"), "attachments.allowed_types"),
-            (("PARLEY_ATTACHMENTS_SIGNING_KEY", "short"), "attachments.signing_key"),
-            (("PARLEY_ATTACHMENTS_S3_ENDPOINT", "minio:9000"), "attachments.s3_endpoint"),
-            (("PARLEY_CHAT_RETENTION_DAYS", "many"), "chat.retention_days"),
-            (("PARLEY_CHAT_RETENTION_DAYS", "99999"), "chat.retention_days"),
+            (
+                ("PARLEY_ATTACHMENTS_MAX_BYTES", "0"),
+                "attachments.max_bytes",
+            ),
+            (
+                ("PARLEY_ATTACHMENTS_URL_TTL_S", "-1"),
+                "attachments.url_ttl_s",
+            ),
+            (
+                ("PARLEY_ATTACHMENTS_ALLOWED_TYPES", "png"),
+                "attachments.allowed_types",
+            ),
+            (
+                ("PARLEY_ATTACHMENTS_SIGNING_KEY", "short"),
+                "attachments.signing_key",
+            ),
+            (
+                ("PARLEY_ATTACHMENTS_S3_ENDPOINT", "minio:9000"),
+                "attachments.s3_endpoint",
+            ),
+            (
+                ("PARLEY_CHAT_RETENTION_DAYS", "many"),
+                "chat.retention_days",
+            ),
+            (
+                ("PARLEY_CHAT_RETENTION_DAYS", "99999"),
+                "chat.retention_days",
+            ),
             (("PARLEY_CHAT_CLEANUP_BATCH", "0"), "chat.cleanup_batch"),
         ] {
             let e = load(&[env]).expect_err(key);

@@ -128,7 +128,11 @@ async fn upload(
     body: Body,
 ) -> Response {
     let Some(attachments) = shared.attachments.get() else {
-        return refuse(StatusCode::NOT_FOUND, "not_found", "attachments are not enabled");
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "attachments are not enabled",
+        );
     };
     let peer = crate::client_addr(&shared.trusted_proxies, peer, &headers);
     let token = headers
@@ -219,7 +223,7 @@ async fn upload(
             "the file's type is not recognised",
         );
     };
-    if !attachments.config.allowed_types.iter().any(|t| *t == mime) {
+    if !attachments.config.allowed_types.contains(&mime) {
         return refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -313,7 +317,11 @@ async fn download(
     Query(params): Query<DownloadParams>,
 ) -> Response {
     let Some(attachments) = shared.attachments.get() else {
-        return refuse(StatusCode::NOT_FOUND, "not_found", "attachments are not enabled");
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "attachments are not enabled",
+        );
     };
     if !attachments.verify(&id, params.exp, &params.sig, common::ids::now_ms()) {
         return refuse(
@@ -334,11 +342,7 @@ async fn download(
         Ok(response) => response.into_inner().attachment.unwrap_or_default(),
         Err(status) => return from_status(&status),
     };
-    let object = match attachments
-        .blobs
-        .get(&common::attachments::path(&id))
-        .await
-    {
+    let object = match attachments.blobs.get(&common::attachments::path(&id)).await {
         Ok(object) => object,
         Err(object_store::Error::NotFound { .. }) => {
             return refuse(StatusCode::NOT_FOUND, "not_found", "attachment not found");
@@ -374,8 +378,8 @@ async fn download(
 /// A failed chat-service call as an HTTP answer.
 fn from_status(status: &tonic::Status) -> Response {
     let error = crate::frames::CommandError::from_status("chat", status);
-    let code = StatusCode::from_u16(error.code.http_status())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let code =
+        StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let code = if error.code == common::ErrorCode::TooLarge {
         StatusCode::PAYLOAD_TOO_LARGE
     } else {
@@ -435,7 +439,10 @@ mod tests {
         let mut altered = sig.clone().into_bytes();
         altered[0] = if altered[0] == b'0' { b'1' } else { b'0' };
         let altered = String::from_utf8(altered).unwrap_or_default();
-        assert!(!a.verify("at_1", exp, &altered, now), "an altered signature");
+        assert!(
+            !a.verify("at_1", exp, &altered, now),
+            "an altered signature"
+        );
         assert!(!a.verify("at_1", exp, "zz", now), "not hex");
     }
 }

@@ -13,10 +13,10 @@ use common::shutdown::ShutdownSignal;
 use futures::Stream;
 use proto::presence::v1::presence_service_server::PresenceService;
 use proto::presence::v1::{
-    ActOnCallRequest, ActOnCallResponse, ForgetUserRequest, ForgetUserResponse, GetPresenceRequest, GetPresenceResponse,
-    InviteCallRequest, InviteCallResponse, RegisterRequest, RegisterResponse, ReleaseRequest,
-    ReleaseResponse, RenewRequest, RenewResponse, SetStatusRequest, SetStatusResponse,
-    UserPresence, WatchEvent, WatchRequest,
+    ActOnCallRequest, ActOnCallResponse, ForgetUserRequest, ForgetUserResponse, GetPresenceRequest,
+    GetPresenceResponse, InviteCallRequest, InviteCallResponse, RegisterRequest, RegisterResponse,
+    ReleaseRequest, ReleaseResponse, RenewRequest, RenewResponse, SetStatusRequest,
+    SetStatusResponse, UserPresence, WatchEvent, WatchRequest,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;

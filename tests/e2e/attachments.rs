@@ -69,7 +69,10 @@ fn stored_files(app: &TestApp) -> Vec<std::path::PathBuf> {
         }
     }
     let mut files = Vec::new();
-    walk(std::path::Path::new(&app.config.attachments.dir), &mut files);
+    walk(
+        std::path::Path::new(&app.config.attachments.dir),
+        &mut files,
+    );
     files
 }
 
@@ -87,7 +90,10 @@ async fn an_image_is_sent_and_only_members_can_download_it() {
     assert_eq!(status, 201, "{body}");
     let attachment = &body["attachment"];
     assert_eq!(attachment["mime"], "image/png", "sniffed, not the header");
-    assert_eq!((attachment["width"].as_i64(), attachment["height"].as_i64()), (Some(3), Some(2)));
+    assert_eq!(
+        (attachment["width"].as_i64(), attachment["height"].as_i64()),
+        (Some(3), Some(2))
+    );
     assert_eq!(attachment["size"], 600);
     assert_eq!(attachment["name"], "picture.png");
     let id = attachment["id"].as_str().expect("id").to_string();
@@ -115,7 +121,11 @@ async fn an_image_is_sent_and_only_members_can_download_it() {
 
     // Not a member: the attachment does not exist for carol.
     carol
-        .err("attachment.url", json!({"room": room, "attachment": id}), "not_found")
+        .err(
+            "attachment.url",
+            json!({"room": room, "attachment": id}),
+            "not_found",
+        )
         .await;
     // Sent once: it cannot be sent again.
     alice
@@ -145,7 +155,10 @@ async fn an_image_is_sent_and_only_members_can_download_it() {
     // Deleting the message takes the download with it.
     let message_id = reply["message"]["id"].as_str().expect("message id");
     alice
-        .ok("message.delete", json!({"room": room, "message_id": message_id}))
+        .ok(
+            "message.delete",
+            json!({"room": room, "message_id": message_id}),
+        )
         .await;
     assert_eq!(download(&app, url).await.0, 404);
     crate::helpers::assert_no_task_panicked();
@@ -244,7 +257,11 @@ async fn an_expired_or_altered_url_is_forbidden() {
     let (base, sig) = url.split_once("sig=").expect("sig");
     let flipped = if sig.starts_with('0') { "1" } else { "0" };
     let altered = format!("{base}sig={flipped}{}", &sig[1..]);
-    assert_eq!(download(&app, &altered).await.0, 403, "an altered signature");
+    assert_eq!(
+        download(&app, &altered).await.0,
+        403,
+        "an altered signature"
+    );
     let other = url.replace(&id, "at_someone_else");
     assert_eq!(download(&app, &other).await.0, 403, "another attachment");
 
@@ -314,14 +331,8 @@ async fn attachments_live_in_an_s3_compatible_store() {
         .ok()
         .and_then(|mut addrs| addrs.next())
         .unwrap_or_else(|| panic!("PARLEY_TEST_S3_URL={endpoint}: not a host:port"));
-    let (status, _, body) = http_request(
-        addr,
-        "PUT",
-        &format!("/{bucket}"),
-        &[],
-        Body::Empty,
-    )
-    .await;
+    let (status, _, body) =
+        http_request(addr, "PUT", &format!("/{bucket}"), &[], Body::Empty).await;
     assert_eq!(
         status,
         200,
@@ -371,7 +382,10 @@ async fn attachments_live_in_an_s3_compatible_store() {
     // Deleted, then cleaned up: the object leaves the bucket.
     let message_id = reply["message"]["id"].as_str().expect("message id");
     alice
-        .ok("message.delete", json!({"room": room, "message_id": message_id}))
+        .ok(
+            "message.delete",
+            json!({"room": room, "message_id": message_id}),
+        )
         .await;
     assert_eq!(app.clean_up_at(common::ids::now_ms()).await.attachments, 1);
     assert!(matches!(

@@ -3,9 +3,7 @@
 //! presence status is forgotten, and an audit record says when, who asked
 //! and with which credential.
 
-use proto::chat::v1::{
-    EraseUserRequest, GetEventsRequest, GetHistoryRequest, ListErasuresRequest,
-};
+use proto::chat::v1::{EraseUserRequest, GetEventsRequest, GetHistoryRequest, ListErasuresRequest};
 use proto::presence::v1::GetPresenceRequest;
 use serde_json::json;
 
@@ -56,7 +54,10 @@ async fn after_erasure_nothing_the_user_wrote_can_be_read() {
         )
         .await;
     let signed = bob
-        .ok("attachment.url", json!({"room": room, "attachment": picture}))
+        .ok(
+            "attachment.url",
+            json!({"room": room, "attachment": picture}),
+        )
         .await;
     let url = signed["url"].as_str().expect("url").to_string();
     assert_eq!(download(&app, &url).await.0, 200);
@@ -75,7 +76,11 @@ async fn after_erasure_nothing_the_user_wrote_can_be_read() {
         .erasure
         .expect("audit record");
     assert_eq!((erased.messages, erased.attachments), (2, 1));
-    assert!(erased.credential.starts_with("sha256:"), "{}", erased.credential);
+    assert!(
+        erased.credential.starts_with("sha256:"),
+        "{}",
+        erased.credential
+    );
 
     // Live connections of the erased user end (their tokens are revoked).
     assert_eq!(alice.close_code().await, Some(4003));
@@ -89,9 +94,11 @@ async fn after_erasure_nothing_the_user_wrote_can_be_read() {
         .filter(|m| m["sender"]["id"] == "alice")
         .collect();
     assert_eq!(tombstones.len(), 2);
-    assert!(tombstones.iter().all(|m| m["deleted"] == true
-        && m["text"] == ""
-        && m.get("attachments").is_none()));
+    assert!(
+        tombstones
+            .iter()
+            .all(|m| m["deleted"] == true && m["text"] == "" && m.get("attachments").is_none())
+    );
     let quote = &messages
         .iter()
         .find(|m| m["id"] == bobs.as_str())
@@ -102,7 +109,11 @@ async fn after_erasure_nothing_the_user_wrote_can_be_read() {
         .iter()
         .find(|m| m["id"] == bobs.as_str())
         .expect("bob's reply")["reactions"];
-    assert_eq!(reactions, &json!({}), "the erased user's reactions are gone");
+    assert_eq!(
+        reactions,
+        &json!({}),
+        "the erased user's reactions are gone"
+    );
     let mut bob_again = app.user("bob", "Bob").await;
     let replay = bob_again
         .ok("room.join", json!({"room": room, "since": 0}))

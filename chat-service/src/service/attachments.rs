@@ -98,7 +98,9 @@ impl ChatHandler {
         for id in ids {
             check_id("attachment_ids", id)?;
             if !seen.insert(id) {
-                return Err(ChatError::BadRequest(format!("attachment {id} is repeated")));
+                return Err(ChatError::BadRequest(format!(
+                    "attachment {id} is repeated"
+                )));
             }
         }
         let found = self.store.unsent_attachments(sender_id, ids).await?;

@@ -237,8 +237,15 @@ impl Store {
 /// Ties the message's attachments to it, inside its transaction; each must
 /// still be its sender's and unsent (`NotFound` otherwise: a concurrent
 /// send took it, or the clean-up job deleted it).
-pub(super) async fn claim(tx: &mut Transaction<'_, Any>, message: &Message) -> Result<(), ChatError> {
-    let sender = message.sender.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+pub(super) async fn claim(
+    tx: &mut Transaction<'_, Any>,
+    message: &Message,
+) -> Result<(), ChatError> {
+    let sender = message
+        .sender
+        .as_ref()
+        .map(|s| s.id.clone())
+        .unwrap_or_default();
     for attachment in &message.attachments {
         let claimed = sqlx::query(
             "UPDATE attachments SET message_id = $1, room_id = $2 \

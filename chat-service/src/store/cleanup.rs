@@ -108,14 +108,15 @@ impl Store {
         room_id: &str,
         days: Option<u32>,
     ) -> Result<(), ChatError> {
-        let changed =
-            sqlx::query("UPDATE rooms SET retention_days = $1 WHERE id = $2 AND deleted_at IS NULL")
-                .bind(days.map(i64::from))
-                .bind(room_id.to_string())
-                .execute(&self.reader)
-                .instrument(self.span("sql UPDATE rooms"))
-                .await?
-                .rows_affected();
+        let changed = sqlx::query(
+            "UPDATE rooms SET retention_days = $1 WHERE id = $2 AND deleted_at IS NULL",
+        )
+        .bind(days.map(i64::from))
+        .bind(room_id.to_string())
+        .execute(&self.reader)
+        .instrument(self.span("sql UPDATE rooms"))
+        .await?
+        .rows_affected();
         if changed == 0 {
             return Err(ChatError::NotFound("room"));
         }

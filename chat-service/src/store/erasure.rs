@@ -58,9 +58,7 @@ impl Store {
             .fetch_all(&self.reader)
             .instrument(self.span("sql SELECT members"))
             .await?;
-        rows.iter()
-            .map(|row| Ok(row.try_get("room_id")?))
-            .collect()
+        rows.iter().map(|row| Ok(row.try_get("room_id")?)).collect()
     }
 
     /// Deletes what is the user's outside the room logs: notifications,

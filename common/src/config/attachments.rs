@@ -110,9 +110,9 @@ impl AttachmentsConfig {
             }
             _ => {}
         }
-        if !self.s3_endpoint.is_empty()
-            && !(self.s3_endpoint.starts_with("https://") || self.s3_endpoint.starts_with("http://"))
-        {
+        let endpoint = &self.s3_endpoint;
+        let scheme = endpoint.starts_with("https://") || endpoint.starts_with("http://");
+        if !(endpoint.is_empty() || scheme) {
             return Err(ConfigError::new(
                 "key `attachments.s3_endpoint`: must start with https:// or http://",
             ));
@@ -120,7 +120,11 @@ impl AttachmentsConfig {
         at_least("attachments.max_bytes", self.max_bytes, 1)?;
         at_least("attachments.url_ttl_s", self.url_ttl_s, 1)?;
         at_least("attachments.unreferenced_ttl_s", self.unreferenced_ttl_s, 1)?;
-        at_least("attachments.max_per_message", self.max_per_message as u64, 1)?;
+        at_least(
+            "attachments.max_per_message",
+            self.max_per_message as u64,
+            1,
+        )?;
         if self.allowed_types.iter().any(|t| !t.contains('/')) {
             return Err(ConfigError::new(
                 "key `attachments.allowed_types`: every entry must be a MIME type (type/subtype)",

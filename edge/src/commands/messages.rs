@@ -2,14 +2,14 @@
 //! notifications.
 
 use proto::chat::v1::{
-    ClearNotificationsRequest, DeleteMessageRequest, EditMessageRequest, GetHistoryRequest,
-    ListNotificationsRequest, MarkReceiptRequest, ReactionRequest, ReadNotificationsRequest,
-    GetAttachmentRequest, ReceiptKind, SendMessageRequest,
+    ClearNotificationsRequest, DeleteMessageRequest, EditMessageRequest, GetAttachmentRequest,
+    GetHistoryRequest, ListNotificationsRequest, MarkReceiptRequest, ReactionRequest,
+    ReadNotificationsRequest, ReceiptKind, SendMessageRequest,
 };
 use protocol::{
-    AttachmentUrl, AttachmentUrlReply, HistoryReply, Message, MessageDelete, MessageEdit, MessageHistory, MessageReply, MessageSend,
-    Notification, NotificationIds, NotificationList, NotificationListReply, ReactionArgs,
-    ReceiptArgs, ReceiptReply, ReplyResult,
+    AttachmentUrl, AttachmentUrlReply, HistoryReply, Message, MessageDelete, MessageEdit,
+    MessageHistory, MessageReply, MessageSend, Notification, NotificationIds, NotificationList,
+    NotificationListReply, ReactionArgs, ReceiptArgs, ReceiptReply, ReplyResult,
 };
 use serde_json::Value;
 
