@@ -117,6 +117,9 @@ pub struct Suite {
     grace: Duration,
     /// Asks chat-service's supervisor to restart it (fault tests).
     chat_restarts: mpsc::Sender<oneshot::Sender<()>>,
+    /// Chat-service's clean-up job (retention, deleted rooms, unwanted
+    /// attachments), to run at a chosen time in tests.
+    pub chat_cleanup: chat_service::Cleanup,
 }
 
 /// What it takes to (re)build chat-service.
@@ -261,6 +264,7 @@ pub async fn start(
         metrics: metrics.clone(),
     };
     let chat = chat_parts.build().await.map_err(component("chat"))?;
+    let chat_cleanup = chat.cleanup();
     let ai = ai_service::AiApp::build(&config, &clients, bus.clone(), &metrics)
         .await
         .map_err(component("ai"))?;
@@ -305,6 +309,7 @@ pub async fn start(
         tasks,
         grace: Duration::from_millis(config.edge.shutdown_grace_ms),
         chat_restarts,
+        chat_cleanup,
     })
 }
 

@@ -327,6 +327,7 @@ impl Generator {
             thread_id: job.scope.as_ref().and_then(|s| s.thread_id.clone()),
             metadata_json: metadata.to_string(),
             reply_to: None,
+            ..SendMessageRequest::default()
         };
         let stored = self
             .chat

@@ -100,6 +100,7 @@ impl AiService for AiHandler {
                 thread_id: thread_id.clone(),
                 metadata_json: PROMPT_METADATA.to_string(),
                 reply_to: None,
+                ..SendMessageRequest::default()
             }))
             .await;
         let stored = match stored {

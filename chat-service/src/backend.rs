@@ -18,6 +18,10 @@ use proto::chat::v1::{
     ModerateRequest, ModerateResponse, SetRoleRequest, SetRoleResponse, UpdateRoomRequest,
     UpdateRoomResponse,
 };
+use proto::chat::v1::{
+    EraseUserRequest, EraseUserResponse, ListErasuresRequest, ListErasuresResponse,
+    SetRetentionRequest, SetRetentionResponse,
+};
 use protocol::{CustomEvent, NotificationKind, NotificationNew, ServerFrame};
 use serde_json::Value;
 use tonic::{Request, Response, Status};
@@ -202,6 +206,7 @@ impl ChatBackendService for BackendHandler {
             thread_id: request.thread_id,
             metadata_json: request.metadata_json,
             reply_to: request.reply_to,
+            ..SendMessageRequest::default()
         };
         Ok(Response::new(self.chat.post(&room, sender, message).await?))
     }
@@ -361,6 +366,55 @@ impl ChatBackendService for BackendHandler {
             )
             .await?;
         Ok(Response::new(ListReportsResponse { reports }))
+    }
+
+    async fn set_retention(
+        &self,
+        request: Request<SetRetentionRequest>,
+    ) -> Result<Response<SetRetentionResponse>, Status> {
+        let request = request.into_inner();
+        check_id("room_id", &request.room_id)?;
+        if request.days.is_some_and(|days| days > 36_500) {
+            return Err(ChatError::BadRequest("days must be at most 36500".into()).into());
+        }
+        self.chat
+            .store
+            .set_retention(&request.room_id, request.days)
+            .await?;
+        Ok(Response::new(SetRetentionResponse {}))
+    }
+
+    async fn erase_user(
+        &self,
+        request: Request<EraseUserRequest>,
+    ) -> Result<Response<EraseUserResponse>, Status> {
+        let credential = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_start_matches("Bearer ").trim())
+            .unwrap_or_default();
+        let credential = crate::erasure::fingerprint(credential);
+        let request = request.into_inner();
+        let erasure = self
+            .chat
+            .erase_user(&request.user_id, credential, &request.requested_by)
+            .await?;
+        Ok(Response::new(EraseUserResponse {
+            erasure: Some(erasure),
+        }))
+    }
+
+    async fn list_erasures(
+        &self,
+        request: Request<ListErasuresRequest>,
+    ) -> Result<Response<ListErasuresResponse>, Status> {
+        let request = request.into_inner();
+        if !request.user_id.is_empty() {
+            check_id("user_id", &request.user_id)?;
+        }
+        let erasures = self.chat.store.erasures(&request.user_id).await?;
+        Ok(Response::new(ListErasuresResponse { erasures }))
     }
 }
 

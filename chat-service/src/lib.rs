@@ -7,6 +7,8 @@
 //! listener they bound themselves.
 
 mod backend;
+mod cleanup;
+mod erasure;
 mod error;
 pub mod permissions;
 mod publisher;
@@ -15,14 +17,17 @@ mod store;
 mod writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::Secret;
+use common::attachments::Blobs;
 use common::bus::Bus;
 use common::clients::{Clients, Link};
-use common::config::{ChatConfig, Config};
+use common::config::{AttachmentsConfig, ChatConfig, Config};
 use common::grpc::{Callers, Health, ServiceChannel};
 use common::metrics::Metrics;
 use common::shutdown::ShutdownSignal;
+use proto::auth::v1::auth_service_client::AuthServiceClient;
 use proto::chat::v1::chat_backend_service_server::{
     ChatBackendServiceServer, SERVICE_NAME as BACKEND_SERVICE_NAME,
 };
@@ -33,10 +38,16 @@ use tonic::service::Routes;
 
 use crate::backend::BackendHandler;
 pub use crate::backend::{BOT_PREFIX, SYSTEM_SENDER};
+pub use crate::cleanup::{Cleanup, CleanupReport};
 pub use crate::error::ChatError;
 use crate::service::{ChatHandler, Limits};
 pub use crate::service::{MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_ROOM_NAME_CHARS};
 use crate::store::{Caps, Store};
+
+/// Seconds as milliseconds, saturating.
+fn millis(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
 
 /// The chat service, ready to serve.
 pub struct ChatApp {
@@ -45,9 +56,12 @@ pub struct ChatApp {
     metrics: Arc<Metrics>,
     /// SERVING while the database answers.
     health: Health,
-    /// Credential callers must present (`authorization: Bearer …`).
     /// Who may call, and what (`[services]`).
     callers: Arc<Callers>,
+    /// Retention, deleted rooms and unwanted attachments.
+    cleanup: Cleanup,
+    /// `chat.cleanup_interval_s`.
+    cleanup_interval: Duration,
 }
 
 impl std::fmt::Debug for ChatApp {
@@ -71,6 +85,8 @@ impl ChatApp {
         metrics: &Arc<Metrics>,
     ) -> Result<ChatApp, ChatError> {
         let presence = PresenceServiceClient::new(clients.channel(Link::ChatToPresence));
+        let blobs = common::attachments::open(&config.attachments)
+            .map_err(|e| ChatError::Setup(e.to_string()))?;
         let mut app = Self::connect(
             &config.chat,
             bus,
@@ -78,9 +94,36 @@ impl ChatApp {
             &config.services.credential,
             metrics,
         )
-        .await?;
+        .await?
+        .with_attachments(&config.attachments, blobs)
+        .with_auth(AuthServiceClient::new(clients.channel(Link::ChatToAuth)));
         app.callers = Arc::new(Callers::of_config(&config.services));
         Ok(app)
+    }
+
+    /// Deletes attachment bytes from `blobs` (retention, erasure, uploads
+    /// never sent) and applies the `[attachments]` limits; without it,
+    /// only metadata is deleted and the defaults apply.
+    pub fn with_attachments(mut self, config: &AttachmentsConfig, blobs: Blobs) -> Self {
+        self.handler.limits.max_attachments = config.max_per_message;
+        self.handler.limits.attachment_quota =
+            i64::try_from(config.quota_bytes_per_user).unwrap_or(i64::MAX);
+        self.handler.blobs = Some(blobs.clone());
+        self.cleanup.blobs = Some(blobs);
+        self.cleanup.unreferenced_ttl_ms = millis(config.unreferenced_ttl_s);
+        self
+    }
+
+    /// Revokes an erased user's tokens through `auth`.
+    pub fn with_auth(mut self, auth: AuthServiceClient<ServiceChannel>) -> Self {
+        self.handler.auth = Some(auth);
+        self
+    }
+
+    /// The clean-up job, to run at a chosen time (tests); the service also
+    /// runs it every `chat.cleanup_interval_s` while it serves.
+    pub fn cleanup(&self) -> Cleanup {
+        self.cleanup.clone()
     }
 
     /// Connects to the database (running the migrations), and keeps the bus
@@ -107,8 +150,21 @@ impl ChatApp {
             max_mentions: config.max_mentions_per_message,
             admins_set_roles: config.admins_set_roles,
             max_initial_members: config.max_initial_members,
+            max_attachments: AttachmentsConfig::default().max_per_message,
+            attachment_quota: i64::try_from(AttachmentsConfig::default().quota_bytes_per_user)
+                .unwrap_or(i64::MAX),
+        };
+        let cleanup = Cleanup {
+            store: store.clone(),
+            blobs: None,
+            retention_days: config.retention_days,
+            batch: config.cleanup_batch,
+            deleted_room_purge_ms: millis(config.deleted_room_purge_s),
+            unreferenced_ttl_ms: millis(AttachmentsConfig::default().unreferenced_ttl_s),
         };
         Ok(ChatApp {
+            cleanup,
+            cleanup_interval: Duration::from_secs(config.cleanup_interval_s),
             handler: ChatHandler::new(store, bus, presence, limits, metrics.chat.clone()),
             metrics: metrics.clone(),
             health: Health::new(&[SERVICE_NAME, BACKEND_SERVICE_NAME]),
@@ -125,6 +181,7 @@ impl ChatApp {
         shutdown: ShutdownSignal,
     ) -> Result<(), tonic::transport::Error> {
         let store = self.handler.store.clone();
+        self.cleanup.spawn(self.cleanup_interval, shutdown.clone());
         let backend = BackendHandler {
             chat: self.handler.clone(),
         };

@@ -2,6 +2,7 @@
 //! and membership checks, the store calls, and publishing each new log event
 //! on the room's bus channel once it is committed.
 
+mod attachments;
 mod blocks;
 mod messages;
 mod moderation;
@@ -15,7 +16,13 @@ use std::sync::Arc;
 use common::bus::Bus;
 use common::config::InvitePolicy;
 use common::grpc::{Actor, ServiceChannel};
+use proto::auth::v1::auth_service_client::AuthServiceClient;
 use proto::chat::v1::chat_service_server::ChatService;
+use proto::chat::v1::{
+    AttachmentUsageRequest, AttachmentUsageResponse, CreateAttachmentRequest,
+    CreateAttachmentResponse, GetAttachmentRequest, GetAttachmentResponse,
+    ResolveAttachmentRequest,
+};
 use proto::chat::v1::{
     BlockRequest, BlockResponse, CheckRelationRequest, CheckRelationResponse, ListBlocksRequest,
     ListBlocksResponse,
@@ -44,6 +51,7 @@ use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use crate::error::ChatError;
+pub(crate) use crate::service::attachments::delete_attachments;
 pub(crate) use crate::service::moderation::Acting;
 use crate::store::Store;
 use crate::writer::Writer;
@@ -71,6 +79,10 @@ pub(crate) struct Limits {
     pub admins_set_roles: bool,
     /// Most members `room.create` may name (`chat.max_initial_members`).
     pub max_initial_members: usize,
+    /// Most attachments one message carries (`attachments.max_per_message`).
+    pub max_attachments: usize,
+    /// Bytes one user may store (`attachments.quota_bytes_per_user`).
+    pub attachment_quota: i64,
 }
 
 impl Limits {
@@ -93,7 +105,13 @@ pub(crate) struct ChatHandler {
     pub(crate) limits: Limits,
     /// Every append to a room log goes through it (group commit), and it
     /// publishes what it committed, in commit order.
-    writer: Writer,
+    pub(crate) writer: Writer,
+    /// Where attachment bytes are, to delete them; `None` when this
+    /// service was built without the `[attachments]` section (tests).
+    pub(crate) blobs: Option<common::attachments::Blobs>,
+    /// Auth-service, to revoke an erased user's tokens; `None` in tests
+    /// without it.
+    pub(crate) auth: Option<AuthServiceClient<ServiceChannel>>,
 }
 
 impl ChatHandler {
@@ -110,6 +128,8 @@ impl ChatHandler {
             bus,
             presence,
             limits,
+            blobs: None,
+            auth: None,
         }
     }
 }
@@ -488,6 +508,48 @@ impl ChatService for ChatHandler {
         let actor = Actor::of(&request)?;
         let blocks = self.store.blocks(&actor.user_id).await?;
         Ok(Response::new(ListBlocksResponse { blocks }))
+    }
+
+    async fn attachment_usage(
+        &self,
+        request: Request<AttachmentUsageRequest>,
+    ) -> Result<Response<AttachmentUsageResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        Ok(Response::new(
+            ChatHandler::attachment_usage(self, &actor).await?,
+        ))
+    }
+
+    async fn create_attachment(
+        &self,
+        request: Request<CreateAttachmentRequest>,
+    ) -> Result<Response<CreateAttachmentResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let attachment = ChatHandler::create_attachment(self, &actor, request.into_inner()).await?;
+        Ok(Response::new(CreateAttachmentResponse {
+            attachment: Some(attachment),
+        }))
+    }
+
+    async fn get_attachment(
+        &self,
+        request: Request<GetAttachmentRequest>,
+    ) -> Result<Response<GetAttachmentResponse>, Status> {
+        let actor = Actor::of(&request)?;
+        let attachment = ChatHandler::get_attachment(self, &actor, request.into_inner()).await?;
+        Ok(Response::new(GetAttachmentResponse {
+            attachment: Some(attachment),
+        }))
+    }
+
+    async fn resolve_attachment(
+        &self,
+        request: Request<ResolveAttachmentRequest>,
+    ) -> Result<Response<GetAttachmentResponse>, Status> {
+        let attachment = ChatHandler::resolve_attachment(self, request.into_inner()).await?;
+        Ok(Response::new(GetAttachmentResponse {
+            attachment: Some(attachment),
+        }))
     }
 
     async fn check_relation(

@@ -13,8 +13,11 @@
 //! seq before every lower one (docs/architecture.md, "Replicas"). Every
 //! operation runs in a `sql` span, a child of the gRPC call that caused it.
 
+mod attachments;
 mod blocks;
 mod invitations;
+mod cleanup;
+mod erasure;
 mod messages;
 mod moderation;
 mod notifications;

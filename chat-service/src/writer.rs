@@ -101,6 +101,14 @@ pub(crate) enum Op {
     },
 }
 
+impl Op {
+    /// Whether the job may join a multi-row insert: a message without
+    /// attachments (claiming attachments takes statements of its own).
+    fn batchable(&self) -> bool {
+        matches!(self, Op::InsertMessage { message, .. } if message.attachments.is_empty())
+    }
+}
+
 /// What a committed job changed. Empty `events` means it changed nothing
 /// (e.g. joining a room one is already in).
 #[derive(Debug, Default)]
@@ -208,7 +216,7 @@ async fn commit(store: &Store, jobs: Vec<Job>) -> Vec<Done> {
     let mut done = Vec::with_capacity(jobs.len());
     let mut jobs = jobs.into_iter().peekable();
     while let Some(job) = jobs.next() {
-        if !matches!(job.op, Op::InsertMessage { .. }) {
+        if !job.op.batchable() {
             let result = apply(store, &mut tx, job.op)
                 .instrument(job.span.clone())
                 .await;
@@ -217,7 +225,7 @@ async fn commit(store: &Store, jobs: Vec<Job>) -> Vec<Done> {
         }
         // Consecutive messages are stored together.
         let mut run = vec![job];
-        while let Some(next) = jobs.next_if(|j| matches!(j.op, Op::InsertMessage { .. })) {
+        while let Some(next) = jobs.next_if(|j| j.op.batchable()) {
             run.push(next);
         }
         done.extend(insert_messages(store, &mut tx, run).await);

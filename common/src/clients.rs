@@ -22,6 +22,8 @@ pub const AI_TO_CHAT: Duration = Duration::from_secs(10);
 pub const PRESENCE_TO_CHAT: Duration = Duration::from_secs(10);
 /// Deadline of each presence call chat makes (who is online, on join).
 pub const CHAT_TO_PRESENCE: Duration = Duration::from_secs(5);
+/// Deadline of each auth call chat makes (revoking an erased user's tokens).
+pub const CHAT_TO_AUTH: Duration = Duration::from_secs(10);
 
 /// Who calls whom; each link has its own deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +35,12 @@ pub enum Link {
     AiToChat,
     PresenceToChat,
     ChatToPresence,
+    ChatToAuth,
 }
 
 impl Link {
     /// Every link, for tests that compare the two modes.
-    pub const ALL: [Link; 7] = [
+    pub const ALL: [Link; 8] = [
         Link::EdgeToAuth,
         Link::EdgeToChat,
         Link::EdgeToAi,
@@ -45,6 +48,7 @@ impl Link {
         Link::AiToChat,
         Link::PresenceToChat,
         Link::ChatToPresence,
+        Link::ChatToAuth,
     ];
 }
 
@@ -121,13 +125,14 @@ impl Clients {
             Link::AiToChat => AI_TO_CHAT,
             Link::PresenceToChat => PRESENCE_TO_CHAT,
             Link::ChatToPresence => CHAT_TO_PRESENCE,
+            Link::ChatToAuth => CHAT_TO_AUTH,
         }
     }
 
     /// The endpoint `link` calls.
     pub fn endpoint(&self, link: Link) -> &Endpoint {
         match link {
-            Link::EdgeToAuth => &self.auth,
+            Link::EdgeToAuth | Link::ChatToAuth => &self.auth,
             Link::EdgeToChat | Link::AiToChat | Link::PresenceToChat => &self.chat,
             Link::EdgeToAi => &self.ai,
             Link::EdgeToPresence | Link::ChatToPresence => &self.presence,
@@ -141,7 +146,7 @@ impl Clients {
             Link::EdgeToAuth | Link::EdgeToChat | Link::EdgeToAi | Link::EdgeToPresence => &c.edge,
             Link::AiToChat => &c.ai,
             Link::PresenceToChat => &c.presence,
-            Link::ChatToPresence => &c.chat,
+            Link::ChatToPresence | Link::ChatToAuth => &c.chat,
         }
     }
 

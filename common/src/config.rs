@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use self::files::Resolved;
 
 mod ai;
+mod attachments;
 mod auth;
 mod bus;
 mod chat;
@@ -28,6 +29,7 @@ mod presence;
 mod services;
 
 pub use self::ai::{AiConfig, AiFallback, AiProvider};
+pub use self::attachments::{AttachmentsConfig, StoreKind};
 pub use self::auth::{AuthConfig, JwksConfig, KeyConfig, MIN_SECRET_BYTES};
 pub use self::bus::BusConfig;
 pub use self::chat::{ChatConfig, InvitePolicy};
@@ -38,7 +40,15 @@ pub use self::services::{BackendCaller, Presenter, ServicesConfig};
 
 /// Sections of the config file, in `PARLEY_<SECTION>_<KEY>` order.
 const SECTIONS: &[&str] = &[
-    "edge", "auth", "chat", "ai", "presence", "bus", "services", "log",
+    "edge",
+    "auth",
+    "chat",
+    "ai",
+    "presence",
+    "bus",
+    "services",
+    "log",
+    "attachments",
 ];
 
 /// The whole suite's configuration; each component reads its own section.
@@ -53,6 +63,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub services: ServicesConfig,
     pub log: LogConfig,
+    pub attachments: AttachmentsConfig,
 }
 
 /// Where state lives: this process or Redis.
@@ -145,6 +156,7 @@ impl Config {
         self.services.validate()?;
         self.bus.validate()?;
         self.ai.validate()?;
+        self.attachments.validate()?;
         self.log.validate()
     }
 }
@@ -288,6 +300,14 @@ fn is_string_key(key: &str) -> bool {
                 | "channel_prefix"
                 | "redis_prefix"
                 | "signing_key"
+                | "dir"
+                | "store"
+                | "allowed_types"
+                | "s3_bucket"
+                | "s3_endpoint"
+                | "s3_region"
+                | "s3_access_key_id"
+                | "s3_secret_access_key"
                 | "previous_signing_key"
                 | "level"
                 | "allowed_origins"
@@ -507,5 +527,64 @@ mod tests {
         assert_eq!(c.edge.heartbeat_ms, 1000);
         assert_eq!(c.edge.auth_timeout_ms, 900);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn attachment_and_retention_keys_are_checked_naming_the_key() {
+        let c = load(&[
+            ("PARLEY_ATTACHMENTS_STORE", "s3"),
+            ("PARLEY_ATTACHMENTS_S3_BUCKET", "files"),
+            ("PARLEY_ATTACHMENTS_S3_ENDPOINT", "http://127.0.0.1:5000"),
+            (
+                "PARLEY_ATTACHMENTS_ALLOWED_TYPES",
+                "image/png,application/pdf",
+            ),
+            ("PARLEY_ATTACHMENTS_MAX_BYTES", "1024"),
+            ("PARLEY_CHAT_RETENTION_DAYS", "30"),
+        ])
+        .expect("valid");
+        assert_eq!(c.attachments.store, StoreKind::S3);
+        assert_eq!(
+            c.attachments.allowed_types,
+            ["image/png", "application/pdf"]
+        );
+        assert_eq!((c.attachments.max_bytes, c.chat.retention_days), (1024, 30));
+        for (env, key) in [
+            (("PARLEY_ATTACHMENTS_STORE", "s3"), "attachments.s3_bucket"),
+            (("PARLEY_ATTACHMENTS_STORE", "ftp"), "attachments.store"),
+            (
+                ("PARLEY_ATTACHMENTS_MAX_BYTES", "0"),
+                "attachments.max_bytes",
+            ),
+            (
+                ("PARLEY_ATTACHMENTS_URL_TTL_S", "-1"),
+                "attachments.url_ttl_s",
+            ),
+            (
+                ("PARLEY_ATTACHMENTS_ALLOWED_TYPES", "png"),
+                "attachments.allowed_types",
+            ),
+            (
+                ("PARLEY_ATTACHMENTS_SIGNING_KEY", "short"),
+                "attachments.signing_key",
+            ),
+            (
+                ("PARLEY_ATTACHMENTS_S3_ENDPOINT", "minio:9000"),
+                "attachments.s3_endpoint",
+            ),
+            (
+                ("PARLEY_CHAT_RETENTION_DAYS", "many"),
+                "chat.retention_days",
+            ),
+            (
+                ("PARLEY_CHAT_RETENTION_DAYS", "99999"),
+                "chat.retention_days",
+            ),
+            (("PARLEY_CHAT_CLEANUP_BATCH", "0"), "chat.cleanup_batch"),
+        ] {
+            let e = load(&[env]).expect_err(key);
+            assert!(e.to_string().contains(key), "{key}: {e}");
+            assert!(!e.to_string().contains("short"), "secret leaked: {e}");
+        }
     }
 }

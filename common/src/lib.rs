@@ -2,6 +2,7 @@
 //! propagation over gRPC, gRPC server/client plumbing, the event bus, the
 //! error-code table, ids, shutdown, and opening Redis.
 
+pub mod attachments;
 pub mod auth_reason;
 pub mod bus;
 pub mod cidr;

@@ -490,6 +490,7 @@ async fn dispatch(
         C::InvitationList(_) => invitations::list(s).await,
         C::InvitationAccept(args) => invitations::answer(s, args, true).await,
         C::InvitationDecline(args) => invitations::answer(s, args, false).await,
+        C::AttachmentUrl(args) => messages::attachment_url(s, args).await,
     }
 }
 

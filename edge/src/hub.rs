@@ -944,6 +944,7 @@ mod tests {
                         thread_id: None,
                         metadata_json: String::new(),
                         reply_to: None,
+                        ..SendMessageRequest::default()
                     }))
                     .await
                     .expect("send");
@@ -1310,6 +1311,7 @@ mod tests {
                     thread_id: None,
                     metadata_json: String::new(),
                     reply_to: None,
+                    ..SendMessageRequest::default()
                 }))
                 .await
                 .expect("send");

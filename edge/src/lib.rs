@@ -3,6 +3,7 @@
 //! fans room events from the bus out to the connections that joined.
 
 mod admission;
+mod attachments;
 mod commands;
 mod conn;
 mod control;
@@ -68,6 +69,8 @@ pub enum EdgeError {
     Bus(#[from] common::bus::BusError),
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] common::config::ConfigError),
 }
 
 /// Everything a connection task needs, shared by all of them.
@@ -105,6 +108,9 @@ pub(crate) struct Shared {
     /// The registry `/metrics` serves (in the one-process suite, every
     /// component's).
     pub registry: Arc<Metrics>,
+    /// Attachment storage and URL signing, once configured
+    /// ([`EdgeApp::with_attachments`]); unset, `/v1/attachments` is 404.
+    pub(crate) attachments: std::sync::OnceLock<attachments::Attachments>,
 }
 
 impl Shared {
@@ -139,8 +145,25 @@ impl EdgeApp {
             ai: AiServiceClient::new(clients.channel(Link::EdgeToAi)),
             presence: PresenceServiceClient::new(clients.channel(Link::EdgeToPresence)),
         };
+        let blobs = common::attachments::open(&config.attachments)?;
         let app = Self::new(&config.edge, backends, bus, tracing, shutdown, metrics).await?;
-        Ok(app.with_suite_config(config))
+        Ok(app
+            .with_suite_config(config)
+            .with_attachments(&config.attachments, blobs))
+    }
+
+    /// Serves `POST /v1/attachments` and signed downloads, storing in
+    /// `blobs` under the `[attachments]` limits.
+    pub fn with_attachments(
+        self,
+        config: &common::config::AttachmentsConfig,
+        blobs: common::attachments::Blobs,
+    ) -> Self {
+        let _ = self
+            .shared
+            .attachments
+            .set(attachments::Attachments::new(config, blobs));
+        self
     }
 
     /// Builds the edge; `shutdown` is the signal that starts the drain,
@@ -205,6 +228,7 @@ impl EdgeApp {
             blocks,
             metrics: metrics.edge.clone(),
             registry: metrics.clone(),
+            attachments: std::sync::OnceLock::new(),
         });
         Ok(Self { shared, conns_done })
     }
@@ -248,7 +272,8 @@ impl EdgeApp {
             .route("/ws", get(upgrade))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .route("/status", get(status::status));
+            .route("/status", get(status::status))
+            .merge(attachments::routes());
         if shared.config.web_app {
             router = router.merge(web::routes());
         }

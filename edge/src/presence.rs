@@ -164,6 +164,9 @@ mod tests {
         async fn sweep(&self, grace: Duration) -> Result<Sweep, PresenceError> {
             self.inner.sweep(grace).await
         }
+        async fn forget(&self, user_id: &str) -> Result<(), PresenceError> {
+            self.inner.forget(user_id).await
+        }
         async fn create_call(&self, call: &Call, ring: Duration) -> Result<(), PresenceError> {
             self.inner.create_call(call, ring).await
         }

@@ -13,10 +13,10 @@ use common::shutdown::ShutdownSignal;
 use futures::Stream;
 use proto::presence::v1::presence_service_server::PresenceService;
 use proto::presence::v1::{
-    ActOnCallRequest, ActOnCallResponse, GetPresenceRequest, GetPresenceResponse,
-    InviteCallRequest, InviteCallResponse, RegisterRequest, RegisterResponse, ReleaseRequest,
-    ReleaseResponse, RenewRequest, RenewResponse, SetStatusRequest, SetStatusResponse,
-    UserPresence, WatchEvent, WatchRequest,
+    ActOnCallRequest, ActOnCallResponse, ForgetUserRequest, ForgetUserResponse, GetPresenceRequest,
+    GetPresenceResponse, InviteCallRequest, InviteCallResponse, RegisterRequest, RegisterResponse,
+    ReleaseRequest, ReleaseResponse, RenewRequest, RenewResponse, SetStatusRequest,
+    SetStatusResponse, UserPresence, WatchEvent, WatchRequest,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -338,6 +338,20 @@ impl PresenceService for PresenceHandler {
             .await
             .map_err(failed("act_on_call"))?;
         Ok(Response::new(ActOnCallResponse {}))
+    }
+
+    async fn forget_user(
+        &self,
+        request: Request<ForgetUserRequest>,
+    ) -> Result<Response<ForgetUserResponse>, Status> {
+        let request = request.into_inner();
+        check_id("user_id", &request.user_id)?;
+        self.engine
+            .store
+            .forget(&request.user_id)
+            .await
+            .map_err(failed("forget_user"))?;
+        Ok(Response::new(ForgetUserResponse {}))
     }
 }
 

@@ -202,6 +202,10 @@ pub trait PresenceStore: Send + Sync + 'static {
         action: CallAction,
     ) -> Result<Call, PresenceError>;
 
+    /// Forgets a user's status, status text, last-seen time and pending
+    /// grace period (erasure). Live leases stay until their connections end.
+    async fn forget(&self, user_id: &str) -> Result<(), PresenceError>;
+
     /// Live leases and the users holding them, for the metrics.
     async fn counts(&self) -> Result<Counts, PresenceError>;
 

@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::objects::{PresenceStatus, Role, Visibility};
+use crate::objects::{MessageKind, PresenceStatus, Role, Visibility};
 
 /// Longest id (room, user, message, call) a command may carry, in bytes.
 pub const ID_MAX: usize = 128;
@@ -553,6 +553,14 @@ pub struct MessageSend {
     /// sender and an excerpt travel with the new message as `reply_to`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// `text` (default), `image`, `video`, `audio`, `file` or `voice`; any
+    /// kind but `text` needs attachments of a fitting type.
+    #[serde(default, skip_serializing_if = "MessageKind::is_text")]
+    pub kind: MessageKind,
+    /// Ids of your uploads (`POST /v1/attachments`) not yet sent; with
+    /// attachments `text` may be empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<String>,
 }
 
 impl Validate for MessageSend {
@@ -570,7 +578,40 @@ impl Validate for MessageSend {
             )));
         }
         optional("reply_to", &self.reply_to, ID_MAX)?;
+        if self.attachments.len() > MAX_ATTACHMENTS {
+            return Err(DecodeError::bad(format!(
+                "`attachments` holds at most {MAX_ATTACHMENTS} ids"
+            )));
+        }
+        for id in &self.attachments {
+            required("attachments[]", id, ID_MAX)?;
+        }
+        if !self.kind.is_text() && self.attachments.is_empty() {
+            return Err(DecodeError::bad(format!(
+                "a `{}` message needs `attachments`",
+                self.kind.as_str()
+            )));
+        }
         optional("thread", &self.thread, ID_MAX)
+    }
+}
+
+/// Most attachment ids one frame may carry (the server's own limit,
+/// `attachments.max_per_message`, may be lower).
+pub const MAX_ATTACHMENTS: usize = 100;
+
+/// `attachment.url`: a signed download URL of an attachment of a message
+/// in a room you are a member of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AttachmentUrl {
+    pub room: String,
+    pub attachment: String,
+}
+
+impl Validate for AttachmentUrl {
+    fn validate(&mut self) -> Result<(), DecodeError> {
+        required("room", &self.room, ID_MAX)?;
+        required("attachment", &self.attachment, ID_MAX)
     }
 }
 
@@ -1067,6 +1108,8 @@ commands! {
     "room.list" => RoomList(RoomListArgs) {},
     /// Post a message.
     "message.send" => MessageSend(MessageSend) { message: true, inspects_text: true, room_ordered: true },
+    /// A short-lived signed download URL of an attachment.
+    "attachment.url" => AttachmentUrl(AttachmentUrl) {},
     /// A page of a room's messages.
     "message.history" => MessageHistory(MessageHistory) { room_ordered: true },
     /// Ask the assistant; the reply streams as `ai.delta`.

@@ -191,8 +191,18 @@ pub enum ReplyResult {
     Report(ReportReply),
     Blocks(BlocksReply),
     Invitations(InvitationsReply),
+    AttachmentUrl(AttachmentUrlReply),
     /// Commands that answer with `ok` alone.
     Empty(Empty),
+}
+
+/// `attachment.url`: a URL of the edge serving the file until `expires_at`
+/// (ms since the epoch); relative to the edge's origin.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AttachmentUrlReply {
+    pub url: String,
+    pub expires_at: i64,
+    pub attachment: crate::Attachment,
 }
 
 /// `ping`.
@@ -245,6 +255,11 @@ pub struct RoomJoinReply {
     pub online: Vec<String>,
     /// How far members have read (the 1,000 furthest).
     pub read_marks: Vec<ReadMark>,
+    /// `since` is older than what the room's retention kept: `events` is
+    /// empty and the client must reload the room (`message.history`)
+    /// rather than replay; never a silent gap.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub history_truncated: bool,
 }
 
 /// `room.join{rooms}`: each room's result, in the order asked.

@@ -17,12 +17,12 @@ pub mod schema;
 
 pub use close::CloseCode;
 pub use commands::{
-    AiAsk, AiCancel, Auth, CallAct, CallInvite, ClientCommand, CommandKind, DecodeError, ID_MAX,
-    JOIN_ROOMS_MAX, JoinTarget, MessageDelete, MessageEdit, MessageHistory, MessageReport,
-    MessageSend, NoArgs, NotificationIds, NotificationList, PresenceSet, PresenceUsers, RateFamily,
-    ReactionArgs, ReceiptArgs, Refresh, RoomCreate, RoomDirectory, RoomJoin, RoomLeave,
-    RoomListArgs, RoomMembers, RoomRef, RoomSanction, RoomSetRole, RoomUpdate, RoomUser, SignIn,
-    Spec, Typing, UserArg, page_size,
+    AiAsk, AiCancel, AttachmentUrl, Auth, CallAct, CallInvite, ClientCommand, CommandKind,
+    DecodeError, ID_MAX, JOIN_ROOMS_MAX, JoinTarget, MAX_ATTACHMENTS, MessageDelete, MessageEdit,
+    MessageHistory, MessageReport, MessageSend, NoArgs, NotificationIds, NotificationList,
+    PresenceSet, PresenceUsers, RateFamily, ReactionArgs, ReceiptArgs, Refresh, RoomCreate,
+    RoomDirectory, RoomJoin, RoomLeave, RoomListArgs, RoomMembers, RoomRef, RoomSanction,
+    RoomSetRole, RoomUpdate, RoomUser, SignIn, Spec, Typing, UserArg, page_size,
 };
 pub use frames::*;
 pub use objects::*;

@@ -121,6 +121,96 @@ pub struct Message {
     /// The message this one replies to, quoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<Quote>,
+    /// What the message is; absent means `text`.
+    #[serde(default, skip_serializing_if = "MessageKind::is_text")]
+    pub kind: MessageKind,
+    /// Files sent with it (none once it is deleted); download each through
+    /// `attachment.url`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// What a message is: `text`, or a message built around its attachments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    #[default]
+    Text,
+    Image,
+    Video,
+    Audio,
+    File,
+    Voice,
+}
+
+impl MessageKind {
+    pub fn is_text(&self) -> bool {
+        *self == MessageKind::Text
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MessageKind::Text => "text",
+            MessageKind::Image => "image",
+            MessageKind::Video => "video",
+            MessageKind::Audio => "audio",
+            MessageKind::File => "file",
+            MessageKind::Voice => "voice",
+        }
+    }
+
+    /// The kind named `s` (`""` is `text`).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "" | "text" => MessageKind::Text,
+            "image" => MessageKind::Image,
+            "video" => MessageKind::Video,
+            "audio" => MessageKind::Audio,
+            "file" => MessageKind::File,
+            "voice" => MessageKind::Voice,
+            _ => return None,
+        })
+    }
+
+    /// Whether an attachment of type `mime` fits a message of this kind
+    /// (`file` takes anything; `text` may carry files too).
+    pub fn accepts(&self, mime: &str) -> bool {
+        match self {
+            MessageKind::Text | MessageKind::File => true,
+            MessageKind::Image => mime.starts_with("image/"),
+            MessageKind::Video => mime.starts_with("video/"),
+            MessageKind::Audio | MessageKind::Voice => mime.starts_with("audio/"),
+        }
+    }
+}
+
+/// An uploaded file: `{id, mime, size, width?, height?, name?}`. `mime` is
+/// what the bytes are, whatever the upload claimed; images carry their size
+/// in pixels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Attachment {
+    pub id: String,
+    pub mime: String,
+    pub size: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<i64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+impl From<&chat::Attachment> for Attachment {
+    fn from(a: &chat::Attachment) -> Self {
+        Self {
+            id: a.id.clone(),
+            mime: a.mime.clone(),
+            size: a.size,
+            width: a.width,
+            height: a.height,
+            name: a.name.clone(),
+        }
+    }
 }
 
 /// A quoted message: `{id, sender{id,name}, excerpt, deleted, edited_at?}`.
@@ -213,6 +303,8 @@ impl From<&chat::Message> for Message {
                 json => serde_json::from_str(json).ok(),
             },
             reply_to: m.reply_to.as_deref().map(Quote::from),
+            kind: MessageKind::parse(&m.kind).unwrap_or_default(),
+            attachments: m.attachments.iter().map(Attachment::from).collect(),
         }
     }
 }

@@ -67,6 +67,7 @@ fn an_unusable_verification_key_stops_start_up_naming_it() {
             "PARLEY_CHAT_DATABASE_URL",
             format!("sqlite://{}?mode=rwc", dir.join("chat.db").display()),
         )
+        .env("PARLEY_ATTACHMENTS_DIR", dir.join("attachments"))
         .env("PARLEY_BUS_BACKEND", "memory")
         .env("PARLEY_PRESENCE_BACKEND", "memory")
         .output()
@@ -118,6 +119,7 @@ async fn the_one_process_binary_allows_dev_login_by_default() {
             "PARLEY_CHAT_DATABASE_URL",
             format!("sqlite://{}?mode=rwc", dir.join("chat.db").display()),
         )
+        .env("PARLEY_ATTACHMENTS_DIR", dir.join("attachments"))
         .env("PARLEY_BUS_BACKEND", "memory")
         .env("PARLEY_PRESENCE_BACKEND", "memory")
         .stdout(std::process::Stdio::piped())

@@ -29,6 +29,25 @@ pub struct TestApp {
     /// Stops the extra edges when the test ends.
     extra_edges: common::shutdown::Shutdown,
     _db: TestDatabase,
+    /// The attachment store's directory, removed when the test ends.
+    _attachments: TempDir,
+}
+
+/// A directory of the test's own, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(common::ids::new_id(prefix));
+        std::fs::create_dir_all(&dir).expect("create temporary directory");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Names of the threads panics happened on. Tests run the suite on their own
@@ -105,6 +124,8 @@ pub async fn spawn_app_traced(adjust: impl FnOnce(&mut Config), tracing: bool) -
     config.chat.database_url = db.url.clone();
     config.auth.hs256_secret = common::Secret::new(SECRET);
     config.ai.offline_chunk_delay_ms = 1;
+    let attachments = TempDir::new("e2e-attachments");
+    config.attachments.dir = attachments.0.display().to_string();
     config.edge.shutdown_grace_ms = 2_000;
     config.edge.drain_ms = 200;
     // Every test client comes from 127.0.0.1 and some tests send hundreds
@@ -155,6 +176,7 @@ pub async fn spawn_app_traced(adjust: impl FnOnce(&mut Config), tracing: bool) -
         config,
         extra_edges: common::shutdown::Shutdown::new(),
         _db: db,
+        _attachments: attachments,
     }
 }
 
@@ -438,6 +460,17 @@ impl TestApp {
             }
             tokio::task::yield_now().await;
         }
+    }
+
+    /// Runs chat-service's clean-up job as if it were `now_ms`.
+    pub async fn clean_up_at(&self, now_ms: i64) -> chat_service::CleanupReport {
+        self.suite
+            .as_ref()
+            .expect("suite running")
+            .chat_cleanup
+            .run_at(now_ms)
+            .await
+            .expect("clean-up")
     }
 
     /// Stops the suite (edge drains, clients get 1001).
@@ -782,6 +815,111 @@ pub async fn http_get(
         .map(|(_, body)| body.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A raw HTTP/1.1 request, so the tests need no HTTP client dependency:
+/// the body is sent with `Content-Length`, or in `chunked` encoding one
+/// chunk per element (the server may answer before it has read them all).
+/// Returns the status, the headers (names lowercase) and the body.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Body<'_>,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let mut payload = Vec::new();
+    match body {
+        Body::Empty => head.push_str("Content-Length: 0\r\n"),
+        Body::Bytes(bytes) => {
+            head.push_str(&format!("Content-Length: {}\r\n", bytes.len()));
+            payload.extend_from_slice(bytes);
+        }
+        Body::Chunked(chunks) => {
+            head.push_str("Transfer-Encoding: chunked\r\n");
+            for chunk in chunks {
+                payload.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                payload.extend_from_slice(&chunk);
+                payload.extend_from_slice(b"\r\n");
+            }
+            payload.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    head.push_str("\r\n");
+    let writer = tokio::spawn(async move {
+        // The server may refuse early and close: later writes then fail.
+        if write.write_all(head.as_bytes()).await.is_ok() {
+            for piece in payload.chunks(16 * 1024) {
+                if write.write_all(piece).await.is_err() {
+                    break;
+                }
+            }
+        }
+        write
+    });
+    let mut response = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = writer.await;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let mut body = response[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+/// The body of a request.
+pub enum Body<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    Chunked(Vec<Vec<u8>>),
+}
+
+/// The data of a chunked body.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&raw[..end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 || raw.len() < end + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&raw[end + 2..end + 2 + size]);
+        raw = &raw[(end + 4 + size).min(raw.len())..];
+    }
+    out
 }
 
 /// A `redis-server` of the test's own, on a Unix socket in a temporary

@@ -6,6 +6,7 @@
 mod helpers;
 
 mod ai;
+mod attachments;
 mod auth;
 mod bad_input;
 mod chat;
@@ -13,6 +14,7 @@ mod cli;
 mod connection;
 mod dashboards;
 mod delivery;
+mod erasure;
 mod faults;
 mod hardening;
 mod invitations;
@@ -23,6 +25,7 @@ mod presence;
 mod protection;
 mod replies;
 mod resilient;
+mod retention;
 mod rooms_admin;
 mod rooms_many;
 mod service_credentials;

@@ -81,6 +81,7 @@ async fn the_prompt_is_recent_history_newest_first_within_the_token_budget() {
                     thread_id: None,
                     metadata_json: String::new(),
                     reply_to: None,
+                    ..SendMessageRequest::default()
                 }))
                 .await
                 .expect("send");
@@ -124,6 +125,7 @@ async fn a_question_in_a_thread_reads_the_thread_and_is_answered_there() {
             thread_id: None,
             metadata_json: String::new(),
             reply_to: None,
+            ..SendMessageRequest::default()
         }))
         .await
         .expect("root")

@@ -126,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
                     thread_id: None,
                     metadata_json: String::new(),
                     reply_to: None,
+                    ..SendMessageRequest::default()
                 });
                 let sent = Instant::now();
                 match client.clone().send_message(request).await {

@@ -52,10 +52,18 @@ impl ChatHandler {
             thread_id,
             metadata_json,
             reply_to,
+            kind,
+            attachment_ids,
             ..
         } = request;
         check_id("client_msg_id", &client_msg_id)?;
-        self.check_text(&text)?;
+        let kind = protocol::MessageKind::parse(&kind).ok_or_else(|| {
+            ChatError::BadRequest("kind must be text, image, video, audio, file or voice".into())
+        })?;
+        // A message of files alone has no text.
+        if attachment_ids.is_empty() || !text.is_empty() {
+            self.check_text(&text)?;
+        }
         let metadata_json = check_metadata(&metadata_json)?;
         // A retried send is not looked up first: the store refuses the
         // repeated client_msg_id, and the stored message is answered then.
@@ -85,6 +93,24 @@ impl ChatHandler {
                 Some(Box::new((&protocol::Quote::of(&original)).into()))
             }
         };
+        let attachments = if attachment_ids.is_empty() {
+            Vec::new()
+        } else {
+            // A retried send finds its uploads already sent: answer the
+            // stored message, as for any retry.
+            if let Some(existing) = self
+                .store
+                .message_by_client_id(&room.id, &sender.id, &client_msg_id)
+                .await?
+            {
+                return Ok(SendMessageResponse {
+                    message: Some(existing),
+                    duplicate: true,
+                });
+            }
+            self.attachments_for(&sender.id, kind, &attachment_ids)
+                .await?
+        };
         let message = Message {
             id: common::ids::new_id("m"),
             room_id: room.id.clone(),
@@ -99,6 +125,8 @@ impl ChatHandler {
             metadata_json,
             reactions: Vec::new(),
             reply_to,
+            kind: kind.as_str().to_string(),
+            attachments,
         };
         let notifications = self.mentions(&message).await?;
         let op = Op::InsertMessage {

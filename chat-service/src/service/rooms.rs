@@ -211,7 +211,14 @@ impl ChatHandler {
             .map(|r| r.last_seq)
             .unwrap_or(room.last_seq);
         room.last_seq = last_seq;
+        // Retention deleted the log from before `since`: replaying would
+        // leave a gap the client cannot see, so it reloads instead.
+        let history_truncated = match request.since {
+            Some(since) => since < self.store.truncated_seq(&room.id).await?,
+            None => false,
+        };
         let (events, has_more) = match request.since {
+            Some(_) if history_truncated => (Vec::new(), false),
             Some(since) => {
                 let limit = page(request.limit, self.limits.page_limit);
                 self.store.events(&room.id, since, last_seq, limit).await?
@@ -225,10 +232,11 @@ impl ChatHandler {
             last_seq,
             events,
             has_more,
-            recovered: request.since.is_some() && !has_more,
+            recovered: request.since.is_some() && !has_more && !history_truncated,
             online,
             members,
             read_marks,
+            history_truncated,
         })
     }
 

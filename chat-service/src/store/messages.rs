@@ -83,10 +83,14 @@ impl Store {
             message.seq = next_seq(&mut tx, &message.room_id).await?;
             let sender = message.sender.clone().unwrap_or_default();
             let (reply_to_id, reply_to) = quote_columns(&message);
+            if message.kind.is_empty() {
+                message.kind = protocol::MessageKind::Text.as_str().to_string();
+            }
+            let attachments = super::attachments::attachments_column(&message);
             sqlx::query(
                 "INSERT INTO messages (id, room_id, seq, sender_id, sender_name, text, thread_id, \
-                   metadata, client_msg_id, created_at, reply_to_id, reply_to) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                   metadata, client_msg_id, created_at, reply_to_id, reply_to, kind, attachments) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             )
             .bind(message.id.clone())
             .bind(message.room_id.clone())
@@ -100,8 +104,11 @@ impl Store {
             .bind(message.created_at)
             .bind(reply_to_id)
             .bind(reply_to)
+            .bind(message.kind.clone())
+            .bind(attachments)
             .execute(&mut *tx)
             .await?;
+            super::attachments::claim(&mut tx, &message).await?;
             let event = message_new(&message);
             insert_event(&mut tx, &event, Some(&message.id), message.created_at).await?;
             for notification in notifications {
@@ -290,7 +297,7 @@ impl Store {
             let seq = next_seq(&mut tx, room_id).await?;
             let now = common::ids::now_ms();
             let changed = sqlx::query(
-                "UPDATE messages SET text = '', metadata = '', deleted_at = $1 \
+                "UPDATE messages SET text = '', metadata = '', attachments = '', deleted_at = $1 \
                  WHERE room_id = $2 AND id = $3 AND deleted_at IS NULL",
             )
             .bind(now)

@@ -15,7 +15,7 @@ pub(super) const ROOM_COLUMNS_R: &str = "r.id, r.name, r.visibility, r.owner_id,
      r.created_at, r.topic, r.metadata, r.deleted_at";
 
 pub(super) const MESSAGE_COLUMNS: &str = "id, room_id, seq, sender_id, sender_name, text, thread_id, \
-                               metadata, client_msg_id, created_at, edited_at, deleted_at, reply_to";
+                               metadata, client_msg_id, created_at, edited_at, deleted_at, reply_to, kind, attachments";
 
 pub(super) fn room_from(row: &AnyRow) -> Result<Room, ChatError> {
     let visibility: String = row.try_get("visibility")?;
@@ -79,6 +79,16 @@ pub(super) fn message_from(row: &AnyRow) -> Result<Message, ChatError> {
             None
         } else {
             quote_from(&row.try_get::<String, _>("reply_to")?)
+        },
+        kind: row.try_get("kind")?,
+        // Nor does it carry files.
+        attachments: if deleted {
+            Vec::new()
+        } else {
+            super::attachments::attachments_from(
+                &row.try_get::<String, _>("attachments")?,
+                &row.try_get::<String, _>("room_id")?,
+            )
         },
     })
 }

@@ -47,6 +47,8 @@ pub struct TestApp {
     pub bus: Arc<MemoryBus>,
     /// The service credential its clients hold.
     pub credential: Secret,
+    /// The service's clean-up job, to run at a chosen time.
+    pub cleanup: chat_service::Cleanup,
     _shutdown: Shutdown,
     _db: TestDatabase,
 }
@@ -89,6 +91,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ChatConfig)) -> TestApp 
     )
     .await
     .expect("chat app");
+    let cleanup = app.cleanup();
     let server = serve_grpc(|listener, signal| app.run_until_stopped(listener, signal)).await;
     let channel = server.channel(&settings(&credential));
     let client = ChatServiceClient::new(channel.clone());
@@ -100,6 +103,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ChatConfig)) -> TestApp 
         backend,
         bus,
         credential,
+        cleanup,
         _shutdown: server.shutdown,
         _db: db,
     }
@@ -134,6 +138,7 @@ pub fn message(room_id: &str, text: &str) -> SendMessageRequest {
         thread_id: None,
         metadata_json: String::new(),
         reply_to: None,
+        ..SendMessageRequest::default()
     }
 }
 

@@ -13,7 +13,9 @@
 //! - `backend`: the `ChatBackendService` API for other backends;
 //! - `health`: gRPC health following the database;
 //! - `replicas`: two chat-services appending to the same rooms of one
-//!   Postgres database (seqs taken once, without gaps, in order).
+//!   Postgres database (seqs taken once, without gaps, in order);
+//! - `retention`: the clean-up job at an injected time, in small batches
+//!   while sends go on.
 
 mod backend;
 mod edits;
@@ -25,4 +27,5 @@ mod notifications;
 mod reactions;
 mod receipts;
 mod replicas;
+mod retention;
 mod rooms;

@@ -77,6 +77,7 @@ const RESULT_DEFS = {
   "invitation.list": "InvitationsReply",
   "invitation.accept": "RoomReply",
   "invitation.decline": "Empty",
+  "attachment.url": "AttachmentUrlReply",
 } as const satisfies Record<ClientCommandType, keyof SchemaDefs>;
 
 /** The result fields of each command's `reply`. */

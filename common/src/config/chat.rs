@@ -43,6 +43,18 @@ pub struct ChatConfig {
     /// Most pending invitations one user may have; one more
     /// (`room.create{members}`, `room.invite`) is refused with `too_large`.
     pub max_pending_invitations_per_user: u32,
+    /// Days a room's log, messages, reactions and attachments are kept;
+    /// `0` keeps them forever. A room's own `retention_days` overrides it.
+    pub retention_days: u32,
+    /// Interval of the clean-up job (retention, deleted rooms, unreferenced
+    /// attachments).
+    pub cleanup_interval_s: u64,
+    /// Most rows one clean-up statement deletes, so the job never holds the
+    /// database long and writes go on between its batches.
+    pub cleanup_batch: u32,
+    /// A deleted room's tombstone (and what is left of it) is purged this
+    /// long after `room.delete`.
+    pub deleted_room_purge_s: u64,
 }
 
 /// Who may add people to a private room.
@@ -72,6 +84,10 @@ impl Default for ChatConfig {
             max_notifications_per_user: 1_000,
             max_blocks_per_user: 1_000,
             max_pending_invitations_per_user: 100,
+            retention_days: 0,
+            cleanup_interval_s: 300,
+            cleanup_batch: 500,
+            deleted_room_purge_s: 86_400,
         }
     }
 }
@@ -115,6 +131,14 @@ impl ChatConfig {
             u64::from(self.max_pending_invitations_per_user),
             1,
         )?;
+        if self.retention_days > 36_500 {
+            return Err(ConfigError(format!(
+                "key `chat.retention_days`: must be at most 36500, got {}",
+                self.retention_days
+            )));
+        }
+        at_least("chat.cleanup_interval_s", self.cleanup_interval_s, 1)?;
+        at_least("chat.cleanup_batch", u64::from(self.cleanup_batch), 1)?;
         let db = &self.database_url;
         if !(db.starts_with("sqlite:")
             || db.starts_with("postgres://")

@@ -32,6 +32,8 @@ const SECRET_KEYS: &[(&str, &str)] = &[
     ("services", "ai_credential"),
     ("services", "presence_credential"),
     ("services", "chat_credential"),
+    ("attachments", "signing_key"),
+    ("attachments", "s3_secret_access_key"),
 ];
 
 /// The secret inside each `[[services.backends]]` table, which also has a `_file` form.

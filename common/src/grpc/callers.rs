@@ -74,8 +74,14 @@ const AI_RELAYS: &[&str] = &["parley.chat.v1.ChatService/SendMessage"];
 /// What presence calls on chat: missed-call notifications.
 const PRESENCE_METHODS: &[&str] = &["parley.chat.v1.ChatBackendService/CreateNotification"];
 
-/// What chat calls on presence: who is online, on join.
-const CHAT_METHODS: &[&str] = &["parley.presence.v1.PresenceService/GetPresence"];
+/// What chat calls: who is online (on join and for webhooks), and, to
+/// erase a user, presence's memory of them and their tokens.
+const CHAT_METHODS: &[&str] = &[
+    "parley.presence.v1.PresenceService/GetPresence",
+    "parley.presence.v1.PresenceService/Watch",
+    "parley.presence.v1.PresenceService/ForgetUser",
+    "parley.auth.v1.AuthService/Revoke",
+];
 
 /// Which end users a caller may name in `x-parley-user-*`.
 #[derive(Debug, Clone, PartialEq, Eq)]

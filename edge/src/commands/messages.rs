@@ -2,14 +2,14 @@
 //! notifications.
 
 use proto::chat::v1::{
-    ClearNotificationsRequest, DeleteMessageRequest, EditMessageRequest, GetHistoryRequest,
-    ListNotificationsRequest, MarkReceiptRequest, ReactionRequest, ReadNotificationsRequest,
-    ReceiptKind, SendMessageRequest,
+    ClearNotificationsRequest, DeleteMessageRequest, EditMessageRequest, GetAttachmentRequest,
+    GetHistoryRequest, ListNotificationsRequest, MarkReceiptRequest, ReactionRequest,
+    ReadNotificationsRequest, ReceiptKind, SendMessageRequest,
 };
 use protocol::{
-    HistoryReply, Message, MessageDelete, MessageEdit, MessageHistory, MessageReply, MessageSend,
-    Notification, NotificationIds, NotificationList, NotificationListReply, ReactionArgs,
-    ReceiptArgs, ReceiptReply, ReplyResult,
+    AttachmentUrl, AttachmentUrlReply, HistoryReply, Message, MessageDelete, MessageEdit,
+    MessageHistory, MessageReply, MessageSend, Notification, NotificationIds, NotificationList,
+    NotificationListReply, ReactionArgs, ReceiptArgs, ReceiptReply, ReplyResult,
 };
 use serde_json::Value;
 
@@ -35,6 +35,8 @@ pub(super) async fn send(
         thread_id: args.thread,
         metadata_json,
         reply_to: args.reply_to,
+        kind: args.kind.as_str().to_string(),
+        attachment_ids: args.attachments,
     });
     let message = s
         .chat()
@@ -45,6 +47,40 @@ pub(super) async fn send(
         .message
         .ok_or_else(|| missing("message"))?;
     Ok(message_reply(&message))
+}
+
+/// `attachment.url`: chat-service says whether the caller may see the
+/// attachment (a member of the room of a live message carrying it); the
+/// edge signs a URL it will serve.
+pub(super) async fn attachment_url(
+    s: &mut Session,
+    args: AttachmentUrl,
+) -> Result<Outcome, CommandError> {
+    let shared = s.link.shared.clone();
+    let Some(attachments) = shared.attachments.get() else {
+        return Err(CommandError::new(
+            common::ErrorCode::NotFound,
+            "attachments are not enabled",
+        ));
+    };
+    let request = s.actor()?.request(GetAttachmentRequest {
+        room_id: args.room,
+        attachment_id: args.attachment,
+    });
+    let attachment = s
+        .chat()
+        .get_attachment(request)
+        .await
+        .map_err(failed("chat"))?
+        .into_inner()
+        .attachment
+        .ok_or_else(|| missing("attachment"))?;
+    let (url, expires_at) = attachments.signed_url(&attachment.id, common::ids::now_ms());
+    Ok(reply(ReplyResult::AttachmentUrl(AttachmentUrlReply {
+        url,
+        expires_at,
+        attachment: protocol::Attachment::from(&attachment),
+    })))
 }
 
 fn message_reply(message: &proto::chat::v1::Message) -> Outcome {

@@ -196,6 +196,7 @@ async fn enter(s: &mut Session, target: &JoinTarget) -> Result<Entered, CommandE
                 seq: m.seq,
             })
             .collect(),
+        history_truncated: response.history_truncated,
     };
     Ok(Entered {
         channel,

@@ -272,6 +272,14 @@ impl PresenceStore for MemoryStore {
             .collect())
     }
 
+    async fn forget(&self, user_id: &str) -> Result<(), PresenceError> {
+        let mut state = self.lock();
+        state.statuses.remove(user_id);
+        state.last_seen.remove(user_id);
+        state.pending.remove(user_id);
+        Ok(())
+    }
+
     async fn set_status(
         &self,
         user_id: &str,

@@ -548,6 +548,18 @@ impl PresenceStore for RedisStore {
             .collect())
     }
 
+    async fn forget(&self, user_id: &str) -> Result<(), PresenceError> {
+        let prefix = &self.prefix;
+        let mut connection = self.connection();
+        redis::pipe()
+            .del(format!("{prefix}status:{user_id}"))
+            .del(format!("{prefix}seen:{user_id}"))
+            .zrem(format!("{prefix}pending"), user_id)
+            .query_async::<()>(&mut connection)
+            .await?;
+        Ok(())
+    }
+
     async fn set_status(
         &self,
         user_id: &str,

@@ -415,6 +415,24 @@ async fn status_is_kept_until_the_user_goes_offline(h: &Harness) {
     assert_eq!(h.presence("alice").await.status, "online", "forgotten");
 }
 
+async fn forgetting_a_user_drops_status_and_last_seen(h: &Harness) {
+    h.register("c1", "alice").await;
+    h.store
+        .set_status("alice", "busy", "at the dentist")
+        .await
+        .expect("set");
+    h.register("c2", "bob").await;
+    h.advance(Duration::from_secs(3)).await;
+    h.release(&["c2"]).await;
+    assert!(h.presence("bob").await.last_seen_ms > 0);
+    h.store.forget("alice").await.expect("forget");
+    h.store.forget("bob").await.expect("forget");
+    let alice = h.presence("alice").await;
+    assert_eq!((alice.status.as_str(), alice.text.as_str()), ("online", ""));
+    let bob = h.presence("bob").await;
+    assert_eq!((bob.last_seen_ms, bob.in_grace), (0, false));
+}
+
 fn call(id: &str) -> Call {
     Call {
         id: id.into(),
@@ -556,6 +574,7 @@ contract!(
     a_reconnect_within_the_grace_period_reports_nothing,
     expired_leases_are_found_by_the_sweep_and_go_offline_after_grace,
     status_is_kept_until_the_user_goes_offline,
+    forgetting_a_user_drops_status_and_last_seen,
     only_the_parties_act_on_a_call,
     an_unanswered_call_is_missed_once_after_the_ring_time,
 );
