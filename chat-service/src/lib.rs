@@ -12,9 +12,12 @@ pub mod permissions;
 mod publisher;
 mod service;
 mod store;
+mod watch;
+mod webhooks;
 mod writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::Secret;
 use common::bus::Bus;
@@ -37,6 +40,7 @@ pub use crate::error::ChatError;
 use crate::service::{ChatHandler, Limits};
 pub use crate::service::{MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_ROOM_NAME_CHARS};
 use crate::store::{Caps, Store};
+use crate::webhooks::{Connections, NoPresence, SystemClock, Webhooks};
 
 /// The chat service, ready to serve.
 pub struct ChatApp {
@@ -47,6 +51,10 @@ pub struct ChatApp {
     health: Health,
     /// Credential callers must present (`authorization: Bearer …`).
     credential: Secret,
+    /// Outgoing webhooks; started with the server.
+    webhooks: Webhooks,
+    /// `chat.watch_poll_ms`.
+    watch_poll: Duration,
 }
 
 impl std::fmt::Debug for ChatApp {
@@ -96,6 +104,18 @@ impl ChatApp {
             notifications: config.max_notifications_per_user,
             blocks: config.max_blocks_per_user,
         };
+        let connections: Arc<dyn Connections> = match &presence {
+            Some(client) => Arc::new(client.clone()),
+            None => Arc::new(NoPresence),
+        };
+        let watch_poll = Duration::from_millis(config.watch_poll_ms);
+        let webhooks = Webhooks::new(
+            store.clone(),
+            &config.webhooks,
+            Arc::new(SystemClock),
+            connections,
+            watch_poll,
+        );
         let limits = Limits {
             max_text_chars: config.max_text_chars,
             page_limit: config.page_limit,
@@ -109,6 +129,8 @@ impl ChatApp {
             metrics: metrics.clone(),
             health: Health::new(&[SERVICE_NAME, BACKEND_SERVICE_NAME]),
             credential: credential.clone(),
+            webhooks,
+            watch_poll,
         })
     }
 
@@ -122,8 +144,12 @@ impl ChatApp {
     ) -> Result<(), tonic::transport::Error> {
         let store = self.handler.store.clone();
         let check = CredentialCheck::new(&self.credential);
+        self.webhooks.start(shutdown.clone());
         let backend = BackendHandler {
             chat: self.handler.clone(),
+            webhooks: self.webhooks,
+            watch_poll: self.watch_poll,
+            shutdown: shutdown.clone(),
         };
         let routes = Routes::new(ChatServiceServer::with_interceptor(
             self.handler,

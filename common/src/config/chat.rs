@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, at_least};
+use super::{ConfigError, WebhookConfig, at_least};
 
 /// The chat service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +40,11 @@ pub struct ChatConfig {
     pub max_notifications_per_user: u32,
     /// Most users one user may block.
     pub max_blocks_per_user: u32,
+    /// How often `Watch` streams and the webhook planner look for events
+    /// appended by other replicas (this process's own wake them at once).
+    pub watch_poll_ms: u64,
+    /// Outgoing webhook endpoints (`[[chat.webhooks]]`); none by default.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// Who may add people to a private room.
@@ -68,6 +73,8 @@ impl Default for ChatConfig {
             max_initial_members: 100,
             max_notifications_per_user: 1_000,
             max_blocks_per_user: 1_000,
+            watch_poll_ms: 1_000,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -106,6 +113,8 @@ impl ChatConfig {
             u64::from(self.max_blocks_per_user),
             1,
         )?;
+        at_least("chat.watch_poll_ms", self.watch_poll_ms, 10)?;
+        super::webhooks::validate(&self.webhooks)?;
         let db = &self.database_url;
         if !(db.starts_with("sqlite:")
             || db.starts_with("postgres://")

@@ -1,0 +1,1 @@
+//! Webhook tests: a local receiver that fails, then recovers.
