@@ -113,6 +113,8 @@ struct Shared {
     /// longest the dispatcher sleeps between looks at the queue.
     poll: Duration,
     http: reqwest::Client,
+    /// Counts the attempts whose outcome is stored (tests wait on it).
+    recorded: tokio::sync::watch::Sender<u64>,
 }
 
 struct Endpoint {
@@ -154,6 +156,7 @@ impl Webhooks {
                 wake: Notify::new(),
                 poll,
                 http,
+                recorded: tokio::sync::watch::Sender::new(0),
             })),
         }
     }

@@ -93,6 +93,7 @@ async fn attempt(
         tracing::warn!(%error, id = %delivery.id, "cannot record a webhook attempt");
     }
     drop(permit);
+    shared.recorded.send_modify(|n| *n += 1);
     shared.wake.notify_one();
 }
 
