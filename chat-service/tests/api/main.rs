@@ -13,7 +13,9 @@
 //! - `backend`: the `ChatBackendService` API for other backends;
 //! - `health`: gRPC health following the database;
 //! - `replicas`: two chat-services appending to the same rooms of one
-//!   Postgres database (seqs taken once, without gaps, in order).
+//!   Postgres database (seqs taken once, without gaps, in order);
+//! - `watch`: the backend event stream, resumed across a restart;
+//! - `webhooks`: dead letters listed and redriven through the backend API.
 
 mod backend;
 mod edits;
@@ -26,3 +28,5 @@ mod reactions;
 mod receipts;
 mod replicas;
 mod rooms;
+mod watch;
+mod webhooks;
