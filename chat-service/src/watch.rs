@@ -111,7 +111,7 @@ pub(crate) fn stream(
                     _ = appended.changed() => {}
                     () = tokio::time::sleep(poll) => {}
                     () = tx.closed() => return,
-                    () = &mut stopped => return,
+                    () = &mut stopped => return shutting_down(&tx),
                 }
                 continue;
             }
@@ -119,12 +119,20 @@ pub(crate) fn stream(
                 position = event.position;
                 tokio::select! {
                     sent = tx.send(Ok(event)) => if sent.is_err() { return },
-                    () = &mut stopped => return,
+                    () = &mut stopped => return shutting_down(&tx),
                 }
             }
         }
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Ends a stream because the service stops: `UNAVAILABLE`, so the
+/// consumer resumes elsewhere or after the restart.
+fn shutting_down(tx: &mpsc::Sender<Result<WatchEvent, Status>>) {
+    let _ = tx.try_send(Err(Status::unavailable(
+        "chat-service is shutting down; watch again from your position",
+    )));
 }
 
 #[cfg(test)]
