@@ -155,6 +155,58 @@ fn valid_filter(filter: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn endpoints_are_checked_at_start_up_naming_the_key_never_the_secret() {
+        let dir = std::env::temp_dir().join(crate::ids::new_id("parley-webhooks"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("parley.toml");
+        let check = |table: &str| {
+            let toml = format!(
+                "[chat]\nwatch_poll_ms = 500\n\n[[chat.webhooks]]\nname = \"push\"\n\
+                 url = \"https://push.example/hook\"\n{table}"
+            );
+            std::fs::write(&path, toml).expect("write");
+            Config::load(Some(&path), Vec::<(String, String)>::new())
+        };
+        let ok = check(&format!("secret = \"{SECRET}\"\n")).expect("valid");
+        let hook = &ok.chat.webhooks[0];
+        assert_eq!(ok.chat.watch_poll_ms, 500);
+        assert_eq!(
+            (hook.events.as_slice(), hook.max_in_flight, hook.max_attempts),
+            (&["*".to_string()][..], 4, 10)
+        );
+        assert!(!format!("{ok:?}").contains(SECRET), "secret printed");
+        for (table, key) in [
+            ("secret = \"short\"\n", "chat.webhooks[0].secret"),
+            (
+                &format!("secret = \"{SECRET}\"\nevents = [\"message.*.x\"]\n"),
+                "chat.webhooks[0].events",
+            ),
+            (
+                &format!("secret = \"{SECRET}\"\nmax_in_flight = 0\n"),
+                "chat.webhooks[0].max_in_flight",
+            ),
+            (
+                &format!("secret = \"{SECRET}\"\nretry_base_ms = 5000\nretry_max_ms = 10\n"),
+                "chat.webhooks[0].retry_max_ms",
+            ),
+            (
+                &format!("secret = \"{SECRET}\"\n\n[[chat.webhooks]]\nname = \"push\"\nurl = \"http://x/\"\nsecret = \"{SECRET}\"\n"),
+                "chat.webhooks[1].name",
+            ),
+        ] {
+            let e = check(table).expect_err(key);
+            assert!(e.to_string().contains(key), "{e}");
+            assert!(!e.to_string().contains(SECRET), "secret leaked: {e}");
+        }
+        let e = check(&format!("secret = \"{SECRET}\"\nurl_typo = 1\n")).expect_err("unknown key");
+        assert!(e.to_string().contains("url_typo"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn hook(events: &[&str]) -> WebhookConfig {
         WebhookConfig {
