@@ -30,9 +30,9 @@ use proto::chat::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::error::ChatError;
+use crate::service::{Acting, ChatHandler, MAX_ROOM_NAME_CHARS, check_id, page};
 use crate::watch::WatchStream;
 use crate::webhooks::Webhooks;
-use crate::service::{Acting, ChatHandler, MAX_ROOM_NAME_CHARS, check_id, page};
 
 /// Most dead letters one `ListWebhookDeadLetters` returns.
 const MAX_LISTED_DEAD_LETTERS: u32 = 100;

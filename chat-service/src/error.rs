@@ -121,9 +121,10 @@ impl From<ChatError> for Status {
         match error {
             ChatError::Denied(denial) => denial.encode(&mut status),
             ChatError::PositionOutOfRange { oldest, .. } => {
-                status
-                    .metadata_mut()
-                    .insert(OLDEST_POSITION, tonic::metadata::AsciiMetadataValue::from(oldest));
+                status.metadata_mut().insert(
+                    OLDEST_POSITION,
+                    tonic::metadata::AsciiMetadataValue::from(oldest),
+                );
             }
             _ => {}
         }

@@ -158,9 +158,15 @@ mod tests {
         for asked in [3, 21] {
             let status = Status::from(start(&request(asked), bounds).expect_err("out of range"));
             assert_eq!(status.code(), tonic::Code::OutOfRange);
-            assert!(status.message().contains("oldest available is 10"), "{status:?}");
+            assert!(
+                status.message().contains("oldest available is 10"),
+                "{status:?}"
+            );
             assert_eq!(
-                status.metadata().get(crate::error::OLDEST_POSITION).map(|v| v.to_str().ok()),
+                status
+                    .metadata()
+                    .get(crate::error::OLDEST_POSITION)
+                    .map(|v| v.to_str().ok()),
                 Some(Some("10"))
             );
         }

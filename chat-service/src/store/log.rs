@@ -36,12 +36,11 @@ pub(super) async fn take_positions(
     tx: &mut Transaction<'_, Any>,
     n: i64,
 ) -> Result<i64, ChatError> {
-    let row = sqlx::query(
-        "UPDATE log_head SET position = position + $1 WHERE id = 1 RETURNING position",
-    )
-    .bind(n)
-    .fetch_one(&mut **tx)
-    .await?;
+    let row =
+        sqlx::query("UPDATE log_head SET position = position + $1 WHERE id = 1 RETURNING position")
+            .bind(n)
+            .fetch_one(&mut **tx)
+            .await?;
     Ok(row.try_get("position")?)
 }
 

@@ -173,7 +173,11 @@ impl Store {
     }
 
     /// Records an attempt's outcome.
-    pub(crate) async fn finish_webhook(&self, id: &str, outcome: &Outcome) -> Result<(), ChatError> {
+    pub(crate) async fn finish_webhook(
+        &self,
+        id: &str,
+        outcome: &Outcome,
+    ) -> Result<(), ChatError> {
         async {
             let query = match outcome {
                 Outcome::Done => {
@@ -314,7 +318,11 @@ impl Store {
             .fetch_all(&self.reader)
             .await?;
             for row in mentions {
-                recipients.push((row.try_get("user_id")?, "mention", Some(row.try_get("body")?)));
+                recipients.push((
+                    row.try_get("user_id")?,
+                    "mention",
+                    Some(row.try_get("body")?),
+                ));
             }
             let direct = sqlx::query(
                 "SELECT m.user_id FROM rooms r JOIN members m ON m.room_id = r.id \

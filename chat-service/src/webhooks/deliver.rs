@@ -104,7 +104,11 @@ async fn post(shared: &Shared, endpoint: &Endpoint, delivery: &Claimed) -> Outco
     if delivery.attempts == 0
         && let Some(user) = &delivery.user_id
     {
-        match shared.connections.connected(std::slice::from_ref(user)).await {
+        match shared
+            .connections
+            .connected(std::slice::from_ref(user))
+            .await
+        {
             Ok(connected) if connected.contains(user) => {
                 tracing::debug!(id = %delivery.id, "user is connected; notification not sent");
                 return Outcome::Done;

@@ -212,7 +212,12 @@ async fn harness(config: WebhookConfig, connections: Arc<dyn Connections>) -> Ha
         connections,
         Duration::from_secs(3_600),
     );
-    let recorded = webhooks.shared.as_ref().expect("endpoints").recorded.subscribe();
+    let recorded = webhooks
+        .shared
+        .as_ref()
+        .expect("endpoints")
+        .recorded
+        .subscribe();
     let shutdown = Shutdown::new();
     webhooks.start(shutdown.signal());
     Harness {
@@ -353,7 +358,10 @@ async fn a_failing_endpoint_is_retried_with_backoff_under_one_key_until_it_recov
     for (attempt, at) in [(&first, T0), (&second, T0 + 1_000), (&third, T0 + 3_000)] {
         assert!(attempt.verifies(), "signature of {attempt:?}");
         assert_eq!(attempt.timestamp, (at / 1000).to_string());
-        assert_eq!(attempt.key, first.key, "one idempotency key for every attempt");
+        assert_eq!(
+            attempt.key, first.key,
+            "one idempotency key for every attempt"
+        );
         assert_eq!(attempt.event, "room.event");
         assert_eq!(attempt.body, first.body);
     }
@@ -388,12 +396,19 @@ async fn attempts_used_up_make_a_dead_letter_that_a_redrive_delivers() {
     let second = receiver.next().await;
     h.recorded(2).await;
     let queue = h.queue().await;
-    let dead_rows: Vec<_> = queue.iter().map(|(n, _, e, dead)| (*n, e.as_str(), *dead)).collect();
+    let dead_rows: Vec<_> = queue
+        .iter()
+        .map(|(n, _, e, dead)| (*n, e.as_str(), *dead))
+        .collect();
     assert_eq!(dead_rows, [(2, "HTTP 500", true)]);
     let dead = h.store.dead_webhooks(None, None, 10).await.expect("list");
     assert_eq!(dead.len(), 1);
     assert_eq!(
-        (dead[0].id.as_str(), dead[0].endpoint.as_str(), dead[0].attempts),
+        (
+            dead[0].id.as_str(),
+            dead[0].endpoint.as_str(),
+            dead[0].attempts
+        ),
         (first.key.as_str(), "hook", 2)
     );
     assert_eq!(dead[0].body, second.body);
@@ -413,7 +428,13 @@ async fn attempts_used_up_make_a_dead_letter_that_a_redrive_delivers() {
     assert_eq!(third.key, first.key);
     assert!(third.verifies());
     assert_eq!(h.queue().await, []);
-    assert!(h.store.dead_webhooks(None, None, 10).await.expect("list").is_empty());
+    assert!(
+        h.store
+            .dead_webhooks(None, None, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -458,8 +479,10 @@ async fn offline_notifications_go_only_to_users_without_a_live_connection() {
     .await;
     h.room("pub", Visibility::Public, &["alice", "bob", "carol"])
         .await;
-    h.room("dm-bob", Visibility::Direct, &["alice", "bob"]).await;
-    h.room("dm-dave", Visibility::Direct, &["alice", "dave"]).await;
+    h.room("dm-bob", Visibility::Direct, &["alice", "bob"])
+        .await;
+    h.room("dm-dave", Visibility::Direct, &["alice", "dave"])
+        .await;
     h.send("pub", "alice", "@bob @carol look", &["bob", "carol"])
         .await;
     h.send("pub", "alice", "nobody mentioned", &[]).await;

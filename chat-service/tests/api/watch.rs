@@ -25,7 +25,10 @@ async fn watch(app: &TestApp, since_position: i64, rooms: &[&str]) -> Streaming<
     .expect("watch")
 }
 
-async fn open(app: &TestApp, request: WatchRequest) -> Result<Streaming<WatchEvent>, tonic::Status> {
+async fn open(
+    app: &TestApp,
+    request: WatchRequest,
+) -> Result<Streaming<WatchEvent>, tonic::Status> {
     Ok(app.backend.clone().watch(request).await?.into_inner())
 }
 
@@ -71,7 +74,11 @@ async fn watch_resumes_across_a_restart_with_no_loss_and_no_duplicate() {
     let mut sent = Vec::new();
     for i in 0..5 {
         let room = if i % 2 == 0 { &a.id } else { &b.id };
-        sent.push(app.send(ALICE, room, &format!("before {i}")).await.expect("send"));
+        sent.push(
+            app.send(ALICE, room, &format!("before {i}"))
+                .await
+                .expect("send"),
+        );
     }
 
     // A consumer reads everything, but has processed only part of it when
@@ -85,11 +92,19 @@ async fn watch_resumes_across_a_restart_with_no_loss_and_no_duplicate() {
     // More is written while nobody watches, then chat-service restarts,
     // then more is written.
     for i in 0..5 {
-        sent.push(app.send(BOB, &a.id, &format!("away {i}")).await.expect("send"));
+        sent.push(
+            app.send(BOB, &a.id, &format!("away {i}"))
+                .await
+                .expect("send"),
+        );
     }
     let app = app.restart().await;
     for i in 0..5 {
-        sent.push(app.send(ALICE, &b.id, &format!("after {i}")).await.expect("send"));
+        sent.push(
+            app.send(ALICE, &b.id, &format!("after {i}"))
+                .await
+                .expect("send"),
+        );
     }
 
     let mut resumed = watch(&app, resume_at, &[]).await;
@@ -110,8 +125,16 @@ async fn watch_resumes_across_a_restart_with_no_loss_and_no_duplicate() {
     assert_eq!(messages, ids, "every message once, in commit order");
     // Each room's events keep their seq order.
     for room in [&a.id, &b.id] {
-        let seqs: Vec<i64> = seen.iter().filter(|e| e.room_id == *room).map(|e| e.seq).collect();
-        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "room {room}");
+        let seqs: Vec<i64> = seen
+            .iter()
+            .filter(|e| e.room_id == *room)
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as i64).collect::<Vec<_>>(),
+            "room {room}"
+        );
     }
 
     // The resumed stream is live: what is written next arrives.
@@ -188,7 +211,10 @@ async fn watch_refuses_positions_outside_the_log_naming_the_oldest() {
     .expect_err("past the head");
     assert_eq!(status.code(), Code::OutOfRange);
     assert_eq!(
-        status.metadata().get("x-parley-oldest-position").map(|v| v.to_str().ok()),
+        status
+            .metadata()
+            .get("x-parley-oldest-position")
+            .map(|v| v.to_str().ok()),
         Some(Some(events[0].position.to_string().as_str()))
     );
 
@@ -213,11 +239,16 @@ async fn watch_refuses_positions_outside_the_log_naming_the_oldest() {
     assert_eq!(status.code(), Code::OutOfRange);
     let oldest = first_kept.to_string();
     assert!(
-        status.message().contains(&format!("oldest available is {oldest}")),
+        status
+            .message()
+            .contains(&format!("oldest available is {oldest}")),
         "{status:?}"
     );
     assert_eq!(
-        status.metadata().get("x-parley-oldest-position").map(|v| v.to_str().ok()),
+        status
+            .metadata()
+            .get("x-parley-oldest-position")
+            .map(|v| v.to_str().ok()),
         Some(Some(oldest.as_str()))
     );
     // Resuming from just before the oldest works, and 0 always does.

@@ -39,7 +39,10 @@ async fn receive(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> S
     status
 }
 
-async fn dead_letters(app: &TestApp, endpoint: Option<&str>) -> Result<Vec<WebhookDelivery>, tonic::Status> {
+async fn dead_letters(
+    app: &TestApp,
+    endpoint: Option<&str>,
+) -> Result<Vec<WebhookDelivery>, tonic::Status> {
     Ok(app
         .backend
         .clone()
@@ -82,7 +85,10 @@ async fn dead_letters_are_listed_and_redriven_through_the_backend_api() {
     })
     .await;
     let room = app.public_room(ALICE, "hooked", &[]).await;
-    let message = app.send(ALICE, &room.id, "for the hook").await.expect("send");
+    let message = app
+        .send(ALICE, &room.id, "for the hook")
+        .await
+        .expect("send");
 
     let (key, status) = tokio::time::timeout(RECEIVE_TIMEOUT, attempts.recv())
         .await
@@ -104,13 +110,23 @@ async fn dead_letters_are_listed_and_redriven_through_the_backend_api() {
     assert_eq!(dead.len(), 1);
     let letter = &dead[0];
     assert_eq!(
-        (letter.id.as_str(), letter.endpoint.as_str(), letter.kind.as_str()),
+        (
+            letter.id.as_str(),
+            letter.endpoint.as_str(),
+            letter.kind.as_str()
+        ),
         (key.as_str(), "ops", "room.event")
     );
-    assert_eq!((letter.attempts, letter.last_error.as_str()), (1, "HTTP 503"));
+    assert_eq!(
+        (letter.attempts, letter.last_error.as_str()),
+        (1, "HTTP 503")
+    );
     assert!(letter.body.contains(&message.id), "{}", letter.body);
     assert!(letter.dead_at > 0);
-    assert!(attempts.try_recv().is_err(), "no retry after the last attempt");
+    assert!(
+        attempts.try_recv().is_err(),
+        "no retry after the last attempt"
+    );
 
     let status = dead_letters(&app, Some("nope")).await.expect_err("unknown");
     assert_eq!(status.code(), Code::NotFound);
@@ -132,7 +148,10 @@ async fn dead_letters_are_listed_and_redriven_through_the_backend_api() {
         .await
         .expect("a new attempt")
         .expect("open");
-    assert_eq!((again.as_str(), status), (key.as_str(), StatusCode::NO_CONTENT));
+    assert_eq!(
+        (again.as_str(), status),
+        (key.as_str(), StatusCode::NO_CONTENT)
+    );
     assert!(dead_letters(&app, None).await.expect("list").is_empty());
     server.abort();
 }

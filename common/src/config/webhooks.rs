@@ -176,7 +176,11 @@ mod tests {
         let hook = &ok.chat.webhooks[0];
         assert_eq!(ok.chat.watch_poll_ms, 500);
         assert_eq!(
-            (hook.events.as_slice(), hook.max_in_flight, hook.max_attempts),
+            (
+                hook.events.as_slice(),
+                hook.max_in_flight,
+                hook.max_attempts
+            ),
             (&["*".to_string()][..], 4, 10)
         );
         assert!(!format!("{ok:?}").contains(SECRET), "secret printed");
@@ -195,7 +199,9 @@ mod tests {
                 "chat.webhooks[0].retry_max_ms",
             ),
             (
-                &format!("secret = \"{SECRET}\"\n\n[[chat.webhooks]]\nname = \"push\"\nurl = \"http://x/\"\nsecret = \"{SECRET}\"\n"),
+                &format!(
+                    "secret = \"{SECRET}\"\n\n[[chat.webhooks]]\nname = \"push\"\nurl = \"http://x/\"\nsecret = \"{SECRET}\"\n"
+                ),
                 "chat.webhooks[1].name",
             ),
         ] {
