@@ -109,13 +109,16 @@ impl ChatApp {
             None => Arc::new(NoPresence),
         };
         let watch_poll = Duration::from_millis(config.watch_poll_ms);
-        let webhooks = Webhooks::new(
+        let mut webhooks = Webhooks::new(
             store.clone(),
             &config.webhooks,
             Arc::new(SystemClock),
             connections,
             watch_poll,
         );
+        if let Some(presence) = &presence {
+            webhooks = webhooks.with_presence(presence.clone());
+        }
         let limits = Limits {
             max_text_chars: config.max_text_chars,
             page_limit: config.page_limit,

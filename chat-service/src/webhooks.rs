@@ -12,12 +12,16 @@
 //! of a delivery carries the same `Idempotency-Key`: delivery is at least
 //! once, and a receiver drops repeats by that key.
 //!
+//! `connection.*`: connects and disconnects, with user and edge, taken
+//! from presence-service's `Watch` (`lifecycle.rs`).
+//!
 //! `notification.offline`: mentions and direct messages (from the log) and
 //! backend notifications such as `missed_call` (`CreateNotification`), for
 //! users with no live connection when the first attempt is made; presence
 //! answers that (`UserPresence.connected`, which counts invisible users).
 
 mod deliver;
+mod lifecycle;
 mod plan;
 pub(crate) mod sign;
 #[cfg(test)]
@@ -113,6 +117,8 @@ struct Shared {
     /// longest the dispatcher sleeps between looks at the queue.
     poll: Duration,
     http: reqwest::Client,
+    /// Where connection events come from (`connection.*` filters).
+    presence: Option<PresenceServiceClient<ServiceChannel>>,
     /// Counts the attempts whose outcome is stored (tests wait on it).
     recorded: tokio::sync::watch::Sender<u64>,
 }
@@ -156,17 +162,35 @@ impl Webhooks {
                 wake: Notify::new(),
                 poll,
                 http,
+                presence: None,
                 recorded: tokio::sync::watch::Sender::new(0),
             })),
         }
     }
 
-    /// Starts the planner and the dispatcher; both end at `shutdown`
+    /// Takes connection events from `presence` (when an endpoint's filter
+    /// names `connection.*`).
+    pub(crate) fn with_presence(mut self, presence: PresenceServiceClient<ServiceChannel>) -> Self {
+        if let Some(shared) = self.shared.as_mut().and_then(Arc::get_mut) {
+            shared.presence = Some(presence);
+        }
+        self
+    }
+
+    /// Starts the planner, the dispatcher and, if an endpoint takes
+    /// connection events, the follower of presence; all end at `shutdown`
     /// (attempts in flight are retried after their claim lapses).
     pub(crate) fn start(&self, shutdown: ShutdownSignal) {
         if let Some(shared) = &self.shared {
             tokio::spawn(plan::run(shared.clone(), shutdown.clone()));
-            tokio::spawn(deliver::run(shared.clone(), shutdown));
+            tokio::spawn(deliver::run(shared.clone(), shutdown.clone()));
+            let lifecycle = shared.endpoints.iter().any(|e| {
+                e.config.wants_connection("connection.connected")
+                    || e.config.wants_connection("connection.disconnected")
+            });
+            if let (true, Some(presence)) = (lifecycle, shared.presence.clone()) {
+                tokio::spawn(lifecycle::follow(shared.clone(), presence, shutdown));
+            }
         }
     }
 

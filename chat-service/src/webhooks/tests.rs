@@ -19,6 +19,11 @@ use serde_json::Value;
 use sqlx::Row;
 use tokio::sync::{Semaphore, mpsc};
 
+use common::grpc::{ClientSettings, ServiceChannel};
+use presence_service::PresenceApp;
+use proto::presence::v1::presence_service_client::PresenceServiceClient;
+use proto::presence::v1::{RegisterRequest, ReleaseRequest};
+
 use super::sign::signature;
 use super::{Clock, Connections, Webhooks};
 use crate::store::{NewRoom, Store};
@@ -196,6 +201,14 @@ fn endpoint(url: &str, events: &[&str]) -> WebhookConfig {
 }
 
 async fn harness(config: WebhookConfig, connections: Arc<dyn Connections>) -> Harness {
+    harness_with(config, connections, None).await
+}
+
+async fn harness_with(
+    config: WebhookConfig,
+    connections: Arc<dyn Connections>,
+    presence: Option<PresenceServiceClient<ServiceChannel>>,
+) -> Harness {
     let db = common::testing::test_database().await;
     let store = Store::connect(&db.url, 4).await.expect("store");
     let writer = Writer::start(
@@ -205,13 +218,16 @@ async fn harness(config: WebhookConfig, connections: Arc<dyn Connections>) -> Ha
     );
     let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
     // Polls never fire within a test: only commits and wakes move things.
-    let webhooks = Webhooks::new(
+    let mut webhooks = Webhooks::new(
         store.clone(),
         &[config],
         clock.clone(),
         connections,
         Duration::from_secs(3_600),
     );
+    if let Some(presence) = presence {
+        webhooks = webhooks.with_presence(presence);
+    }
     let recorded = webhooks
         .shared
         .as_ref()
@@ -525,4 +541,97 @@ async fn offline_notifications_go_only_to_users_without_a_live_connection() {
         ]
     );
     assert_eq!(h.queue().await, []);
+}
+
+#[tokio::test]
+async fn connects_and_disconnects_reach_endpoints_that_ask_for_them() {
+    // A real presence-service, driven as an edge drives it.
+    let credential = common::Secret::new(common::ids::random_secret(32));
+    let presence_app = PresenceApp::connect(
+        &common::config::PresenceConfig::default(),
+        Arc::new(MemoryBus::new()),
+        None,
+        &credential,
+        &common::metrics::Metrics::new(&["presence"]),
+    )
+    .await
+    .expect("presence app");
+    let server = common::testing::serve_grpc(|listener, signal| {
+        presence_app.run_until_stopped(listener, signal)
+    })
+    .await;
+    let presence = PresenceServiceClient::new(server.channel(&ClientSettings {
+        credential,
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(5),
+    }));
+    let mut receiver = Receiver::start(0, None).await;
+    let _h = harness_with(
+        endpoint(&receiver.url, &["connection.*"]),
+        Arc::new(Connected(HashSet::new())),
+        Some(presence.clone()),
+    )
+    .await;
+    let register = |conn: String| {
+        let mut presence = presence.clone();
+        async move {
+            presence
+                .register(RegisterRequest {
+                    edge_id: "edge-7".into(),
+                    conn_id: conn,
+                    user_id: "alice".into(),
+                    ttl_ms: 0,
+                })
+                .await
+                .expect("register");
+        }
+    };
+    // Presence's stream is at most once: connect until the follower, which
+    // subscribes in the background, has seen one.
+    let mut connected = None;
+    for attempt in 0..100 {
+        register(format!("c{attempt}")).await;
+        if let Ok(Some(request)) =
+            tokio::time::timeout(Duration::from_millis(100), receiver.requests.recv()).await
+        {
+            connected = Some(request);
+            break;
+        }
+    }
+    let connected = connected.expect("a connection.connected webhook");
+    assert!(connected.verifies());
+    assert_eq!(connected.event, "connection.connected");
+    let body = connected.json();
+    assert_eq!(
+        (body["user"].as_str(), body["edge"].as_str()),
+        (Some("alice"), Some("edge-7"))
+    );
+    let conn = body["conn_id"].as_str().expect("conn_id").to_string();
+
+    presence
+        .clone()
+        .release(ReleaseRequest {
+            conn_ids: vec![conn.clone()],
+        })
+        .await
+        .expect("release");
+    let disconnected = loop {
+        let request = receiver.next().await;
+        if request.event == "connection.disconnected" {
+            break request;
+        }
+    };
+    assert!(disconnected.verifies());
+    let body = disconnected.json();
+    assert_eq!(
+        (
+            body["user"].as_str(),
+            body["edge"].as_str(),
+            body["conn_id"].as_str()
+        ),
+        (Some("alice"), Some("edge-7"), Some(conn.as_str()))
+    );
+    assert_ne!(disconnected.key, connected.key);
+
+    drop(server);
 }

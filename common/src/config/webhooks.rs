@@ -24,8 +24,9 @@ pub struct WebhookConfig {
     /// HMAC-SHA256 key of the signature header, 32+ bytes (`secret_file`).
     pub secret: Secret,
     /// What is sent: `*` (every room-log event), a kind (`message.new`), a
-    /// family (`message.*`), or `notification.offline` (mentions, direct
-    /// messages and other notifications of users with no live connection).
+    /// family (`message.*`), `notification.offline` (mentions, direct
+    /// messages and other notifications of users with no live connection),
+    /// or `connection.*` (connects and disconnects, never sent for `*`).
     pub events: Vec<String>,
     /// Most POSTs to this endpoint in flight at once.
     pub max_in_flight: u32,
@@ -58,21 +59,34 @@ impl Default for WebhookConfig {
 impl WebhookConfig {
     /// Whether this endpoint takes room-log events of `kind`.
     pub fn wants_kind(&self, kind: &str) -> bool {
-        self.events.iter().any(|filter| match filter.as_str() {
-            "*" => true,
-            OFFLINE_NOTIFICATIONS => false,
-            f => match f.strip_suffix(".*") {
-                Some(family) => kind
-                    .strip_prefix(family)
-                    .is_some_and(|rest| rest.starts_with('.')),
-                None => f == kind,
-            },
-        })
+        self.events
+            .iter()
+            .any(|filter| filter == "*" || matches(filter, kind))
+    }
+
+    /// Whether this endpoint takes connection events of `kind`
+    /// (`connection.connected`, `connection.disconnected`): named by a
+    /// kind or a family, never by `*` alone.
+    pub fn wants_connection(&self, kind: &str) -> bool {
+        self.events.iter().any(|filter| matches(filter, kind))
     }
 
     /// Whether this endpoint takes offline users' notifications.
     pub fn wants_offline_notifications(&self) -> bool {
         self.events.iter().any(|f| f == OFFLINE_NOTIFICATIONS)
+    }
+}
+
+/// Whether `filter` (a kind or a `family.*`) takes `kind`.
+fn matches(filter: &str, kind: &str) -> bool {
+    if filter == OFFLINE_NOTIFICATIONS {
+        return false;
+    }
+    match filter.strip_suffix(".*") {
+        Some(family) => kind
+            .strip_prefix(family)
+            .is_some_and(|rest| rest.starts_with('.')),
+        None => filter == kind,
     }
 }
 
@@ -232,5 +246,9 @@ mod tests {
         assert!(!offline.wants_kind("message.new"));
         assert!(offline.wants_offline_notifications());
         assert!(!hook(&["*"]).wants_offline_notifications());
+        assert!(!hook(&["*"]).wants_connection("connection.connected"));
+        assert!(hook(&["connection.*"]).wants_connection("connection.disconnected"));
+        assert!(hook(&["connection.connected"]).wants_connection("connection.connected"));
+        assert!(!hook(&["connection.connected"]).wants_connection("connection.disconnected"));
     }
 }
