@@ -115,7 +115,8 @@ impl ChatApp {
             Arc::new(SystemClock),
             connections,
             watch_poll,
-        );
+        )
+        .await?;
         if let Some(presence) = &presence {
             webhooks = webhooks.with_presence(presence.clone());
         }

@@ -40,6 +40,7 @@ use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
 
+use crate::error::ChatError;
 use crate::store::Store;
 use crate::store::webhooks::NewDelivery;
 
@@ -130,16 +131,20 @@ struct Endpoint {
 }
 
 impl Webhooks {
-    /// The webhooks of `configs`, reading `store`; not started yet.
-    pub(crate) fn new(
+    /// The webhooks of `configs`, reading `store`; not started yet. An
+    /// endpoint new to the database starts here, at the log's newest event.
+    pub(crate) async fn new(
         store: Store,
         configs: &[WebhookConfig],
         clock: Arc<dyn Clock>,
         connections: Arc<dyn Connections>,
         poll: Duration,
-    ) -> Webhooks {
+    ) -> Result<Webhooks, ChatError> {
         if configs.is_empty() {
-            return Webhooks { shared: None };
+            return Ok(Webhooks { shared: None });
+        }
+        for config in configs {
+            store.webhook_cursor(&config.name).await?;
         }
         let endpoints = configs
             .iter()
@@ -153,7 +158,7 @@ impl Webhooks {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Webhooks {
+        Ok(Webhooks {
             shared: Some(Arc::new(Shared {
                 store,
                 endpoints,
@@ -165,7 +170,7 @@ impl Webhooks {
                 presence: None,
                 recorded: tokio::sync::watch::Sender::new(0),
             })),
-        }
+        })
     }
 
     /// Takes connection events from `presence` (when an endpoint's filter

@@ -224,7 +224,9 @@ async fn harness_with(
         clock.clone(),
         connections,
         Duration::from_secs(3_600),
-    );
+    )
+    .await
+    .expect("webhooks");
     if let Some(presence) = presence {
         webhooks = webhooks.with_presence(presence);
     }
