@@ -24,10 +24,24 @@ use proto::chat::v1::{
 };
 use protocol::{CustomEvent, NotificationKind, NotificationNew, ServerFrame};
 use serde_json::Value;
+use std::time::Duration;
+
+use common::shutdown::ShutdownSignal;
+use proto::chat::v1::{
+    ListWebhookDeadLettersRequest, ListWebhookDeadLettersResponse,
+    RedriveWebhookDeadLettersRequest, RedriveWebhookDeadLettersResponse, WatchRequest,
+};
 use tonic::{Request, Response, Status};
 
 use crate::error::ChatError;
 use crate::service::{Acting, ChatHandler, MAX_ROOM_NAME_CHARS, check_id, page};
+use crate::watch::WatchStream;
+use crate::webhooks::Webhooks;
+
+/// Most dead letters one `ListWebhookDeadLetters` returns.
+const MAX_LISTED_DEAD_LETTERS: u32 = 100;
+/// Most ids one `RedriveWebhookDeadLetters` may name.
+const MAX_REDRIVE_IDS: usize = 1_000;
 
 /// Most reports one `ListReports` returns.
 const MAX_LISTED_REPORTS: u32 = 100;
@@ -47,6 +61,12 @@ const RESERVED_NOTIFICATION_KINDS: &[&str] = &["mention"];
 #[derive(Clone)]
 pub(crate) struct BackendHandler {
     pub(crate) chat: ChatHandler,
+    /// Where offline users' notifications go; its dead letters.
+    pub(crate) webhooks: Webhooks,
+    /// `chat.watch_poll_ms`.
+    pub(crate) watch_poll: Duration,
+    /// Ends `Watch` streams.
+    pub(crate) shutdown: ShutdownSignal,
 }
 
 /// Bot and system senders only: a backend cannot speak as a real user.
@@ -168,14 +188,86 @@ fn backend_notification(request: CreateNotificationRequest) -> Result<Notificati
     })
 }
 
+impl BackendHandler {
+    /// An endpoint name the request gave: it must be configured.
+    fn endpoint<'a>(&self, endpoint: Option<&'a str>) -> Result<Option<&'a str>, ChatError> {
+        match endpoint {
+            Some(name) if !self.webhooks.knows(name) => {
+                Err(ChatError::UnknownEndpoint(name.to_string()))
+            }
+            other => Ok(other),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl ChatBackendService for BackendHandler {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        crate::watch::check_rooms(&request.room_ids)?;
+        let bounds = self.chat.store.log_bounds().await?;
+        let position = crate::watch::start(&request, bounds)?;
+        Ok(Response::new(crate::watch::stream(
+            self.chat.store.clone(),
+            request.room_ids,
+            position,
+            self.watch_poll,
+            self.shutdown.clone(),
+        )))
+    }
+
+    async fn list_webhook_dead_letters(
+        &self,
+        request: Request<ListWebhookDeadLettersRequest>,
+    ) -> Result<Response<ListWebhookDeadLettersResponse>, Status> {
+        let request = request.into_inner();
+        let endpoint = self.endpoint(request.endpoint.as_deref())?;
+        let deliveries = self
+            .chat
+            .store
+            .dead_webhooks(
+                endpoint,
+                request.after.as_deref(),
+                page(request.limit, MAX_LISTED_DEAD_LETTERS),
+            )
+            .await?;
+        Ok(Response::new(ListWebhookDeadLettersResponse { deliveries }))
+    }
+
+    async fn redrive_webhook_dead_letters(
+        &self,
+        request: Request<RedriveWebhookDeadLettersRequest>,
+    ) -> Result<Response<RedriveWebhookDeadLettersResponse>, Status> {
+        let request = request.into_inner();
+        if request.ids.len() > MAX_REDRIVE_IDS {
+            return Err(ChatError::TooLarge(format!(
+                "ids names more than {MAX_REDRIVE_IDS} deliveries"
+            ))
+            .into());
+        }
+        let endpoint = self.endpoint(request.endpoint.as_deref())?;
+        let redriven = self
+            .chat
+            .store
+            .redrive_webhooks(&request.ids, endpoint, common::ids::now_ms())
+            .await?;
+        self.webhooks.wake();
+        Ok(Response::new(RedriveWebhookDeadLettersResponse {
+            redriven: u32::try_from(redriven).unwrap_or(u32::MAX),
+        }))
+    }
     async fn create_notification(
         &self,
         request: Request<CreateNotificationRequest>,
     ) -> Result<Response<CreateNotificationResponse>, Status> {
         let notification = backend_notification(request.into_inner())?;
         self.chat.store.add_notification(&notification).await?;
+        self.webhooks.notification(&notification).await;
         let event = NotificationNew::frame(&notification);
         let envelope = envelope("", 0, event.kind(), event.to_json());
         // Stored is what counts; a lost event is found by notification.list.

@@ -41,15 +41,30 @@ pub enum ChatError {
     /// The database could not be set up at start.
     #[error("cannot prepare the database: {0}")]
     Setup(String),
+    /// A `Watch` position that is not in the log: newer than any handed
+    /// out, or older than the oldest event still stored.
+    #[error(
+        "position {asked} is out of range: the oldest available is {oldest} \
+         (resume with since_position {}), the newest is {head}", oldest - 1
+    )]
+    PositionOutOfRange { asked: i64, oldest: i64, head: i64 },
+    /// A webhook endpoint that is not configured.
+    #[error("no webhook endpoint is named {0:?}")]
+    UnknownEndpoint(String),
 }
+
+/// gRPC metadata key of the oldest position still stored, on a `Watch`
+/// refused with `OUT_OF_RANGE`.
+pub const OLDEST_POSITION: &str = "x-parley-oldest-position";
 
 impl ChatError {
     /// The protocol error code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
             ChatError::BadRequest(_) => ErrorCode::BadRequest,
-            ChatError::TooLarge(_) => ErrorCode::TooLarge,
-            ChatError::NotFound(_) => ErrorCode::NotFound,
+            // Its gRPC code is OUT_OF_RANGE (backend API only).
+            ChatError::TooLarge(_) | ChatError::PositionOutOfRange { .. } => ErrorCode::TooLarge,
+            ChatError::NotFound(_) | ChatError::UnknownEndpoint(_) => ErrorCode::NotFound,
             ChatError::Forbidden(_) | ChatError::Denied(_) => ErrorCode::Forbidden,
             ChatError::Conflict(_) => ErrorCode::Conflict,
             ChatError::Unavailable(_) | ChatError::Commit(_) => ErrorCode::Unavailable,
@@ -103,8 +118,15 @@ impl From<ChatError> for Status {
             other => other.to_string(),
         };
         let mut status = error.code().status(message);
-        if let ChatError::Denied(denial) = error {
-            denial.encode(&mut status);
+        match error {
+            ChatError::Denied(denial) => denial.encode(&mut status),
+            ChatError::PositionOutOfRange { oldest, .. } => {
+                status.metadata_mut().insert(
+                    OLDEST_POSITION,
+                    tonic::metadata::AsciiMetadataValue::from(oldest),
+                );
+            }
+            _ => {}
         }
         status
     }

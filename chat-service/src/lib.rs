@@ -14,6 +14,8 @@ pub mod permissions;
 mod publisher;
 mod service;
 mod store;
+mod watch;
+mod webhooks;
 mod writer;
 
 use std::sync::Arc;
@@ -43,6 +45,7 @@ pub use crate::error::ChatError;
 use crate::service::{ChatHandler, Limits};
 pub use crate::service::{MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_ROOM_NAME_CHARS};
 use crate::store::{Caps, Store};
+use crate::webhooks::{Connections, NoPresence, SystemClock, Webhooks};
 
 /// Seconds as milliseconds, saturating.
 fn millis(secs: u64) -> i64 {
@@ -62,6 +65,10 @@ pub struct ChatApp {
     cleanup: Cleanup,
     /// `chat.cleanup_interval_s`.
     cleanup_interval: Duration,
+    /// Outgoing webhooks; started with the server.
+    webhooks: Webhooks,
+    /// `chat.watch_poll_ms`.
+    watch_poll: Duration,
 }
 
 impl std::fmt::Debug for ChatApp {
@@ -143,6 +150,22 @@ impl ChatApp {
             blocks: config.max_blocks_per_user,
             invitations: config.max_pending_invitations_per_user,
         };
+        let connections: Arc<dyn Connections> = match &presence {
+            Some(client) => Arc::new(client.clone()),
+            None => Arc::new(NoPresence),
+        };
+        let watch_poll = Duration::from_millis(config.watch_poll_ms);
+        let mut webhooks = Webhooks::new(
+            store.clone(),
+            &config.webhooks,
+            Arc::new(SystemClock),
+            connections,
+            watch_poll,
+        )
+        .await?;
+        if let Some(presence) = &presence {
+            webhooks = webhooks.with_presence(presence.clone());
+        }
         let limits = Limits {
             max_text_chars: config.max_text_chars,
             page_limit: config.page_limit,
@@ -169,6 +192,8 @@ impl ChatApp {
             metrics: metrics.clone(),
             health: Health::new(&[SERVICE_NAME, BACKEND_SERVICE_NAME]),
             callers: Arc::new(Callers::shared(credential)),
+            webhooks,
+            watch_poll,
         })
     }
 
@@ -182,8 +207,12 @@ impl ChatApp {
     ) -> Result<(), tonic::transport::Error> {
         let store = self.handler.store.clone();
         self.cleanup.spawn(self.cleanup_interval, shutdown.clone());
+        self.webhooks.start(shutdown.clone());
         let backend = BackendHandler {
             chat: self.handler.clone(),
+            webhooks: self.webhooks,
+            watch_poll: self.watch_poll,
+            shutdown: shutdown.clone(),
         };
         let routes = Routes::new(ChatServiceServer::new(self.handler))
             .add_service(ChatBackendServiceServer::new(backend));

@@ -18,6 +18,7 @@ mod blocks;
 mod invitations;
 mod cleanup;
 mod erasure;
+pub(crate) mod log;
 mod messages;
 mod moderation;
 mod notifications;
@@ -25,9 +26,11 @@ mod reactions;
 mod receipts;
 mod rooms;
 mod rows;
+pub(crate) mod webhooks;
 
 pub(crate) use moderation::{DirectoryPage, MembersPage, RoomChanges};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::chat::v1::{Message, RoomEvent, User, Visibility};
@@ -64,6 +67,10 @@ pub(crate) struct Store {
     sqlite_file: Option<std::path::PathBuf>,
     /// Per-user caps checked in the transaction that would pass them.
     pub(crate) caps: Caps,
+    /// Bumped after every commit of this process's writer: wakes `Watch`
+    /// streams and the webhook planner (other replicas' commits are found
+    /// by polling).
+    pub(crate) appended: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Per-user caps from configuration.
@@ -172,6 +179,7 @@ impl Store {
             system: if sqlite { "sqlite" } else { "postgresql" },
             sqlite_file,
             caps: Caps::default(),
+            appended: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -295,9 +303,10 @@ async fn insert_event(
     message_id: Option<&str>,
     now: i64,
 ) -> Result<(), ChatError> {
+    let position = log::take_positions(tx, 1).await?;
     sqlx::query(
-        "INSERT INTO room_events (room_id, seq, kind, body, created_at, message_id) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO room_events (room_id, seq, kind, body, created_at, message_id, position) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(event.room_id.clone())
     .bind(event.seq)
@@ -305,6 +314,7 @@ async fn insert_event(
     .bind(event.json.clone())
     .bind(now)
     .bind(message_id.map(str::to_string))
+    .bind(position)
     .execute(&mut **tx)
     .await?;
     Ok(())

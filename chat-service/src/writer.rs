@@ -213,6 +213,13 @@ async fn commit(store: &Store, jobs: Vec<Job>) -> Vec<Done> {
         Ok(tx) => tx,
         Err(error) => return fail_all(jobs, &ChatError::from(error)),
     };
+    // The log head first, before any room row (store/log.rs).
+    if let Err(error) = crate::store::log::lock_head(&mut tx)
+        .instrument(store.span("sql UPDATE log_head"))
+        .await
+    {
+        return fail_all(jobs, &error);
+    }
     let mut done = Vec::with_capacity(jobs.len());
     let mut jobs = jobs.into_iter().peekable();
     while let Some(job) = jobs.next() {
@@ -239,6 +246,8 @@ async fn commit(store: &Store, jobs: Vec<Job>) -> Vec<Done> {
                 *result = Err(ChatError::Commit(error.to_string()));
             }
         }
+    } else {
+        store.appended.send_modify(|n| *n = n.wrapping_add(1));
     }
     done
 }

@@ -27,6 +27,7 @@ mod files;
 mod log;
 mod presence;
 mod services;
+mod webhooks;
 
 pub use self::ai::{AiConfig, AiFallback, AiProvider};
 pub use self::attachments::{AttachmentsConfig, StoreKind};
@@ -37,6 +38,7 @@ pub use self::edge::{EdgeConfig, InspectionMode};
 pub use self::log::{LogConfig, LogFormat};
 pub use self::presence::PresenceConfig;
 pub use self::services::{BackendCaller, Presenter, ServicesConfig};
+pub use self::webhooks::{MIN_WEBHOOK_SECRET_BYTES, OFFLINE_NOTIFICATIONS, WebhookConfig};
 
 /// Sections of the config file, in `PARLEY_<SECTION>_<KEY>` order.
 const SECTIONS: &[&str] = &[

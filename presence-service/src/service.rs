@@ -205,6 +205,7 @@ impl PresenceService for PresenceHandler {
                     status: status.to_string(),
                     last_seen: p.last_seen_ms,
                     text: if online { p.text } else { String::new() },
+                    connected: p.online,
                 }
             })
             .collect();

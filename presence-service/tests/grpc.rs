@@ -109,6 +109,7 @@ async fn leases_drive_presence_over_grpc() {
                 status: "online".into(),
                 last_seen: 0,
                 text: String::new(),
+                connected: true,
             },
             UserPresence {
                 user_id: "bob".into(),
@@ -116,6 +117,7 @@ async fn leases_drive_presence_over_grpc() {
                 status: "offline".into(),
                 last_seen: 0,
                 text: String::new(),
+                connected: false,
             },
         ]
     );
@@ -308,6 +310,7 @@ async fn status_is_seen_by_others_and_invisible_looks_offline() {
         (alice.status.as_str(), alice.text.as_str(), alice.online),
         ("offline", "", false)
     );
+    assert!(alice.connected, "invisible still holds a live connection");
 
     let status = app
         .set_status("alice", "sleeping", "")

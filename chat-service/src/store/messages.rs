@@ -407,9 +407,13 @@ async fn insert_event_rows(
     positional: bool,
     rows: &[(Message, RoomEvent)],
 ) -> Result<(), ChatError> {
+    // The run's positions, in the order of its events: last-n+1..=last.
+    let last = super::log::take_positions(tx, rows.len() as i64).await?;
+    let mut position = last - rows.len() as i64;
     let mut params = Params::new(positional);
     let mut values = Vec::with_capacity(rows.len());
     for (message, event) in rows {
+        position += 1;
         let row = [
             params.push(Bind::Text(event.room_id.clone())),
             params.push(Bind::Int(event.seq)),
@@ -417,11 +421,12 @@ async fn insert_event_rows(
             params.push(Bind::Text(event.json.clone())),
             params.push(Bind::Int(message.created_at)),
             params.push(Bind::Text(message.id.clone())),
+            params.push(Bind::Int(position)),
         ];
         values.push(format!("({})", row.join(", ")));
     }
     let sql = format!(
-        "INSERT INTO room_events (room_id, seq, kind, body, created_at, message_id) VALUES {}",
+        "INSERT INTO room_events (room_id, seq, kind, body, created_at, message_id, position) VALUES {}",
         values.join(", ")
     );
     params.query(&sql).execute(&mut **tx).await?;

@@ -49,6 +49,10 @@ pub struct TestApp {
     pub credential: Secret,
     /// The service's clean-up job, to run at a chosen time.
     pub cleanup: chat_service::Cleanup,
+    /// What it was started with (a restart starts it again so).
+    config: ChatConfig,
+    /// The serving task, which ends once it has stopped.
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     _shutdown: Shutdown,
     _db: TestDatabase,
 }
@@ -80,8 +84,11 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ChatConfig)) -> TestApp 
         ..Default::default()
     };
     configure(&mut config);
+    start(config, db, Secret::new(common::ids::random_secret(32))).await
+}
+
+async fn start(config: ChatConfig, db: TestDatabase, credential: Secret) -> TestApp {
     let bus = Arc::new(MemoryBus::new());
-    let credential = Secret::new(common::ids::random_secret(32));
     let app = ChatApp::connect(
         &config,
         bus.clone(),
@@ -104,6 +111,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ChatConfig)) -> TestApp 
         bus,
         credential,
         cleanup,
+        config,
+        task: server.task,
         _shutdown: server.shutdown,
         _db: db,
     }
@@ -143,6 +152,18 @@ pub fn message(room_id: &str, text: &str) -> SendMessageRequest {
 }
 
 impl TestApp {
+    /// Stops the service, waits until it has stopped (open streams end),
+    /// and starts a new one on the same database and configuration, on
+    /// another port: a chat-service restart.
+    pub async fn restart(self) -> TestApp {
+        self._shutdown.trigger();
+        self.task
+            .await
+            .expect("server task")
+            .expect("server stopped cleanly");
+        start(self.config, self._db, self.credential).await
+    }
+
     /// Another chat-service on the same database and bus.
     pub async fn replica(&self) -> Replica {
         let config = ChatConfig {

@@ -16,6 +16,8 @@
 //!   Postgres database (seqs taken once, without gaps, in order);
 //! - `retention`: the clean-up job at an injected time, in small batches
 //!   while sends go on.
+//! - `watch`: the backend event stream, resumed across a restart;
+//! - `webhooks`: dead letters listed and redriven through the backend API.
 
 mod backend;
 mod edits;
@@ -29,3 +31,5 @@ mod receipts;
 mod replicas;
 mod retention;
 mod rooms;
+mod watch;
+mod webhooks;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, at_least};
+use super::{ConfigError, WebhookConfig, at_least};
 
 /// The chat service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +55,11 @@ pub struct ChatConfig {
     /// A deleted room's tombstone (and what is left of it) is purged this
     /// long after `room.delete`.
     pub deleted_room_purge_s: u64,
+    /// How often `Watch` streams and the webhook planner look for events
+    /// appended by other replicas (this process's own wake them at once).
+    pub watch_poll_ms: u64,
+    /// Outgoing webhook endpoints (`[[chat.webhooks]]`); none by default.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// Who may add people to a private room.
@@ -88,6 +93,8 @@ impl Default for ChatConfig {
             cleanup_interval_s: 300,
             cleanup_batch: 500,
             deleted_room_purge_s: 86_400,
+            watch_poll_ms: 1_000,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -139,6 +146,8 @@ impl ChatConfig {
         }
         at_least("chat.cleanup_interval_s", self.cleanup_interval_s, 1)?;
         at_least("chat.cleanup_batch", u64::from(self.cleanup_batch), 1)?;
+        at_least("chat.watch_poll_ms", self.watch_poll_ms, 10)?;
+        super::webhooks::validate(&self.webhooks)?;
         let db = &self.database_url;
         if !(db.starts_with("sqlite:")
             || db.starts_with("postgres://")

@@ -36,11 +36,14 @@ const SECRET_KEYS: &[(&str, &str)] = &[
     ("attachments", "s3_secret_access_key"),
 ];
 
-/// The secret inside each `[[services.backends]]` table, which also has a `_file` form.
-const BACKEND_SECRET: &str = "credential";
-
-/// The secret inside each `[[auth.keys]]` table, which also has a `_file` form.
-const AUTH_KEY_SECRET: &str = "secret";
+/// Arrays of tables whose tables hold a secret with a `_file` form, as
+/// `(section, array, key)`: `[[auth.keys]]`, `[[chat.webhooks]]` and
+/// `[[services.backends]]`.
+const TABLE_SECRETS: &[(&str, &str, &str)] = &[
+    ("auth", "keys", "secret"),
+    ("chat", "webhooks", "secret"),
+    ("services", "backends", "credential"),
+];
 
 /// One configuration layer with its `_file` keys replaced by the files'
 /// contents; it keeps the original layer's name for error messages.
@@ -78,26 +81,16 @@ fn resolve(root: &mut Dict, source: &str) -> Result<(), ConfigError> {
             resolve_key(table, section, key, source)?;
         }
     }
-    let keys = match root.get_mut("auth") {
-        Some(Value::Dict(_, auth)) => auth.get_mut("keys"),
-        _ => None,
-    };
-    if let Some(Value::Array(_, keys)) = keys {
-        for (i, key) in keys.iter_mut().enumerate() {
-            if let Value::Dict(_, table) = key {
-                resolve_key(table, &format!("auth.keys[{i}]"), AUTH_KEY_SECRET, source)?;
-            }
-        }
-    }
-    let backends = match root.get_mut("services") {
-        Some(Value::Dict(_, services)) => services.get_mut("backends"),
-        _ => None,
-    };
-    if let Some(Value::Array(_, backends)) = backends {
-        for (i, backend) in backends.iter_mut().enumerate() {
-            if let Value::Dict(_, table) = backend {
-                let at = format!("services.backends[{i}]");
-                resolve_key(table, &at, BACKEND_SECRET, source)?;
+    for (section, array, key) in TABLE_SECRETS {
+        let tables = match root.get_mut(*section) {
+            Some(Value::Dict(_, section)) => section.get_mut(*array),
+            _ => None,
+        };
+        if let Some(Value::Array(_, tables)) = tables {
+            for (i, table) in tables.iter_mut().enumerate() {
+                if let Value::Dict(_, table) = table {
+                    resolve_key(table, &format!("{section}.{array}[{i}]"), key, source)?;
+                }
             }
         }
     }
@@ -229,13 +222,16 @@ mod tests {
             "parley.toml",
             &format!(
                 "[bus]\nsigning_key_file = \"{key}\"\n\n[[auth.keys]]\nkid = \"a\"\n\
-                 algorithms = [\"HS256\"]\nsecret_file = \"{key}\"\n"
+                 algorithms = [\"HS256\"]\nsecret_file = \"{key}\"\n\n\
+                 [[chat.webhooks]]\nname = \"push\"\nurl = \"http://127.0.0.1:9/\"\n\
+                 secret_file = \"{key}\"\n"
             ),
         );
         let c =
             Config::load(Some(Path::new(&toml)), Vec::<(String, String)>::new()).expect("valid");
         assert_eq!(c.bus.signing_key.expose(), KEY);
         assert_eq!(c.auth.keys[0].secret.expose(), KEY);
+        assert_eq!(c.chat.webhooks[0].secret.expose(), KEY);
     }
 
     #[test]
