@@ -22,7 +22,7 @@ pub(crate) const WINDOW_MS: i64 = 5 * 60 * 1000;
 /// leave the window (the per-connection rate limit keeps honest clients far
 /// below: 300 commands a minute is 1,500 per window).
 const MAX_NONCES: usize = 4096;
-const MAX_NONCE_BYTES: usize = 64;
+pub(crate) const MAX_NONCE_BYTES: usize = 64;
 
 /// A session's frame secret and the nonces seen within the window.
 pub(crate) struct Signed {
@@ -70,7 +70,7 @@ impl Signed {
         Self::with_secret(common::ids::random_secret(32))
     }
 
-    fn with_secret(secret: String) -> Self {
+    pub(crate) fn with_secret(secret: String) -> Self {
         Self {
             secret,
             seen: HashSet::new(),
