@@ -1,9 +1,11 @@
-//! Signed frames (`edge.signed_frames`). An even first byte: the rest is
-//! any frame, opened with a secret the input does not know. An odd one: the
-//! rest is `nonce\npayload`, signed with the session's secret at a time
-//! the first byte sets (0 to 21 minutes ago); the frame must open exactly
-//! when its nonce and time are acceptable, refuse a replay, and its payload
-//! goes on through the frame decoder.
+//! Signed frames (`edge.signed_frames`). The client holds its session's
+//! secret, so it can sign anything. First byte `b`, by `b % 3`: 0, the rest
+//! is any frame, opened with a secret the input does not know; 1, the rest
+//! is `nonce\npayload`, signed `b / 3` × 10 s ago (0 to 14 minutes); 2, the
+//! rest is an 8-byte big-endian timestamp (Unix ms) and `nonce\npayload`,
+//! signed at that time. A signed frame must open exactly when its nonce and
+//! time are acceptable, refuse a replay, and its payload goes on through the
+//! frame decoder.
 #![no_main]
 
 use edge::fuzzing::{MAX_NONCE_BYTES, SIGNED_WINDOW_MS, SignedFrames, frame};
@@ -36,25 +38,35 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let Ok(text) = std::str::from_utf8(rest) else {
+    let mut frames = SignedFrames::new(SECRET);
+    let (ts, text) = match mode % 3 {
+        0 => {
+            if let Ok(text) = std::str::from_utf8(rest) {
+                if let Ok(payload) = frames.open(text, NOW_MS) {
+                    panic!("a frame opened without the secret: {payload:?}");
+                }
+            }
+            return;
+        }
+        1 => (NOW_MS - i64::from(mode / 3) * 10_000, rest),
+        _ => {
+            let Some((ts, rest)) = rest.split_first_chunk::<8>() else {
+                return;
+            };
+            (i64::from_be_bytes(*ts), rest)
+        }
+    };
+    let Ok(text) = std::str::from_utf8(text) else {
         return;
     };
-    let mut frames = SignedFrames::new(SECRET);
-    if mode % 2 == 0 {
-        if let Ok(payload) = frames.open(text, NOW_MS) {
-            panic!("a frame opened without the secret: {payload:?}");
-        }
-        return;
-    }
     let Some((nonce, payload)) = text.split_once('\n') else {
         return;
     };
-    let ts = NOW_MS - i64::from(mode >> 1) * 10_000;
     let signed = sign(payload, ts, nonce);
     let opened = frames.open(&signed, NOW_MS);
     let expected = if nonce.is_empty() || nonce.len() > MAX_NONCE_BYTES {
         Err("malformed_signed_frame")
-    } else if NOW_MS - ts > SIGNED_WINDOW_MS {
+    } else if (i128::from(NOW_MS) - i128::from(ts)).abs() > i128::from(SIGNED_WINDOW_MS) {
         Err("stale_timestamp")
     } else {
         Ok(payload.to_string())
