@@ -234,9 +234,16 @@ mod tests {
         // the age was computed with a subtraction that overflowed (a panic
         // in debug builds).
         let mut s = Signed::with_secret("k".repeat(64));
-        for (i, ts) in [i64::MIN, i64::MIN + 1, -NOW, i64::MAX].into_iter().enumerate() {
+        for (i, ts) in [i64::MIN, i64::MIN + 1, -NOW, i64::MAX]
+            .into_iter()
+            .enumerate()
+        {
             let frame = sign(s.secret(), PING, ts, &format!("n{i}"));
-            assert_eq!(s.open(&frame, NOW).err(), Some((None, Refusal::Stale)), "{ts}");
+            assert_eq!(
+                s.open(&frame, NOW).err(),
+                Some((None, Refusal::Stale)),
+                "{ts}"
+            );
         }
     }
 
