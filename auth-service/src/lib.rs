@@ -8,6 +8,8 @@
 //! listener they bound themselves.
 
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod keys;
 mod service;
 mod store;

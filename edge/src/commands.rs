@@ -359,7 +359,7 @@ async fn admit(
 }
 
 /// The room a room-ordered command acts on.
-fn room_of(command: &ClientCommand) -> Option<&str> {
+pub(crate) fn room_of(command: &ClientCommand) -> Option<&str> {
     use ClientCommand as C;
     match command {
         C::MessageSend(args) => Some(&args.room),
@@ -419,7 +419,7 @@ async fn dispatch_room(
 }
 
 /// The text content inspection reads, for commands that carry one.
-fn inspected_text(command: &ClientCommand) -> Option<&str> {
+pub(crate) fn inspected_text(command: &ClientCommand) -> Option<&str> {
     match command {
         ClientCommand::MessageSend(args) => Some(&args.text),
         ClientCommand::MessageEdit(args) => Some(&args.text),

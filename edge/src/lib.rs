@@ -9,6 +9,8 @@ mod conn;
 mod control;
 mod follows;
 mod frames;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod hub;
 mod inspect;
 mod limits;

@@ -22,7 +22,7 @@ pub(crate) const WINDOW_MS: i64 = 5 * 60 * 1000;
 /// leave the window (the per-connection rate limit keeps honest clients far
 /// below: 300 commands a minute is 1,500 per window).
 const MAX_NONCES: usize = 4096;
-const MAX_NONCE_BYTES: usize = 64;
+pub(crate) const MAX_NONCE_BYTES: usize = 64;
 
 /// A session's frame secret and the nonces seen within the window.
 pub(crate) struct Signed {
@@ -70,7 +70,7 @@ impl Signed {
         Self::with_secret(common::ids::random_secret(32))
     }
 
-    fn with_secret(secret: String) -> Self {
+    pub(crate) fn with_secret(secret: String) -> Self {
         Self {
             secret,
             seen: HashSet::new(),
@@ -117,7 +117,8 @@ impl Signed {
         if mac.verify_slice(&signature).is_err() {
             return Err((id, Refusal::BadSignature));
         }
-        if (now_ms - ts).abs() > WINDOW_MS {
+        // `abs_diff`: a timestamp at either end of the range must not overflow.
+        if now_ms.abs_diff(ts) > WINDOW_MS.unsigned_abs() {
             return Err((id, Refusal::Stale));
         }
         // Nonces of frames that left the window can go: those frames would
@@ -225,6 +226,25 @@ mod tests {
         assert_eq!(s.open(&future, NOW).err(), Some((None, Refusal::Stale)));
         let edge = sign(s.secret(), PING, NOW - WINDOW_MS, "n3");
         s.open(&edge, NOW).expect("exactly at the window's edge");
+    }
+
+    #[test]
+    fn a_timestamp_at_either_end_of_the_range_is_stale() {
+        // A client holds its frame secret, so it can sign any timestamp;
+        // the age was computed with a subtraction that overflowed (a panic
+        // in debug builds).
+        let mut s = Signed::with_secret("k".repeat(64));
+        for (i, ts) in [i64::MIN, i64::MIN + 1, -NOW, i64::MAX]
+            .into_iter()
+            .enumerate()
+        {
+            let frame = sign(s.secret(), PING, ts, &format!("n{i}"));
+            assert_eq!(
+                s.open(&frame, NOW).err(),
+                Some((None, Refusal::Stale)),
+                "{ts}"
+            );
+        }
     }
 
     #[test]

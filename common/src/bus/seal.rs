@@ -75,7 +75,8 @@ impl BusKeys {
         if !genuine {
             return Err(Refused::BadSignature);
         }
-        if (now_ms - i64::from_be_bytes(ts)).abs() > WINDOW_MS {
+        // `abs_diff`: a timestamp at either end of the range must not overflow.
+        if now_ms.abs_diff(i64::from_be_bytes(ts)) > WINDOW_MS.unsigned_abs() {
             return Err(Refused::Stale);
         }
         decode(body).map_err(|_| Refused::Undecodable)
@@ -144,6 +145,20 @@ mod tests {
         );
         let forged = keys("b", "").seal("room:r_1", &envelope(), now);
         assert_eq!(k.open("room:r_1", &forged, now), Err(Refused::BadSignature));
+    }
+
+    #[test]
+    fn a_timestamp_at_either_end_of_the_range_is_stale() {
+        // Found by the bus_envelope fuzz target: the age was computed with
+        // a subtraction that overflowed (a panic in debug builds).
+        let now = 1_764_650_000_000;
+        let k = keys("a", "");
+        for ts in [i64::MIN, i64::MIN + 1, -now, i64::MAX] {
+            let sealed = k.seal("c", &envelope(), ts);
+            assert_eq!(k.open("c", &sealed, now), Err(Refused::Stale), "{ts}");
+        }
+        let sealed = k.seal("c", &envelope(), now);
+        assert_eq!(k.open("c", &sealed, i64::MIN), Err(Refused::Stale));
     }
 
     #[test]
