@@ -15,9 +15,9 @@
 
 mod attachments;
 mod blocks;
-mod invitations;
 mod cleanup;
 mod erasure;
+mod invitations;
 pub(crate) mod log;
 mod messages;
 mod moderation;

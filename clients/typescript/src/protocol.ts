@@ -50,6 +50,33 @@ export interface AiError {
   stream_id: string;
 }
 
+/** An uploaded file: `{id, mime, size, width?, height?, name?}`. `mime` is
+ * what the bytes are, whatever the upload claimed; images carry their size
+ * in pixels. */
+export interface Attachment {
+  height?: number | null;
+  id: string;
+  mime: string;
+  name?: string;
+  size: number;
+  width?: number | null;
+}
+
+/** `attachment.url`: a signed download URL of an attachment of a message
+ * in a room you are a member of. */
+export interface AttachmentUrl {
+  attachment: string;
+  room: string;
+}
+
+/** `attachment.url`: a URL of the edge serving the file until `expires_at`
+ * (ms since the epoch); relative to the edge's origin. */
+export interface AttachmentUrlReply {
+  attachment: Attachment;
+  expires_at: number;
+  url: string;
+}
+
 /** `auth`: a token, or anonymous sign-in, or a development login. */
 export interface Auth {
   /** Sign in as a new anonymous user. */
@@ -271,11 +298,16 @@ export interface MembersReply {
 /** A message: `{id, room, seq, sender{id,name}, text, thread?, created_at,
  * edited_at?, deleted, client_msg_id, reactions{}, metadata?}`. */
 export interface Message {
+  /** Files sent with it (none once it is deleted); download each through
+   * `attachment.url`. */
+  attachments?: Attachment[];
   client_msg_id: string;
   created_at: number;
   deleted: boolean;
   edited_at?: number | null;
   id: string;
+  /** What the message is; absent means `text`. */
+  kind?: MessageKind;
   metadata?: {
     [key: string]: unknown;
   } | null;
@@ -330,6 +362,9 @@ export interface MessageHistory {
   thread?: string | null;
 }
 
+/** What a message is: `text`, or a message built around its attachments. */
+export type MessageKind = "text" | "image" | "video" | "audio" | "file" | "voice";
+
 /** `message.send`, `message.edit`. */
 export interface MessageReply {
   message: Message;
@@ -346,8 +381,14 @@ export interface MessageReport {
 
 /** `message.send`. */
 export interface MessageSend {
+  /** Ids of your uploads (`POST /v1/attachments`) not yet sent; with
+   * attachments `text` may be empty. */
+  attachments?: string[];
   /** The client's id for the message: sending again with it stores nothing new. */
   client_msg_id: string;
+  /** `text` (default), `image`, `video`, `audio`, `file` or `voice`; any
+   * kind but `text` needs attachments of a fitting type. */
+  kind?: MessageKind;
   metadata?: {
     [key: string]: unknown;
   } | null;
@@ -592,6 +633,10 @@ export interface RoomJoinReply {
   events: ServerFrame[];
   /** More of the log follows: join again from the last `seq`. */
   has_more: boolean;
+  /** `since` is older than what the room's retention kept: `events` is
+   * empty and the client must reload the room (`message.history`)
+   * rather than replay; never a silent gap. */
+  history_truncated?: boolean;
   last_seq: number;
   /** Members online now. */
   online: string[];
@@ -785,6 +830,9 @@ export interface SchemaDefs {
   AiDelta: AiDelta;
   AiDone: AiDone;
   AiError: AiError;
+  Attachment: Attachment;
+  AttachmentUrl: AttachmentUrl;
+  AttachmentUrlReply: AttachmentUrlReply;
   Auth: Auth;
   AuthReply: AuthReply;
   BlockedUser: BlockedUser;
@@ -818,6 +866,7 @@ export interface SchemaDefs {
   MessageEdit: MessageEdit;
   MessageEvent: MessageEvent;
   MessageHistory: MessageHistory;
+  MessageKind: MessageKind;
   MessageReply: MessageReply;
   MessageReport: MessageReport;
   MessageSend: MessageSend;
@@ -906,6 +955,8 @@ export interface ClientCommandMap {
   "room.list": RoomListArgs;
   /** Post a message. */
   "message.send": MessageSend;
+  /** A short-lived signed download URL of an attachment. */
+  "attachment.url": AttachmentUrl;
   /** A page of a room's messages. */
   "message.history": MessageHistory;
   /** Ask the assistant; the reply streams as `ai.delta`. */
@@ -1005,6 +1056,7 @@ export const COMMAND_REQUIRED: Readonly<Record<ClientCommandType, readonly strin
   "room.leave": ["room"],
   "room.list": [],
   "message.send": ["room","text","client_msg_id"],
+  "attachment.url": ["room","attachment"],
   "message.history": ["room"],
   "ai.ask": ["room","prompt"],
   "ai.cancel": ["stream_id"],
@@ -1170,6 +1222,8 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "AiDelta": {"properties":{"index":{"minimum":0,"type":"integer"},"room":{"type":"string"},"stream_id":{"type":"string"},"text":{"type":"string"}},"required":["room","stream_id","index","text"],"type":"object"},
   "AiDone": {"properties":{"message":{"anyOf":[{"$ref":"#/$defs/Message"},{"type":"null"}]},"room":{"type":"string"},"stream_id":{"type":"string"}},"required":["room","stream_id"],"type":"object"},
   "AiError": {"properties":{"error":{"$ref":"#/$defs/StreamError"},"message":{"anyOf":[{"$ref":"#/$defs/Message"},{"type":"null"}]},"room":{"type":"string"},"stream_id":{"type":"string"}},"required":["room","stream_id","error"],"type":"object"},
+  "Attachment": {"properties":{"height":{"type":["integer","null"]},"id":{"type":"string"},"mime":{"type":"string"},"name":{"type":"string"},"size":{"type":"integer"},"width":{"type":["integer","null"]}},"required":["id","mime","size"],"type":"object"},
+  "AttachmentUrlReply": {"properties":{"attachment":{"$ref":"#/$defs/Attachment"},"expires_at":{"type":"integer"},"url":{"type":"string"}},"required":["url","expires_at","attachment"],"type":"object"},
   "AuthReply": {"properties":{"expires_at":{"type":"integer"},"frame_secret":{"type":["string","null"]},"session_id":{"type":"string"},"token":{"type":["string","null"]},"user":{"$ref":"#/$defs/User"}},"required":["user","session_id","expires_at"],"type":"object"},
   "BlockedUser": {"properties":{"blocked_at":{"type":"integer"},"user":{"type":"string"}},"required":["user","blocked_at"],"type":"object"},
   "BlocksReply": {"properties":{"blocks":{"items":{"$ref":"#/$defs/BlockedUser"},"type":"array"}},"required":["blocks"],"type":"object"},
@@ -1193,9 +1247,10 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "MemberEvent": {"properties":{"room":{"type":"string"},"seq":{"type":"integer"},"user":{"$ref":"#/$defs/UserRef"}},"required":["room","seq","user"],"type":"object"},
   "MemberRoleEvent": {"properties":{"by":{"$ref":"#/$defs/UserRef"},"role":{"$ref":"#/$defs/Role"},"room":{"type":"string"},"seq":{"type":"integer"},"user":{"$ref":"#/$defs/UserRef"}},"required":["room","seq","user","role","by"],"type":"object"},
   "MembersReply": {"properties":{"members":{"items":{"$ref":"#/$defs/Member"},"type":"array"},"next_cursor":{"type":["string","null"]}},"required":["members"],"type":"object"},
-  "Message": {"properties":{"client_msg_id":{"type":"string"},"created_at":{"type":"integer"},"deleted":{"type":"boolean"},"edited_at":{"type":["integer","null"]},"id":{"type":"string"},"metadata":{"additionalProperties":true,"type":["object","null"]},"reactions":{"additionalProperties":{"items":{"type":"string"},"type":"array"},"type":"object"},"reply_to":{"anyOf":[{"$ref":"#/$defs/Quote"},{"type":"null"}]},"room":{"type":"string"},"sender":{"$ref":"#/$defs/UserRef"},"seq":{"type":"integer"},"text":{"type":"string"},"thread":{"type":["string","null"]}},"required":["id","room","seq","sender","text","created_at","deleted","client_msg_id","reactions"],"type":"object"},
+  "Message": {"properties":{"attachments":{"items":{"$ref":"#/$defs/Attachment"},"type":"array"},"client_msg_id":{"type":"string"},"created_at":{"type":"integer"},"deleted":{"type":"boolean"},"edited_at":{"type":["integer","null"]},"id":{"type":"string"},"kind":{"$ref":"#/$defs/MessageKind"},"metadata":{"additionalProperties":true,"type":["object","null"]},"reactions":{"additionalProperties":{"items":{"type":"string"},"type":"array"},"type":"object"},"reply_to":{"anyOf":[{"$ref":"#/$defs/Quote"},{"type":"null"}]},"room":{"type":"string"},"sender":{"$ref":"#/$defs/UserRef"},"seq":{"type":"integer"},"text":{"type":"string"},"thread":{"type":["string","null"]}},"required":["id","room","seq","sender","text","created_at","deleted","client_msg_id","reactions"],"type":"object"},
   "MessageDeleted": {"properties":{"message_id":{"type":"string"},"room":{"type":"string"},"seq":{"type":"integer"}},"required":["room","seq","message_id"],"type":"object"},
   "MessageEvent": {"properties":{"message":{"$ref":"#/$defs/Message"},"room":{"type":"string"},"seq":{"type":"integer"}},"required":["room","seq","message"],"type":"object"},
+  "MessageKind": {"enum":["text","image","video","audio","file","voice"],"type":"string"},
   "MessageReply": {"properties":{"message":{"$ref":"#/$defs/Message"}},"required":["message"],"type":"object"},
   "Notification": {"additionalProperties":true,"properties":{"created_at":{"type":"integer"},"id":{"type":"string"},"kind":{"$ref":"#/$defs/NotificationKind"},"read":{"type":["boolean","null"]},"room":{"type":["string","null"]}},"required":["id","kind","created_at"],"type":"object"},
   "NotificationCleared": {"properties":{"all":{"type":"boolean"},"conn_id":{"type":["string","null"]},"ids":{"items":{"type":"string"},"type":["array","null"]}},"type":"object"},
@@ -1213,13 +1268,13 @@ export const SERVER_FRAME_SCHEMA: Readonly<Record<string, SchemaNode>> = {
   "ReceiptKind": {"enum":["read","delivered"],"type":"string"},
   "ReceiptReply": {"properties":{"seq":{"type":"integer"}},"required":["seq"],"type":"object"},
   "RefreshReply": {"properties":{"expires_at":{"type":"integer"}},"required":["expires_at"],"type":"object"},
-  "ReplyFrame": {"anyOf":[{"$ref":"#/$defs/PingReply"},{"$ref":"#/$defs/AuthReply"},{"$ref":"#/$defs/RefreshReply"},{"$ref":"#/$defs/RoomReply"},{"$ref":"#/$defs/RoomJoinReply"},{"$ref":"#/$defs/RoomListReply"},{"$ref":"#/$defs/MessageReply"},{"$ref":"#/$defs/HistoryReply"},{"$ref":"#/$defs/AiAskReply"},{"$ref":"#/$defs/ReceiptReply"},{"$ref":"#/$defs/NotificationListReply"},{"$ref":"#/$defs/PresenceReply"},{"$ref":"#/$defs/CallInviteReply"},{"$ref":"#/$defs/RoomJoinManyReply"},{"$ref":"#/$defs/MembersReply"},{"$ref":"#/$defs/DirectoryReply"},{"$ref":"#/$defs/ReportReply"},{"$ref":"#/$defs/BlocksReply"},{"$ref":"#/$defs/InvitationsReply"},{"$ref":"#/$defs/Empty"},{}],"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"id":{"minimum":0,"type":"integer"},"ok":{"type":"boolean"}},"required":["id","ok"],"type":"object"},
+  "ReplyFrame": {"anyOf":[{"$ref":"#/$defs/PingReply"},{"$ref":"#/$defs/AuthReply"},{"$ref":"#/$defs/RefreshReply"},{"$ref":"#/$defs/RoomReply"},{"$ref":"#/$defs/RoomJoinReply"},{"$ref":"#/$defs/RoomListReply"},{"$ref":"#/$defs/MessageReply"},{"$ref":"#/$defs/HistoryReply"},{"$ref":"#/$defs/AiAskReply"},{"$ref":"#/$defs/ReceiptReply"},{"$ref":"#/$defs/NotificationListReply"},{"$ref":"#/$defs/PresenceReply"},{"$ref":"#/$defs/CallInviteReply"},{"$ref":"#/$defs/RoomJoinManyReply"},{"$ref":"#/$defs/MembersReply"},{"$ref":"#/$defs/DirectoryReply"},{"$ref":"#/$defs/ReportReply"},{"$ref":"#/$defs/BlocksReply"},{"$ref":"#/$defs/InvitationsReply"},{"$ref":"#/$defs/AttachmentUrlReply"},{"$ref":"#/$defs/Empty"},{}],"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"id":{"minimum":0,"type":"integer"},"ok":{"type":"boolean"}},"required":["id","ok"],"type":"object"},
   "ReportReply": {"properties":{"report_id":{"type":"string"}},"required":["report_id"],"type":"object"},
   "Role": {"enum":["owner","admin","member"],"type":"string"},
   "Room": {"properties":{"created_at":{"type":"integer"},"deleted":{"type":"boolean"},"id":{"type":"string"},"last_seq":{"type":"integer"},"metadata":{"additionalProperties":true,"type":["object","null"]},"name":{"type":"string"},"owner":{"type":"string"},"topic":{"type":"string"},"unread":{"type":"integer"},"visibility":{"$ref":"#/$defs/Visibility"}},"required":["id","name","visibility","owner","last_seq","created_at","unread","topic"],"type":"object"},
   "RoomDeleted": {"properties":{"by":{"$ref":"#/$defs/UserRef"},"room":{"type":"string"},"seq":{"type":"integer"}},"required":["room","seq","by"],"type":"object"},
   "RoomJoinManyReply": {"properties":{"results":{"items":{"$ref":"#/$defs/RoomJoinResult"},"type":"array"}},"required":["results"],"type":"object"},
-  "RoomJoinReply": {"properties":{"events":{"items":{"$ref":"#/$defs/ServerFrame"},"type":"array"},"has_more":{"type":"boolean"},"last_seq":{"type":"integer"},"online":{"items":{"type":"string"},"type":"array"},"read_marks":{"items":{"$ref":"#/$defs/ReadMark"},"type":"array"},"recovered":{"type":"boolean"},"room":{"anyOf":[{"$ref":"#/$defs/Room"},{"type":"null"}]},"streams":{"items":{"$ref":"#/$defs/StreamInProgress"},"type":"array"}},"required":["last_seq","events","recovered","has_more","streams","online","read_marks"],"type":"object"},
+  "RoomJoinReply": {"properties":{"events":{"items":{"$ref":"#/$defs/ServerFrame"},"type":"array"},"has_more":{"type":"boolean"},"history_truncated":{"type":"boolean"},"last_seq":{"type":"integer"},"online":{"items":{"type":"string"},"type":"array"},"read_marks":{"items":{"$ref":"#/$defs/ReadMark"},"type":"array"},"recovered":{"type":"boolean"},"room":{"anyOf":[{"$ref":"#/$defs/Room"},{"type":"null"}]},"streams":{"items":{"$ref":"#/$defs/StreamInProgress"},"type":"array"}},"required":["last_seq","events","recovered","has_more","streams","online","read_marks"],"type":"object"},
   "RoomJoinResult": {"properties":{"error":{"anyOf":[{"$ref":"#/$defs/ErrorObject"},{"type":"null"}]},"joined":{"anyOf":[{"$ref":"#/$defs/RoomJoinReply"},{"type":"null"}]},"ok":{"type":"boolean"},"room":{"type":"string"}},"required":["room","ok"],"type":"object"},
   "RoomListReply": {"properties":{"next_cursor":{"type":["string","null"]},"rooms":{"items":{"$ref":"#/$defs/RoomSummary"},"type":"array"}},"required":["rooms"],"type":"object"},
   "RoomReply": {"properties":{"room":{"$ref":"#/$defs/Room"}},"required":["room"],"type":"object"},

@@ -58,6 +58,7 @@ const RESULT_DEFS = {
     "invitation.list": "InvitationsReply",
     "invitation.accept": "RoomReply",
     "invitation.decline": "Empty",
+    "attachment.url": "AttachmentUrlReply",
 };
 /** A failed request: the server's error object, or a client-side cause. */
 export class ParleyError extends Error {
