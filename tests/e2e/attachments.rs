@@ -82,7 +82,7 @@ async fn an_image_is_sent_and_only_members_can_download_it() {
     let mut alice = app.user("alice", "Alice").await;
     let mut bob = app.user("bob", "Bob").await;
     let mut carol = app.user("carol", "Carol").await;
-    let room = alice.share_room(&["bob"]).await;
+    let room = alice.share_room_with(&mut [&mut bob]).await;
     bob.ok("room.join", json!({"room": room})).await;
 
     let bytes = png(3, 2, 600);

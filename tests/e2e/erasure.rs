@@ -20,7 +20,7 @@ async fn after_erasure_nothing_the_user_wrote_can_be_read() {
     let app = spawn_app().await;
     let mut alice = app.user("alice", "Alice").await;
     let mut bob = app.user("bob", "Bob").await;
-    let room = alice.share_room(&["bob"]).await;
+    let room = alice.share_room_with(&mut [&mut bob]).await;
     bob.ok("room.join", json!({"room": room})).await;
     alice.ok("room.join", json!({"room": room})).await;
 

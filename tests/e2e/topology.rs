@@ -253,8 +253,44 @@ impl Cluster {
                 "parley-secrets".to_string(),
                 BTreeMap::from([
                     (
-                        "services-credential".into(),
-                        "topology-service-credential-0123456789".into(),
+                        "edge-credential".into(),
+                        "topology-edge-credential-0123456789abcdef".into(),
+                    ),
+                    (
+                        // The SHA-256 of the line above.
+                        "edge-credential-sha256".into(),
+                        "sha256:635debee5b8c7eb073acd4fb76f3279f127025ab594a6fe9d876ff8bf17bbde6"
+                            .into(),
+                    ),
+                    (
+                        "ai-credential".into(),
+                        "topology-ai-credential-0123456789abcdef".into(),
+                    ),
+                    (
+                        // The SHA-256 of the line above.
+                        "ai-credential-sha256".into(),
+                        "sha256:5170d0dc3e049adf62c25c8b8f6068983276df996b0e3639a053f659e9858629"
+                            .into(),
+                    ),
+                    (
+                        "presence-credential".into(),
+                        "topology-presence-credential-0123456789abcdef".into(),
+                    ),
+                    (
+                        // The SHA-256 of the line above.
+                        "presence-credential-sha256".into(),
+                        "sha256:e61e36ae7f95b62cdb370924688560b2cd9e3e94a7b16df11e60885008af30fd"
+                            .into(),
+                    ),
+                    (
+                        "chat-credential".into(),
+                        "topology-chat-credential-0123456789abcdef".into(),
+                    ),
+                    (
+                        // The SHA-256 of the line above.
+                        "chat-credential-sha256".into(),
+                        "sha256:5cd3f1e8b3a39dae332429203ca79708e5757776eb87cf1fb545ea90096ef9bd"
+                            .into(),
                     ),
                     (
                         "bus-signing-key".into(),
