@@ -37,6 +37,12 @@ def main():
             metadata=auth + [("x-parley-user-id", args.owner), ("x-parley-user-name", args.owner)],
         )
         room = created.room.id
+        # Naming a member invites them; the member accepts (here the shared
+        # credential acts for them, as the edge would for their connection).
+        chat.AcceptInvitation(
+            pb.InvitationRequest(room_id=room),
+            metadata=auth + [("x-parley-user-id", args.member), ("x-parley-user-name", args.member)],
+        )
     backend = rpc.ChatBackendServiceStub(channel)
     backend.PostMessage(
         pb.PostMessageRequest(
