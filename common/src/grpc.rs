@@ -13,7 +13,6 @@ pub mod tls;
 pub use callers::{CallerLayer, CallerName, Callers};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
@@ -393,7 +392,7 @@ pub async fn serve(
             span
         })
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().wait());
+        .serve_with_incoming_shutdown(incoming(listener), shutdown.clone().wait());
     let cut_off = async {
         shutdown.wait().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -407,9 +406,32 @@ pub async fn serve(
     }
 }
 
+/// The server's accepted connections, with Nagle's algorithm off: a reply
+/// is written in pieces (headers, message, trailers), and with Nagle on a
+/// later piece waits for the caller's delayed ACK of the earlier one (up to
+/// 40 ms on Linux), which put a floor of milliseconds under every call.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        use tokio_stream::StreamExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut accepted = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let stream = accepted
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        assert!(stream.nodelay().expect("nodelay"), "Nagle off");
+    }
 
     #[tokio::test]
     async fn a_stopped_server_cuts_streams_that_never_end_after_the_grace() {

@@ -228,7 +228,11 @@ pub async fn run(run: &Run, args: Args) -> anyhow::Result<Value> {
         let room = rooms[s % rooms.len()].clone();
         let padding = padding.clone();
         let (accepted, refused) = (accepted.clone(), refused.clone());
-        let mut ticks = tokio::time::interval(period);
+        // Senders start spread over one period: started together, every
+        // sender would fire at the same instant, and the figure would be
+        // the burst's own queueing (all rooms' deliveries at once).
+        let phase = period.mul_f64(s as f64 / senders as f64);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         match &publisher {
             Some(publisher) => {
