@@ -158,6 +158,11 @@ impl Store {
             AnyPoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                // sqlx pings every connection it hands out by default: one
+                // more round trip per statement (to SQLite's worker thread,
+                // or to Postgres). A broken connection fails its statement
+                // instead, and the pool replaces it.
+                .test_before_acquire(false)
         };
         let appender = pool(1).connect(url).await.map_err(setup)?;
         if sqlite {

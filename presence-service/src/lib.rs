@@ -36,7 +36,9 @@ pub use crate::engine::{
 pub use crate::error::PresenceError;
 pub use crate::guard::CallLimits;
 use crate::service::PresenceHandler;
-pub use crate::service::{MAX_CONNS_PER_CALL, MAX_ID_BYTES, MAX_USERS_PER_CALL};
+pub use crate::service::{
+    MAX_CONNS_PER_CALL, MAX_ID_BYTES, MAX_LEASES_PER_CALL, MAX_USERS_PER_CALL,
+};
 pub use crate::store::{
     Call, CallAction, Clock, Counts, Ended, MemoryStore, Presence, PresenceStore, RedisStore,
     Sweep, SystemClock, WentOffline,

@@ -14,9 +14,9 @@ use futures::Stream;
 use proto::presence::v1::presence_service_server::PresenceService;
 use proto::presence::v1::{
     ActOnCallRequest, ActOnCallResponse, ForgetUserRequest, ForgetUserResponse, GetPresenceRequest,
-    GetPresenceResponse, InviteCallRequest, InviteCallResponse, RegisterRequest, RegisterResponse,
-    ReleaseRequest, ReleaseResponse, RenewRequest, RenewResponse, SetStatusRequest,
-    SetStatusResponse, UserPresence, WatchEvent, WatchRequest,
+    GetPresenceResponse, InviteCallRequest, InviteCallResponse, Lease, RegisterRequest,
+    RegisterResponse, ReleaseRequest, ReleaseResponse, RenewRequest, RenewResponse,
+    SetStatusRequest, SetStatusResponse, UserPresence, WatchEvent, WatchRequest,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -28,10 +28,7 @@ use crate::engine::{
 use crate::error::PresenceError;
 use crate::store::CallAction;
 
-/// Most connections one Renew or Release may name.
-pub const MAX_CONNS_PER_CALL: usize = 10_000;
-/// Most users one GetPresence or Watch may name.
-pub const MAX_USERS_PER_CALL: usize = 1_000;
+pub use proto::presence::v1::{MAX_CONNS_PER_CALL, MAX_LEASES_PER_CALL, MAX_USERS_PER_CALL};
 /// Longest accepted id (edge, connection or user), in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 /// Watch events queued for one slow watcher before it is cut off.
@@ -115,23 +112,34 @@ impl PresenceService for PresenceHandler {
     ) -> Result<Response<RegisterResponse>, Status> {
         let request = request.into_inner();
         check_id("edge_id", &request.edge_id)?;
-        check_id("conn_id", &request.conn_id)?;
-        check_id("user_id", &request.user_id)?;
-        self.engine
-            .register(
-                &request.edge_id,
-                &request.conn_id,
-                &request.user_id,
-                self.ttl(request.ttl_ms),
-            )
-            .await
-            .map_err(failed("register"))?;
-        tracing::debug!(
-            edge_id = %request.edge_id,
-            conn_id = %request.conn_id,
-            user_id = %request.user_id,
-            "lease registered"
-        );
+        if request.leases.len() > MAX_LEASES_PER_CALL {
+            return Err(PresenceError::BadRequest(format!(
+                "at most {MAX_LEASES_PER_CALL} leases per call"
+            ))
+            .into());
+        }
+        let single = (!request.conn_id.is_empty() || request.leases.is_empty()).then(|| Lease {
+            conn_id: request.conn_id.clone(),
+            user_id: request.user_id.clone(),
+        });
+        let leases: Vec<Lease> = single.into_iter().chain(request.leases).collect();
+        for lease in &leases {
+            check_id("conn_id", &lease.conn_id)?;
+            check_id("user_id", &lease.user_id)?;
+        }
+        let ttl = self.ttl(request.ttl_ms);
+        for lease in &leases {
+            self.engine
+                .register(&request.edge_id, &lease.conn_id, &lease.user_id, ttl)
+                .await
+                .map_err(failed("register"))?;
+            tracing::debug!(
+                edge_id = %request.edge_id,
+                conn_id = %lease.conn_id,
+                user_id = %lease.user_id,
+                "lease registered"
+            );
+        }
         Ok(Response::new(RegisterResponse {}))
     }
 

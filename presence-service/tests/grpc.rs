@@ -16,8 +16,9 @@ use presence_service::{MAX_CONNS_PER_CALL, MAX_USERS_PER_CALL, PresenceApp};
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use proto::presence::v1::watch_event::Kind;
 use proto::presence::v1::{
-    ActOnCallRequest, GetPresenceRequest, InviteCallRequest, RegisterRequest, ReleaseRequest,
-    RenewRequest, SetStatusRequest, UserPresence, WatchEvent, WatchRequest,
+    ActOnCallRequest, GetPresenceRequest, InviteCallRequest, Lease, MAX_LEASES_PER_CALL,
+    RegisterRequest, ReleaseRequest, RenewRequest, SetStatusRequest, UserPresence, WatchEvent,
+    WatchRequest,
 };
 use tonic::Code;
 
@@ -71,6 +72,7 @@ impl TestApp {
                 conn_id: conn_id.into(),
                 user_id: user_id.into(),
                 ttl_ms: 0,
+                leases: Vec::new(),
             })
             .await
             .map(drop)
@@ -168,6 +170,50 @@ async fn leases_drive_presence_over_grpc() {
         window.contains(&alice.last_seen),
         "{alice:?} outside {window:?}"
     );
+}
+
+#[tokio::test]
+async fn one_register_call_carries_many_leases_up_to_the_limit() {
+    let app = spawn_app().await;
+    let register = |leases: Vec<Lease>| {
+        let mut client = app.client.clone();
+        async move {
+            client
+                .register(RegisterRequest {
+                    edge_id: "edge-1".into(),
+                    leases,
+                    ..RegisterRequest::default()
+                })
+                .await
+        }
+    };
+    let leases = |n: usize| -> Vec<Lease> {
+        (0..n)
+            .map(|i| Lease {
+                conn_id: format!("c{i}"),
+                user_id: format!("u{i}"),
+            })
+            .collect()
+    };
+    register(leases(MAX_LEASES_PER_CALL))
+        .await
+        .expect("the largest allowed register");
+    let users: Vec<String> = ids("u", MAX_LEASES_PER_CALL);
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    let seen = app.presence(&users[..100]).await.expect("presence");
+    assert!(
+        seen.iter().all(|p| p.online),
+        "every lease of the call is live"
+    );
+
+    let status = register(leases(MAX_LEASES_PER_CALL + 1))
+        .await
+        .expect_err("too many leases");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let mut bad = leases(2);
+    bad[1].user_id.clear();
+    let status = register(bad).await.expect_err("an empty user id");
+    assert_eq!(status.code(), Code::InvalidArgument);
 }
 
 #[tokio::test]

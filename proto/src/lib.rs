@@ -30,6 +30,13 @@ pub mod ai {
 pub mod presence {
     pub mod v1 {
         tonic::include_proto!("parley.presence.v1");
+
+        /// Most connections one `Renew` or `Release` may name.
+        pub const MAX_CONNS_PER_CALL: usize = 10_000;
+        /// Most users one `GetPresence` or `Watch` may name.
+        pub const MAX_USERS_PER_CALL: usize = 1_000;
+        /// Most leases one `Register` call may hold.
+        pub const MAX_LEASES_PER_CALL: usize = 1_000;
     }
 }
 

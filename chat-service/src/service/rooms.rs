@@ -182,14 +182,15 @@ impl ChatHandler {
         let Some((mut room, role)) = found else {
             return self.join_deleted(&request).await;
         };
-        if role.is_none() && self.store.is_banned(&room.id, &actor.user_id).await? {
-            return Err(ChatError::Denied(Denial::Banned));
-        }
         if role.is_none() && room.visibility != Visibility::Public as i32 {
+            if self.store.is_banned(&room.id, &actor.user_id).await? {
+                return Err(ChatError::Denied(Denial::Banned));
+            }
             return Err(ChatError::NotFound("room"));
         }
         if role.is_none() {
-            // Visible without membership means public: joining makes a member.
+            // Visible without membership means public: joining makes a
+            // member (the writer refuses a banned user).
             let user = user_of(actor)?;
             let applied = self
                 .writer
@@ -199,18 +200,14 @@ impl ChatHandler {
                 })
                 .await?;
             if let Some(event) = applied.events.last() {
-                room.last_seq = event.seq;
+                room.last_seq = room.last_seq.max(event.seq);
             }
         }
         // Everything up to this seq is answered from the log; later events
-        // reach the caller live (it subscribed before calling).
-        let last_seq = self
-            .store
-            .room(&room.id)
-            .await?
-            .map(|r| r.last_seq)
-            .unwrap_or(room.last_seq);
-        room.last_seq = last_seq;
+        // reach the caller live: it subscribed before calling, so whatever
+        // the room's row said when read above, or the join's own event, is
+        // a point after which nothing can be missed.
+        let last_seq = room.last_seq;
         // Retention deleted the log from before `since`: replaying would
         // leave a gap the client cannot see, so it reloads instead.
         let history_truncated = match request.since {

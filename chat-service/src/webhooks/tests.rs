@@ -583,6 +583,7 @@ async fn connects_and_disconnects_reach_endpoints_that_ask_for_them() {
                     conn_id: conn,
                     user_id: "alice".into(),
                     ttl_ms: 0,
+                    leases: Vec::new(),
                 })
                 .await
                 .expect("register");
