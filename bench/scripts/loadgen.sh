@@ -7,6 +7,7 @@
 #   bench/scripts/loadgen.sh fanout --subscribers 1000 --rooms 10 --rate 2000 --via publish
 #   bench/scripts/loadgen.sh reconnect --clients 10000 --rooms 100 --missed 20
 #   bench/scripts/loadgen.sh ai --streams 1000   (the suite then asks loadgen's model server)
+#   bench/scripts/loadgen.sh soak   (19,900 connections in 20 rooms, 2,000 messages/s, 10 minutes)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p parley -p parley-bench
@@ -17,6 +18,7 @@ export PARLEY_LOG_LEVEL="${PARLEY_LOG_LEVEL:-warn}"
 # Every load client comes from 127.0.0.1 and load is the point: lift the
 # per-address, per-user and per-connection limits (docs/security.md).
 export PARLEY_EDGE_MAX_CONNS_PER_IP="${PARLEY_EDGE_MAX_CONNS_PER_IP:-1000000}"
+export PARLEY_EDGE_MAX_HTTP_CONNS_PER_IP="${PARLEY_EDGE_MAX_HTTP_CONNS_PER_IP:-0}"
 export PARLEY_EDGE_MAX_CONNS_PER_USER="${PARLEY_EDGE_MAX_CONNS_PER_USER:-1000000}"
 for key in USER_PER_MIN USER_PER_HOUR ANONYMOUS_PER_MIN ANONYMOUS_PER_HOUR IP_MESSAGES_PER_MIN \
     IP_CONNECTS_PER_MIN CONN_COMMANDS_PER_MIN; do

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use futures::stream::{SplitSink, SplitStream};
@@ -133,10 +133,15 @@ impl Client {
     /// The next text frame (pings are answered while reading); `None` once
     /// the connection closed.
     pub async fn next_text(&mut self) -> anyhow::Result<Option<Utf8Bytes>> {
+        Ok(self.next_incoming().await?.into_text())
+    }
+
+    /// The next text frame, or the connection's end with its close code.
+    pub async fn next_incoming(&mut self) -> anyhow::Result<Incoming> {
         if let Some(text) = self.pending.pop_front() {
-            return Ok(Some(text));
+            return Ok(Incoming::Text(text));
         }
-        next_text(&mut self.ws).await
+        next_incoming(&mut self.ws).await
     }
 
     /// Frames read while waiting for replies.
@@ -156,15 +161,42 @@ impl Client {
     }
 }
 
+/// What a connection yields next.
+pub enum Incoming {
+    Text(Utf8Bytes),
+    /// The connection ended, with the peer's close code if it sent one.
+    Closed(Option<u16>),
+}
+
+impl Incoming {
+    fn into_text(self) -> Option<Utf8Bytes> {
+        match self {
+            Incoming::Text(text) => Some(text),
+            Incoming::Closed(_) => None,
+        }
+    }
+}
+
 /// Reads the next text frame of a stream; `None` once it closed.
 pub async fn next_text<S>(stream: &mut S) -> anyhow::Result<Option<Utf8Bytes>>
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
+    Ok(next_incoming(stream).await?.into_text())
+}
+
+/// Reads the next text frame of a stream, or its end with the close code.
+pub async fn next_incoming<S>(stream: &mut S) -> anyhow::Result<Incoming>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
         match stream.next().await {
-            None | Some(Ok(Message::Close(_))) => return Ok(None),
-            Some(Ok(Message::Text(text))) => return Ok(Some(text)),
+            None => return Ok(Incoming::Closed(None)),
+            Some(Ok(Message::Close(frame))) => {
+                return Ok(Incoming::Closed(frame.map(|f| f.code.into())));
+            }
+            Some(Ok(Message::Text(text))) => return Ok(Incoming::Text(text)),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),
         }
@@ -193,6 +225,23 @@ pub fn number_after(text: &str, field: &str) -> Option<u64> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(digits.len());
     digits[..end].parse().ok()
+}
+
+/// Waits for deliveries still under way: until `counted` reaches
+/// `expected`, or nothing arrived for a second, or `limit` is over.
+pub async fn settle(counted: &std::sync::atomic::AtomicU64, expected: u64, limit: Duration) {
+    use std::sync::atomic::Ordering;
+    let until = tokio::time::Instant::now() + limit;
+    let mut last = (counted.load(Ordering::Relaxed), tokio::time::Instant::now());
+    while tokio::time::Instant::now() < until && last.0 < expected {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = counted.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -297,19 +297,7 @@ pub async fn run(run: &Run, args: Args) -> anyhow::Result<Value> {
     let accepted = accepted.load(Ordering::Relaxed);
     let expected = accepted * (args.subscribers / args.rooms) as u64;
 
-    // Let deliveries finish: until all arrived, or none for a second, or
-    // the settle time is over.
-    let settle_until = Instant::now() + Duration::from_secs(args.settle_s);
-    let mut last = (counted.load(Ordering::Relaxed), Instant::now());
-    while Instant::now() < settle_until && last.0 < expected {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = counted.load(Ordering::Relaxed);
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(1) {
-            break;
-        }
-    }
+    client::settle(&counted, expected, Duration::from_secs(args.settle_s)).await;
     let cpu_edge = match (cpu_edge_start, run.edge_cpu()) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,

@@ -1,4 +1,4 @@
-//! `loadgen`: real WebSocket clients against a running edge, in three
+//! `loadgen`: real WebSocket clients against a running edge, in five
 //! scenarios, each printing one JSON summary line.
 //!
 //! - `idle`: hold N authenticated connections; with `--edge-pid`, the
@@ -9,6 +9,9 @@
 //!   `since`: time until every one has exactly what it missed.
 //! - `ai`: N users ask the assistant at once, answered by a model server in
 //!   this process: streams held at once, relay overhead per delta.
+//! - `soak`: N connections in rooms of up to 1,000 members while messages
+//!   flow for minutes: loss, order, disconnects, the edge's RSS growth
+//!   after warm-up and its CPU.
 //!
 //! Start the server with a known HS256 secret and pass the same one here
 //! (`--secret` or `PARLEY_AUTH_HS256_SECRET`); without one, clients sign in
@@ -19,6 +22,7 @@ mod client;
 mod fanout;
 mod idle;
 mod reconnect;
+mod soak;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -64,6 +68,7 @@ enum Scenario {
     Fanout(fanout::Args),
     Reconnect(reconnect::Args),
     Ai(ai::Args),
+    Soak(soak::Args),
 }
 
 /// What every scenario gets.
@@ -143,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Fanout(a) => fanout::run(&run, a).await?,
         Scenario::Reconnect(a) => reconnect::run(&run, a).await?,
         Scenario::Ai(a) => ai::run(&run, a).await?,
+        Scenario::Soak(a) => soak::run(&run, a).await?,
     };
     println!("{summary}");
     Ok(())
