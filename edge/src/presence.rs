@@ -1,7 +1,7 @@
 //! Presence leases of this edge's authenticated connections: registered on
-//! auth (the connections that sign in while a registration call is in
-//! flight go together in the next one), renewed for all connections with
-//! one batched call per interval, released on close.
+//! auth and released on close (the connections that sign in, or close,
+//! while such a call is in flight go together in the next one), renewed for
+//! all connections with one batched call per interval.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,17 +15,18 @@ use proto::presence::v1::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-/// A lease waiting for the next registration call, and who waits for it.
-type Pending = (Lease, oneshot::Sender<()>);
+/// An item queued for the next batched call, and who waits for it.
+type Queued<T> = (T, oneshot::Sender<()>);
 
 #[derive(Clone)]
 pub struct Leases {
-    edge_id: Arc<String>,
-    client: PresenceServiceClient<ServiceChannel>,
+    remote: Remote,
     /// conn id → user id of every live authenticated connection.
     live: Arc<Mutex<HashMap<String, String>>>,
-    /// Leases for the registering task.
-    pending: mpsc::UnboundedSender<Pending>,
+    /// Leases to register, and connections to release: each sent by a
+    /// task of its own, everything waiting in one call.
+    registering: mpsc::UnboundedSender<Queued<Lease>>,
+    releasing: mpsc::UnboundedSender<Queued<String>>,
 }
 
 impl Leases {
@@ -34,14 +35,24 @@ impl Leases {
         every: Duration,
         shutdown: ShutdownSignal,
     ) -> Self {
-        let (pending, queued) = mpsc::unbounded_channel();
-        let leases = Self {
+        let remote = Remote {
             edge_id: Arc::new(common::ids::new_id("e")),
             client,
-            live: Arc::default(),
-            pending,
         };
-        tokio::spawn(leases.clone().register_batches(queued));
+        let registrar = remote.clone();
+        let releaser = remote.clone();
+        let leases = Self {
+            registering: batched(MAX_LEASES_PER_CALL, move |leases| {
+                let remote = registrar.clone();
+                async move { remote.register(leases).await }
+            }),
+            releasing: batched(MAX_CONNS_PER_CALL, move |conn_ids| {
+                let remote = releaser.clone();
+                async move { remote.release(conn_ids).await }
+            }),
+            remote,
+            live: Arc::default(),
+        };
         let renewer = leases.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -61,32 +72,58 @@ impl Leases {
     /// it (or the call failed: the renew loop registers it again then).
     pub async fn register(&self, conn_id: &str, user_id: &str) {
         self.lock().insert(conn_id.to_string(), user_id.to_string());
-        let (done, registered) = oneshot::channel();
         let lease = Lease {
             conn_id: conn_id.to_string(),
             user_id: user_id.to_string(),
         };
-        if self.pending.send((lease, done)).is_ok() {
-            let _ = registered.await;
-        }
+        enqueue(&self.registering, lease).await;
     }
 
-    /// Sends the queued leases, all that are waiting in one call: under a
-    /// burst of sign-ins, one call per round trip instead of one per
-    /// connection.
-    async fn register_batches(self, mut queued: mpsc::UnboundedReceiver<Pending>) {
-        let mut batch = Vec::new();
-        while queued.recv_many(&mut batch, MAX_LEASES_PER_CALL).await > 0 {
-            let (leases, waiting): (Vec<Lease>, Vec<oneshot::Sender<()>>) =
-                std::mem::take(&mut batch).into_iter().unzip();
-            self.register_remote(leases).await;
-            for done in waiting {
-                let _ = done.send(());
+    /// Ends a connection's lease; returns once the call is answered (a
+    /// lease whose release failed expires on its own).
+    pub async fn release(&self, conn_id: &str) {
+        if self.lock().remove(conn_id).is_none() {
+            return;
+        }
+        enqueue(&self.releasing, conn_id.to_string()).await;
+    }
+
+    /// Renews every live lease: one call per interval, or a few when the
+    /// edge holds more connections than one call may name.
+    async fn renew(&self) {
+        let conn_ids: Vec<String> = self.lock().keys().cloned().collect();
+        for chunk in conn_ids.chunks(MAX_CONNS_PER_CALL) {
+            let unknown = self.remote.renew(chunk.to_vec()).await;
+            let leases: Vec<Lease> = {
+                let live = self.lock();
+                unknown
+                    .into_iter()
+                    .filter_map(|conn_id| {
+                        let user_id = live.get(&conn_id)?.clone();
+                        Some(Lease { conn_id, user_id })
+                    })
+                    .collect()
+            };
+            for chunk in leases.chunks(MAX_LEASES_PER_CALL) {
+                self.remote.register(chunk.to_vec()).await;
             }
         }
     }
 
-    async fn register_remote(&self, leases: Vec<Lease>) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// presence-service, as this edge calls it.
+#[derive(Clone)]
+struct Remote {
+    edge_id: Arc<String>,
+    client: PresenceServiceClient<ServiceChannel>,
+}
+
+impl Remote {
+    async fn register(&self, leases: Vec<Lease>) {
         let count = leases.len();
         let request = RegisterRequest {
             edge_id: self.edge_id.to_string(),
@@ -98,56 +135,64 @@ impl Leases {
         }
     }
 
-    pub async fn release(&self, conn_id: &str) {
-        if self.lock().remove(conn_id).is_none() {
-            return;
-        }
-        let request = ReleaseRequest {
-            conn_ids: vec![conn_id.to_string()],
-        };
-        if let Err(e) = self.client.clone().release(request).await {
-            tracing::warn!(conn_id, error = %e.message(), "presence release failed; the lease will expire");
-        }
-    }
-
-    /// Renews every live lease: one call per interval, or a few when the
-    /// edge holds more connections than one call may name.
-    async fn renew(&self) {
-        let conn_ids: Vec<String> = self.lock().keys().cloned().collect();
-        for chunk in conn_ids.chunks(MAX_CONNS_PER_CALL) {
-            self.renew_some(chunk.to_vec()).await;
+    async fn release(&self, conn_ids: Vec<String>) {
+        let count = conn_ids.len();
+        if let Err(e) = self
+            .client
+            .clone()
+            .release(ReleaseRequest { conn_ids })
+            .await
+        {
+            tracing::warn!(leases = count, error = %e.message(), "presence release failed; the leases will expire");
         }
     }
 
-    async fn renew_some(&self, conn_ids: Vec<String>) {
+    /// Renews the leases; returns those presence-service no longer knew.
+    async fn renew(&self, conn_ids: Vec<String>) -> Vec<String> {
         let request = RenewRequest {
             edge_id: self.edge_id.to_string(),
             conn_ids,
             ttl_ms: 0,
         };
         match self.client.clone().renew(request).await {
-            Ok(response) => {
-                let unknown = response.into_inner().unknown_conn_ids;
-                let leases: Vec<Lease> = {
-                    let live = self.lock();
-                    unknown
-                        .into_iter()
-                        .filter_map(|conn_id| {
-                            let user_id = live.get(&conn_id)?.clone();
-                            Some(Lease { conn_id, user_id })
-                        })
-                        .collect()
-                };
-                for chunk in leases.chunks(MAX_LEASES_PER_CALL) {
-                    self.register_remote(chunk.to_vec()).await;
-                }
+            Ok(response) => response.into_inner().unknown_conn_ids,
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "presence renew failed");
+                Vec::new()
             }
-            Err(e) => tracing::warn!(error = %e.message(), "presence renew failed"),
         }
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+/// A task sending what callers queue, at most `max` items a call and all
+/// that are waiting: under a burst (sign-ins, a reconnect storm) one call
+/// per round trip instead of one per connection.
+fn batched<T, F, Fut>(max: usize, send: F) -> mpsc::UnboundedSender<Queued<T>>
+where
+    T: Send + 'static,
+    F: Fn(Vec<T>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (queue, mut queued) = mpsc::unbounded_channel::<Queued<T>>();
+    tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while queued.recv_many(&mut batch, max).await > 0 {
+            let (items, waiting): (Vec<T>, Vec<oneshot::Sender<()>>) =
+                std::mem::take(&mut batch).into_iter().unzip();
+            send(items).await;
+            for done in waiting {
+                let _ = done.send(());
+            }
+        }
+    });
+    queue
+}
+
+/// Queues `item` and waits until the call carrying it is answered.
+async fn enqueue<T>(queue: &mpsc::UnboundedSender<Queued<T>>, item: T) {
+    let (done, sent) = oneshot::channel();
+    if queue.send((item, done)).is_ok() {
+        let _ = sent.await;
     }
 }
 
@@ -265,9 +310,10 @@ mod tests {
         (leases, metrics, server)
     }
 
-    fn register_calls(metrics: &common::metrics::Metrics) -> f64 {
+    /// gRPC calls of `method` presence-service has taken.
+    fn calls(metrics: &common::metrics::Metrics, method: &str) -> f64 {
         metrics
-            .sample("grpc_server_started_total", &[("grpc_method", "Register")])
+            .sample("grpc_server_started_total", &[("grpc_method", method)])
             .unwrap_or(0.0)
     }
 
@@ -292,28 +338,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_that_sign_in_together_share_registration_calls() {
+    async fn connections_that_sign_in_or_close_together_share_calls() {
         let store = Arc::new(NotingStore::default());
         let (leases, metrics, _server) = leases_on(store.clone()).await;
-        let signing_in: Vec<_> = (0..200)
-            .map(|n| {
-                let leases = leases.clone();
-                tokio::spawn(
-                    async move { leases.register(&format!("c{n}"), &format!("u{n}")).await },
-                )
-            })
-            .collect();
-        for task in signing_in {
-            task.await.expect("registered");
-        }
-        // Each one returned once its lease was in: all 200 are online.
+        let all = |release: bool| {
+            let tasks: Vec<_> = (0..200)
+                .map(|n| {
+                    let leases = leases.clone();
+                    tokio::spawn(async move {
+                        let conn = format!("c{n}");
+                        match release {
+                            false => leases.register(&conn, &format!("u{n}")).await,
+                            true => leases.release(&conn).await,
+                        }
+                    })
+                })
+                .collect();
+            async move {
+                for task in tasks {
+                    task.await.expect("answered");
+                }
+            }
+        };
         let users: Vec<String> = (0..200).map(|n| format!("u{n}")).collect();
-        let online = store.presence(&users).await.expect("presence");
-        assert!(online.iter().all(|p| p.online), "every lease registered");
-        let calls = register_calls(&metrics);
+
+        all(false).await;
+        // Each returned once its lease was in: all 200 are online.
+        let seen = store.presence(&users).await.expect("presence");
+        assert!(seen.iter().all(|p| p.online), "every lease registered");
+        let registers = calls(&metrics, "Register");
         assert!(
-            (1.0..200.0).contains(&calls),
-            "200 sign-ins at once took {calls} Register calls"
+            (1.0..200.0).contains(&registers),
+            "200 sign-ins at once took {registers} Register calls"
+        );
+
+        all(true).await;
+        let seen = store.presence(&users).await.expect("presence");
+        assert!(seen.iter().all(|p| !p.online), "every lease released");
+        let releases = calls(&metrics, "Release");
+        assert!(
+            (1.0..200.0).contains(&releases),
+            "200 closes at once took {releases} Release calls"
         );
     }
 
