@@ -9,7 +9,10 @@
 //! `member.left`) and follows each member's presence channel once per edge,
 //! whatever the number of local connections in the room; a `presence` event
 //! is handed to every local connection of the rooms that follow its user,
-//! like a room event.
+//! like a room event. The hub also remembers, from those events, who of
+//! them is online, so that a join of a room it follows answers `online[]`
+//! without reading the member list or asking presence-service about every
+//! member (only about those it has not heard of since it subscribed).
 //!
 //! Gap repair: for each room channel the hub knows the highest seq it has
 //! handed on with nothing missing before it. An event further ahead waits
@@ -18,6 +21,7 @@
 //! the edge never does.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +35,7 @@ use tokio::sync::mpsc;
 use crate::outbox::Outbox;
 use common::metrics::EdgeMetrics;
 use prometheus_client::metrics::counter::Counter;
+use protocol::ServerFrame;
 
 /// Prefix of room channels (the others carry no seq).
 const ROOM_PREFIX: &str = "room:";
@@ -131,6 +136,13 @@ struct Channel {
     /// Presence channels: the local room channels that follow this user
     /// room-wide.
     rooms: HashSet<String>,
+    /// Presence channels: when (on the [`Clock`]) the bus subscription
+    /// began; `None` until it has.
+    watched_since: Option<u64>,
+    /// Presence channels: whether the user is online, and when that was
+    /// learnt — from an event, or from a lookup that began after the
+    /// subscription (anything later comes as an event).
+    online: Option<(bool, u64)>,
     /// Room channels: the highest seq handed on with nothing missing before
     /// it; `None` until the first join reply says where the log stands.
     seq: Option<i64>,
@@ -151,6 +163,40 @@ impl Channel {
 }
 
 type Channels = HashMap<String, Channel>;
+
+/// Orders what the hub learns of presence: each subscription's start, each
+/// `presence` event, each lookup's start.
+#[derive(Default)]
+struct Clock(AtomicU64);
+
+impl Clock {
+    fn tick(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// A room's members as the hub follows them: who is online, and whose
+/// presence it has not learnt yet.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RoomPresence {
+    pub online: Vec<String>,
+    pub unknown: Vec<String>,
+}
+
+/// A presence lookup begun at a point of the hub's [`Clock`].
+#[derive(Debug, Clone, Copy)]
+pub struct LookupStart(u64);
+
+/// Marks a presence channel's entry as subscribed from now on, unless it
+/// already is.
+fn watched(channels: &Mutex<Channels>, name: &str, clock: &Clock) {
+    if name.starts_with(PRESENCE_PREFIX)
+        && let Some(entry) = lock(channels).get_mut(name)
+        && entry.watched_since.is_none()
+    {
+        entry.watched_since = Some(clock.tick());
+    }
+}
 
 /// A room channel starts (`true`) or stops following a user's presence.
 struct Follow {
@@ -194,6 +240,7 @@ struct Subscriptions {
     /// Channels subscribed on the bus.
     held: tokio::sync::Mutex<HashSet<String>>,
     metrics: EdgeMetrics,
+    clock: Clock,
 }
 
 impl Subscriptions {
@@ -216,6 +263,10 @@ impl Subscriptions {
     ) {
         let wanted = lock(channels).get(name).is_some_and(|c| !c.is_idle());
         if wanted == held.contains(name) {
+            if wanted {
+                // A new entry for a channel that stayed subscribed.
+                watched(channels, name, &self.clock);
+            }
             return;
         }
         let is_room = name.starts_with(ROOM_PREFIX);
@@ -223,6 +274,7 @@ impl Subscriptions {
             match self.subscriber.subscribe(name).await {
                 Ok(()) => {
                     held.insert(name.to_string());
+                    watched(channels, name, &self.clock);
                     if is_room {
                         self.metrics.room_subscriptions.inc();
                     }
@@ -285,6 +337,7 @@ impl Hub {
             subscriber,
             held: tokio::sync::Mutex::default(),
             metrics: metrics.clone(),
+            clock: Clock::default(),
         });
         tokio::spawn(fan_out(
             events,
@@ -339,6 +392,7 @@ impl Hub {
                 },
             );
         if held.contains(channel) {
+            watched(&self.channels, channel, &self.subscriptions.clock);
             return Ok(gate);
         }
         if let Err(e) = self.subscriptions.subscriber.subscribe(channel).await {
@@ -352,6 +406,7 @@ impl Hub {
             return Err(e);
         }
         held.insert(channel.to_string());
+        watched(&self.channels, channel, &self.subscriptions.clock);
         if channel.starts_with(ROOM_PREFIX) {
             self.metrics.room_subscriptions.inc();
         }
@@ -433,6 +488,58 @@ impl Hub {
             apply_follows(&mut channels, follows)
         };
         self.subscriptions.reconcile(&self.channels, &touched).await;
+    }
+
+    /// Whether this edge follows the presence of `channel`'s members (the
+    /// room is small enough, and a join's reply has told it who they are).
+    pub fn follows_room_presence(&self, channel: &str) -> bool {
+        lock(&self.channels)
+            .get(channel)
+            .and_then(|c| c.roster.as_ref())
+            .is_some_and(|r| r.following)
+    }
+
+    /// Who of `channel`'s members is online as far as the hub knows;
+    /// `None` when it does not follow the room's presence.
+    pub fn room_presence(&self, channel: &str) -> Option<RoomPresence> {
+        let channels = lock(&self.channels);
+        let roster = channels
+            .get(channel)?
+            .roster
+            .as_ref()
+            .filter(|r| r.following)?;
+        let mut presence = RoomPresence::default();
+        for user in &roster.members {
+            let known = channels
+                .get(&format!("{PRESENCE_PREFIX}{user}"))
+                .and_then(|c| c.online);
+            match known {
+                Some((true, _)) => presence.online.push(user.clone()),
+                Some((false, _)) => {}
+                None => presence.unknown.push(user.clone()),
+            }
+        }
+        Some(presence)
+    }
+
+    /// Call before asking presence-service; hand the answer to
+    /// [`Hub::learn_presence`].
+    pub fn lookup_start(&self) -> LookupStart {
+        LookupStart(self.subscriptions.clock.tick())
+    }
+
+    /// Keeps what a lookup begun at `start` found, for the users followed
+    /// since before it and not heard of since.
+    pub fn learn_presence(&self, start: LookupStart, seen: &HashMap<String, bool>) {
+        let mut channels = lock(&self.channels);
+        for (user, online) in seen {
+            if let Some(entry) = channels.get_mut(&format!("{PRESENCE_PREFIX}{user}"))
+                && entry.watched_since.is_some_and(|since| since < start.0)
+                && entry.online.is_none_or(|(_, at)| at < start.0)
+            {
+                entry.online = Some((*online, start.0));
+            }
+        }
     }
 
     /// The users this edge follows room-wide for the given rooms.
@@ -672,14 +779,20 @@ async fn fan_out(
                     if let Some(lag) = common::bus::lag_seconds(&envelope) {
                         metrics.bus_lag.observe(lag);
                     }
-                    bus_message(&channels, &repairer, channel, envelope)
+                    bus_message(&channels, &repairer, &subscriptions.clock, channel, envelope)
                 }
                 Some(BusEvent::Resubscribed) => {
                     metrics.bus_reconnects.inc();
-                    // Anything published while the bus was away is in the log.
+                    // Anything published while the bus was away is in the
+                    // log; presence it carried meanwhile is not known.
                     let mut channels = lock(&channels);
                     let mut repairs = 0;
+                    let now = subscriptions.clock.tick();
                     for (name, entry) in channels.iter_mut() {
+                        if name.starts_with(PRESENCE_PREFIX) {
+                            entry.online = None;
+                            entry.watched_since = Some(now);
+                        }
                         if let Some(seq) = entry.seq
                             && !entry.repairing
                         {
@@ -718,6 +831,7 @@ async fn fan_out(
 fn bus_message(
     channels: &Mutex<Channels>,
     repairer: &Repairer,
+    clock: &Clock,
     channel: String,
     envelope: common::bus::Envelope,
 ) -> Vec<String> {
@@ -730,6 +844,12 @@ fn bus_message(
             room_event(entry, &channel, seq, event, repairer, &mut follows);
         }
         return apply_follows(&mut channels, follows);
+    }
+    if channel.starts_with(PRESENCE_PREFIX)
+        && let Some(entry) = channels.get_mut(&channel)
+        && let Ok(ServerFrame::Presence(state)) = serde_json::from_str(&envelope.json)
+    {
+        entry.online = Some((state.status != "offline", clock.tick()));
     }
     // Encoded once per edge; every recipient shares the bytes.
     let text = Utf8Bytes::from(envelope.json);
@@ -1046,6 +1166,93 @@ mod tests {
         envelope("", 0, "presence", format!("{{\"presence\":\"{user}\"}}"))
     }
 
+    /// A real `presence` event, as presence-service publishes it.
+    fn status_event(user: &str, status: &str) -> common::bus::Envelope {
+        let frame = ServerFrame::Presence(protocol::PresenceState {
+            user: user.into(),
+            status: status.into(),
+            text: String::new(),
+            last_seen: 0,
+        });
+        envelope("", 0, "presence", frame.to_json())
+    }
+
+    #[tokio::test]
+    async fn who_is_online_is_known_from_events_and_from_lookups_begun_after_subscribing() {
+        let chat = chat().await;
+        let bus = MemoryBus::new();
+        let hub = Hub::start(&bus, chat.backend.clone(), 10, EdgeMetrics::default())
+            .await
+            .expect("hub");
+        let (out, rx) = outbox(1 << 20);
+        let mut rx = frames(rx);
+        let gate = hub
+            .join("room:r", 1, "alice", out.clone(), true)
+            .await
+            .expect("join");
+        let members = ["alice", "bob", "zoe"].map(String::from);
+        assert!(!hub.follows_room_presence("room:r"), "not before the reply");
+        hub.open_gate("room:r", &gate, &out, None, 1, &members)
+            .await;
+        assert!(hub.follows_room_presence("room:r"));
+        let sorted = |mut users: Vec<String>| {
+            users.sort();
+            users
+        };
+        let presence = hub.room_presence("room:r").expect("followed");
+        assert!(presence.online.is_empty());
+        assert_eq!(sorted(presence.unknown), members, "nothing known yet");
+
+        // A lookup begun after the subscriptions is kept.
+        let seen = |pairs: &[(&str, bool)]| -> HashMap<String, bool> {
+            pairs.iter().map(|(u, o)| (u.to_string(), *o)).collect()
+        };
+        let stale = hub.lookup_start();
+        hub.learn_presence(
+            hub.lookup_start(),
+            &seen(&[("alice", true), ("bob", true), ("zoe", false)]),
+        );
+        let presence = hub.room_presence("room:r").expect("followed");
+        assert_eq!(sorted(presence.online), ["alice", "bob"]);
+        assert!(presence.unknown.is_empty());
+
+        // An event is newer than a lookup begun before it arrived.
+        bus.publish(&presence_channel("bob"), &status_event("bob", "offline"))
+            .await
+            .expect("publish");
+        bus.publish("room:r", &event("r", 2))
+            .await
+            .expect("publish");
+        assert!(
+            next_text(&mut rx).await.contains("offline"),
+            "alice hears bob"
+        );
+        assert_eq!(next_seq(&mut rx).await, 2);
+        hub.learn_presence(stale, &seen(&[("bob", true)]));
+        assert_eq!(
+            hub.room_presence("room:r").expect("followed").online,
+            ["alice"],
+            "bob's offline event outranks the older lookup"
+        );
+
+        // A new member: a lookup begun before the edge followed them could
+        // miss a change, so it is not kept; a later one is.
+        let early = hub.lookup_start();
+        bus.publish("room:r", &membership("r", 3, "member.joined", "carol"))
+            .await
+            .expect("publish");
+        assert_eq!(next_seq(&mut rx).await, 3);
+        hub.learn_presence(early, &seen(&[("carol", true)]));
+        assert_eq!(
+            hub.room_presence("room:r").expect("followed").unknown,
+            ["carol"]
+        );
+        hub.learn_presence(hub.lookup_start(), &seen(&[("carol", true)]));
+        let presence = hub.room_presence("room:r").expect("followed");
+        assert_eq!(sorted(presence.online), ["alice", "carol"]);
+        assert!(presence.unknown.is_empty());
+    }
+
     #[tokio::test]
     async fn room_presence_is_one_follow_per_member_per_edge_kept_by_the_log() {
         let chat = chat().await;
@@ -1292,7 +1499,14 @@ mod tests {
             .join(&channel, 1, "u", out.clone(), true)
             .await
             .expect("join");
-        hub.open_gate(&channel, &gate, &out, None, 1, &[]).await;
+        hub.open_gate(&channel, &gate, &out, None, 1, &["zoe".to_string()])
+            .await;
+        let start = hub.lookup_start();
+        hub.learn_presence(start, &HashMap::from([("zoe".to_string(), true)]));
+        assert_eq!(
+            hub.room_presence(&channel).expect("followed").online,
+            ["zoe"]
+        );
 
         // Messages stored while the hub hears nothing of them (chat-service
         // publishes on a bus of its own here, as if Redis dropped them).
@@ -1351,5 +1565,10 @@ mod tests {
             seen.push(next_seq(&mut rx).await);
         }
         assert_eq!(seen, [2, 3, 4], "what the bus missed arrives from the log");
+        assert_eq!(
+            hub.room_presence(&channel).expect("followed").unknown,
+            ["zoe"],
+            "presence the bus may have missed is not known any more"
+        );
     }
 }

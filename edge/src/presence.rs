@@ -1,9 +1,10 @@
 //! Presence leases of this edge's authenticated connections: registered on
 //! auth and released on close (the connections that sign in, or close,
 //! while such a call is in flight go together in the next one), renewed for
-//! all connections with one batched call per interval.
+//! all connections with one batched call per interval; and the edge's
+//! presence lookups (`room.join`'s `online[]`), batched the same way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,12 +12,13 @@ use common::grpc::ServiceChannel;
 use common::shutdown::ShutdownSignal;
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use proto::presence::v1::{
-    Lease, MAX_CONNS_PER_CALL, MAX_LEASES_PER_CALL, RegisterRequest, ReleaseRequest, RenewRequest,
+    GetPresenceRequest, Lease, MAX_CONNS_PER_CALL, MAX_LEASES_PER_CALL, MAX_USERS_PER_CALL,
+    RegisterRequest, ReleaseRequest, RenewRequest,
 };
 use tokio::sync::{mpsc, oneshot};
 
-/// An item queued for the next batched call, and who waits for it.
-type Queued<T> = (T, oneshot::Sender<()>);
+/// An item queued for the next batched call, and who waits for its answer.
+type Queued<T, R = ()> = (T, oneshot::Sender<R>);
 
 #[derive(Clone)]
 pub struct Leases {
@@ -27,6 +29,9 @@ pub struct Leases {
     /// task of its own, everything waiting in one call.
     registering: mpsc::UnboundedSender<Queued<Lease>>,
     releasing: mpsc::UnboundedSender<Queued<String>>,
+    /// Users whose presence is looked up; the answer is whether they are
+    /// online (`None`: the lookup failed).
+    looking_up: mpsc::UnboundedSender<Queued<String, Option<bool>>>,
 }
 
 impl Leases {
@@ -41,14 +46,27 @@ impl Leases {
         };
         let registrar = remote.clone();
         let releaser = remote.clone();
+        let looker = remote.clone();
         let leases = Self {
             registering: batched(MAX_LEASES_PER_CALL, move |leases| {
                 let remote = registrar.clone();
-                async move { remote.register(leases).await }
+                async move {
+                    let answers = vec![(); leases.len()];
+                    remote.register(leases).await;
+                    answers
+                }
             }),
             releasing: batched(MAX_CONNS_PER_CALL, move |conn_ids| {
                 let remote = releaser.clone();
-                async move { remote.release(conn_ids).await }
+                async move {
+                    let answers = vec![(); conn_ids.len()];
+                    remote.release(conn_ids).await;
+                    answers
+                }
+            }),
+            looking_up: batched(MAX_USERS_PER_CALL, move |users| {
+                let remote = looker.clone();
+                async move { remote.online(users).await }
             }),
             remote,
             live: Arc::default(),
@@ -88,6 +106,21 @@ impl Leases {
         enqueue(&self.releasing, conn_id.to_string()).await;
     }
 
+    /// Which of `users` are online (seen as others see them: invisible
+    /// users are not); users whose lookup failed are left out. Lookups of
+    /// many joins at once share calls.
+    pub async fn online(&self, users: &[String]) -> HashMap<String, bool> {
+        let asked = users.iter().map(|user| async move {
+            let online = enqueue(&self.looking_up, user.clone()).await??;
+            Some((user.clone(), online))
+        });
+        futures::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Renews every live lease: one call per interval, or a few when the
     /// edge holds more connections than one call may name.
     async fn renew(&self) {
@@ -123,6 +156,27 @@ struct Remote {
 }
 
 impl Remote {
+    /// Whether each of `users` (at most a call's worth) is online, in order.
+    async fn online(&self, users: Vec<String>) -> Vec<Option<bool>> {
+        let unique: HashSet<&String> = users.iter().collect();
+        let request = GetPresenceRequest {
+            user_ids: unique.into_iter().cloned().collect(),
+        };
+        let seen: HashMap<String, bool> = match self.client.clone().get_presence(request).await {
+            Ok(response) => response
+                .into_inner()
+                .presence
+                .into_iter()
+                .map(|p| (p.user_id, p.online))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(users = users.len(), error = %e.message(), "presence lookup failed");
+                HashMap::new()
+            }
+        };
+        users.iter().map(|user| seen.get(user).copied()).collect()
+    }
+
     async fn register(&self, leases: Vec<Lease>) {
         let count = leases.len();
         let request = RegisterRequest {
@@ -166,34 +220,35 @@ impl Remote {
 
 /// A task sending what callers queue, at most `max` items a call and all
 /// that are waiting: under a burst (sign-ins, a reconnect storm) one call
-/// per round trip instead of one per connection.
-fn batched<T, F, Fut>(max: usize, send: F) -> mpsc::UnboundedSender<Queued<T>>
+/// per round trip instead of one per connection. `send` answers each item,
+/// in order.
+fn batched<T, R, F, Fut>(max: usize, send: F) -> mpsc::UnboundedSender<Queued<T, R>>
 where
     T: Send + 'static,
+    R: Send + 'static,
     F: Fn(Vec<T>) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send,
+    Fut: Future<Output = Vec<R>> + Send,
 {
-    let (queue, mut queued) = mpsc::unbounded_channel::<Queued<T>>();
+    let (queue, mut queued) = mpsc::unbounded_channel::<Queued<T, R>>();
     tokio::spawn(async move {
         let mut batch = Vec::new();
         while queued.recv_many(&mut batch, max).await > 0 {
-            let (items, waiting): (Vec<T>, Vec<oneshot::Sender<()>>) =
+            let (items, waiting): (Vec<T>, Vec<oneshot::Sender<R>>) =
                 std::mem::take(&mut batch).into_iter().unzip();
-            send(items).await;
-            for done in waiting {
-                let _ = done.send(());
+            for (done, answer) in waiting.into_iter().zip(send(items).await) {
+                let _ = done.send(answer);
             }
         }
     });
     queue
 }
 
-/// Queues `item` and waits until the call carrying it is answered.
-async fn enqueue<T>(queue: &mpsc::UnboundedSender<Queued<T>>, item: T) {
-    let (done, sent) = oneshot::channel();
-    if queue.send((item, done)).is_ok() {
-        let _ = sent.await;
-    }
+/// Queues `item` and waits until the call carrying it is answered
+/// (`None`: the batching task is gone).
+async fn enqueue<T, R>(queue: &mpsc::UnboundedSender<Queued<T, R>>, item: T) -> Option<R> {
+    let (done, answer) = oneshot::channel();
+    queue.send((item, done)).ok()?;
+    answer.await.ok()
 }
 
 #[cfg(test)]
@@ -338,7 +393,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_that_sign_in_or_close_together_share_calls() {
+    async fn connections_that_sign_in_close_or_look_up_together_share_calls() {
         let store = Arc::new(NotingStore::default());
         let (leases, metrics, _server) = leases_on(store.clone()).await;
         let all = |release: bool| {
@@ -370,6 +425,27 @@ mod tests {
         assert!(
             (1.0..200.0).contains(&registers),
             "200 sign-ins at once took {registers} Register calls"
+        );
+
+        // 200 joins asking at once who is online share lookups too.
+        let asked: Vec<_> = (0..200)
+            .map(|n| {
+                let leases = leases.clone();
+                tokio::spawn(async move {
+                    let users = [format!("u{n}"), "nobody".to_string()];
+                    leases.online(&users).await
+                })
+            })
+            .collect();
+        for (n, answer) in asked.into_iter().enumerate() {
+            let answer = answer.await.expect("answered");
+            let expected = HashMap::from([(format!("u{n}"), true), ("nobody".into(), false)]);
+            assert_eq!(answer, expected);
+        }
+        let lookups = calls(&metrics, "GetPresence");
+        assert!(
+            (1.0..200.0).contains(&lookups),
+            "200 lookups at once took {lookups} GetPresence calls"
         );
 
         all(true).await;

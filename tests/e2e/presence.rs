@@ -144,6 +144,67 @@ async fn room_join_lists_who_is_online_and_members_presence_follows() {
     app.shutdown().await;
 }
 
+/// presence-service's `GetPresence` calls so far (one process: the edge's
+/// `/metrics` holds every component's).
+async fn lookups(app: &TestApp) -> f64 {
+    common::metrics::find_sample(
+        &app.scrape().await,
+        "grpc_server_started_total",
+        &[("grpc_method", "GetPresence")],
+    )
+    .unwrap_or(0.0)
+}
+
+/// `online[]` of a join, sorted.
+async fn online_on_join(client: &mut Client, room: &str) -> Vec<String> {
+    let reply = client.ok("room.join", json!({"room": room})).await;
+    let mut online: Vec<String> = reply["online"]
+        .as_array()
+        .expect("online")
+        .iter()
+        .filter_map(|u| u.as_str().map(String::from))
+        .collect();
+    online.sort();
+    online
+}
+
+#[tokio::test]
+async fn joins_of_a_room_the_edge_follows_answer_online_without_a_lookup() {
+    let app = spawn_presence_app(|_| {}).await;
+    let mut alice = app.user("alice", "Alice").await;
+    let room = alice.public_room("lobby").await;
+    alice.ok("room.join", json!({"room": room})).await;
+    let mut bob = app.user("bob", "Bob").await;
+    assert_eq!(online_on_join(&mut bob, &room).await, ["alice", "bob"]);
+
+    // The edge asks about members it has not heard of yet (bob, once the
+    // log made him a member); after that, joins ask no one.
+    let mut settled = false;
+    for _ in 0..20 {
+        let before = lookups(&app).await;
+        assert_eq!(online_on_join(&mut alice, &room).await, ["alice", "bob"]);
+        if lookups(&app).await == before {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "every join looked presence up");
+    let before = lookups(&app).await;
+    for _ in 0..5 {
+        assert_eq!(online_on_join(&mut alice, &room).await, ["alice", "bob"]);
+    }
+    assert_eq!(lookups(&app).await, before, "no lookup per join");
+
+    // What the edge knows follows presence events.
+    bob.ok("presence.set", json!({"status": "invisible"})).await;
+    assert_eq!(presence_of(&mut alice, "bob").await["status"], "offline");
+    assert_eq!(online_on_join(&mut alice, &room).await, ["alice"]);
+    bob.ok("presence.set", json!({"status": "busy"})).await;
+    assert_eq!(presence_of(&mut alice, "bob").await["status"], "busy");
+    assert_eq!(online_on_join(&mut alice, &room).await, ["alice", "bob"]);
+    assert_eq!(lookups(&app).await, before, "still none");
+}
+
 #[tokio::test]
 async fn room_wide_presence_stops_above_the_configured_room_size() {
     let app = spawn_presence_app(|c| c.edge.room_presence_max_members = 1).await;

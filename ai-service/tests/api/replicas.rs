@@ -192,6 +192,7 @@ async fn bob_of(app: &TestApp, room: &str) -> common::grpc::Actor {
             room_id: room.into(),
             since: None,
             limit: 0,
+            ..Default::default()
         }))
         .await
         .expect("join");

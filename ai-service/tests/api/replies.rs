@@ -244,6 +244,7 @@ async fn bob_in(app: &TestApp, room: &str) -> Actor {
             room_id: room.into(),
             since: None,
             limit: 0,
+            ..Default::default()
         }))
         .await
         .expect("join");

@@ -222,7 +222,11 @@ impl ChatHandler {
             }
             None => (Vec::new(), false),
         };
-        let (members, online) = self.members_online(&room.id).await;
+        let (members, online) = if request.omit_presence {
+            (Vec::new(), Vec::new())
+        } else {
+            self.members_online(&room.id).await
+        };
         let read_marks = self.store.read_marks(&room.id, MAX_PRESENCE_LOOKUP).await?;
         Ok(JoinRoomResponse {
             room: Some(room),

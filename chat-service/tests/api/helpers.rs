@@ -327,6 +327,7 @@ impl TestApp {
             room_id: room_id.into(),
             since,
             limit: 0,
+            ..Default::default()
         };
         let response = self
             .client

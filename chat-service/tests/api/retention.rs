@@ -65,6 +65,7 @@ async fn old_events_go_in_small_batches_while_sends_go_on() {
                     room_id,
                     since: Some(since),
                     limit: 0,
+                    ..Default::default()
                 }))
                 .await
                 .expect("join")

@@ -324,3 +324,34 @@ async fn room_names_cannot_hide_text_direction_or_control_characters() {
         .await
         .expect("any other script is fine");
 }
+
+#[tokio::test]
+async fn a_join_that_omits_presence_leaves_out_the_member_list() {
+    let app = spawn_app().await;
+    let room = app
+        .create_room(ALICE, "lobby", Visibility::Public, &[])
+        .await
+        .expect("room");
+    let full = app.join(BOB, &room.id, None).await.expect("join");
+    let mut members = full.members.clone();
+    members.sort();
+    assert_eq!(members, [ALICE, BOB]);
+
+    let request = proto::chat::v1::JoinRoomRequest {
+        room_id: room.id.clone(),
+        omit_presence: true,
+        ..Default::default()
+    };
+    let lean = app
+        .client
+        .clone()
+        .join_room(actor(BOB).request(request))
+        .await
+        .expect("join")
+        .into_inner();
+    assert!(lean.members.is_empty() && lean.online.is_empty());
+    assert_eq!(
+        lean.last_seq, full.last_seq,
+        "the rest is answered as before"
+    );
+}

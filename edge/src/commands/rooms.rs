@@ -3,8 +3,8 @@
 
 use common::bus::room_channel;
 use proto::chat::v1::{
-    CreateRoomRequest, InviteMemberRequest, JoinRoomRequest, LeaveRoomRequest, ListRoomsRequest,
-    RemoveMemberRequest,
+    CreateRoomRequest, InviteMemberRequest, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest,
+    ListRoomsRequest, RemoveMemberRequest,
 };
 use protocol::{
     JoinTarget, ReplyResult, Room, RoomCreate, RoomJoin, RoomJoinManyReply, RoomJoinReply,
@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use super::{Outcome, assistant, done, failed, missing, reply};
 use crate::frames::{self, CommandError};
+use crate::hub::RoomPresence;
 use crate::session::Session;
 
 pub(super) async fn create(s: &mut Session, args: RoomCreate) -> Result<Outcome, CommandError> {
@@ -155,17 +156,20 @@ async fn enter(s: &mut Session, target: &JoinTarget) -> Result<Entered, CommandE
                 format!("event bus unavailable: {e}"),
             )
         })?;
-    let request = actor.request(JoinRoomRequest {
-        room_id: room.clone(),
-        since: since.and_then(|v| i64::try_from(v).ok()),
-        limit: 0,
-    });
-    let response = match shared.backends.chat.clone().join_room(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            shared.hub.leave(&channel, s.link.key).await;
-            return Err(CommandError::from_status("chat", &status));
-        }
+    // A room whose members' presence this edge follows answers `online[]`
+    // from what the hub knows, not from a member list and lookup per join.
+    let omit_presence = shared.hub.follows_room_presence(&channel);
+    let mut response = join_room(s, &channel, &room, since, omit_presence).await?;
+    let online = match omit_presence {
+        false => std::mem::take(&mut response.online),
+        true => match online_now(s, &channel, &actor.user_id).await {
+            Some(online) => online,
+            // The room outgrew room-wide presence meanwhile: ask chat-service.
+            None => {
+                response = join_room(s, &channel, &room, since, false).await?;
+                std::mem::take(&mut response.online)
+            }
+        },
     };
     if since.is_some() && response.recovered {
         shared.metrics.recoveries.inc();
@@ -187,7 +191,7 @@ async fn enter(s: &mut Session, target: &JoinTarget) -> Result<Entered, CommandE
         recovered: response.recovered,
         has_more: response.has_more,
         streams,
-        online: response.online,
+        online,
         read_marks: response
             .read_marks
             .into_iter()
@@ -204,6 +208,53 @@ async fn enter(s: &mut Session, target: &JoinTarget) -> Result<Entered, CommandE
         reply,
         members: response.members,
     })
+}
+
+/// chat-service's `JoinRoom`; on failure the connection leaves the channel
+/// it subscribed to for the join.
+async fn join_room(
+    s: &Session,
+    channel: &str,
+    room: &str,
+    since: Option<u64>,
+    omit_presence: bool,
+) -> Result<JoinRoomResponse, CommandError> {
+    let shared = &s.link.shared;
+    let request = s.actor()?.request(JoinRoomRequest {
+        room_id: room.to_string(),
+        since: since.and_then(|v| i64::try_from(v).ok()),
+        limit: 0,
+        omit_presence,
+    });
+    match shared.backends.chat.clone().join_room(request).await {
+        Ok(response) => Ok(response.into_inner()),
+        Err(status) => {
+            shared.hub.leave(channel, s.link.key).await;
+            Err(CommandError::from_status("chat", &status))
+        }
+    }
+}
+
+/// Who of the room's members is online, from the hub's room-wide presence,
+/// asking presence-service only about those it has not heard of (and the
+/// joining user, until the log makes them a member); `None` when the hub
+/// does not follow the room's presence.
+async fn online_now(s: &Session, channel: &str, user: &str) -> Option<Vec<String>> {
+    let shared = &s.link.shared;
+    let RoomPresence {
+        mut online,
+        mut unknown,
+    } = shared.hub.room_presence(channel)?;
+    if !online.iter().chain(&unknown).any(|u| u == user) {
+        unknown.push(user.to_string());
+    }
+    if !unknown.is_empty() {
+        let start = shared.hub.lookup_start();
+        let seen = shared.leases.online(&unknown).await;
+        shared.hub.learn_presence(start, &seen);
+        online.extend(unknown.into_iter().filter(|u| seen.get(u) == Some(&true)));
+    }
+    Some(online)
 }
 
 /// Queues `reply` (if any), then releases the room's held events newer
