@@ -139,6 +139,10 @@ struct Channel {
     /// Presence channels: when (on the [`Clock`]) the bus subscription
     /// began; `None` until it has.
     watched_since: Option<u64>,
+    /// Room channels: the connection whose join is the first on this edge
+    /// (it reads the room's members); other joins wait for it. Dropped —
+    /// which wakes them — when its reply opens the room or it leaves.
+    introducing: Option<(u64, tokio::sync::watch::Sender<()>)>,
     /// Presence channels: whether the user is online, and when that was
     /// learnt — from an event, or from a lookup that began after the
     /// subscription (anything later comes as an event).
@@ -182,6 +186,18 @@ pub struct RoomPresence {
     pub online: Vec<String>,
     pub unknown: Vec<String>,
 }
+
+/// Where a join's `online[]` comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceSource {
+    /// The hub follows the room's presence: chat-service may omit it.
+    Hub,
+    /// chat-service reads the members and asks presence-service.
+    Chat,
+}
+
+/// How long a join waits for the first join of its room on this edge.
+const FIRST_JOIN_WAIT: Duration = Duration::from_secs(5);
 
 /// A presence lookup begun at a point of the hub's [`Clock`].
 #[derive(Debug, Clone, Copy)]
@@ -399,6 +415,13 @@ impl Hub {
             let mut channels = lock(&self.channels);
             if let Some(entry) = channels.get_mut(channel) {
                 entry.members.remove(&conn);
+                if entry
+                    .introducing
+                    .as_ref()
+                    .is_some_and(|(by, _)| *by == conn)
+                {
+                    entry.introducing = None;
+                }
                 if entry.is_idle() {
                     channels.remove(channel);
                 }
@@ -472,6 +495,7 @@ impl Hub {
                 && entry.seq.is_none()
             {
                 entry.seq = Some(delivered);
+                entry.introducing = None;
                 if self.room_presence_max > 0 {
                     let roster = Roster {
                         members: members.iter().cloned().collect(),
@@ -490,13 +514,41 @@ impl Hub {
         self.subscriptions.reconcile(&self.channels, &touched).await;
     }
 
-    /// Whether this edge follows the presence of `channel`'s members (the
-    /// room is small enough, and a join's reply has told it who they are).
-    pub fn follows_room_presence(&self, channel: &str) -> bool {
-        lock(&self.channels)
-            .get(channel)
-            .and_then(|c| c.roster.as_ref())
-            .is_some_and(|r| r.following)
+    /// Where the `online[]` of `conn`'s join of `channel` (joined with
+    /// [`Hub::join`]) comes from: the hub, when it follows the presence of
+    /// the room's members. The first join of a room on this edge asks
+    /// chat-service, and joins arriving meanwhile wait for its reply (at
+    /// most [`FIRST_JOIN_WAIT`]): a burst of joins reads the members once.
+    pub async fn presence_source(&self, channel: &str, conn: u64) -> PresenceSource {
+        let deadline = tokio::time::Instant::now() + FIRST_JOIN_WAIT;
+        loop {
+            let mut first = {
+                let mut channels = lock(&self.channels);
+                let Some(entry) = channels.get_mut(channel) else {
+                    return PresenceSource::Chat;
+                };
+                if entry.roster.as_ref().is_some_and(|r| r.following) {
+                    return PresenceSource::Hub;
+                }
+                if entry.seq.is_some() || self.room_presence_max == 0 {
+                    return PresenceSource::Chat;
+                }
+                match &entry.introducing {
+                    Some((by, first)) if *by != conn => first.subscribe(),
+                    _ => {
+                        entry.introducing = Some((conn, tokio::sync::watch::channel(()).0));
+                        return PresenceSource::Chat;
+                    }
+                }
+            };
+            // Ends when the first join's sender is dropped.
+            if tokio::time::timeout_at(deadline, first.changed())
+                .await
+                .is_err()
+            {
+                return PresenceSource::Chat;
+            }
+        }
     }
 
     /// Who of `channel`'s members is online as far as the hub knows;
@@ -1191,10 +1243,25 @@ mod tests {
             .await
             .expect("join");
         let members = ["alice", "bob", "zoe"].map(String::from);
-        assert!(!hub.follows_room_presence("room:r"), "not before the reply");
+        assert_eq!(
+            hub.presence_source("room:r", 1).await,
+            PresenceSource::Chat,
+            "the first join reads the members"
+        );
+        // A second join waits for the first one's reply.
+        let (out2, _rx2) = outbox(1 << 20);
+        hub.join("room:r", 2, "bob", out2, true)
+            .await
+            .expect("join");
+        let second = hub.presence_source("room:r", 2);
+        tokio::pin!(second);
+        assert!(
+            futures::poll!(second.as_mut()).is_pending(),
+            "waits for the first"
+        );
         hub.open_gate("room:r", &gate, &out, None, 1, &members)
             .await;
-        assert!(hub.follows_room_presence("room:r"));
+        assert_eq!(second.await, PresenceSource::Hub);
         let sorted = |mut users: Vec<String>| {
             users.sort();
             users

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use super::{Outcome, assistant, done, failed, missing, reply};
 use crate::frames::{self, CommandError};
-use crate::hub::RoomPresence;
+use crate::hub::{PresenceSource, RoomPresence};
 use crate::session::Session;
 
 pub(super) async fn create(s: &mut Session, args: RoomCreate) -> Result<Outcome, CommandError> {
@@ -158,7 +158,8 @@ async fn enter(s: &mut Session, target: &JoinTarget) -> Result<Entered, CommandE
         })?;
     // A room whose members' presence this edge follows answers `online[]`
     // from what the hub knows, not from a member list and lookup per join.
-    let omit_presence = shared.hub.follows_room_presence(&channel);
+    let omit_presence =
+        shared.hub.presence_source(&channel, s.link.key).await == PresenceSource::Hub;
     let mut response = join_room(s, &channel, &room, since, omit_presence).await?;
     let online = match omit_presence {
         false => std::mem::take(&mut response.online),
