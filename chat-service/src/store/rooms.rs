@@ -7,7 +7,6 @@ use sqlx::{Any, AnyConnection, Connection, Row, Transaction};
 use tracing::Instrument;
 
 use super::invitations::{insert_invitation, take_invitation};
-use super::moderation::banned;
 use super::rows::{ROOM_COLUMNS, ROOM_COLUMNS_R, room_from};
 use super::{Bind, Membership, NewRoom, Store, bind_all, insert_event, log_event, next_seq};
 use crate::error::{ChatError, Denial};
@@ -155,16 +154,19 @@ impl Store {
         async {
             let mut tx = conn.begin().await?;
             let seq = next_seq(&mut tx, room_id).await?;
-            if member_exists(&mut tx, room_id, &user.id).await? {
+            let now = common::ids::now_ms();
+            let standing = standing(&mut tx, room_id, &user.id, now).await?;
+            if standing.member {
                 tx.rollback().await?;
                 return Ok(None);
             }
-            let now = common::ids::now_ms();
-            if banned(&mut tx, room_id, &user.id, now).await? {
+            if standing.banned {
                 tx.rollback().await?;
                 return Err(ChatError::Denied(Denial::Banned));
             }
-            if let Err(error) = check_memberships(&mut tx, &user.id, self.caps.memberships).await {
+            if let Err(error) =
+                memberships_below(&user.id, standing.memberships, self.caps.memberships)
+            {
                 tx.rollback().await?;
                 return Err(error);
             }
@@ -345,13 +347,50 @@ pub(super) async fn check_memberships(
         .bind(user_id.to_string())
         .fetch_one(&mut **tx)
         .await?;
-    let count: i64 = row.try_get("n")?;
+    memberships_below(user_id, row.try_get("n")?, cap)
+}
+
+fn memberships_below(user_id: &str, count: i64, cap: u32) -> Result<(), ChatError> {
     if count >= i64::from(cap) {
         return Err(ChatError::TooLarge(format!(
             "{user_id} is a member of {cap} rooms, the most one user may be in"
         )));
     }
     Ok(())
+}
+
+/// What a join must know of a user and a room, read in one statement.
+struct Standing {
+    member: bool,
+    /// Banned from the room at the given time.
+    banned: bool,
+    /// Rooms the user is a member of.
+    memberships: i64,
+}
+
+async fn standing(
+    tx: &mut Transaction<'_, Any>,
+    room_id: &str,
+    user_id: &str,
+    now: i64,
+) -> Result<Standing, ChatError> {
+    let row = sqlx::query(
+        "SELECT \
+           (SELECT COUNT(*) FROM members WHERE room_id = $1 AND user_id = $2) AS member, \
+           (SELECT COUNT(*) FROM room_bans WHERE room_id = $1 AND user_id = $2 \
+              AND (until_at IS NULL OR until_at > $3)) AS banned, \
+           (SELECT COUNT(*) FROM members WHERE user_id = $2) AS memberships",
+    )
+    .bind(room_id.to_string())
+    .bind(user_id.to_string())
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Standing {
+        member: row.try_get::<i64, _>("member")? > 0,
+        banned: row.try_get::<i64, _>("banned")? > 0,
+        memberships: row.try_get("memberships")?,
+    })
 }
 
 pub(super) async fn insert_member(
