@@ -160,7 +160,12 @@ async fn enter(s: &mut Session, target: &JoinTarget) -> Result<Entered, CommandE
     // from what the hub knows, not from a member list and lookup per join.
     let omit_presence =
         shared.hub.presence_source(&channel, s.link.key).await == PresenceSource::Hub;
-    let mut response = join_room(s, &channel, &room, since, omit_presence).await?;
+    // The assistant's replies in progress are read alongside.
+    let (response, streams) = tokio::join!(
+        join_room(s, &channel, &room, since, omit_presence),
+        assistant::streams(s, &room)
+    );
+    let mut response = response?;
     let online = match omit_presence {
         false => std::mem::take(&mut response.online),
         true => match online_now(s, &channel, &actor.user_id).await {
@@ -179,7 +184,6 @@ async fn enter(s: &mut Session, target: &JoinTarget) -> Result<Entered, CommandE
             .events_replayed
             .inc_by(response.events.len() as u64);
     }
-    let streams = assistant::streams(s, &room).await;
     s.rooms.insert(room.clone());
     let reply = RoomJoinReply {
         room: response.room.as_ref().map(Room::from),
