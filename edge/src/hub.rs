@@ -522,7 +522,7 @@ impl Hub {
     pub async fn presence_source(&self, channel: &str, conn: u64) -> PresenceSource {
         let deadline = tokio::time::Instant::now() + FIRST_JOIN_WAIT;
         loop {
-            let mut first = {
+            let (first, mut done) = {
                 let mut channels = lock(&self.channels);
                 let Some(entry) = channels.get_mut(channel) else {
                     return PresenceSource::Chat;
@@ -534,7 +534,7 @@ impl Hub {
                     return PresenceSource::Chat;
                 }
                 match &entry.introducing {
-                    Some((by, first)) if *by != conn => first.subscribe(),
+                    Some((by, first)) if *by != conn => (*by, first.subscribe()),
                     _ => {
                         entry.introducing = Some((conn, tokio::sync::watch::channel(()).0));
                         return PresenceSource::Chat;
@@ -542,10 +542,21 @@ impl Hub {
                 }
             };
             // Ends when the first join's sender is dropped.
-            if tokio::time::timeout_at(deadline, first.changed())
+            if tokio::time::timeout_at(deadline, done.changed())
                 .await
                 .is_err()
             {
+                // The first join is stuck (or its command was dropped):
+                // this one takes its place, so later joins wait for a live one.
+                if let Some(entry) = lock(&self.channels).get_mut(channel)
+                    && entry.seq.is_none()
+                    && entry
+                        .introducing
+                        .as_ref()
+                        .is_some_and(|(by, _)| *by == first)
+                {
+                    entry.introducing = Some((conn, tokio::sync::watch::channel(()).0));
+                }
                 return PresenceSource::Chat;
             }
         }
@@ -843,7 +854,10 @@ async fn fan_out(
                     for (name, entry) in channels.iter_mut() {
                         if name.starts_with(PRESENCE_PREFIX) {
                             entry.online = None;
-                            entry.watched_since = Some(now);
+                            // Subscribed again from now.
+                            if entry.watched_since.is_some() {
+                                entry.watched_since = Some(now);
+                            }
                         }
                         if let Some(seq) = entry.seq
                             && !entry.repairing
@@ -1318,6 +1332,63 @@ mod tests {
         let presence = hub.room_presence("room:r").expect("followed");
         assert_eq!(sorted(presence.online), ["alice", "carol"]);
         assert!(presence.unknown.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_first_join_holds_the_others_up_only_for_a_while() {
+        // No chat-service: nothing here reads a room's log.
+        let settings = ClientSettings {
+            credential: Secret::new("unused"),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        };
+        let nowhere = channel("http://127.0.0.1:1", &settings).expect("channel");
+        let bus = MemoryBus::new();
+        let hub = Hub::start(
+            &bus,
+            ChatBackendServiceClient::new(nowhere),
+            10,
+            EdgeMetrics::default(),
+        )
+        .await
+        .expect("hub");
+        let mut outs = Vec::new();
+        for (conn, user) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+            let (out, rx) = outbox(1 << 20);
+            hub.join("room:r", conn, user, out.clone(), true)
+                .await
+                .expect("join");
+            outs.push((out, rx));
+        }
+        // Alice's join goes first and never answers.
+        assert_eq!(hub.presence_source("room:r", 1).await, PresenceSource::Chat);
+        let started = tokio::time::Instant::now();
+        assert_eq!(hub.presence_source("room:r", 2).await, PresenceSource::Chat);
+        assert_eq!(
+            started.elapsed(),
+            FIRST_JOIN_WAIT,
+            "bob waited, then went ahead"
+        );
+        // Carol now waits for bob's join, not alice's: when bob's fails
+        // (he leaves), she goes ahead.
+        let introducer = |hub: &Hub| {
+            lock(&hub.channels)
+                .get("room:r")
+                .and_then(|c| c.introducing.as_ref().map(|(by, _)| *by))
+        };
+        assert_eq!(introducer(&hub), Some(2), "bob took alice's place");
+        let carol = hub.presence_source("room:r", 3);
+        tokio::pin!(carol);
+        assert!(futures::poll!(carol.as_mut()).is_pending());
+        hub.leave("room:r", 2).await;
+        assert_eq!(carol.await, PresenceSource::Chat);
+        assert_eq!(introducer(&hub), Some(3));
+        // Carol's join answers: nobody waits any more.
+        let gate = Arc::new(Mutex::new(Gate::default()));
+        let members = ["alice", "bob", "carol"].map(String::from);
+        hub.open_gate("room:r", &gate, &outs[2].0, None, 1, &members)
+            .await;
+        assert_eq!(hub.presence_source("room:r", 1).await, PresenceSource::Hub);
     }
 
     #[tokio::test]
