@@ -8,6 +8,7 @@
 
 mod backend;
 mod cleanup;
+mod coalesce;
 mod erasure;
 mod error;
 pub mod permissions;
@@ -44,6 +45,7 @@ pub use crate::cleanup::{Cleanup, CleanupReport};
 pub use crate::error::ChatError;
 use crate::service::{ChatHandler, Limits};
 pub use crate::service::{MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_ROOM_NAME_CHARS};
+use crate::store::recent::RecentEvents;
 use crate::store::{Caps, Store};
 use crate::webhooks::{Connections, NoPresence, SystemClock, Webhooks};
 
@@ -150,6 +152,10 @@ impl ChatApp {
             blocks: config.max_blocks_per_user,
             invitations: config.max_pending_invitations_per_user,
         };
+        store.recent = Arc::new(RecentEvents::new(
+            config.recent_events_per_room as usize,
+            usize::try_from(config.recent_events_max_bytes).unwrap_or(usize::MAX),
+        ));
         let connections: Arc<dyn Connections> = match &presence {
             Some(client) => Arc::new(client.clone()),
             None => Arc::new(NoPresence),

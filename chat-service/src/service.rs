@@ -50,6 +50,7 @@ use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
+use crate::coalesce::Coalesce;
 use crate::error::ChatError;
 pub(crate) use crate::service::attachments::delete_attachments;
 pub(crate) use crate::service::moderation::Acting;
@@ -112,7 +113,13 @@ pub(crate) struct ChatHandler {
     /// Auth-service, to revoke an erased user's tokens; `None` in tests
     /// without it.
     pub(crate) auth: Option<AuthServiceClient<ServiceChannel>>,
+    pub(crate) metrics: common::metrics::ChatMetrics,
+    /// Joins' member lists and presence lookups, shared per room.
+    pub(crate) online_reads: Arc<Coalesce<String, MembersOnline>>,
 }
+
+/// A room's member ids and those of them online.
+pub(crate) type MembersOnline = (Vec<String>, Vec<String>);
 
 impl ChatHandler {
     pub(crate) fn new(
@@ -123,7 +130,9 @@ impl ChatHandler {
         metrics: common::metrics::ChatMetrics,
     ) -> Self {
         Self {
-            writer: Writer::start(store.clone(), bus.clone(), metrics),
+            writer: Writer::start(store.clone(), bus.clone(), metrics.clone()),
+            metrics,
+            online_reads: Arc::new(Coalesce::new()),
             store,
             bus,
             presence,

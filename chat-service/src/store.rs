@@ -24,6 +24,7 @@ mod moderation;
 mod notifications;
 mod reactions;
 mod receipts;
+pub(crate) mod recent;
 mod rooms;
 mod rows;
 pub(crate) mod webhooks;
@@ -33,7 +34,7 @@ pub(crate) use moderation::{DirectoryPage, MembersPage, RoomChanges};
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::chat::v1::{Message, RoomEvent, User, Visibility};
+use proto::chat::v1::{Message, Room, RoomEvent, User, Visibility};
 use protocol::{MessageEvent, ServerFrame};
 use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::Query;
@@ -41,6 +42,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 use tracing::Instrument;
 
 use crate::error::ChatError;
+use recent::{Cached, RecentEvents};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -71,6 +73,8 @@ pub(crate) struct Store {
     /// streams and the webhook planner (other replicas' commits are found
     /// by polling).
     pub(crate) appended: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The latest events of busy rooms, for `since` reads (`recent.rs`).
+    pub(crate) recent: Arc<RecentEvents>,
 }
 
 /// Per-user caps from configuration.
@@ -125,6 +129,15 @@ impl Membership {
     pub(crate) fn muted(&self, now: i64) -> bool {
         self.muted_until.is_some_and(|until| until > now)
     }
+}
+
+/// A room as a user's call finds it.
+pub(crate) struct RoomAndRole {
+    pub room: Room,
+    /// The user's membership; `None` when not a member.
+    pub membership: Option<Membership>,
+    /// The highest seq retention deleted from the room's log (0: none).
+    pub truncated_seq: i64,
 }
 
 /// A page of history.
@@ -185,6 +198,7 @@ impl Store {
             sqlite_file,
             caps: Caps::default(),
             appended: Arc::new(tokio::sync::watch::Sender::new(0)),
+            recent: Arc::new(RecentEvents::new(0, 0)),
         })
     }
 
@@ -256,6 +270,30 @@ impl Store {
         }
         .instrument(self.span("sql SELECT room_events"))
         .await
+    }
+
+    /// Log events with `after < seq <= upto` (`upto` the room's `last_seq`
+    /// as just read), at most `limit`: from the cache of recent events when
+    /// it holds them all, else from the log (which then fills the cache).
+    /// The second value says whether more follow; `hit` whether the cache
+    /// answered.
+    pub(crate) async fn events_since(
+        &self,
+        room_id: &str,
+        after: i64,
+        upto: i64,
+        limit: u32,
+    ) -> Result<(Vec<RoomEvent>, bool, bool), ChatError> {
+        if upto.saturating_sub(after) <= i64::from(limit)
+            && let Cached::Hit(events) = self.recent.read(room_id, after, upto)
+        {
+            return Ok((events, false, true));
+        }
+        let (events, has_more) = self.events(room_id, after, upto, limit).await?;
+        if !has_more {
+            self.recent.fill(room_id, after, upto, &events);
+        }
+        Ok((events, has_more, false))
     }
 }
 

@@ -117,6 +117,9 @@ pub(crate) struct Applied {
     pub message: Option<Message>,
     pub events: Vec<RoomEvent>,
     pub notifications: Vec<Notification>,
+    /// Whether the job also changed earlier events of its room (an edit or
+    /// delete rewrites quotes and tombstones), not only appended.
+    pub rewrote: bool,
 }
 
 struct Job {
@@ -247,6 +250,16 @@ async fn commit(store: &Store, jobs: Vec<Job>) -> Vec<Done> {
             }
         }
     } else {
+        for (_, result, _) in &done {
+            let Ok(applied) = result else { continue };
+            if applied.rewrote {
+                for event in &applied.events {
+                    store.recent.forget(&event.room_id);
+                }
+            } else {
+                store.recent.committed(&applied.events);
+            }
+        }
         store.appended.send_modify(|n| *n = n.wrapping_add(1));
     }
     done
@@ -376,13 +389,17 @@ async fn apply(store: &Store, conn: &mut AnyConnection, op: Op) -> Result<Applie
             Applied {
                 message: Some(message),
                 events: vec![event],
+                rewrote: true,
                 ..Applied::default()
             }
         }
         Op::DeleteMessage {
             room_id,
             message_id,
-        } => event(store.delete_message(conn, &room_id, &message_id).await?),
+        } => Applied {
+            rewrote: true,
+            ..event(store.delete_message(conn, &room_id, &message_id).await?)
+        },
         Op::AddReaction {
             room_id,
             message_id,
@@ -416,9 +433,10 @@ async fn apply(store: &Store, conn: &mut AnyConnection, op: Op) -> Result<Applie
                 ..Applied::default()
             }
         }
-        Op::DeleteRoom { room_id, by } => {
-            event(Some(store.delete_room(conn, &room_id, &by).await?))
-        }
+        Op::DeleteRoom { room_id, by } => Applied {
+            rewrote: true,
+            ..event(Some(store.delete_room(conn, &room_id, &by).await?))
+        },
         Op::SetRole {
             room_id,
             user_id,

@@ -205,6 +205,42 @@ async fn joins_of_a_room_the_edge_follows_answer_online_without_a_lookup() {
     assert_eq!(lookups(&app).await, before, "still none");
 }
 
+/// A room too big for room-wide presence: chat-service reads its members
+/// and asks presence for each join, but joins arriving together share one
+/// read and lookup — and each still lists everyone online, itself too.
+#[tokio::test]
+async fn joins_of_a_big_room_arriving_together_share_one_lookup() {
+    const USERS: usize = 30;
+    let mut app = spawn_presence_app(|c| c.edge.room_presence_max_members = 1).await;
+    let mut owner = app.user("owner", "Owner").await;
+    let room = owner.public_room("big").await;
+    let mut clients = Vec::new();
+    let mut everyone = vec!["owner".to_string()];
+    for n in 0..USERS {
+        let user = format!("user{n:02}");
+        let mut client = app.user(&user, &user).await;
+        client.ok("room.join", json!({"room": room})).await;
+        everyone.push(user);
+        clients.push(client);
+    }
+    everyone.sort();
+
+    let before = lookups(&app).await;
+    let joins = clients
+        .iter_mut()
+        .map(|client| online_on_join(client, &room));
+    let answers = futures::future::join_all(joins).await;
+    let made = lookups(&app).await - before;
+    for online in answers {
+        assert_eq!(online, everyone);
+    }
+    assert!(
+        made < USERS as f64,
+        "{made} lookups for {USERS} joins arriving together"
+    );
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn room_wide_presence_stops_above_the_configured_room_size() {
     let app = spawn_presence_app(|c| c.edge.room_presence_max_members = 1).await;

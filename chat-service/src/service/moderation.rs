@@ -81,7 +81,7 @@ impl ChatHandler {
         self.store
             .room_and_role(room_id, user_id)
             .await?
-            .and_then(|(_, membership)| membership)
+            .and_then(|found| found.membership)
             .map(|m| m.role)
             .ok_or(ChatError::NotFound("member"))
     }

@@ -11,10 +11,12 @@ use proto::chat::v1::{
 };
 use proto::presence::v1::GetPresenceRequest;
 
-use super::{ChatHandler, MAX_ROOM_NAME_CHARS, check_id, check_no_nul, page, user_of};
+use super::{
+    ChatHandler, MAX_ROOM_NAME_CHARS, MembersOnline, check_id, check_no_nul, page, user_of,
+};
 use crate::error::{ChatError, Denial};
 use crate::permissions::{Action, rank};
-use crate::store::{Membership, NewRoom};
+use crate::store::{Membership, NewRoom, RoomAndRole};
 use crate::writer::Op;
 
 impl ChatHandler {
@@ -26,7 +28,11 @@ impl ChatHandler {
         actor: &Actor,
     ) -> Result<(Room, Option<Membership>), ChatError> {
         check_id("room_id", room_id)?;
-        let (room, role) = self
+        let RoomAndRole {
+            room,
+            membership: role,
+            ..
+        } = self
             .store
             .room_and_role(room_id, &actor.user_id)
             .await?
@@ -39,8 +45,17 @@ impl ChatHandler {
 
     /// The room's member ids (the first [`MAX_PRESENCE_LOOKUP`]) and who
     /// of them is online now; nobody online when presence is unreachable
-    /// (a join does not fail for it).
-    async fn members_online(&self, room_id: &str) -> (Vec<String>, Vec<String>) {
+    /// (a join does not fail for it). Joins of one room that arrive
+    /// together share one read (`coalesce.rs`), begun after each arrived.
+    async fn members_online(&self, room_id: &str) -> MembersOnline {
+        self.online_reads
+            .get(room_id.to_string(), || self.read_members_online(room_id))
+            .await
+    }
+
+    /// What [`Self::members_online`] shares: the member list and a presence
+    /// lookup of them.
+    async fn read_members_online(&self, room_id: &str) -> MembersOnline {
         let user_ids: Vec<String> = match self.store.members(room_id, MAX_PRESENCE_LOOKUP).await {
             Ok(members) => members.into_iter().map(|m| m.id).collect(),
             Err(error) => {
@@ -179,7 +194,12 @@ impl ChatHandler {
             .store
             .room_and_role(&request.room_id, &actor.user_id)
             .await?;
-        let Some((mut room, role)) = found else {
+        let Some(RoomAndRole {
+            mut room,
+            membership: role,
+            truncated_seq,
+        }) = found
+        else {
             return self.join_deleted(&request).await;
         };
         if role.is_none() && room.visibility != Visibility::Public as i32 {
@@ -209,18 +229,30 @@ impl ChatHandler {
         // a point after which nothing can be missed.
         let last_seq = room.last_seq;
         // Retention deleted the log from before `since`: replaying would
-        // leave a gap the client cannot see, so it reloads instead.
-        let history_truncated = match request.since {
-            Some(since) => since < self.store.truncated_seq(&room.id).await?,
-            None => false,
-        };
-        let (events, has_more) = match request.since {
-            Some(_) if history_truncated => (Vec::new(), false),
+        // leave a gap the client cannot see, so it reloads instead. The
+        // room's row says so, or (retention ran after it was read) the
+        // log read starts past `since`.
+        let (events, has_more, history_truncated) = match request.since {
+            Some(since) if since < truncated_seq => (Vec::new(), false, true),
             Some(since) => {
                 let limit = page(request.limit, self.limits.page_limit);
-                self.store.events(&room.id, since, last_seq, limit).await?
+                let (events, has_more, hit) = self
+                    .store
+                    .events_since(&room.id, since, last_seq, limit)
+                    .await?;
+                self.metrics
+                    .recent_events_reads
+                    .get_or_create(&[("result", if hit { "hit" } else { "miss" })])
+                    .inc();
+                let starts_after =
+                    since < last_seq && events.first().is_none_or(|event| event.seq != since + 1);
+                if starts_after {
+                    (Vec::new(), false, true)
+                } else {
+                    (events, has_more, false)
+                }
             }
-            None => (Vec::new(), false),
+            None => (Vec::new(), false, false),
         };
         let (members, online) = if request.omit_presence {
             (Vec::new(), Vec::new())
@@ -379,8 +411,10 @@ impl ChatHandler {
         if request.user_id == actor.user_id {
             return Err(ChatError::BadRequest("leave with LeaveRoom".into()));
         }
-        if let Some((_, Some(target))) =
-            self.store.room_and_role(&room.id, &request.user_id).await?
+        if let Some(RoomAndRole {
+            membership: Some(target),
+            ..
+        }) = self.store.room_and_role(&room.id, &request.user_id).await?
             && rank(target.role) >= rank(role.role)
         {
             return Err(ChatError::Forbidden(

@@ -89,19 +89,6 @@ impl Store {
         .await
     }
 
-    /// The highest seq retention deleted from a room (0: none).
-    pub(crate) async fn truncated_seq(&self, room_id: &str) -> Result<i64, ChatError> {
-        let row = sqlx::query("SELECT truncated_seq FROM rooms WHERE id = $1")
-            .bind(room_id.to_string())
-            .fetch_optional(&self.reader)
-            .instrument(self.span("sql SELECT rooms"))
-            .await?;
-        Ok(match row {
-            Some(row) => row.try_get("truncated_seq")?,
-            None => 0,
-        })
-    }
-
     /// Sets a room's own retention (`None`: back to the global one).
     pub(crate) async fn set_retention(
         &self,

@@ -8,7 +8,9 @@ use tracing::Instrument;
 
 use super::invitations::{insert_invitation, take_invitation};
 use super::rows::{ROOM_COLUMNS, ROOM_COLUMNS_R, room_from};
-use super::{Bind, Membership, NewRoom, Store, bind_all, insert_event, log_event, next_seq};
+use super::{
+    Bind, Membership, NewRoom, RoomAndRole, Store, bind_all, insert_event, log_event, next_seq,
+};
 use crate::error::{ChatError, Denial};
 
 impl Store {
@@ -27,15 +29,16 @@ impl Store {
         .await
     }
 
-    /// A room (not a deleted one) and `user_id`'s membership of it, in one query.
+    /// A room (not a deleted one), `user_id`'s membership of it and the
+    /// seq retention truncated its log to, in one query.
     pub(crate) async fn room_and_role(
         &self,
         room_id: &str,
         user_id: &str,
-    ) -> Result<Option<(Room, Option<Membership>)>, ChatError> {
+    ) -> Result<Option<RoomAndRole>, ChatError> {
         async {
             let sql = format!(
-                "SELECT {ROOM_COLUMNS_R}, m.role, m.muted_until \
+                "SELECT {ROOM_COLUMNS_R}, r.truncated_seq, m.role, m.muted_until \
                  FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.user_id = $2 \
                  WHERE r.id = $1 AND r.deleted_at IS NULL"
             );
@@ -54,7 +57,11 @@ impl Store {
                         })
                     })
                     .transpose()?;
-                Ok((room_from(&row)?, membership))
+                Ok(RoomAndRole {
+                    room: room_from(&row)?,
+                    membership,
+                    truncated_seq: row.try_get("truncated_seq")?,
+                })
             })
             .transpose()
         }

@@ -49,6 +49,8 @@ pub struct TestApp {
     pub credential: Secret,
     /// The service's clean-up job, to run at a chosen time.
     pub cleanup: chat_service::Cleanup,
+    /// What the service records.
+    pub metrics: Arc<common::metrics::Metrics>,
     /// What it was started with (a restart starts it again so).
     config: ChatConfig,
     /// The serving task, which ends once it has stopped.
@@ -89,15 +91,10 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ChatConfig)) -> TestApp 
 
 async fn start(config: ChatConfig, db: TestDatabase, credential: Secret) -> TestApp {
     let bus = Arc::new(MemoryBus::new());
-    let app = ChatApp::connect(
-        &config,
-        bus.clone(),
-        None,
-        &credential,
-        &common::metrics::Metrics::new(&["chat"]),
-    )
-    .await
-    .expect("chat app");
+    let metrics = common::metrics::Metrics::new(&["chat"]);
+    let app = ChatApp::connect(&config, bus.clone(), None, &credential, &metrics)
+        .await
+        .expect("chat app");
     let cleanup = app.cleanup();
     let server = serve_grpc(|listener, signal| app.run_until_stopped(listener, signal)).await;
     let channel = server.channel(&settings(&credential));
@@ -111,6 +108,7 @@ async fn start(config: ChatConfig, db: TestDatabase, credential: Secret) -> Test
         bus,
         credential,
         cleanup,
+        metrics,
         config,
         task: server.task,
         _shutdown: server.shutdown,
@@ -409,6 +407,16 @@ impl TestApp {
             .get_events(actor(user).request(request))
             .await?;
         Ok(response.into_inner())
+    }
+
+    /// Rejoins with `since` the cache of recent events answered (`hit`)
+    /// or the log did (`miss`).
+    pub fn recent_reads(&self, result: &'static str) -> u64 {
+        self.metrics
+            .chat
+            .recent_events_reads
+            .get_or_create(&[("result", result)])
+            .get()
     }
 
     /// The room's whole log (short logs: one page), as `user` sees it.

@@ -16,6 +16,8 @@
 //!   Postgres database (seqs taken once, without gaps, in order);
 //! - `retention`: the clean-up job at an injected time, in small batches
 //!   while sends go on.
+//! - `recent`: rejoins answered from the cache of recent events, exactly as
+//!   the log answers them;
 //! - `watch`: the backend event stream, resumed across a restart;
 //! - `webhooks`: dead letters listed and redriven through the backend API.
 
@@ -28,6 +30,7 @@ mod messages;
 mod notifications;
 mod reactions;
 mod receipts;
+mod recent;
 mod replicas;
 mod retention;
 mod rooms;

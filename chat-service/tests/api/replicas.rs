@@ -194,3 +194,72 @@ async fn replicas_writing_to_the_same_rooms_in_any_order_never_deadlock() {
     let sent: Vec<_> = a.into_iter().chain(b).collect();
     check(&app, &rooms, &sent).await;
 }
+
+/// Each replica keeps its own cache of recent events: events the other one
+/// appended, edits it made to earlier events, are still in every rejoin.
+#[tokio::test]
+async fn rejoins_on_either_replica_hold_what_the_other_appended() {
+    if !common::testing::uses_postgres() {
+        eprintln!("note: PARLEY_TEST_DATABASE_URL is not set; skipping");
+        return;
+    }
+    let app = spawn_app().await;
+    let replica = app.replica().await;
+    let room = app.public_room(ALICE, "shared", &[]).await.id;
+    let rooms = [room.clone()];
+    let replay = |client: ChatServiceClient<ServiceChannel>, since: i64| {
+        let room = room.clone();
+        async move {
+            let request = proto::chat::v1::JoinRoomRequest {
+                room_id: room,
+                since: Some(since),
+                ..Default::default()
+            };
+            let mut client = client;
+            let joined = client
+                .join_room(actor(ALICE).request(request))
+                .await
+                .expect("rejoin")
+                .into_inner();
+            assert!(joined.recovered);
+            let events: Vec<_> = joined.events.into_iter().map(|e| (e.seq, e.json)).collect();
+            (joined.last_seq, events)
+        }
+    };
+    let mut edited = false;
+    for round in 0..6 {
+        // Appends alternate between the replicas, and each rejoins on both.
+        let writer = if round % 2 == 0 {
+            &app.client
+        } else {
+            &replica.client
+        };
+        let sent = send_all(writer.clone(), &format!("r{round}"), &rooms, 3).await;
+        if round == 3 {
+            let first = sent[0].as_ref().expect("sent");
+            let request = proto::chat::v1::EditMessageRequest {
+                room_id: room.clone(),
+                message_id: first.id.clone(),
+                text: "edited on the other replica".into(),
+            };
+            replica
+                .client
+                .clone()
+                .edit_message(actor(ALICE).request(request))
+                .await
+                .expect("edit");
+            edited = true;
+        }
+        for since in [0, 2, 5] {
+            let (last_a, on_app) = replay(app.client.clone(), since).await;
+            let (last_b, on_replica) = replay(replica.client.clone(), since).await;
+            assert_eq!(last_a, last_b);
+            assert_eq!(on_app, on_replica, "round {round}, since {since}");
+            let log = app.events(ALICE, &room, since).await.expect("events");
+            let log: Vec<_> = log.events.into_iter().map(|e| (e.seq, e.json)).collect();
+            assert_eq!(on_app, log, "round {round}, since {since}");
+        }
+    }
+    assert!(edited);
+    assert!(app.recent_reads("hit") > 0, "the cache answered some");
+}

@@ -58,6 +58,13 @@ pub struct ChatConfig {
     /// How often `Watch` streams and the webhook planner look for events
     /// appended by other replicas (this process's own wake them at once).
     pub watch_poll_ms: u64,
+    /// Latest events kept in memory per busy room, so that reconnecting
+    /// clients' `room.join{since}` reads them without the database; `0`
+    /// turns the cache off.
+    pub recent_events_per_room: u32,
+    /// Most bytes of event JSON the cache of recent events holds in all;
+    /// the least recently read room goes first.
+    pub recent_events_max_bytes: u64,
     /// Outgoing webhook endpoints (`[[chat.webhooks]]`); none by default.
     pub webhooks: Vec<WebhookConfig>,
 }
@@ -94,6 +101,8 @@ impl Default for ChatConfig {
             cleanup_batch: 500,
             deleted_room_purge_s: 86_400,
             watch_poll_ms: 1_000,
+            recent_events_per_room: 100,
+            recent_events_max_bytes: 32 << 20,
             webhooks: Vec::new(),
         }
     }
@@ -147,6 +156,12 @@ impl ChatConfig {
         at_least("chat.cleanup_interval_s", self.cleanup_interval_s, 1)?;
         at_least("chat.cleanup_batch", u64::from(self.cleanup_batch), 1)?;
         at_least("chat.watch_poll_ms", self.watch_poll_ms, 10)?;
+        if self.recent_events_per_room > 10_000 {
+            return Err(ConfigError(format!(
+                "key `chat.recent_events_per_room`: must be at most 10000, got {}",
+                self.recent_events_per_room
+            )));
+        }
         super::webhooks::validate(&self.webhooks)?;
         let db = &self.database_url;
         if !(db.starts_with("sqlite:")

@@ -239,6 +239,9 @@ pub struct ChatMetrics {
     pub events_appended: Family<Label1, Counter>,
     /// 1 while the database answers, 0 while it does not.
     pub database_up: Gauge,
+    /// `result`: `hit` when the cache of recent events answered a
+    /// `room.join{since}`, `miss` when it was read from the log.
+    pub recent_events_reads: Family<Label1, Counter>,
 }
 
 impl Default for ChatMetrics {
@@ -251,6 +254,7 @@ impl Default for ChatMetrics {
             publish_dropped: Counter::default(),
             events_appended: Family::default(),
             database_up: Gauge::default(),
+            recent_events_reads: Family::default(),
         }
     }
 }
@@ -292,6 +296,11 @@ impl ChatMetrics {
             "parley_chat_database_up",
             "1 while the database answers the health probe, else 0",
             m.database_up,
+        );
+        r.register(
+            "parley_chat_recent_events_reads",
+            "Rejoins with `since` answered from the cache of recent events (hit) or the log (miss)",
+            m.recent_events_reads,
         );
     }
 }
