@@ -192,8 +192,13 @@ pub struct RoomPresence {
 pub enum PresenceSource {
     /// The hub follows the room's presence: chat-service may omit it.
     Hub,
-    /// chat-service reads the members and asks presence-service.
+    /// The room is open on this edge (the hub keeps its member list) but
+    /// the hub does not follow its presence: chat-service answers who is
+    /// online and may omit the members.
     Chat,
+    /// The first join of the room on this edge: chat-service answers the
+    /// members too, which open the room's roster.
+    Introduce,
 }
 
 /// How long a join waits for the first join of its room on this edge.
@@ -525,7 +530,7 @@ impl Hub {
             let (first, mut done) = {
                 let mut channels = lock(&self.channels);
                 let Some(entry) = channels.get_mut(channel) else {
-                    return PresenceSource::Chat;
+                    return PresenceSource::Introduce;
                 };
                 if entry.roster.as_ref().is_some_and(|r| r.following) {
                     return PresenceSource::Hub;
@@ -537,7 +542,7 @@ impl Hub {
                     Some((by, first)) if *by != conn => (*by, first.subscribe()),
                     _ => {
                         entry.introducing = Some((conn, tokio::sync::watch::channel(()).0));
-                        return PresenceSource::Chat;
+                        return PresenceSource::Introduce;
                     }
                 }
             };
@@ -557,7 +562,7 @@ impl Hub {
                 {
                     entry.introducing = Some((conn, tokio::sync::watch::channel(()).0));
                 }
-                return PresenceSource::Chat;
+                return PresenceSource::Introduce;
             }
         }
     }
@@ -1243,6 +1248,36 @@ mod tests {
         envelope("", 0, "presence", frame.to_json())
     }
 
+    /// In a room too big for room-wide presence, only the first join on
+    /// this edge needs the member list; later ones ask chat-service who is
+    /// online without it.
+    #[tokio::test]
+    async fn only_the_first_join_of_a_big_room_reads_its_members() {
+        let chat = chat().await;
+        let bus = MemoryBus::new();
+        let hub = Hub::start(&bus, chat.backend.clone(), 2, EdgeMetrics::default())
+            .await
+            .expect("hub");
+        let (out, _rx) = outbox(1 << 20);
+        let gate = hub
+            .join("room:r", 1, "alice", out.clone(), true)
+            .await
+            .expect("join");
+        assert_eq!(
+            hub.presence_source("room:r", 1).await,
+            PresenceSource::Introduce
+        );
+        let members = ["alice", "bob", "zoe"].map(String::from);
+        hub.open_gate("room:r", &gate, &out, None, 1, &members)
+            .await;
+        let (out2, _rx2) = outbox(1 << 20);
+        hub.join("room:r", 2, "bob", out2, true)
+            .await
+            .expect("join");
+        assert_eq!(hub.presence_source("room:r", 2).await, PresenceSource::Chat);
+        assert!(hub.room_presence("room:r").is_none(), "three is over two");
+    }
+
     #[tokio::test]
     async fn who_is_online_is_known_from_events_and_from_lookups_begun_after_subscribing() {
         let chat = chat().await;
@@ -1259,7 +1294,7 @@ mod tests {
         let members = ["alice", "bob", "zoe"].map(String::from);
         assert_eq!(
             hub.presence_source("room:r", 1).await,
-            PresenceSource::Chat,
+            PresenceSource::Introduce,
             "the first join reads the members"
         );
         // A second join waits for the first one's reply.
@@ -1361,9 +1396,15 @@ mod tests {
             outs.push((out, rx));
         }
         // Alice's join goes first and never answers.
-        assert_eq!(hub.presence_source("room:r", 1).await, PresenceSource::Chat);
+        assert_eq!(
+            hub.presence_source("room:r", 1).await,
+            PresenceSource::Introduce
+        );
         let started = tokio::time::Instant::now();
-        assert_eq!(hub.presence_source("room:r", 2).await, PresenceSource::Chat);
+        assert_eq!(
+            hub.presence_source("room:r", 2).await,
+            PresenceSource::Introduce
+        );
         assert_eq!(
             started.elapsed(),
             FIRST_JOIN_WAIT,
@@ -1381,7 +1422,7 @@ mod tests {
         tokio::pin!(carol);
         assert!(futures::poll!(carol.as_mut()).is_pending());
         hub.leave("room:r", 2).await;
-        assert_eq!(carol.await, PresenceSource::Chat);
+        assert_eq!(carol.await, PresenceSource::Introduce);
         assert_eq!(introducer(&hub), Some(3));
         // Carol's join answers: nobody waits any more.
         let gate = Arc::new(Mutex::new(Gate::default()));

@@ -257,7 +257,15 @@ impl ChatHandler {
         let (members, online) = if request.omit_presence {
             (Vec::new(), Vec::new())
         } else {
-            self.members_online(&room.id).await
+            let (members, online) = self.members_online(&room.id).await;
+            (
+                if request.omit_members {
+                    Vec::new()
+                } else {
+                    members
+                },
+                online,
+            )
         };
         let read_marks = self.store.read_marks(&room.id, MAX_PRESENCE_LOOKUP).await?;
         Ok(JoinRoomResponse {

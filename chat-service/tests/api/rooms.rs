@@ -355,3 +355,34 @@ async fn a_join_that_omits_presence_leaves_out_the_member_list() {
         "the rest is answered as before"
     );
 }
+
+#[tokio::test]
+async fn a_join_that_omits_members_leaves_out_only_the_member_list() {
+    let app = spawn_app().await;
+    let room = app
+        .create_room(ALICE, "hall", Visibility::Public, &[])
+        .await
+        .expect("room");
+    let full = app.join(BOB, &room.id, Some(0)).await.expect("join");
+    assert_eq!(full.members.len(), 2);
+
+    let request = proto::chat::v1::JoinRoomRequest {
+        room_id: room.id.clone(),
+        since: Some(0),
+        omit_members: true,
+        ..Default::default()
+    };
+    let lean = app
+        .client
+        .clone()
+        .join_room(actor(BOB).request(request))
+        .await
+        .expect("join")
+        .into_inner();
+    assert!(lean.members.is_empty());
+    assert_eq!(
+        (lean.last_seq, lean.events, lean.recovered),
+        (full.last_seq, full.events, full.recovered),
+        "the rest is answered as before"
+    );
+}

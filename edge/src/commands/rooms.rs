@@ -157,22 +157,22 @@ async fn enter(s: &mut Session, target: &JoinTarget) -> Result<Entered, CommandE
             )
         })?;
     // A room whose members' presence this edge follows answers `online[]`
-    // from what the hub knows, not from a member list and lookup per join.
-    let omit_presence =
-        shared.hub.presence_source(&channel, s.link.key).await == PresenceSource::Hub;
+    // from what the hub knows, not from a member list and lookup per join;
+    // only the first join of a room on this edge needs its member list.
+    let source = shared.hub.presence_source(&channel, s.link.key).await;
     // The assistant's replies in progress are read alongside.
     let (response, streams) = tokio::join!(
-        join_room(s, &channel, &room, since, omit_presence),
+        join_room(s, &channel, &room, since, source),
         assistant::streams(s, &room)
     );
     let mut response = response?;
-    let online = match omit_presence {
-        false => std::mem::take(&mut response.online),
-        true => match online_now(s, &channel, &actor.user_id).await {
+    let online = match source {
+        PresenceSource::Chat | PresenceSource::Introduce => std::mem::take(&mut response.online),
+        PresenceSource::Hub => match online_now(s, &channel, &actor.user_id).await {
             Some(online) => online,
             // The room outgrew room-wide presence meanwhile: ask chat-service.
             None => {
-                response = join_room(s, &channel, &room, since, false).await?;
+                response = join_room(s, &channel, &room, since, PresenceSource::Chat).await?;
                 std::mem::take(&mut response.online)
             }
         },
@@ -222,14 +222,15 @@ async fn join_room(
     channel: &str,
     room: &str,
     since: Option<u64>,
-    omit_presence: bool,
+    source: PresenceSource,
 ) -> Result<JoinRoomResponse, CommandError> {
     let shared = &s.link.shared;
     let request = s.actor()?.request(JoinRoomRequest {
         room_id: room.to_string(),
         since: since.and_then(|v| i64::try_from(v).ok()),
         limit: 0,
-        omit_presence,
+        omit_presence: source == PresenceSource::Hub,
+        omit_members: source != PresenceSource::Introduce,
     });
     match shared.backends.chat.clone().join_room(request).await {
         Ok(response) => Ok(response.into_inner()),
