@@ -8,7 +8,6 @@
 
 mod backend;
 mod cleanup;
-mod coalesce;
 mod erasure;
 mod error;
 pub mod permissions;

@@ -50,12 +50,12 @@ use proto::presence::v1::presence_service_client::PresenceServiceClient;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
-use crate::coalesce::Coalesce;
 use crate::error::ChatError;
 pub(crate) use crate::service::attachments::delete_attachments;
 pub(crate) use crate::service::moderation::Acting;
 use crate::store::Store;
 use crate::writer::Writer;
+use common::coalesce::Coalesce;
 
 /// Longest room name, in characters.
 pub const MAX_ROOM_NAME_CHARS: usize = 100;

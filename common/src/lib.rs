@@ -8,6 +8,7 @@ pub mod bus;
 pub mod cidr;
 pub mod cli;
 pub mod clients;
+pub mod coalesce;
 pub mod config;
 pub mod denial;
 pub mod error;

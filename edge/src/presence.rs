@@ -2,12 +2,15 @@
 //! auth and released on close (the connections that sign in, or close,
 //! while such a call is in flight go together in the next one), renewed for
 //! all connections with one batched call per interval; and the edge's
-//! presence lookups (`room.join`'s `online[]`), batched the same way.
+//! presence lookups (`room.join`'s `online[]`), batched the same way, each
+//! user asked about once at a time (joins of a room arriving together
+//! share the next lookup of a user, begun after they asked).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::coalesce::Coalesce;
 use common::grpc::ServiceChannel;
 use common::shutdown::ShutdownSignal;
 use proto::presence::v1::presence_service_client::PresenceServiceClient;
@@ -32,6 +35,9 @@ pub struct Leases {
     /// Users whose presence is looked up; the answer is whether they are
     /// online (`None`: the lookup failed).
     looking_up: mpsc::UnboundedSender<Queued<String, Option<bool>>>,
+    /// Lookups by user: a user asked about by many joins at once is in
+    /// one call, not in one item per join.
+    lookups: Arc<Coalesce<String, Option<Option<bool>>>>,
 }
 
 impl Leases {
@@ -70,6 +76,7 @@ impl Leases {
             }),
             remote,
             live: Arc::default(),
+            lookups: Arc::default(),
         };
         let renewer = leases.clone();
         tokio::spawn(async move {
@@ -111,7 +118,8 @@ impl Leases {
     /// many joins at once share calls.
     pub async fn online(&self, users: &[String]) -> HashMap<String, bool> {
         let asked = users.iter().map(|user| async move {
-            let online = enqueue(&self.looking_up, user.clone()).await??;
+            let lookup = || enqueue(&self.looking_up, user.clone());
+            let online = self.lookups.get(user.clone(), lookup).await??;
             Some((user.clone(), online))
         });
         futures::future::join_all(asked)

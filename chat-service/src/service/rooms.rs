@@ -46,7 +46,7 @@ impl ChatHandler {
     /// The room's member ids (the first [`MAX_PRESENCE_LOOKUP`]) and who
     /// of them is online now; nobody online when presence is unreachable
     /// (a join does not fail for it). Joins of one room that arrive
-    /// together share one read (`coalesce.rs`), begun after each arrived.
+    /// together share one read (`common::coalesce`), begun after each arrived.
     async fn members_online(&self, room_id: &str) -> MembersOnline {
         self.online_reads
             .get(room_id.to_string(), || self.read_members_online(room_id))

@@ -3,7 +3,8 @@
 //! arrives while the key's computation is running waits for the next one,
 //! which starts after it arrived. A storm of joins of one room then reads
 //! its members and asks presence who is online a few times, not once per
-//! join.
+//! join (chat-service), and an edge asks about each user once at a time
+//! (`edge/src/presence.rs`).
 //!
 //! Hand-written: the single-flight crates share a computation already in
 //! flight, whose answer may predate the request (a join would miss its own
@@ -30,12 +31,18 @@ struct Key<V> {
 }
 
 /// See the module docs.
-pub(crate) struct Coalesce<K, V> {
+pub struct Coalesce<K, V> {
     keys: Mutex<HashMap<K, Key<V>>>,
 }
 
+impl<K: Eq + Hash + Clone, V: Clone> Default for Coalesce<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<K: Eq + Hash + Clone, V: Clone> Coalesce<K, V> {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             keys: Mutex::new(HashMap::new()),
         }
@@ -47,7 +54,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Coalesce<K, V> {
 
     /// `compute()`'s answer for `key`, from a computation that started after
     /// this call did, shared with the calls for `key` queued with it.
-    pub(crate) async fn get<F, Fut>(&self, key: K, compute: F) -> V
+    pub async fn get<F, Fut>(&self, key: K, compute: F) -> V
     where
         F: Fn() -> Fut,
         Fut: Future<Output = V>,
