@@ -327,6 +327,15 @@ impl TestApp {
             limit: 0,
             ..Default::default()
         };
+        self.join_request(actor, request).await
+    }
+
+    /// Joins as `actor` with a request of the test's own.
+    pub async fn join_request(
+        &self,
+        actor: &Actor,
+        request: JoinRoomRequest,
+    ) -> Result<JoinRoomResponse, Status> {
         let response = self
             .client
             .clone()

@@ -342,13 +342,7 @@ async fn a_join_that_omits_presence_leaves_out_the_member_list() {
         omit_presence: true,
         ..Default::default()
     };
-    let lean = app
-        .client
-        .clone()
-        .join_room(actor(BOB).request(request))
-        .await
-        .expect("join")
-        .into_inner();
+    let lean = app.join_request(&actor(BOB), request).await.expect("join");
     assert!(lean.members.is_empty() && lean.online.is_empty());
     assert_eq!(
         lean.last_seq, full.last_seq,
@@ -372,13 +366,7 @@ async fn a_join_that_omits_members_leaves_out_only_the_member_list() {
         omit_members: true,
         ..Default::default()
     };
-    let lean = app
-        .client
-        .clone()
-        .join_room(actor(BOB).request(request))
-        .await
-        .expect("join")
-        .into_inner();
+    let lean = app.join_request(&actor(BOB), request).await.expect("join");
     assert!(lean.members.is_empty());
     assert_eq!(
         (lean.last_seq, lean.events, lean.recovered),
