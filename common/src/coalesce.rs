@@ -180,11 +180,11 @@ mod tests {
         let first = ask(0);
         let during_first: Vec<_> = (1..=5).map(ask).collect();
         let during_second = ask(15);
-        assert_eq!(first.await.unwrap(), 1);
+        assert_eq!(first.await.expect("task"), 1);
         for waiting in during_first {
-            assert_eq!(waiting.await.unwrap(), 2);
+            assert_eq!(waiting.await.expect("task"), 2);
         }
-        assert_eq!(during_second.await.unwrap(), 3);
+        assert_eq!(during_second.await.expect("task"), 3);
         assert_eq!(started.load(Ordering::SeqCst), 3);
         assert!(coalesce.keys().is_empty(), "the key is free again");
     }
@@ -216,7 +216,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1)).await;
         runner.abort();
         // The queued request runs the next computation itself.
-        assert_eq!(waiter.await.unwrap(), 2);
+        assert_eq!(waiter.await.expect("task"), 2);
         assert!(coalesce.keys().is_empty());
         // And later ones are not stuck behind the dropped one.
         assert_eq!(coalesce.get("room", || counted(&started)).await, 3);
