@@ -234,6 +234,8 @@ impl ChatHandler {
         // log read starts past `since`.
         let (events, has_more, history_truncated) = match request.since {
             Some(since) if since < truncated_seq => (Vec::new(), false, true),
+            // Nothing was missed: nothing to read.
+            Some(since) if since >= last_seq => (Vec::new(), false, false),
             Some(since) => {
                 let limit = page(request.limit, self.limits.page_limit);
                 let (events, has_more, hit) = self
@@ -244,9 +246,7 @@ impl ChatHandler {
                     .recent_events_reads
                     .get_or_create(&[("result", if hit { "hit" } else { "miss" })])
                     .inc();
-                let starts_after =
-                    since < last_seq && events.first().is_none_or(|event| event.seq != since + 1);
-                if starts_after {
+                if events.first().is_none_or(|event| event.seq != since + 1) {
                     (Vec::new(), false, true)
                 } else {
                     (events, has_more, false)
