@@ -73,6 +73,10 @@ fn string_attr(span: &Span, key: &str) -> Option<String> {
         })
 }
 
+/// Chat's span of one `message.send`: an item of the edge's
+/// `SendMessages` stream, named after the stream's method.
+const CHAT_SEND: &str = "/parley.chat.v1.ChatService/SendMessages";
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -81,10 +85,7 @@ fn hex(bytes: &[u8]) -> String {
 /// server span, once `spans` also hold the edge's frame span.
 fn sql_under_server(spans: &[(String, Span)]) -> Option<&(String, Span)> {
     let named = |name: &str| spans.iter().find(|(_, s)| s.name == name);
-    let (Some(_), Some((_, server))) = (
-        named("ws message.send"),
-        named("/parley.chat.v1.ChatService/SendMessage"),
-    ) else {
+    let (Some(_), Some((_, server))) = (named("ws message.send"), named(CHAT_SEND)) else {
         return None;
     };
     spans
@@ -196,9 +197,7 @@ async fn one_message_send_is_one_trace_across_edge_chat_and_sql() {
         "the frame span continues the client's trace"
     );
 
-    let (chat_service, server) =
-        find(&|(_, s)| s.name == "/parley.chat.v1.ChatService/SendMessage")
-            .expect("chat server span");
+    let (chat_service, server) = find(&|(_, s)| s.name == CHAT_SEND).expect("chat server span");
     assert_eq!(chat_service, "parley-chat");
     assert_eq!(
         hex(&server.parent_span_id),
@@ -258,7 +257,7 @@ async fn one_message_send_is_one_trace_across_edge_chat_and_sql() {
                 .map(|(_, s)| s.clone())
                 .collect();
             let names = |name: &str| spans.iter().any(|s| s.name == name);
-            if names("ws message.send") && names("/parley.chat.v1.ChatService/SendMessage") {
+            if names("ws message.send") && names(CHAT_SEND) {
                 return spans;
             }
             let _ =
@@ -279,7 +278,7 @@ async fn one_message_send_is_one_trace_across_edge_chat_and_sql() {
     );
     let server = failed
         .iter()
-        .find(|s| s.name == "/parley.chat.v1.ChatService/SendMessage")
+        .find(|s| s.name == CHAT_SEND)
         .expect("server span");
     let grpc_code = server
         .attributes

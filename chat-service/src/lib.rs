@@ -219,7 +219,9 @@ impl ChatApp {
             watch_poll: self.watch_poll,
             shutdown: shutdown.clone(),
         };
-        let routes = Routes::new(ChatServiceServer::new(self.handler))
+        let mut handler = self.handler;
+        handler.shutdown = shutdown.clone();
+        let routes = Routes::new(ChatServiceServer::new(handler))
             .add_service(ChatBackendServiceServer::new(backend));
         let up = self.metrics.chat.database_up.clone();
         let ping = |store: Store| async move { store.ping().await };

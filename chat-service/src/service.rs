@@ -10,6 +10,7 @@ mod notifications;
 mod reactions;
 mod receipts;
 mod rooms;
+mod send_stream;
 
 use std::sync::Arc;
 
@@ -41,7 +42,7 @@ use proto::chat::v1::{
     ListNotificationsRequest, ListNotificationsResponse, ListRoomsRequest, ListRoomsResponse,
     MarkReceiptRequest, MarkReceiptResponse, ReactionRequest, ReactionResponse,
     ReadNotificationsRequest, ReadNotificationsResponse, RemoveMemberRequest, RemoveMemberResponse,
-    SendMessageRequest, SendMessageResponse, User,
+    SendMessageRequest, SendMessageResponse, SendMessagesItem, User,
 };
 use proto::chat::v1::{
     InvitationRequest, InvitationResponse, ListInvitationsRequest, ListInvitationsResponse,
@@ -116,6 +117,9 @@ pub(crate) struct ChatHandler {
     pub(crate) metrics: common::metrics::ChatMetrics,
     /// Joins' member lists and presence lookups, shared per room.
     pub(crate) online_reads: Arc<Coalesce<String, MembersOnline>>,
+    /// Ends `SendMessages` streams when the service stops (set by
+    /// `run_until_stopped`).
+    pub(crate) shutdown: common::shutdown::ShutdownSignal,
 }
 
 /// A room's member ids and those of them online.
@@ -139,6 +143,7 @@ impl ChatHandler {
             limits,
             blobs: None,
             auth: None,
+            shutdown: common::shutdown::ShutdownSignal::never(),
         }
     }
 }
@@ -268,6 +273,17 @@ impl ChatService for ChatHandler {
         let actor = Actor::of(&request)?;
         Ok(Response::new(
             ChatHandler::send_message(self, &actor, request.into_inner()).await?,
+        ))
+    }
+
+    type SendMessagesStream = send_stream::SendResults;
+
+    async fn send_messages(
+        &self,
+        request: Request<tonic::Streaming<SendMessagesItem>>,
+    ) -> Result<Response<Self::SendMessagesStream>, Status> {
+        Ok(Response::new(
+            self.send_stream(request.into_inner(), self.shutdown.clone()),
         ))
     }
 

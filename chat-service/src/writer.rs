@@ -154,6 +154,13 @@ impl Writer {
     /// Appends to a log; resolves once the change is committed (and queued
     /// for publication).
     pub(crate) async fn submit(&self, op: Op) -> Result<Applied, ChatError> {
+        self.enqueue(op).await?.committed().await
+    }
+
+    /// Queues a change: any job queued after this returns is applied after
+    /// it (so a room's seqs follow this order). Waits only while the queue
+    /// is full; [`Committing::committed`] waits for the commit.
+    pub(crate) async fn enqueue(&self, op: Op) -> Result<Committing, ChatError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             op,
@@ -164,7 +171,17 @@ impl Writer {
             .send(job)
             .await
             .map_err(|_| ChatError::Commit("the writer has stopped".into()))?;
-        answer
+        Ok(Committing(answer))
+    }
+}
+
+/// A queued job, until its commit.
+pub(crate) struct Committing(oneshot::Receiver<Result<Applied, ChatError>>);
+
+impl Committing {
+    /// What the job changed, once committed (and queued for publication).
+    pub(crate) async fn committed(self) -> Result<Applied, ChatError> {
+        self.0
             .await
             .map_err(|_| ChatError::Commit("the writer dropped the job".into()))?
     }

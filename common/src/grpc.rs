@@ -130,6 +130,35 @@ pub(crate) fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A status as the trailers a unary call would have ended with
+/// (`grpc-status`, `grpc-message`, its metadata): how a stream answers one
+/// item with the error the item's own call would have got.
+pub fn status_to_headers(status: &Status) -> std::collections::HashMap<String, String> {
+    let mut map = http::HeaderMap::new();
+    if status.add_header(&mut map).is_err() {
+        // Only metadata that cannot be a header gets here: keep the code.
+        map.clear();
+        let _ = Status::new(status.code(), status.message()).add_header(&mut map);
+    }
+    map.iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
+/// The status [`status_to_headers`] wrote; `internal` when `headers` hold none.
+pub fn status_from_headers(headers: &std::collections::HashMap<String, String>) -> Status {
+    let map: http::HeaderMap = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                http::HeaderName::try_from(k.as_str()).ok()?,
+                http::HeaderValue::try_from(v.as_str()).ok()?,
+            ))
+        })
+        .collect();
+    Status::from_header_map(&map).unwrap_or_else(|| Status::internal("an answer without a status"))
+}
+
 /// Client-side stack: injects trace context and the service credential.
 #[derive(Clone)]
 pub struct ClientInterceptor {
@@ -556,6 +585,21 @@ mod tests {
         };
         let e = tls::MutualTls::from_config(&services).expect_err("missing file");
         assert!(e.to_string().contains("services.tls_cert_file"), "{e}");
+    }
+
+    #[test]
+    fn a_status_round_trips_through_headers_with_its_metadata() {
+        let status = ErrorCode::RateLimited
+            .status_retry_after("slow down: zoë", Duration::from_millis(1500));
+        let back = status_from_headers(&status_to_headers(&status));
+        assert_eq!(back.code(), status.code());
+        assert_eq!(back.message(), "slow down: zoë");
+        assert_eq!(
+            ErrorCode::retry_after(&back),
+            Some(Duration::from_millis(1500))
+        );
+        let none = status_from_headers(&Default::default());
+        assert_eq!(none.code(), tonic::Code::Internal);
     }
 
     #[test]

@@ -60,6 +60,16 @@ pub fn extract_map(map: &HashMap<String, String>) -> opentelemetry::Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(map))
 }
 
+/// Makes `span` a child of the remote parent `map` carries (a message's
+/// own trace context, as on the `SendMessages` stream), if any.
+pub fn set_parent_from_map(span: &Span, map: &HashMap<String, String>) {
+    let parent = extract_map(map);
+    use opentelemetry::trace::TraceContextExt;
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
 /// Reads a W3C `traceparent` value given by a client (frame field), if valid.
 pub fn context_from_traceparent(traceparent: &str) -> opentelemetry::Context {
     let mut map = HashMap::new();

@@ -27,7 +27,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::Shared;
 use crate::frames::{self, CommandError, Envelope};
 use crate::outbox::Outbox;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Command, Pipeline};
 use crate::session::Session;
 
 /// What a successful command produced.
@@ -102,6 +102,22 @@ pub(crate) async fn handle(
             Ok(ctx) => ctx,
             Err(error) => return finish.done(Err(error)),
         };
+        let pipeline = pipeline.get_or_insert_with(Box::default);
+        if let ClientCommand::MessageSend(args) = command {
+            // Handed to chat in the lane's order; answered beside what follows.
+            // The first poll hands the send on, once the lane lets it start.
+            let hand_on = futures::future::lazy(move |_| {
+                let span = finish.span.clone();
+                let answer = span.in_scope(|| messages::send(&ctx, args, &flags));
+                let answered: Command = Box::pin(async move {
+                    let result = answer.instrument(span).await;
+                    let _ = finish.done(result);
+                });
+                answered
+            });
+            pipeline.push_staged(room, Box::pin(hand_on));
+            return Flow::Continue;
+        }
         let run = async move {
             let result = dispatch_room(&ctx, command, flags)
                 .instrument(finish.span.clone())
@@ -110,9 +126,7 @@ pub(crate) async fn handle(
             // connection ends when the writer has sent it.
             let _ = finish.done(result);
         };
-        pipeline
-            .get_or_insert_with(Box::default)
-            .push(room, Box::pin(run));
+        pipeline.push(room, Box::pin(run));
         return Flow::Continue;
     }
     // A barrier: everything before it finishes first.
@@ -376,6 +390,7 @@ pub(crate) fn room_of(command: &ClientCommand) -> Option<&str> {
 pub(crate) struct RoomCtx {
     shared: Arc<Shared>,
     actor: Actor,
+    conn_id: String,
 }
 
 impl RoomCtx {
@@ -383,7 +398,13 @@ impl RoomCtx {
         Ok(Self {
             shared: session.link.shared.clone(),
             actor: session.actor()?,
+            conn_id: session.link.id.clone(),
         })
+    }
+
+    /// The lane of this connection's sends to `room` (see [`crate::sends`]).
+    pub(crate) fn lane(&self, room: &str) -> u64 {
+        crate::sends::lane(&self.conn_id, room)
     }
 
     /// The signed-in user, as gRPC calls name their caller.

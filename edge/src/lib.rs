@@ -19,6 +19,7 @@ mod outbox;
 mod pipeline;
 mod presence;
 mod ready;
+mod sends;
 mod session;
 mod signed;
 mod socket;
@@ -79,6 +80,8 @@ pub enum EdgeError {
 pub(crate) struct Shared {
     pub config: EdgeConfig,
     pub backends: Backends,
+    /// Every connection's `message.send`s, over one stream to chat.
+    pub sends: sends::Sends,
     pub hub: Hub,
     pub leases: Leases,
     /// The bus, for what the edge publishes itself (typing).
@@ -201,9 +204,14 @@ impl EdgeApp {
             backends.auth.clone(),
         )
         .await?;
+        let sends = sends::Sends::new(
+            backends.chat.clone(),
+            std::time::Duration::from_millis(config.call_timeout_ms),
+        );
         let shared = Arc::new(Shared {
             config: config.clone(),
             backends,
+            sends,
             hub,
             leases,
             bus: bus_for_edge,

@@ -66,9 +66,11 @@ async fn a_client_that_stops_reading_is_cut_off_without_slowing_the_room() {
     stalled.ok("room.join", json!({"room": room})).await;
 
     // Several devices of one sender send ~16 KB messages (3,900 four-byte
-    // characters) at once, so group commit keeps this quick; one device
-    // reads the room's feed. 7.5 MB in all: more than the 512 KiB bound plus
-    // what the kernel's socket buffers (at most 4 MiB here) can hold.
+    // characters) side by side, each waiting for its last send's answer,
+    // so group commit keeps this quick while at most 8 are in flight (a
+    // feed that keeps up stays well inside its 512 KiB); one device reads
+    // the room's feed. 7.5 MB in all: more than the 512 KiB bound plus what
+    // the kernel's socket buffers (at most 4 MiB here) can hold.
     let (devices, per_device) = (8, 60);
     let messages = devices * per_device;
     let body = "😀".repeat(3900);
@@ -78,8 +80,12 @@ async fn a_client_that_stops_reading_is_cut_off_without_slowing_the_room() {
         let (room, body) = (room.clone(), body.clone());
         senders.spawn(async move {
             for i in 0..per_device {
+                let id = format!("d{device}-{i}");
                 client
-                    .send_text(send(&room, &format!("d{device}-{i}"), &body))
+                    .ok(
+                        "message.send",
+                        json!({"room": room, "text": body, "client_msg_id": id}),
+                    )
                     .await;
             }
             client

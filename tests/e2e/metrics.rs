@@ -126,26 +126,35 @@ async fn counters_move_by_exactly_what_the_workload_did() {
     );
     assert!(moved("parley_edge_frames_sent_total", &[]) >= 3.0 * n);
     assert!(moved("parley_edge_bytes_sent_total", &[]) > 0.0);
-    assert!(
-        moved(
-            "grpc_server_handled_total",
+    // gRPC calls are counted on both sides; sends travel on the edge's one
+    // `SendMessages` stream and are counted per item by chat-service.
+    for side in ["grpc_server_handled_total", "grpc_client_handled_total"] {
+        let joins = value(
+            &after,
+            side,
             &[
                 ("grpc_service", "parley.chat.v1.ChatService"),
-                ("grpc_method", "SendMessage"),
-                ("grpc_code", "OK")
-            ]
-        ) >= n,
+                ("grpc_method", "JoinRoom"),
+                ("grpc_code", "OK"),
+            ],
+        );
+        assert!(joins >= 2.0, "{side}: {after}");
+    }
+    assert_eq!(
+        moved("parley_chat_stream_sends_total", &[("code", "ok")]),
+        n,
         "{after}"
     );
-    assert!(
+    assert_eq!(
         moved(
-            "grpc_client_handled_total",
+            "grpc_client_started_total",
             &[
                 ("grpc_service", "parley.chat.v1.ChatService"),
                 ("grpc_method", "SendMessage"),
-                ("grpc_code", "OK")
             ]
-        ) >= n
+        ),
+        0.0,
+        "no send takes a unary call of its own"
     );
     assert!(value(&after, "process_resident_memory_bytes", &[]) > 0.0);
     // HTTP routes are counted by their pattern: two upgrades, and the

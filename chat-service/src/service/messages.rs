@@ -12,7 +12,35 @@ use super::{ChatHandler, check_id, check_metadata, check_no_nul, page, user_of};
 use crate::error::{ChatError, Denial};
 use crate::permissions::Action;
 use crate::store::HistoryQuery;
-use crate::writer::Op;
+use crate::writer::{Committing, Op};
+
+/// A send checked and ready for the writer, or already answered.
+pub(crate) enum Prepared {
+    /// A message to store.
+    Store {
+        op: Box<Op>,
+        /// What finds the message again if a concurrent retry stored it.
+        retry: RetryKey,
+    },
+    /// A retry whose message is already stored.
+    Answered(Box<SendMessageResponse>),
+}
+
+/// A send queued on the writer, or already answered.
+pub(crate) enum Queued {
+    Committing {
+        committing: Committing,
+        retry: RetryKey,
+    },
+    Answered(Box<SendMessageResponse>),
+}
+
+/// A message's idempotency key: room, sender and `client_msg_id`.
+pub(crate) struct RetryKey {
+    room_id: String,
+    sender_id: String,
+    client_msg_id: String,
+}
 
 impl ChatHandler {
     pub(super) async fn send_message(
@@ -20,6 +48,18 @@ impl ChatHandler {
         actor: &Actor,
         request: SendMessageRequest,
     ) -> Result<SendMessageResponse, ChatError> {
+        let prepared = self.prepare_send(actor, request).await?;
+        let queued = self.queue(prepared).await?;
+        self.settle(queued).await
+    }
+
+    /// Checks a user's send (membership, role, mute, blocks, the message
+    /// itself) without queuing it.
+    pub(crate) async fn prepare_send(
+        &self,
+        actor: &Actor,
+        request: SendMessageRequest,
+    ) -> Result<Prepared, ChatError> {
         let sender = user_of(actor)?;
         // The assistant posts on behalf of the service; everyone else must be a member.
         let room = if actor.user_id == Actor::assistant().user_id {
@@ -35,7 +75,7 @@ impl ChatHandler {
             }
             room
         };
-        self.post(&room, sender, request).await
+        self.prepare_post(&room, sender, request).await
     }
 
     /// Stores a message from `sender` (already allowed to post in `room`),
@@ -46,6 +86,59 @@ impl ChatHandler {
         sender: User,
         request: SendMessageRequest,
     ) -> Result<SendMessageResponse, ChatError> {
+        let prepared = self.prepare_post(room, sender, request).await?;
+        let queued = self.queue(prepared).await?;
+        self.settle(queued).await
+    }
+
+    /// Hands a prepared send to the writer: sends queued after this returns
+    /// are stored after it.
+    pub(crate) async fn queue(&self, prepared: Prepared) -> Result<Queued, ChatError> {
+        Ok(match prepared {
+            Prepared::Answered(answer) => Queued::Answered(answer),
+            Prepared::Store { op, retry } => Queued::Committing {
+                committing: self.writer.enqueue(*op).await?,
+                retry,
+            },
+        })
+    }
+
+    /// The answer to a queued send, once committed. A repeated
+    /// `client_msg_id` answers the message stored first.
+    pub(crate) async fn settle(&self, queued: Queued) -> Result<SendMessageResponse, ChatError> {
+        let (committing, retry) = match queued {
+            Queued::Answered(answer) => return Ok(*answer),
+            Queued::Committing { committing, retry } => (committing, retry),
+        };
+        match committing.committed().await {
+            Ok(applied) => Ok(SendMessageResponse {
+                message: applied.message,
+                duplicate: false,
+            }),
+            // A concurrent retry stored it first.
+            Err(e) if e.is_unique_violation() => {
+                let existing = self
+                    .store
+                    .message_by_client_id(&retry.room_id, &retry.sender_id, &retry.client_msg_id)
+                    .await?
+                    .ok_or(e)?;
+                Ok(SendMessageResponse {
+                    message: Some(existing),
+                    duplicate: true,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks a message from `sender` (already allowed to post in `room`)
+    /// and builds its job, with the notifications its mentions create.
+    async fn prepare_post(
+        &self,
+        room: &Room,
+        sender: User,
+        request: SendMessageRequest,
+    ) -> Result<Prepared, ChatError> {
         let SendMessageRequest {
             text,
             client_msg_id,
@@ -103,10 +196,10 @@ impl ChatHandler {
                 .message_by_client_id(&room.id, &sender.id, &client_msg_id)
                 .await?
             {
-                return Ok(SendMessageResponse {
+                return Ok(Prepared::Answered(Box::new(SendMessageResponse {
                     message: Some(existing),
                     duplicate: true,
-                });
+                })));
             }
             self.attachments_for(&sender.id, kind, &attachment_ids)
                 .await?
@@ -129,29 +222,19 @@ impl ChatHandler {
             attachments,
         };
         let notifications = self.mentions(&message).await?;
+        let retry = RetryKey {
+            room_id: room.id.clone(),
+            sender_id: sender.id,
+            client_msg_id,
+        };
         let op = Op::InsertMessage {
             message,
             notifications,
         };
-        match self.writer.submit(op).await {
-            Ok(applied) => Ok(SendMessageResponse {
-                message: applied.message,
-                duplicate: false,
-            }),
-            // A concurrent retry stored it first.
-            Err(e) if e.is_unique_violation() => {
-                let existing = self
-                    .store
-                    .message_by_client_id(&room.id, &sender.id, &client_msg_id)
-                    .await?
-                    .ok_or(e)?;
-                Ok(SendMessageResponse {
-                    message: Some(existing),
-                    duplicate: true,
-                })
-            }
-            Err(e) => Err(e),
-        }
+        Ok(Prepared::Store {
+            op: Box::new(op),
+            retry,
+        })
     }
 
     /// Whether a member may post or react now: the table, then a mute.

@@ -18,6 +18,8 @@
 //!   while sends go on.
 //! - `recent`: rejoins answered from the cache of recent events, exactly as
 //!   the log answers them;
+//! - `send_stream`: the edge's sends over one `SendMessages` stream,
+//!   ordered per lane and answered by id;
 //! - `watch`: the backend event stream, resumed across a restart;
 //! - `webhooks`: dead letters listed and redriven through the backend API.
 
@@ -34,5 +36,6 @@ mod recent;
 mod replicas;
 mod retention;
 mod rooms;
+mod send_stream;
 mod watch;
 mod webhooks;

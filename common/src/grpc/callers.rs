@@ -71,6 +71,11 @@ const AI_METHODS: &[&str] = &[
 /// (`Ask` relays the user the edge named).
 const AI_RELAYS: &[&str] = &["parley.chat.v1.ChatService/SendMessage"];
 
+/// Methods whose messages name the end user of each item (paths): only a
+/// caller that may act for any user may call them, as if it named a user
+/// in metadata.
+const ACTS_IN_BODY: &[&str] = &["/parley.chat.v1.ChatService/SendMessages"];
+
 /// What presence calls on chat: missed-call notifications.
 const PRESENCE_METHODS: &[&str] = &["parley.chat.v1.ChatBackendService/CreateNotification"];
 
@@ -352,6 +357,8 @@ impl Callers {
                 ErrorCode::Forbidden.status(format!("caller {} may not call {path}", caller.name))
             );
         }
+        // The empty id is no user's, so only `AnyUser` passes with it.
+        let actor = actor.or(ACTS_IN_BODY.contains(&path).then_some(""));
         if let Some(user) = actor {
             let may = match &caller.acting {
                 Acting::AnyUser => true,
@@ -613,6 +620,23 @@ mod tests {
                 .check(history, Some(&bearer(AI)), Some("alice"))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn only_a_caller_acting_for_any_user_opens_the_send_stream() {
+        // Its items name their users in the body, so no actor in metadata.
+        let stream = "/parley.chat.v1.ChatService/SendMessages";
+        let callers = callers();
+        assert_eq!(
+            callers.check(stream, Some(&bearer(EDGE)), None).ok(),
+            Some("edge")
+        );
+        for secret in [OPS, AI] {
+            let refused = callers
+                .check(stream, Some(&bearer(secret)), None)
+                .expect_err("acts for users in its items");
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        }
     }
 
     #[test]

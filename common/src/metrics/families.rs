@@ -242,6 +242,9 @@ pub struct ChatMetrics {
     /// `result`: `hit` when the cache of recent events answered a
     /// `room.join{since}`, `miss` when it was read from the log.
     pub recent_events_reads: Family<Label1, Counter>,
+    /// `code`: `ok` or the error code of each send answered on a
+    /// `SendMessages` stream (the gRPC metrics count the stream once).
+    pub stream_sends: Family<Label1, Counter>,
 }
 
 impl Default for ChatMetrics {
@@ -255,6 +258,7 @@ impl Default for ChatMetrics {
             events_appended: Family::default(),
             database_up: Gauge::default(),
             recent_events_reads: Family::default(),
+            stream_sends: Family::default(),
         }
     }
 }
@@ -296,6 +300,11 @@ impl ChatMetrics {
             "parley_chat_database_up",
             "1 while the database answers the health probe, else 0",
             m.database_up,
+        );
+        r.register(
+            "parley_chat_stream_sends",
+            "Sends answered on SendMessages streams, by outcome (ok or the error code)",
+            m.stream_sends,
         );
         r.register(
             "parley_chat_recent_events_reads",

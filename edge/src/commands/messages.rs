@@ -11,24 +11,30 @@ use protocol::{
     MessageHistory, MessageReply, MessageSend, Notification, NotificationIds, NotificationList,
     NotificationListReply, ReactionArgs, ReceiptArgs, ReceiptReply, ReplyResult,
 };
+use std::future::Future;
+
 use serde_json::Value;
 
 use super::{Outcome, RoomCtx, done, failed, missing, reply};
 use crate::frames::CommandError;
 use crate::session::Session;
 
-/// `flags` are content inspection's findings, stored in the metadata.
-pub(super) async fn send(
+/// `message.send`: handed to the edge's send stream at once, in the
+/// lane's order (see [`crate::sends`]); the future answers once chat has
+/// stored it. `flags` are content inspection's findings, stored in the
+/// metadata.
+pub(super) fn send(
     s: &RoomCtx,
     args: MessageSend,
     flags: &[&'static str],
-) -> Result<Outcome, CommandError> {
+) -> impl Future<Output = Result<Outcome, CommandError>> + Send + 'static {
     let metadata_json = match args.metadata {
         _ if !flags.is_empty() => crate::inspect::flag_metadata(args.metadata, flags).to_string(),
         Some(m) => Value::Object(m).to_string(),
         None => String::new(),
     };
-    let request = s.actor().request(SendMessageRequest {
+    let lane = s.lane(&args.room);
+    let request = SendMessageRequest {
         room_id: args.room,
         text: args.text,
         client_msg_id: args.client_msg_id,
@@ -37,16 +43,16 @@ pub(super) async fn send(
         reply_to: args.reply_to,
         kind: args.kind.as_str().to_string(),
         attachment_ids: args.attachments,
-    });
-    let message = s
-        .chat()
-        .send_message(request)
-        .await
-        .map_err(failed("chat"))?
-        .into_inner()
-        .message
-        .ok_or_else(|| missing("message"))?;
-    Ok(message_reply(&message))
+    };
+    let answer = s.shared.sends.send(s.actor(), lane, request);
+    async move {
+        let message = answer
+            .await
+            .map_err(failed("chat"))?
+            .message
+            .ok_or_else(|| missing("message"))?;
+        Ok(message_reply(&message))
+    }
 }
 
 /// `attachment.url`: chat-service says whether the caller may see the
