@@ -149,6 +149,15 @@ pub(crate) struct HistoryQuery<'a> {
     pub limit: u32,
 }
 
+/// Placeholders for `values` (bound as text), comma-separated.
+fn in_list(params: &mut Params, values: &[String]) -> String {
+    values
+        .iter()
+        .map(|v| params.push(Bind::Text(v.clone())))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A value bound to a dynamically built query.
 enum Bind {
     Text(String),

@@ -19,10 +19,15 @@ impl ChatHandler {
             return Ok(Vec::new());
         }
         let sender = message.sender.clone().unwrap_or_default();
-        let members = self
-            .store
-            .members(&message.room_id, MAX_MENTION_LOOKUP)
-            .await?;
+        // SQL lower-cases ASCII only: a handle beyond it reads the member
+        // list and compares here, as Rust folds case.
+        let members = if handles.iter().all(|h| h.is_ascii()) {
+            self.store.members_named(&message.room_id, &handles).await?
+        } else {
+            self.store
+                .members(&message.room_id, MAX_MENTION_LOOKUP)
+                .await?
+        };
         let mut notified = HashSet::new();
         let named: Vec<_> = members
             .into_iter()
@@ -75,7 +80,7 @@ impl ChatHandler {
     }
 }
 
-/// Most members a mention is matched against.
+/// Most members a mention with a handle beyond ASCII is matched against.
 const MAX_MENTION_LOOKUP: u32 = 1_000;
 
 /// Characters of the message kept in a mention notification.

@@ -7,7 +7,7 @@ use proto::chat::v1::Block;
 use sqlx::Row;
 use tracing::Instrument;
 
-use super::{Bind, Params, Store};
+use super::{Bind, Params, Store, in_list};
 use crate::error::ChatError;
 
 impl Store {
@@ -146,15 +146,6 @@ impl Store {
         .instrument(self.span("sql SELECT members"))
         .await
     }
-}
-
-/// Placeholders for `values`, comma-separated.
-fn in_list(params: &mut Params, values: &[String]) -> String {
-    values
-        .iter()
-        .map(|v| params.push(Bind::Text(v.clone())))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn ids(rows: Vec<sqlx::any::AnyRow>) -> Result<HashSet<String>, ChatError> {

@@ -9,7 +9,8 @@ use tracing::Instrument;
 use super::invitations::{insert_invitation, take_invitation};
 use super::rows::{ROOM_COLUMNS, ROOM_COLUMNS_R, room_from};
 use super::{
-    Bind, Membership, NewRoom, RoomAndRole, Store, bind_all, insert_event, log_event, next_seq,
+    Bind, Membership, NewRoom, Params, RoomAndRole, Store, bind_all, in_list, insert_event,
+    log_event, next_seq,
 };
 use crate::error::{ChatError, Denial};
 
@@ -284,6 +285,41 @@ impl Store {
             .bind(i64::from(limit))
             .fetch_all(&self.reader)
             .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(User {
+                        id: r.try_get("user_id")?,
+                        name: r.try_get("user_name")?,
+                    })
+                })
+                .collect()
+        }
+        .instrument(self.span("sql SELECT members"))
+        .await
+    }
+
+    /// The members of `room_id` whose id or name, lower-cased, is one of
+    /// `handles` (lower-case ASCII), in joining order: a mention's lookup
+    /// reads the few members it names, not the room's member list.
+    pub(crate) async fn members_named(
+        &self,
+        room_id: &str,
+        handles: &[String],
+    ) -> Result<Vec<User>, ChatError> {
+        if handles.is_empty() {
+            return Ok(Vec::new());
+        }
+        async {
+            let mut params = Params::new(self.positional);
+            let room = params.push(Bind::Text(room_id.to_string()));
+            let ids = in_list(&mut params, handles);
+            let names = in_list(&mut params, handles);
+            let sql = format!(
+                "SELECT user_id, user_name FROM members WHERE room_id = {room} \
+                 AND (LOWER(user_id) IN ({ids}) OR LOWER(user_name) IN ({names})) \
+                 ORDER BY joined_at, user_id"
+            );
+            let rows = params.query(&sql).fetch_all(&self.reader).await?;
             rows.iter()
                 .map(|r| {
                     Ok(User {

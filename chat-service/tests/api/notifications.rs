@@ -156,3 +156,22 @@ async fn notifications_are_marked_read_by_their_owner_only() {
         [false, true]
     );
 }
+
+#[tokio::test]
+async fn a_mention_finds_a_member_by_a_name_beyond_ascii_in_any_case() {
+    let app = spawn_app().await;
+    let room = app.public_room(BOB, "names", &[]).await;
+    app.join_as(&actor_named("u_zoe", "Zoë"), &room.id, None)
+        .await
+        .expect("zoë joins");
+    app.join_as(&actor_named("u_ann", "ANN"), &room.id, None)
+        .await
+        .expect("ann joins");
+    app.send(BOB, &room.id, "@ZOË and @ann: lunch?")
+        .await
+        .expect("send");
+    assert_eq!(app.notifications("u_zoe", false).await.len(), 1);
+    assert_eq!(app.notifications("u_ann", false).await.len(), 1);
+    app.send(BOB, &room.id, "@Ann again").await.expect("send");
+    assert_eq!(app.notifications("u_ann", false).await.len(), 2);
+}
