@@ -285,14 +285,7 @@ impl Store {
             .bind(i64::from(limit))
             .fetch_all(&self.reader)
             .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(User {
-                        id: r.try_get("user_id")?,
-                        name: r.try_get("user_name")?,
-                    })
-                })
-                .collect()
+            users_of(&rows)
         }
         .instrument(self.span("sql SELECT members"))
         .await
@@ -320,14 +313,7 @@ impl Store {
                  ORDER BY joined_at, user_id"
             );
             let rows = params.query(&sql).fetch_all(&self.reader).await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(User {
-                        id: r.try_get("user_id")?,
-                        name: r.try_get("user_name")?,
-                    })
-                })
-                .collect()
+            users_of(&rows)
         }
         .instrument(self.span("sql SELECT members"))
         .await
@@ -468,4 +454,16 @@ pub(super) fn member_event(joined: bool, room_id: &str, seq: i64, user: &User) -
     } else {
         ServerFrame::MemberLeft(event)
     })
+}
+
+/// Members' `user_id` and `user_name` as users.
+fn users_of(rows: &[sqlx::any::AnyRow]) -> Result<Vec<User>, ChatError> {
+    rows.iter()
+        .map(|r| {
+            Ok(User {
+                id: r.try_get("user_id")?,
+                name: r.try_get("user_name")?,
+            })
+        })
+        .collect()
 }
