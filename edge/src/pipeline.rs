@@ -225,10 +225,10 @@ mod tests {
     fn staged(name: &'static str, log: &Arc<Mutex<Vec<String>>>) -> (Staged, oneshot::Sender<()>) {
         let (tail, finish) = command(name, log);
         let log = log.clone();
-        let first = async move {
+        let first = futures::future::lazy(move |_| {
             log.lock().expect("log").push(format!("queue {name}"));
             tail
-        };
+        });
         (Box::pin(first), finish)
     }
 
