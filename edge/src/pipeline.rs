@@ -91,11 +91,10 @@ impl Pipeline {
         };
         let room = match finished {
             Finished::Head(room, tail) => {
-                if let Some(lane) = self.lanes.get_mut(&room) {
-                    lane.head = false;
-                }
-                match (tail, self.lanes.get_mut(&room)) {
+                let lane = self.lanes.get_mut(&room);
+                match (tail, lane) {
                     (Some(tail), Some(lane)) => {
+                        lane.head = false;
                         lane.tails += 1;
                         let name = room.clone();
                         self.running.push(Box::pin(async move {
@@ -103,7 +102,12 @@ impl Pipeline {
                             Finished::Tail(name)
                         }));
                     }
-                    _ => self.in_flight -= 1,
+                    (_, lane) => {
+                        if let Some(lane) = lane {
+                            lane.head = false;
+                        }
+                        self.in_flight -= 1;
+                    }
                 }
                 room
             }

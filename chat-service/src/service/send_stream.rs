@@ -13,7 +13,9 @@ use common::shutdown::ShutdownSignal;
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use proto::chat::v1::send_messages_result::Outcome;
-use proto::chat::v1::{SendMessagesItem, SendMessagesResult, StatusHeaders};
+use proto::chat::v1::{
+    SendMessageRequest, SendMessageResponse, SendMessagesItem, SendMessagesResult, StatusHeaders,
+};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 use tracing::Instrument;
@@ -75,20 +77,13 @@ impl ChatHandler {
         item: SendMessagesItem,
         previous: Option<oneshot::Receiver<()>>,
         queued: oneshot::Sender<()>,
-    ) -> Result<proto::chat::v1::SendMessageResponse, ChatError> {
-        let request = item
-            .request
-            .ok_or_else(|| ChatError::BadRequest("request is missing".into()))?;
-        if item.user_id.is_empty() {
-            // Its turn is given up at once: nothing of it is queued.
-            return Err(ChatError::BadRequest("user_id is missing".into()));
-        }
-        let actor = Actor {
-            user_id: item.user_id,
-            name: item.user_name,
-            anonymous: item.anonymous,
+    ) -> Result<SendMessageResponse, ChatError> {
+        let prepared = match sender_of(item) {
+            Ok((actor, request)) => self.prepare_send(&actor, request).await,
+            Err(error) => Err(error),
         };
-        let prepared = self.prepare_send(&actor, request).await;
+        // Even a refused item waits for its turn before giving it up, so
+        // the lane's next item never overtakes an earlier one.
         if let Some(previous) = previous {
             // Sent or dropped: either way the earlier item is queued or refused.
             let _ = previous.await;
@@ -100,6 +95,22 @@ impl ChatHandler {
         drop(queued);
         self.settle(queued_send?).await
     }
+}
+
+/// The end user and the send an item carries.
+fn sender_of(item: SendMessagesItem) -> Result<(Actor, SendMessageRequest), ChatError> {
+    let request = item
+        .request
+        .ok_or_else(|| ChatError::BadRequest("request is missing".into()))?;
+    if item.user_id.is_empty() {
+        return Err(ChatError::BadRequest("user_id is missing".into()));
+    }
+    let actor = Actor {
+        user_id: item.user_id,
+        name: item.user_name,
+        anonymous: item.anonymous,
+    };
+    Ok((actor, request))
 }
 
 async fn run(

@@ -46,12 +46,17 @@ async fn each_lane_is_stored_in_the_order_its_items_came_and_a_refusal_holds_not
     let app = spawn_app().await;
     let room = app.public_room(ALICE, "stream", &[BOB]).await;
     // Two lanes interleaved, every item on the stream before any answer
-    // is read; item 50 comes from a non-member, item 51 has no text.
+    // is read; item 50 comes from a non-member, item 51 has no text, item
+    // 53 names no user.
     let n = 300;
     let items: Vec<SendMessagesItem> = (0..n)
         .map(|i| match i {
             50 => item(i, 1, CAROL, &room.id, "not a member"),
             51 => item(i, 2, BOB, &room.id, " "),
+            53 => SendMessagesItem {
+                user_id: String::new(),
+                ..item(i, 1, ALICE, &room.id, "nobody")
+            },
             _ if i % 2 == 1 => item(i, 1, ALICE, &room.id, &format!("a{i}")),
             _ => item(i, 2, BOB, &room.id, &format!("b{i}")),
         })
@@ -73,9 +78,11 @@ async fn each_lane_is_stored_in_the_order_its_items_came_and_a_refusal_holds_not
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     let empty = by_id[&51].as_ref().expect_err("no text");
     assert_eq!(empty.code(), tonic::Code::InvalidArgument, "{empty:?}");
+    let nobody = by_id[&53].as_ref().expect_err("no user");
+    assert_eq!(nobody.code(), tonic::Code::InvalidArgument, "{nobody:?}");
     for lane in [1, 2] {
         let seqs: Vec<i64> = (0..n)
-            .filter(|i| ![50, 51].contains(i) && (i % 2 == 1) == (lane == 1))
+            .filter(|i| ![50, 51, 53].contains(i) && (i % 2 == 1) == (lane == 1))
             .map(|i| *by_id[&i].as_ref().expect("stored"))
             .collect();
         assert!(
@@ -92,7 +99,7 @@ async fn each_lane_is_stored_in_the_order_its_items_came_and_a_refusal_holds_not
     stored.dedup();
     assert_eq!(
         stored.len(),
-        n as usize - 2,
+        n as usize - 3,
         "each stored once, with a seq of its own"
     );
 }
